@@ -1,0 +1,309 @@
+"""The `teambot` command line: index, search, ask, chat, serve, config.
+
+Results go to stdout (``--json`` for machines); progress and errors go to stderr. A problem the
+user can fix ends the command with its message and hint, and exit code 1 (2 for bad
+configuration), never a traceback.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import logging.handlers
+import signal
+import sys
+from collections.abc import Callable
+from contextlib import aclosing
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
+
+import typer
+from rich.console import Console
+from rich.markup import escape
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from bot.core import AnswerDone, AnswerEngine
+from bot.prompt import passage_label
+from bot.runtime import knowledge_runtime, open_runtime
+from bot.terminal import chat, stdin_is_terminal, stream_answer
+from config.errors import ConfigError, TeambotError
+from config.settings import DEFAULT_COLLECTION, Settings, load_settings
+from rag.indexer import IndexReport
+from rag.retriever import Passage, Retrieval
+
+T = TypeVar("T")
+
+app = typer.Typer(
+    help="teambot: answers from your team's documents, with a local LLM.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+out = Console(highlight=False, soft_wrap=True)
+err = Console(stderr=True, highlight=False)
+
+LOG_FILE_BYTES = 5 * 1024 * 1024
+NO_PLATFORM_HELP = """No chat platform is configured, so teambot answers here only.
+  Slack:   set SLACK_BOT_TOKEN and SLACK_APP_TOKEN (Socket Mode) or SLACK_SIGNING_SECRET (HTTP events).
+  Discord: set DISCORD_BOT_TOKEN.
+  See README.md for the steps."""
+
+CollectionOption = Annotated[list[str], typer.Option("--collection", "-c", help="Collection(s) to use.")]
+JsonOption = Annotated[bool, typer.Option("--json", help="Print one JSON object on stdout.")]
+
+
+@app.callback()
+def main_options(
+    ctx: typer.Context,
+    config: Annotated[Path | None, typer.Option("--config", help="TOML settings file (default: $TEAMBOT_CONFIG or config/teambot.toml).")] = None,
+) -> None:
+    try:
+        settings = load_settings(config)
+    except ConfigError as exc:
+        _print_error(exc)
+        raise typer.Exit(2) from None
+    _setup_logging(settings)
+    ctx.obj = settings
+
+
+def main() -> None:
+    app()
+
+
+# --- commands -------------------------------------------------------------------------------
+
+
+@app.command()
+def index(
+    ctx: typer.Context,
+    paths: Annotated[list[Path] | None, typer.Argument(help="Files or folders (default: the collection's knowledge folder).")] = None,
+    collection: Annotated[str, typer.Option("--collection", "-c", help="Collection to index into.")] = DEFAULT_COLLECTION,
+    rebuild: Annotated[bool, typer.Option("--rebuild", help="Drop the collection first and embed everything again.")] = False,
+    as_json: JsonOption = False,
+) -> None:
+    """Index knowledge files: new ones are added, changed ones replaced, removed ones deleted."""
+    settings: Settings = ctx.obj
+
+    def run() -> IndexReport:
+        runtime = knowledge_runtime(settings)
+        try:
+            with _IndexBar() as bar:
+                return runtime.indexer.run(paths or None, collection, rebuild=rebuild, progress=bar)
+        finally:
+            runtime.manifest.close()
+
+    report = _guarded(run)
+    if as_json:
+        _print_json(report.to_json())
+        return
+    out.print(
+        f"collection {report.collection}: {report.added} added, {report.updated} updated, {report.deleted} deleted, "
+        f"{report.unchanged} unchanged, {len(report.failed)} failed; {report.chunks} chunks embedded "
+        f"({report.total_chunks} in the collection) in {report.seconds:.1f} s"
+    )
+    for failure in report.failed:
+        out.print(f"  [red]failed[/red] {escape(failure['path'])}: {escape(failure['error'])}")
+
+
+@app.command()
+def search(
+    ctx: typer.Context,
+    question: Annotated[str, typer.Argument(help="What to look for.")],
+    collection: CollectionOption = [DEFAULT_COLLECTION],  # noqa: B006 (typer needs a list default)
+    top_k: Annotated[int | None, typer.Option("--top-k", "-k", min=1, max=50, help="How many passages (default: rag.top_k).")] = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Retrieval only, no LLM: the passages teambot would answer from."""
+    settings: Settings = ctx.obj
+
+    def run() -> Retrieval:
+        runtime = knowledge_runtime(settings)
+        try:
+            return runtime.retriever.search(question, collection, top_k)
+        finally:
+            runtime.manifest.close()
+
+    retrieval = _guarded(run)
+    if as_json:
+        _print_json({"sources": [_passage_json(p) for p in retrieval.passages], "timings_ms": retrieval.timings_ms})
+        return
+    if not retrieval.passages:
+        out.print(f"nothing relevant (no passage scores {settings.rag.min_score:g} or more)")
+    for n, passage in enumerate(retrieval.passages, start=1):
+        out.print(f"[bold][{n}] {escape(passage_label(passage))}[/bold]  [dim]score {passage.score:.2f}[/dim]")
+        out.print(escape(passage.text), "\n")
+
+
+@app.command()
+def ask(
+    ctx: typer.Context,
+    question: Annotated[str, typer.Argument(help="The question.")],
+    collection: CollectionOption = [DEFAULT_COLLECTION],  # noqa: B006
+    as_json: JsonOption = False,
+) -> None:
+    """Answer one question from the knowledge base, citing sources."""
+    settings: Settings = ctx.obj
+
+    async def run() -> AnswerDone:
+        async with open_runtime(settings, with_llm=True, progress=_progress_line) as runtime:
+            engine = runtime.require_engine()
+            if as_json:
+                return await _collect(engine, question, collection)
+            return await stream_answer(engine, question, [], collection, out)
+
+    done = _guarded(lambda: asyncio.run(run()))
+    if as_json:
+        _print_json(
+            {
+                "answer": done.answer,
+                "sources": [{"n": n, **_passage_json(p)} for n, p in enumerate(done.sources, start=1)],
+                "cited": done.cited,
+                "found": done.found,
+                "timings_ms": done.timings_ms,
+            }
+        )
+
+
+@app.command("chat")
+def chat_command(ctx: typer.Context, collection: CollectionOption = [DEFAULT_COLLECTION]) -> None:  # noqa: B006
+    """A conversation in the terminal, with streamed answers and sources."""
+    settings: Settings = ctx.obj
+
+    async def run() -> None:
+        async with open_runtime(settings, with_llm=True, progress=_progress_line) as runtime:
+            await chat(runtime.require_engine(), collection, out, err)
+
+    _guarded(lambda: asyncio.run(run()))
+
+
+@app.command()
+def serve(ctx: typer.Context, collection: CollectionOption = [DEFAULT_COLLECTION]) -> None:  # noqa: B006
+    """Start the LLM server and the configured chat platforms; run until stopped."""
+    settings: Settings = ctx.obj
+
+    async def run() -> None:
+        async with open_runtime(settings, with_llm=True, progress=_progress_line) as runtime:
+            assert runtime.server is not None and runtime.endpoint is not None
+            err.print(f"teambot is up: {runtime.server.description}, OpenAI-compatible API at {runtime.endpoint.base_url}")
+            for name in _unsupported_platforms(settings):
+                err.print(f"[yellow]{name} is configured, but this teambot version has no {name} adapter yet.[/yellow]")
+            err.print(NO_PLATFORM_HELP)
+            if stdin_is_terminal():
+                await chat(runtime.require_engine(), collection, out, err)
+            else:
+                err.print("stdin is not a terminal: waiting for SIGTERM or Ctrl-C.")
+                await _until_signalled()
+
+    _guarded(lambda: asyncio.run(run()))
+
+
+@app.command("config")
+def config_command(ctx: typer.Context) -> None:
+    """Print the effective settings (secrets hidden)."""
+    settings: Settings = ctx.obj
+    _print_json(settings.redacted())
+
+
+# --- helpers -------------------------------------------------------------------------------
+
+
+def _guarded(work: Callable[[], T]) -> T:
+    """Runs a command's work; a TeambotError ends the command with its message, not a traceback."""
+    try:
+        return work()
+    except TeambotError as exc:
+        _print_error(exc)
+        raise typer.Exit(2 if isinstance(exc, ConfigError) else 1) from None
+    except KeyboardInterrupt:
+        err.print("interrupted")
+        raise typer.Exit(130) from None
+
+
+async def _collect(engine: AnswerEngine, question: str, collections: list[str]) -> AnswerDone:
+    async with aclosing(engine.answer(question, [], collections)) as events:
+        async for event in events:
+            if isinstance(event, AnswerDone):
+                return event
+    raise AssertionError("the answer stream ended without AnswerDone")
+
+
+async def _until_signalled() -> None:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, stop.set)
+    await stop.wait()
+
+
+def _unsupported_platforms(settings: Settings) -> list[str]:
+    names = []
+    if settings.slack_bot_token:
+        names.append("Slack")
+    if settings.discord_bot_token:
+        names.append("Discord")
+    return names
+
+
+def _passage_json(passage: Passage) -> dict[str, Any]:
+    return {
+        "path": passage.path,
+        "title": passage.title,
+        "heading": passage.heading,
+        "page": passage.page,
+        "collection": passage.collection,
+        "score": passage.score,
+        "vector_score": passage.vector_score,
+        "keyword_score": passage.keyword_score,
+        "text": passage.text,
+    }
+
+
+def _print_json(data: Any) -> None:
+    sys.stdout.write(json.dumps(data, ensure_ascii=False, indent=2) + "\n")
+    sys.stdout.flush()
+
+
+def _print_error(exc: TeambotError) -> None:
+    err.print(f"[red]error:[/red] {escape(exc.message)}")
+    if exc.hint:
+        err.print(f"  [dim]hint:[/dim] {escape(exc.hint)}")
+
+
+def _progress_line(message: str) -> None:
+    err.print(f"[dim]{escape(message)}[/dim]")
+
+
+def _setup_logging(settings: Settings) -> None:
+    settings.logs_dir.mkdir(parents=True, exist_ok=True)
+    handler = logging.handlers.RotatingFileHandler(settings.logs_dir / "teambot.log", maxBytes=LOG_FILE_BYTES, backupCount=3, encoding="utf-8")
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    root = logging.getLogger()
+    root.handlers = [h for h in root.handlers if not isinstance(h, logging.handlers.RotatingFileHandler)] + [handler]
+    root.setLevel(settings.log_level)
+    for noisy in ("httpx", "httpcore", "openai", "chromadb", "sentence_transformers", "urllib3"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+class _IndexBar:
+    """A progress bar on stderr for the files an index run parses and embeds."""
+
+    def __init__(self) -> None:
+        self._progress = Progress(
+            TextColumn("indexing"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), TextColumn("{task.description}"),
+            console=err, transient=True,
+        )  # fmt: skip
+        self._task: Any = None
+
+    def __enter__(self) -> _IndexBar:
+        self._progress.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._progress.stop()
+
+    def planned(self, files: int) -> None:
+        self._task = self._progress.add_task("", total=files)
+
+    def advance(self, path: str) -> None:
+        self._progress.update(self._task, advance=1, description=escape(path))

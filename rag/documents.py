@@ -1,0 +1,196 @@
+"""Reading knowledge files into Markdown text with a title, whatever their format.
+
+Every format becomes Markdown so that one chunker finds the headings in all of them:
+HTML through markdownify, .docx through python-docx's paragraph styles, reStructuredText
+through its underlined titles. PDFs keep one part per page so that answers can cite pages.
+"""
+
+from __future__ import annotations
+
+import re
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from config.errors import TeambotError
+
+MARKDOWN_SUFFIXES = {".md", ".markdown"}
+TEXT_SUFFIXES = {".txt", ".text"}
+RST_SUFFIXES = {".rst"}
+HTML_SUFFIXES = {".html", ".htm"}
+SUPPORTED_SUFFIXES = frozenset(MARKDOWN_SUFFIXES | TEXT_SUFFIXES | RST_SUFFIXES | HTML_SUFFIXES | {".pdf", ".docx"})
+TITLE_MAX_CHARS = 120
+# Legacy Chinese documents are often GB18030 (a superset of GBK/GB2312) rather than UTF-8.
+TEXT_ENCODINGS = ("utf-8-sig", "gb18030")
+
+
+class DocumentError(TeambotError):
+    """A file cannot be read as a knowledge document."""
+
+
+@dataclass(frozen=True)
+class Part:
+    text: str  # Markdown
+    page: str | None = None  # page label, for PDFs
+
+
+@dataclass(frozen=True)
+class ParsedDocument:
+    title: str
+    parts: list[Part]
+
+
+def supported(path: Path) -> bool:
+    return path.suffix.lower() in SUPPORTED_SUFFIXES
+
+
+def read_document(path: Path) -> ParsedDocument:
+    """Reads one file; raises DocumentError naming the file and what is wrong with it."""
+    suffix = path.suffix.lower()
+    if suffix not in SUPPORTED_SUFFIXES:
+        raise DocumentError(
+            f"{path.name}: unsupported file type '{suffix or '(none)'}'",
+            f"teambot reads {', '.join(sorted(SUPPORTED_SUFFIXES))}",
+        )
+    if suffix == ".pdf":
+        doc = _read_pdf(path)
+    elif suffix == ".docx":
+        doc = _read_docx(path)
+    elif suffix in HTML_SUFFIXES:
+        doc = _read_html(path)
+    else:
+        text = _decode(path)
+        if suffix in RST_SUFFIXES:
+            text = rst_to_markdown(text)
+        doc = ParsedDocument(_title_of(text, path), [Part(text)])
+    if not any(part.text.strip() for part in doc.parts):
+        hint = "a scanned PDF needs OCR first" if suffix == ".pdf" else "add some text to it, or remove it"
+        raise DocumentError(f"{path.name}: no text found", hint)
+    return doc
+
+
+def _decode(path: Path) -> str:
+    data = path.read_bytes()
+    for encoding in TEXT_ENCODINGS:
+        try:
+            return data.decode(encoding)
+        except UnicodeDecodeError:
+            continue
+    raise DocumentError(f"{path.name}: not a text file in UTF-8 or GB18030", "save it as UTF-8")
+
+
+def _title_of(markdown: str, path: Path) -> str:
+    """The first level-1 heading, else the first short line, else a title made from the file name."""
+    lines = [line.strip() for line in markdown.splitlines() if line.strip()]
+    for line in lines:
+        if line.startswith("# "):
+            return line[2:].strip()
+    if lines and len(lines[0]) <= TITLE_MAX_CHARS and not lines[0].startswith(("#", "-", "*", "|")):
+        return lines[0]
+    return title_from_filename(path)
+
+
+def title_from_filename(path: Path) -> str:
+    return re.sub(r"[-_]+", " ", path.stem).strip().capitalize() or path.name
+
+
+def rst_to_markdown(text: str) -> str:
+    """Turns reStructuredText section titles (a line underlined, optionally overlined) into Markdown headings.
+
+    As in docutils, each adornment style (its character, and whether it has an overline) is a
+    level, in the order the styles first appear.
+    """
+    lines = text.splitlines()
+    levels: list[tuple[str, bool]] = []
+    out: list[str] = []
+    i = 0
+    while i < len(lines):
+        line = lines[i]
+        under = lines[i + 1] if i + 1 < len(lines) else ""
+        if line.strip() and _is_adornment(under) and len(under.rstrip()) >= len(line.rstrip()):
+            overlined = bool(out) and _is_adornment(out[-1]) and out[-1].strip()[0] == under.strip()[0]
+            if overlined:
+                out.pop()
+            style = (under.strip()[0], overlined)
+            if style not in levels:
+                levels.append(style)
+            out.append("#" * min(levels.index(style) + 1, 6) + " " + line.strip())
+            i += 2
+            continue
+        out.append(line)
+        i += 1
+    return "\n".join(out)
+
+
+def _is_adornment(line: str) -> bool:
+    stripped = line.strip()
+    return len(stripped) >= 3 and len(set(stripped)) == 1 and not stripped[0].isalnum() and not stripped[0].isspace()
+
+
+def _read_html(path: Path) -> ParsedDocument:
+    from bs4 import BeautifulSoup
+    from markdownify import MarkdownConverter
+
+    soup = BeautifulSoup(_decode(path), "html.parser")
+    title_tag = soup.find("title")
+    for tag in soup(["head", "script", "style", "nav", "noscript", "template"]):
+        tag.decompose()
+    body = soup.body or soup
+    text = MarkdownConverter(heading_style="ATX", strip=["a", "img"]).convert_soup(body)
+    text = re.sub(r"\n{3,}", "\n\n", text).strip()
+    title = title_tag.get_text(strip=True) if title_tag and title_tag.get_text(strip=True) else _title_of(text, path)
+    return ParsedDocument(title, [Part(text)])
+
+
+def _read_docx(path: Path) -> ParsedDocument:
+    import docx
+    from docx.opc.exceptions import PackageNotFoundError
+    from docx.table import Table
+
+    try:
+        document = docx.Document(str(path))
+    except (PackageNotFoundError, zipfile.BadZipFile, KeyError, ValueError) as exc:
+        raise DocumentError(f"{path.name}: not a readable .docx file ({exc})", "open and re-save it in Word or LibreOffice") from None
+    lines = []
+    for block in document.iter_inner_content():  # paragraphs and tables, in document order
+        if isinstance(block, Table):
+            lines.append("\n".join("| " + " | ".join(cell.text.strip() for cell in row.cells) + " |" for row in block.rows))
+        elif line := _docx_paragraph_markdown(block):
+            lines.append(line)
+    markdown = "\n\n".join(lines)
+    title = (document.core_properties.title or "").strip() or _title_of(markdown, path)
+    return ParsedDocument(title, [Part(markdown)])
+
+
+def _docx_paragraph_markdown(paragraph: Any) -> str:
+    text = paragraph.text.strip()
+    style = (paragraph.style.name if paragraph.style is not None else "") or ""
+    if not text:
+        return ""
+    if style == "Title":
+        return f"# {text}"
+    if match := re.match(r"Heading (\d)", style):
+        return "#" * min(int(match.group(1)), 6) + " " + text
+    if style.startswith("List"):
+        return f"- {text}"
+    return text
+
+
+def _read_pdf(path: Path) -> ParsedDocument:
+    import pypdf
+    from pypdf.errors import PyPdfError
+
+    try:
+        reader = pypdf.PdfReader(str(path))
+        if reader.is_encrypted:
+            raise DocumentError(f"{path.name}: the PDF is encrypted", "upload a copy without a password")
+        parts = [Part(page.extract_text() or "", page=label) for page, label in zip(reader.pages, reader.page_labels)]
+        metadata_title = (reader.metadata.title if reader.metadata else None) or ""
+    except DocumentError:
+        raise
+    except (PyPdfError, ValueError, KeyError, TypeError, zipfile.BadZipFile, OSError) as exc:
+        raise DocumentError(f"{path.name}: not a readable PDF ({exc})", "check that the file opens in a PDF viewer, then upload it again") from None
+    first_page = parts[0].text if parts else ""
+    title = metadata_title.strip() or _title_of(first_page, path)
+    return ParsedDocument(title, parts)

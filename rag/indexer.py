@@ -1,0 +1,317 @@
+"""Incremental indexing of knowledge files into a collection.
+
+A run compares each file's SHA-256 with the manifest: new files are added, changed files have
+their chunks replaced, files gone from a scanned folder lose their chunks, and unchanged files
+cost only the hash. Files are parsed, embedded and written in batches; each batch is marked
+pending in the manifest first, so a run that dies leaves nothing the next run cannot finish.
+A file that cannot be read is reported and skipped, and whatever it had in the index before
+stays there until the file is fixed or removed.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import logging
+import os
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Protocol
+
+from config.errors import TeambotError
+from config.settings import DEFAULT_COLLECTION, Settings, check_collection_name
+from rag.chunking import Chunk, Chunker
+from rag.documents import DocumentError, ParsedDocument, read_document, supported
+from rag.embedder import load_embedder
+from rag.keyword import tokenize
+from rag.manifest import FileRecord, Manifest
+from rag.store import ChromaStore
+
+log = logging.getLogger(__name__)
+
+# A batch ends at whichever comes first; bigger batches embed faster, smaller ones show progress sooner.
+BATCH_FILES = 32
+BATCH_CHUNKS = 512
+IGNORED_NAME_PREFIXES = (".", "~$")  # hidden files, editors' lock files
+
+
+class IndexProgress(Protocol):
+    def planned(self, files: int) -> None:
+        """How many files this run will parse and embed."""
+
+    def advance(self, path: str) -> None:
+        """One of them is done (indexed or failed)."""
+
+
+@dataclass
+class IndexReport:
+    collection: str
+    added: int = 0
+    updated: int = 0
+    deleted: int = 0
+    unchanged: int = 0
+    failed: list[dict[str, str]] = field(default_factory=list)  # {"path", "error"}
+    chunks: int = 0  # chunks embedded and written by this run
+    total_chunks: int = 0  # chunks in the collection afterwards
+    seconds: float = 0.0
+
+    def to_json(self) -> dict[str, object]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class _Root:
+    """A folder (or one file) whose files the manifest is reconciled with."""
+
+    root: Path
+    files: list[Path]
+    single_file: bool
+
+
+@dataclass(frozen=True)
+class _Todo:
+    path: Path
+    record: FileRecord  # what the manifest will say once it is indexed
+    is_new: bool
+
+
+def doc_id_for(collection: str, root: str, relpath: str) -> str:
+    return hashlib.sha1(f"{collection}\0{root}\0{relpath}".encode()).hexdigest()[:20]
+
+
+def chunk_id_for(doc_id: str, position: int) -> str:
+    return f"{doc_id}:{position}"
+
+
+class Indexer:
+    def __init__(self, settings: Settings, store: ChromaStore, manifest: Manifest) -> None:
+        self._settings = settings
+        self._store = store
+        self._manifest = manifest
+        self._max_bytes = int(settings.rag.max_file_mb * 1024 * 1024)
+        self._chunker: Chunker | None = None
+
+    def run(
+        self,
+        paths: Sequence[Path] | None = None,
+        collection: str = DEFAULT_COLLECTION,
+        *,
+        rebuild: bool = False,
+        progress: IndexProgress | None = None,
+    ) -> IndexReport:
+        """Indexes ``paths`` (default: the collection's configured folder) into ``collection``."""
+        check_collection_name(collection)
+        started = time.monotonic()
+        report = IndexReport(collection)
+        if not paths:
+            paths = [self._collection_dir(collection)]
+        with self._exclusive_run():
+            if rebuild:
+                self._store.drop(collection)
+                self._manifest.drop_collection(collection)
+            todo = self._reconcile(paths, collection, report)
+            if progress:
+                progress.planned(len(todo))
+            for batch in _batches(todo):
+                self._index_batch(batch, collection, report, progress)
+        report.total_chunks = sum(r.chunks for r in self._manifest.files(collection).values())
+        report.seconds = round(time.monotonic() - started, 3)
+        log.info(
+            "indexed collection %s: %d added, %d updated, %d deleted, %d unchanged, %d failed, %d chunks in %.1f s",
+            collection, report.added, report.updated, report.deleted, report.unchanged, len(report.failed), report.chunks, report.seconds,
+        )  # fmt: skip
+        return report
+
+    def _collection_dir(self, collection: str) -> Path:
+        folder = self._settings.collection_dirs().get(collection)
+        if folder is None:
+            raise TeambotError(
+                f"collection {collection!r} has no configured folder",
+                f"give the files to index (`teambot index PATH --collection {collection}`) or add it under [rag.collections]",
+            )
+        if not folder.is_dir():
+            raise TeambotError(
+                f"the knowledge folder {folder} of collection {collection!r} does not exist",
+                "create it and put documents in it, or fix rag.knowledge_dir / [rag.collections]",
+            )
+        return folder
+
+    @contextmanager
+    def _exclusive_run(self) -> Iterator[None]:
+        """One index run at a time per data dir, across processes."""
+        lock_path = self._settings.data_dir / "index.lock"
+        lock_path.parent.mkdir(parents=True, exist_ok=True)
+        with lock_path.open("w") as lock:
+            try:
+                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                log.info("another index run holds %s; waiting for it", lock_path)
+                fcntl.flock(lock, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(lock, fcntl.LOCK_UN)
+
+    def _reconcile(self, paths: Sequence[Path], collection: str, report: IndexReport) -> list[_Todo]:
+        """Sorts every file into added / updated / unchanged / failed, and deletes what is gone."""
+        todo: list[_Todo] = []
+        for given in paths:
+            target = _scan(given)
+            if target is None:
+                report.failed.append({"path": str(given), "error": "no such file or folder"})
+                continue
+            root = str(target.root)
+            known = self._manifest.files(collection, root)
+            seen: set[str] = set()
+            for path in target.files:
+                relpath = path.relative_to(target.root).as_posix()
+                doc_id = doc_id_for(collection, root, relpath)
+                seen.add(doc_id)
+                item = self._classify(path, relpath, doc_id, collection, root, known.get(doc_id), report)
+                if item is not None:
+                    todo.append(item)
+            if target.single_file:
+                gone = []
+            else:
+                gone = [doc_id for doc_id in known if doc_id not in seen]
+            for doc_id in gone:
+                self._store.delete_document(collection, doc_id)
+            if gone:
+                self._manifest.remove(collection, gone)
+                report.deleted += len(gone)
+        return todo
+
+    def _classify(
+        self, path: Path, relpath: str, doc_id: str, collection: str, root: str, known: FileRecord | None, report: IndexReport
+    ) -> _Todo | None:
+        if not supported(path):
+            report.failed.append({"path": relpath, "error": str(DocumentError(f"unsupported file type '{path.suffix.lower() or '(none)'}'"))})
+            return None
+        try:
+            size = path.stat().st_size
+            if size > self._max_bytes:
+                raise DocumentError(f"{size / 1024 / 1024:.1f} MB is over the limit of rag.max_file_mb = {self._settings.rag.max_file_mb:g}")
+            sha = hashlib.sha256(path.read_bytes()).hexdigest()
+        except (OSError, DocumentError) as exc:
+            report.failed.append({"path": relpath, "error": str(exc)})
+            return None
+        if known is not None and known.state != "pending" and known.sha256 == sha:
+            if known.state == "failed":
+                report.failed.append({"path": relpath, "error": known.error})
+            else:
+                report.unchanged += 1
+            return None
+        record = FileRecord(
+            collection=collection, doc_id=doc_id, root=root, path=relpath, sha256=sha, size=size,
+            title="", chunks=known.chunks if known else 0, state="indexed", error="", indexed_at=0.0,
+        )  # fmt: skip
+        had_chunks = known is not None and known.sha256 != "" and (known.state != "failed" or known.chunks > 0)
+        return _Todo(path, record, is_new=not had_chunks)
+
+    def _index_batch(self, batch: list[_Todo], collection: str, report: IndexReport, progress: IndexProgress | None) -> None:
+        parsed: list[tuple[_Todo, ParsedDocument, list[Chunk]]] = []
+        failures: list[FileRecord] = []
+        for item in batch:
+            try:
+                doc = read_document(item.path)
+                chunks = self._chunks(doc)
+            except DocumentError as exc:
+                failures.append(_failed(item.record, str(exc)))
+            except Exception as exc:  # a parser library's own bug must not stop the run
+                log.exception("unexpected error reading %s", item.record.path)
+                failures.append(_failed(item.record, f"{item.path.name}: unexpected error while reading ({type(exc).__name__}: {exc})"))
+            else:
+                parsed.append((item, doc, chunks))
+        for record in failures:
+            report.failed.append({"path": record.path, "error": record.error})
+        if failures:
+            self._manifest.save(failures)
+
+        if parsed:
+            self._manifest.mark_pending(item.record for item, _, _ in parsed)
+            nodes = self._nodes(parsed, collection)
+            for item, _, _ in parsed:
+                self._store.delete_document(collection, item.record.doc_id)
+            self._store.add(collection, nodes)
+            now = time.time()
+            self._manifest.save(
+                FileRecord(**{**item.record.__dict__, "title": doc.title, "chunks": len(chunks), "indexed_at": now})
+                for item, doc, chunks in parsed
+            )
+            report.chunks += len(nodes)
+            for item, _, _ in parsed:
+                if item.is_new:
+                    report.added += 1
+                else:
+                    report.updated += 1
+        if progress:
+            for item in batch:
+                progress.advance(item.record.path)
+
+    def _chunks(self, doc: ParsedDocument) -> list[Chunk]:
+        if self._chunker is None:
+            self._chunker = Chunker(self._settings.rag.chunk_size, self._settings.rag.chunk_overlap)
+        return self._chunker.split(doc)
+
+    def _nodes(self, parsed: list[tuple[_Todo, ParsedDocument, list[Chunk]]], collection: str) -> list:  # type: ignore[type-arg]
+        from llama_index.core.schema import NodeRelationship, RelatedNodeInfo, TextNode
+
+        rag = self._settings.rag
+        embedder = load_embedder(rag.embed_model, rag.embed_batch_size)
+        texts = [chunk.embedding_text(doc.title) for _, doc, chunks in parsed for chunk in chunks]
+        vectors = iter(embedder.get_text_embedding_batch(texts))
+        nodes = []
+        for item, doc, chunks in parsed:
+            for chunk in chunks:
+                nodes.append(
+                    TextNode(
+                        id_=chunk_id_for(item.record.doc_id, chunk.position),
+                        text=chunk.text,
+                        embedding=next(vectors),
+                        metadata={
+                            "collection": collection,
+                            "source": item.record.path,
+                            "title": doc.title,
+                            "heading": chunk.heading,
+                            "position": chunk.position,
+                            "page": chunk.page or "",
+                            "keywords": " ".join(tokenize(f"{doc.title}\n{chunk.heading}\n{chunk.text}")),
+                        },
+                        relationships={NodeRelationship.SOURCE: RelatedNodeInfo(node_id=item.record.doc_id)},
+                    )
+                )
+        return nodes
+
+
+def _failed(record: FileRecord, error: str) -> FileRecord:
+    return FileRecord(**{**record.__dict__, "state": "failed", "error": error, "indexed_at": time.time()})
+
+
+def _batches(todo: list[_Todo]) -> Iterator[list[_Todo]]:
+    batch: list[_Todo] = []
+    size = 0
+    for item in todo:
+        batch.append(item)
+        size += item.record.size
+        # File size stands in for the chunk count, which is known only after parsing (about 1 KB a chunk).
+        if len(batch) >= BATCH_FILES or size >= BATCH_CHUNKS * 1024:
+            yield batch
+            batch, size = [], 0
+    if batch:
+        yield batch
+
+
+def _scan(given: Path) -> _Root | None:
+    path = given.expanduser().resolve()
+    if path.is_file():
+        return _Root(path.parent, [path], single_file=True)
+    if not path.is_dir():
+        return None
+    files = []
+    for folder, dirnames, filenames in os.walk(path):
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith(IGNORED_NAME_PREFIXES))
+        files.extend(Path(folder) / name for name in sorted(filenames) if not name.startswith(IGNORED_NAME_PREFIXES))
+    return _Root(path, files, single_file=False)

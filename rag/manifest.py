@@ -1,0 +1,151 @@
+"""The index manifest: which file is indexed in which collection, with what content hash.
+
+An SQLite database in the data dir (``index.sqlite``). A file's row is marked ``pending``
+before its chunks in Chroma are touched and ``indexed`` after, so a run that dies half-way
+leaves rows that say which documents the next run must redo: no duplicate or orphan chunks.
+Each collection has a generation number that changes whenever its chunks change, which is
+how searches in other processes know to rebuild their keyword index.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+import time
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+from rag.store import StoreError
+
+State = Literal["pending", "indexed", "failed"]
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS files (
+    collection TEXT NOT NULL,
+    doc_id     TEXT NOT NULL,
+    root       TEXT NOT NULL,   -- the folder the path is relative to
+    path       TEXT NOT NULL,   -- relative to root, with '/' separators
+    sha256     TEXT NOT NULL,   -- of the content last indexed (or last failed)
+    size       INTEGER NOT NULL,
+    title      TEXT NOT NULL DEFAULT '',
+    chunks     INTEGER NOT NULL DEFAULT 0,
+    state      TEXT NOT NULL,   -- pending | indexed | failed
+    error      TEXT NOT NULL DEFAULT '',
+    indexed_at REAL NOT NULL,
+    PRIMARY KEY (collection, doc_id)
+);
+CREATE INDEX IF NOT EXISTS files_by_root ON files (collection, root);
+CREATE TABLE IF NOT EXISTS generations (
+    collection TEXT PRIMARY KEY,
+    generation INTEGER NOT NULL
+);
+"""
+
+
+@dataclass(frozen=True)
+class FileRecord:
+    collection: str
+    doc_id: str
+    root: str
+    path: str
+    sha256: str
+    size: int
+    title: str
+    chunks: int
+    state: State
+    error: str
+    indexed_at: float
+
+
+class Manifest:
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._db = sqlite3.connect(path, timeout=30, isolation_level=None, check_same_thread=False)
+        self._db.row_factory = sqlite3.Row
+        self._lock = threading.RLock()  # one connection, shared by the threads of one process
+        try:
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.executescript(SCHEMA)
+        except sqlite3.Error as exc:
+            raise StoreError(f"the index manifest {path} cannot be opened: {exc}", "check the data dir's permissions and disk space") from exc
+
+    def close(self) -> None:
+        self._db.close()
+
+    @contextmanager
+    def _write(self) -> Iterator[sqlite3.Connection]:
+        """One write transaction; BEGIN IMMEDIATE takes the database's write lock up front."""
+        with self._lock:
+            try:
+                self._db.execute("BEGIN IMMEDIATE")
+            except sqlite3.OperationalError as exc:
+                raise StoreError(f"the index manifest {self.path} cannot be written: {exc}", "another process holds it; try again") from exc
+            try:
+                yield self._db
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+
+    def _read(self, query: str, args: Iterable[object] = ()) -> list[sqlite3.Row]:
+        with self._lock:
+            return self._db.execute(query, tuple(args)).fetchall()
+
+    def files(self, collection: str, root: str | None = None) -> dict[str, FileRecord]:
+        """Rows of a collection (under one root, if given), by doc_id."""
+        query, args = "SELECT * FROM files WHERE collection = ?", [collection]
+        if root is not None:
+            query, args = query + " AND root = ?", [collection, root]
+        return {row["doc_id"]: FileRecord(**dict(row)) for row in self._read(query, args)}
+
+    def get(self, collection: str, doc_id: str) -> FileRecord | None:
+        rows = self._read("SELECT * FROM files WHERE collection = ? AND doc_id = ?", (collection, doc_id))
+        return FileRecord(**dict(rows[0])) if rows else None
+
+    def mark_pending(self, records: Iterable[FileRecord]) -> None:
+        """Before a document's chunks change: if the run dies now, the next run redoes it."""
+        with self._write() as db:
+            for r in records:
+                db.execute(
+                    """INSERT INTO files (collection, doc_id, root, path, sha256, size, state, indexed_at)
+                       VALUES (?, ?, ?, ?, '', ?, 'pending', ?)
+                       ON CONFLICT (collection, doc_id) DO UPDATE SET state = 'pending'""",
+                    (r.collection, r.doc_id, r.root, r.path, r.size, time.time()),
+                )
+
+    def save(self, records: Iterable[FileRecord]) -> None:
+        records = list(records)
+        with self._write() as db:
+            db.executemany(
+                """INSERT OR REPLACE INTO files VALUES
+                   (:collection, :doc_id, :root, :path, :sha256, :size, :title, :chunks, :state, :error, :indexed_at)""",
+                [r.__dict__ for r in records],
+            )
+            self._bump(db, {r.collection for r in records if r.state != "failed"})
+
+    def remove(self, collection: str, doc_ids: Iterable[str]) -> None:
+        with self._write() as db:
+            db.executemany("DELETE FROM files WHERE collection = ? AND doc_id = ?", [(collection, d) for d in doc_ids])
+            self._bump(db, {collection})
+
+    def drop_collection(self, collection: str) -> None:
+        with self._write() as db:
+            db.execute("DELETE FROM files WHERE collection = ?", (collection,))
+            self._bump(db, {collection})
+
+    def generation(self, collection: str) -> int:
+        rows = self._read("SELECT generation FROM generations WHERE collection = ?", (collection,))
+        return rows[0][0] if rows else 0
+
+    @staticmethod
+    def _bump(db: sqlite3.Connection, collections: set[str]) -> None:
+        for collection in collections:
+            db.execute(
+                """INSERT INTO generations VALUES (?, 1)
+                   ON CONFLICT (collection) DO UPDATE SET generation = generation + 1""",
+                (collection,),
+            )

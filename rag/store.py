@@ -1,0 +1,174 @@
+"""The Chroma store: one Chroma collection per teambot collection, in ``<data_dir>/chroma``.
+
+Writes go through llama-index's ChromaVectorStore; reads ask Chroma directly for the cosine
+distances. Each collection records the embedding model its vectors came from, and refuses
+vectors of another model.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sqlite3
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from config.errors import ConfigError, TeambotError
+
+if TYPE_CHECKING:
+    import chromadb
+    from llama_index.core.schema import TextNode
+
+log = logging.getLogger(__name__)
+
+CHROMA_PREFIX = "kb-"
+EMBED_MODEL_KEY = "embed_model"
+
+
+class StoreError(TeambotError):
+    """The Chroma store cannot be read or written."""
+
+
+@dataclass(frozen=True)
+class StoredChunk:
+    id: str
+    text: str
+    metadata: dict[str, Any]
+    similarity: float | None = None  # cosine similarity to the query, when queried
+    embedding: list[float] | None = field(default=None, repr=False)
+
+
+class ChromaStore:
+    def __init__(self, path: Path, embed_model: str) -> None:
+        self.path = path
+        self.embed_model = embed_model
+        self._client: chromadb.ClientAPI | None = None
+
+    def _chroma(self) -> chromadb.ClientAPI:
+        if self._client is None:
+            os.environ.setdefault("ANONYMIZED_TELEMETRY", "False")
+            import chromadb
+
+            self.path.mkdir(parents=True, exist_ok=True)
+            with self._guard("open"):
+                self._client = chromadb.PersistentClient(
+                    path=str(self.path), settings=chromadb.Settings(anonymized_telemetry=False)
+                )
+        return self._client
+
+    @contextmanager
+    def _guard(self, action: str) -> Iterator[None]:
+        """Turns Chroma's failures into a StoreError that says where and what to do."""
+        from chromadb.errors import ChromaError
+
+        try:
+            yield
+        except (ChromaError, sqlite3.Error, OSError) as exc:
+            text = str(exc)
+            if "locked" in text.lower():
+                raise StoreError(
+                    f"the Chroma store at {self.path} is locked ({action})",
+                    "another process is writing to it; try again in a moment",
+                ) from exc
+            raise StoreError(f"the Chroma store at {self.path} failed to {action}: {text}", "check the data dir's disk space and permissions") from exc
+
+    def collection(self, name: str, create: bool = False) -> chromadb.Collection | None:
+        """The Chroma collection of teambot collection ``name``; None if it does not exist and ``create`` is false."""
+        from chromadb.errors import NotFoundError
+
+        client = self._chroma()
+        chroma_name = CHROMA_PREFIX + name
+        with self._guard(f"open collection {name!r}"):
+            if create:
+                collection = client.get_or_create_collection(
+                    chroma_name,
+                    configuration={"hnsw": {"space": "cosine"}},
+                    metadata={EMBED_MODEL_KEY: self.embed_model},
+                    embedding_function=None,
+                )
+            else:
+                try:
+                    collection = client.get_collection(chroma_name, embedding_function=None)
+                except NotFoundError:
+                    return None
+        recorded = (collection.metadata or {}).get(EMBED_MODEL_KEY)
+        if recorded and recorded != self.embed_model:
+            raise ConfigError(
+                f"collection {name!r} was embedded with {recorded}, but rag.embed_model is now {self.embed_model}",
+                f"rebuild it with `teambot index --collection {name} --rebuild`, or set rag.embed_model back",
+            )
+        return collection
+
+    def collections(self) -> list[str]:
+        with self._guard("list collections"):
+            names = [c.name for c in self._chroma().list_collections()]
+        return sorted(n[len(CHROMA_PREFIX):] for n in names if n.startswith(CHROMA_PREFIX))
+
+    def add(self, name: str, nodes: Sequence[TextNode]) -> None:
+        from llama_index.vector_stores.chroma import ChromaVectorStore
+
+        collection = self.collection(name, create=True)
+        with self._guard(f"write to collection {name!r}"):
+            ChromaVectorStore(chroma_collection=collection).add(list(nodes))
+
+    def delete_document(self, name: str, doc_id: str) -> None:
+        collection = self.collection(name)
+        if collection is None:
+            return
+        with self._guard(f"delete from collection {name!r}"):
+            # ChromaVectorStore.delete(ref_doc_id) removes exactly the nodes whose document_id is doc_id.
+            collection.delete(where={"document_id": doc_id})
+
+    def drop(self, name: str) -> None:
+        if self.collection(name) is None:
+            return
+        with self._guard(f"drop collection {name!r}"):
+            self._chroma().delete_collection(CHROMA_PREFIX + name)
+
+    def count(self, name: str) -> int:
+        collection = self.collection(name)
+        if collection is None:
+            return 0
+        with self._guard(f"count collection {name!r}"):
+            return collection.count()
+
+    def query(self, name: str, embedding: Sequence[float], limit: int) -> list[StoredChunk]:
+        collection = self.collection(name)
+        if collection is None:
+            return []
+        with self._guard(f"search collection {name!r}"):
+            result = collection.query(
+                query_embeddings=[list(embedding)],
+                n_results=limit,
+                include=["documents", "metadatas", "distances"],
+            )
+        return [
+            StoredChunk(id=i, text=text or "", metadata=dict(meta or {}), similarity=1.0 - distance)
+            for i, text, meta, distance in zip(
+                result["ids"][0], result["documents"][0], result["metadatas"][0], result["distances"][0]
+            )
+        ]
+
+    def get(self, name: str, ids: Sequence[str] | None = None, *, texts: bool = True, embeddings: bool = False) -> list[StoredChunk]:
+        """Chunks by id (all of the collection when ``ids`` is None), with their metadata."""
+        collection = self.collection(name)
+        if collection is None:
+            return []
+        include = ["metadatas"] + (["documents"] if texts else []) + (["embeddings"] if embeddings else [])
+        with self._guard(f"read collection {name!r}"):
+            result = collection.get(ids=list(ids) if ids is not None else None, include=include)
+        count = len(result["ids"])
+        documents = result.get("documents") if texts else None
+        vectors = result.get("embeddings") if embeddings else None
+        return [
+            StoredChunk(
+                id=result["ids"][k],
+                text=(documents[k] or "") if documents is not None else "",
+                metadata=dict(result["metadatas"][k] or {}),
+                embedding=list(vectors[k]) if vectors is not None else None,
+            )
+            for k in range(count)
+        ]

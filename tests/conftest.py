@@ -1,0 +1,94 @@
+"""Shared fixtures: isolated settings, the sample knowledge base, a real llama.cpp server, a fake LLM."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from config.settings import SECRET_ENV, Settings, load_settings
+from inference.client import ChatClient, Endpoint
+from inference.llamacpp import LlamaCppServer
+from tests.fake_llm import FakeLLM
+
+REPO = Path(__file__).resolve().parent.parent
+EXAMPLES = REPO / "examples" / "knowledge"
+TEST_CONFIG = Path(__file__).resolve().parent / "teambot-test.toml"
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """No test sees the developer's TEAMBOT_* variables or tokens."""
+    for name in list(os.environ):
+        if name.startswith("TEAMBOT_") or name in SECRET_ENV.values():
+            del os.environ[name]
+
+
+@pytest.fixture(autouse=True)
+def in_tmp_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Tests run in their own directory, where no config/teambot.toml is found."""
+    monkeypatch.chdir(tmp_path)
+
+
+def make_settings(data_dir: Path, knowledge_dir: Path, **overrides: Any) -> Settings:
+    rag = {"knowledge_dir": str(knowledge_dir), **overrides.pop("rag", {})}
+    return load_settings(TEST_CONFIG, data_dir=str(data_dir), rag=rag, **overrides)
+
+
+@pytest.fixture
+def knowledge(tmp_path: Path) -> Path:
+    """A private copy of the sample knowledge base, free to edit."""
+    return Path(shutil.copytree(EXAMPLES, tmp_path / "knowledge"))
+
+
+@pytest.fixture
+def settings(tmp_path: Path, knowledge: Path) -> Settings:
+    return make_settings(tmp_path / "data", knowledge)
+
+
+@pytest.fixture(scope="session")
+def indexed_settings(tmp_path_factory: pytest.TempPathFactory) -> Settings:
+    """The sample knowledge base indexed once, for tests that only read it."""
+    from bot.runtime import knowledge_runtime
+
+    base = tmp_path_factory.mktemp("indexed")
+    knowledge = Path(shutil.copytree(EXAMPLES, base / "knowledge"))
+    settings = make_settings(base / "data", knowledge)
+    runtime = knowledge_runtime(settings)
+    report = runtime.indexer.run()
+    runtime.manifest.close()
+    assert report.added == len(list(EXAMPLES.iterdir())) and not report.failed, report
+    return settings
+
+
+@pytest.fixture(scope="session")
+async def llamacpp_endpoint(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Endpoint]:
+    """The real llama.cpp server with the shipped SmolLM2 model, started once."""
+    settings = load_settings(TEST_CONFIG, data_dir=str(tmp_path_factory.mktemp("llm")))
+    server = LlamaCppServer(settings.inference, log_dir=settings.logs_dir)
+    endpoint = await server.start()
+    yield endpoint
+    await server.stop()
+
+
+@pytest.fixture
+def fake_llm() -> Iterator[FakeLLM]:
+    server = FakeLLM().start()
+    yield server
+    server.stop()
+
+
+def client_for(endpoint: Endpoint, **overrides: Any) -> ChatClient:
+    options: dict[str, Any] = {"timeout_s": 60, "max_retries": 2, "temperature": 0.0, "max_tokens": 64} | overrides
+    return ChatClient(endpoint, **options)
+
+
+def closed_port() -> int:
+    """A port nothing listens on (bound, then released)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]

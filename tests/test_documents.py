@@ -1,0 +1,113 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from rag.chunking import Chunker
+from rag.documents import DocumentError, read_document, rst_to_markdown
+from rag.keyword import KeywordIndex, tokenize
+from tests.conftest import EXAMPLES
+
+EXPECTED_TITLES = {
+    "oncall-guide.md": "On-call guide",
+    "expense-policy-zh.md": "差旅与报销政策",
+    "onboarding.html": "Onboarding: your first week",
+    "release-process.rst": "Release process",
+    "faq.txt": "Team FAQ",
+    "security-policy.pdf": "Security policy",
+    "code-review.docx": "Code review guidelines",
+}
+
+
+@pytest.mark.parametrize("name", sorted(EXPECTED_TITLES))
+def test_every_sample_format_reads_with_its_title(name: str) -> None:
+    doc = read_document(EXAMPLES / name)
+    assert doc.title == EXPECTED_TITLES[name]
+    assert sum(len(part.text) for part in doc.parts) > 300
+
+
+def test_html_keeps_headings_and_drops_navigation() -> None:
+    text = read_document(EXAMPLES / "onboarding.html").parts[0].text
+    assert "## Your onboarding buddy" in text
+    assert "Handbook" not in text  # the <nav> bar
+    assert "font-family" not in text  # the <style>
+
+
+def test_docx_headings_become_markdown() -> None:
+    text = read_document(EXAMPLES / "code-review.docx").parts[0].text
+    assert "## Approvals" in text and "two approving reviews" in text
+
+
+def test_pdf_has_one_part_per_page_with_labels() -> None:
+    doc = read_document(EXAMPLES / "security-policy.pdf")
+    assert [part.page for part in doc.parts] == ["1"]
+    assert "full-disk encryption" in doc.parts[0].text
+
+
+def test_rst_titles_follow_adornment_styles() -> None:
+    text = "=====\nTitle\n=====\n\nSection\n=======\n\nSub\n---\n\nBody\n\nOther\n=====\n"
+    headings = [line for line in rst_to_markdown(text).splitlines() if line.startswith("#")]
+    assert headings == ["# Title", "## Section", "### Sub", "## Other"]
+
+
+def test_gb18030_text_is_decoded(tmp_path: Path) -> None:
+    path = tmp_path / "legacy.txt"
+    path.write_bytes("报销政策\n住宿标准每晚六百元。".encode("gb18030"))
+    doc = read_document(path)
+    assert doc.title == "报销政策" and "六百元" in doc.parts[0].text
+
+
+@pytest.mark.parametrize(
+    ("name", "content", "message"),
+    [
+        ("broken.pdf", b"%PDF-1.4\n this is not really a pdf", "broken.pdf: not a readable PDF"),
+        ("broken.docx", b"PK\x03\x04 not a zip archive", "broken.docx: not a readable .docx"),
+        ("image.png", b"\x89PNG\r\n", "image.png: unsupported file type '.png'"),
+        ("empty.md", b"   \n\n", "empty.md: no text found"),
+        ("binary.txt", b"\xff\xfe\x00\x81\x82\x83\x84" * 10, "binary.txt: not a text file"),
+    ],
+)
+def test_bad_files_raise_a_clear_error(tmp_path: Path, name: str, content: bytes, message: str) -> None:
+    path = tmp_path / name
+    path.write_bytes(content)
+    with pytest.raises(DocumentError) as caught:
+        read_document(path)
+    assert str(caught.value).startswith(message)
+    assert caught.value.hint
+
+
+def test_chunks_carry_heading_path_and_position() -> None:
+    doc = read_document(EXAMPLES / "oncall-guide.md")
+    chunks = Chunker(chunk_size=200, chunk_overlap=30).split(doc)
+    assert [c.position for c in chunks] == list(range(len(chunks)))
+    escalation = [c for c in chunks if "secondary on-call engineer. If neither" in c.text]
+    assert escalation and escalation[0].heading == "Paging and escalation"
+    assert escalation[0].embedding_text(doc.title).startswith("On-call guide > Paging and escalation\n\n")
+
+
+def test_long_sections_are_split_within_the_chunk_size() -> None:
+    from rag.documents import ParsedDocument, Part
+
+    body = "## Long\n\n" + " ".join(f"Sentence number {i} is here." for i in range(400))
+    chunks = Chunker(chunk_size=64, chunk_overlap=8).split(ParsedDocument("T", [Part(body)]))
+    assert len(chunks) > 10
+    assert all(c.heading == "Long" for c in chunks)
+    assert max(len(c.text.split()) for c in chunks) < 64
+
+
+def test_tokenizer_segments_chinese_and_drops_stopwords() -> None:
+    tokens = tokenize("出差住宿每晚可以报销多少钱？What is the Wi-Fi password?")
+    assert {"出差", "住宿", "报销", "password", "wi", "fi"} <= set(tokens)
+    assert tokenize("releases leaving")  == tokenize("release leave")
+    assert "可以" not in tokens and "the" not in tokens and "？" not in tokens
+
+
+def test_keyword_coverage_is_low_for_unknown_words() -> None:
+    corpus = [tokenize(t) for t in ["the release train leaves on tuesday", "expense reports within thirty days", "office wifi"]]
+    index = KeywordIndex(corpus)
+    hits = index.search(tokenize("when does the release train leave"), limit=3)
+    assert hits[0].index == 0 and hits[0].score > 0.5
+    unrelated = index.search(tokenize("tungsten boiling point train"), limit=3)
+    assert unrelated[0].index == 0 and unrelated[0].score < 0.3  # one shared word among unknown ones
+    assert index.search(tokenize("quantum chromodynamics"), limit=3) == []

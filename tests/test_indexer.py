@@ -1,0 +1,186 @@
+"""Incremental indexing against the real Chroma store and the real MiniLM embedder."""
+
+from __future__ import annotations
+
+import shutil
+from collections import defaultdict
+from pathlib import Path
+
+import pytest
+
+from bot.runtime import Runtime, knowledge_runtime
+from config.errors import ConfigError
+from config.settings import Settings
+from rag.store import ChromaStore, StoreError
+from tests.conftest import EXAMPLES, make_settings
+
+SAMPLE_FILES = len(list(EXAMPLES.iterdir()))
+
+
+@pytest.fixture
+def runtime(settings: Settings) -> Runtime:
+    runtime = knowledge_runtime(settings)
+    yield runtime
+    runtime.manifest.close()
+
+
+def chunk_ids_by_source(runtime: Runtime, collection: str = "default") -> dict[str, list[str]]:
+    by_source: dict[str, list[str]] = defaultdict(list)
+    for chunk in runtime.store.get(collection, texts=False):
+        by_source[chunk.metadata["source"]].append(chunk.id)
+    return {source: sorted(ids) for source, ids in by_source.items()}
+
+
+def assert_consistent(runtime: Runtime, collection: str = "default") -> None:
+    """Chroma holds exactly the chunks the manifest lists: no duplicates, no orphans."""
+    records = runtime.manifest.files(collection)
+    expected = {r.path: r.chunks for r in records.values() if r.chunks}
+    stored = chunk_ids_by_source(runtime, collection)
+    assert {source: len(ids) for source, ids in stored.items()} == expected
+    for source, ids in stored.items():
+        doc_id = ids[0].split(":")[0]
+        assert ids == sorted(f"{doc_id}:{k}" for k in range(len(ids))), source
+
+
+def test_first_index_adds_every_sample_file(runtime: Runtime) -> None:
+    report = runtime.indexer.run()
+    assert (report.added, report.updated, report.deleted, report.unchanged, report.failed) == (SAMPLE_FILES, 0, 0, 0, [])
+    assert report.chunks == report.total_chunks == runtime.store.count("default") > SAMPLE_FILES
+    chunk = next(c for c in runtime.store.get("default") if c.metadata["source"] == "oncall-guide.md" and "escalates" in c.text)
+    assert chunk.metadata["title"] == "On-call guide"
+    assert chunk.metadata["heading"] == "Paging and escalation"
+    assert isinstance(chunk.metadata["position"], int)
+    pdf = next(c for c in runtime.store.get("default") if c.metadata["source"] == "security-policy.pdf")
+    assert pdf.metadata["page"] == "1"
+    assert_consistent(runtime)
+
+
+def test_unchanged_edited_and_deleted_files(runtime: Runtime, knowledge: Path) -> None:
+    runtime.indexer.run()
+    before = chunk_ids_by_source(runtime)
+
+    again = runtime.indexer.run()
+    assert (again.added, again.updated, again.deleted, again.unchanged, again.chunks) == (0, 0, 0, SAMPLE_FILES, 0)
+    assert chunk_ids_by_source(runtime) == before
+
+    faq = knowledge / "faq.txt"
+    faq.write_text(faq.read_text() + "\nWhere is the bike storage?\nIn the basement, behind the blue door.\n")
+    edited = runtime.indexer.run()
+    assert (edited.added, edited.updated, edited.unchanged) == (0, 1, SAMPLE_FILES - 1)
+    after = chunk_ids_by_source(runtime)
+    assert edited.chunks == len(after["faq.txt"])  # only the edited file was embedded
+    assert {s: ids for s, ids in after.items() if s != "faq.txt"} == {s: ids for s, ids in before.items() if s != "faq.txt"}
+    assert any("blue door" in c.text for c in runtime.store.get("default") if c.metadata["source"] == "faq.txt")
+
+    (knowledge / "release-process.rst").unlink()
+    removed = runtime.indexer.run()
+    assert (removed.deleted, removed.unchanged, removed.chunks) == (1, SAMPLE_FILES - 1, 0)
+    assert "release-process.rst" not in chunk_ids_by_source(runtime)
+    assert_consistent(runtime)
+
+
+def test_bad_files_are_reported_and_the_rest_indexed(runtime: Runtime, knowledge: Path) -> None:
+    (knowledge / "corrupt.pdf").write_bytes(b"%PDF-1.7\n garbage that is not a pdf body")
+    (knowledge / "photo.png").write_bytes(b"\x89PNG\r\n\x1a\n")
+    (knowledge / ".hidden.md").write_text("# hidden\nnot indexed")
+    report = runtime.indexer.run()
+    failed = {f["path"]: f["error"] for f in report.failed}
+    assert set(failed) == {"corrupt.pdf", "photo.png"}
+    assert "not a readable PDF" in failed["corrupt.pdf"]
+    assert "unsupported file type '.png'" in failed["photo.png"]
+    assert report.added == SAMPLE_FILES
+    assert_consistent(runtime)
+
+    again = runtime.indexer.run()  # still reported, not parsed again, nothing else touched
+    assert {f["path"] for f in again.failed} == {"corrupt.pdf", "photo.png"}
+    assert again.unchanged == SAMPLE_FILES and again.chunks == 0
+
+
+def test_a_file_that_breaks_keeps_its_old_chunks(runtime: Runtime, knowledge: Path) -> None:
+    runtime.indexer.run()
+    before = chunk_ids_by_source(runtime)["security-policy.pdf"]
+    (knowledge / "security-policy.pdf").write_bytes(b"%PDF-1.7 truncated")
+    report = runtime.indexer.run()
+    assert [f["path"] for f in report.failed] == ["security-policy.pdf"]
+    assert chunk_ids_by_source(runtime)["security-policy.pdf"] == before
+    shutil.copy(EXAMPLES / "security-policy.pdf", knowledge / "security-policy.pdf")
+    fixed = runtime.indexer.run()
+    assert fixed.updated == 1 and not fixed.failed
+
+
+def test_oversized_file_is_refused(tmp_path: Path, knowledge: Path) -> None:
+    settings = make_settings(tmp_path / "data", knowledge, rag={"max_file_mb": 0.001})
+    runtime = knowledge_runtime(settings)
+    report = runtime.indexer.run()
+    runtime.manifest.close()
+    big = {f["path"]: f["error"] for f in report.failed}
+    assert "code-review.docx" in big and "over the limit of rag.max_file_mb = 0.001" in big["code-review.docx"]
+    assert report.added == sum(1 for p in knowledge.iterdir() if p.stat().st_size <= 1048)
+
+
+class _StoreThatFailsMidWrite(ChromaStore):
+    """Writes half of a batch to the real Chroma, then fails, as a full disk or a kill would."""
+
+    def add(self, name, nodes):  # type: ignore[no-untyped-def]
+        super().add(name, nodes[: len(nodes) // 2])
+        raise StoreError("disk full (simulated)")
+
+
+def test_a_run_that_dies_mid_write_is_completed_by_the_next(settings: Settings, knowledge: Path) -> None:
+    from rag.indexer import Indexer
+
+    runtime = knowledge_runtime(settings)
+    runtime.indexer.run()
+    (knowledge / "faq.txt").write_text((knowledge / "faq.txt").read_text() + "\nA new question?\nA new answer.\n")
+    (knowledge / "new-page.md").write_text("# New page\n\nSomething new about the staging cluster.\n")
+    failing = _StoreThatFailsMidWrite(runtime.store.path, runtime.store.embed_model)
+    with pytest.raises(StoreError):
+        Indexer(settings, failing, runtime.manifest).run()
+    (knowledge / "new-page.md").unlink()  # and the new file disappears before the next run
+
+    report = runtime.indexer.run()
+    assert report.updated == 1 and report.deleted == 1
+    assert "new-page.md" not in chunk_ids_by_source(runtime)
+    assert_consistent(runtime)
+    runtime.manifest.close()
+
+
+def test_collections_are_separate(runtime: Runtime, tmp_path: Path) -> None:
+    hr = tmp_path / "hr"
+    hr.mkdir()
+    (hr / "leave.md").write_text("# Parental leave\n\nParents get sixteen weeks of paid leave.\n")
+    report = runtime.indexer.run([hr], collection="hr")
+    assert report.added == 1
+    assert runtime.store.collections() == ["hr"]
+    assert chunk_ids_by_source(runtime, "hr").keys() == {"leave.md"}
+    runtime.indexer.run()
+    assert "leave.md" not in chunk_ids_by_source(runtime, "default")
+
+
+def test_a_single_file_path_leaves_the_rest_alone(runtime: Runtime, knowledge: Path) -> None:
+    report = runtime.indexer.run([knowledge / "faq.txt"])
+    assert report.added == 1 and report.deleted == 0
+    other = runtime.indexer.run([knowledge / "oncall-guide.md"])
+    assert other.added == 1 and other.deleted == 0
+    assert set(chunk_ids_by_source(runtime)) == {"faq.txt", "oncall-guide.md"}
+    missing = runtime.indexer.run([knowledge / "nope.md"])
+    assert missing.failed == [{"path": str(knowledge / "nope.md"), "error": "no such file or folder"}]
+
+
+def test_rebuild_and_embedding_model_change(runtime: Runtime, settings: Settings) -> None:
+    first = runtime.indexer.run()
+    rebuilt = runtime.indexer.run(rebuild=True)
+    assert rebuilt.added == SAMPLE_FILES and rebuilt.chunks == first.chunks
+    assert_consistent(runtime)
+    other_model = ChromaStore(runtime.store.path, "some/other-model")
+    with pytest.raises(ConfigError, match="rebuild"):
+        other_model.query("default", [0.0] * 384, 3)
+
+
+def test_missing_knowledge_folder_is_explained(tmp_path: Path) -> None:
+    settings = make_settings(tmp_path / "data", tmp_path / "no-such-folder")
+    runtime = knowledge_runtime(settings)
+    with pytest.raises(Exception, match="no-such-folder.*does not exist") as caught:
+        runtime.indexer.run()
+    assert "rag.knowledge_dir" in caught.value.hint
+    runtime.manifest.close()

@@ -1,0 +1,121 @@
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from bot.cli import app
+from config.errors import ConfigError
+from config.settings import load_settings
+
+
+def write(path: Path, text: str) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def test_defaults_without_a_file(tmp_path: Path) -> None:
+    settings = load_settings()
+    assert settings.config_file is None
+    assert settings.data_dir == tmp_path / "data"
+    assert settings.inference.backend == "llamacpp"
+    assert settings.inference.kv_cache_type == "q8_0"
+    assert settings.collection_dirs() == {"default": tmp_path / "knowledge"}
+
+
+def test_file_then_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    config = write(tmp_path / "config/teambot.toml", '[rag]\ntop_k = 7\nmin_score = 0.4\n[rag.collections]\nhr = "hr-docs"\n')
+    monkeypatch.setenv("TEAMBOT_RAG__TOP_K", "9")
+    monkeypatch.setenv("TEAMBOT_DATA_DIR", str(tmp_path / "elsewhere"))
+    settings = load_settings()
+    assert settings.config_file == Path("config/teambot.toml")
+    assert settings.rag.top_k == 9  # the environment wins
+    assert settings.rag.min_score == 0.4  # the file fills the rest
+    assert settings.data_dir == tmp_path / "elsewhere"
+    assert settings.collection_dirs()["hr"] == tmp_path / "hr-docs"
+    assert load_settings(config).rag.top_k == 9
+
+
+def test_repository_config_file_is_valid(monkeypatch: pytest.MonkeyPatch) -> None:
+    repo = Path(__file__).resolve().parent.parent
+    monkeypatch.chdir(repo)
+    settings = load_settings()
+    assert settings.config_file == Path("config/teambot.toml")
+    assert settings.rag.knowledge_dir == repo / "examples" / "knowledge"
+
+
+def test_wrong_value_names_key_value_and_rule(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TEAMBOT_INFERENCE__BACKEND", "gpu")
+    with pytest.raises(ConfigError) as caught:
+        load_settings()
+    message = str(caught.value)
+    assert "inference.backend" in message and "'gpu'" in message
+    assert "'llamacpp' or 'external'" in message
+
+
+def test_out_of_range_value_in_file(tmp_path: Path) -> None:
+    config = write(tmp_path / "t.toml", "[rag]\nmin_score = 3\n")
+    with pytest.raises(ConfigError, match=r"rag\.min_score' = 3 .*less than or equal to 1"):
+        load_settings(config)
+
+
+def test_misspelt_key_is_reported(tmp_path: Path) -> None:
+    config = write(tmp_path / "t.toml", "[rag]\nchunk_sise = 100\n")
+    with pytest.raises(ConfigError, match=r"unknown setting 'rag\.chunk_sise'"):
+        load_settings(config)
+
+
+def test_external_backend_needs_a_url(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TEAMBOT_INFERENCE__BACKEND", "external")
+    with pytest.raises(ConfigError, match="inference.base_url"):
+        load_settings()
+
+
+def test_secrets_are_refused_in_the_file(tmp_path: Path) -> None:
+    config = write(tmp_path / "t.toml", 'slack_bot_token = "xoxb-123"\n')
+    with pytest.raises(ConfigError) as caught:
+        load_settings(config)
+    assert "slack_bot_token" in str(caught.value) and "SLACK_BOT_TOKEN" in caught.value.hint
+    config = write(tmp_path / "u.toml", '[inference]\napi_key = "sk-1"\n')
+    with pytest.raises(ConfigError, match="inference.api_key"):
+        load_settings(config)
+
+
+def test_invalid_toml_names_the_line(tmp_path: Path) -> None:
+    config = write(tmp_path / "t.toml", "[rag]\ntop_k = = 3\n")
+    with pytest.raises(ConfigError, match=r"t\.toml: not valid TOML.*line 2"):
+        load_settings(config)
+
+
+def test_missing_explicit_file(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_settings(tmp_path / "nope.toml")
+
+
+def test_bad_collection_name_in_file(tmp_path: Path) -> None:
+    config = write(tmp_path / "t.toml", '[rag.collections]\n"Bad Name!" = "x"\n')
+    with pytest.raises(ConfigError, match="Bad Name!"):
+        load_settings(config)
+
+
+def test_config_command_hides_secrets(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SLACK_BOT_TOKEN", "xoxb-very-secret-token")
+    monkeypatch.setenv("TEAMBOT_LLM_API_KEY", "sk-also-secret")
+    result = CliRunner().invoke(app, ["config"])
+    assert result.exit_code == 0, result.output
+    assert "very-secret" not in result.output and "also-secret" not in result.output
+    shown = json.loads(result.stdout)
+    assert shown["SLACK_BOT_TOKEN"] == "(set, hidden)"
+    assert shown["DISCORD_BOT_TOKEN"] == "(not set)"
+    assert shown["rag"]["top_k"] == 4
+
+
+def test_cli_bad_config_exits_2_with_the_key(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TEAMBOT_RAG__TOP_K", "many")
+    result = CliRunner().invoke(app, ["search", "anything"])
+    assert result.exit_code == 2
+    assert "rag.top_k" in result.stderr and "'many'" in result.stderr
+    assert "Traceback" not in result.output
