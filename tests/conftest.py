@@ -66,13 +66,18 @@ def indexed_settings(tmp_path_factory: pytest.TempPathFactory) -> Settings:
 
 
 @pytest.fixture(scope="session")
-async def llamacpp_endpoint(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Endpoint]:
+async def llamacpp_server(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[tuple[LlamaCppServer, Endpoint]]:
     """The real llama.cpp server with the shipped SmolLM2 model, started once."""
     settings = load_settings(TEST_CONFIG, data_dir=str(tmp_path_factory.mktemp("llm")))
     server = LlamaCppServer(settings.inference, log_dir=settings.logs_dir)
     endpoint = await server.start()
-    yield endpoint
+    yield server, endpoint
     await server.stop()
+
+
+@pytest.fixture(scope="session")
+def llamacpp_endpoint(llamacpp_server: tuple[LlamaCppServer, Endpoint]) -> Endpoint:
+    return llamacpp_server[1]
 
 
 @pytest.fixture

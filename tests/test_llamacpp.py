@@ -1,0 +1,89 @@
+"""The embedded llama.cpp server manager, with the real server and the shipped SmolLM2 model."""
+
+from __future__ import annotations
+
+import re
+import socket
+from pathlib import Path
+
+import pytest
+
+from config.errors import ConfigError, TeambotError
+from config.settings import InferenceSettings
+from inference.client import Endpoint
+from inference.llamacpp import LlamaCppServer, server_command, shipped_model_path
+from tests.conftest import client_for
+
+# SmolLM2-135M's attention shape (from its GGUF metadata): 30 layers, 3 KV heads of 64 dims.
+SMOLLM2_LAYERS, SMOLLM2_KV_HEADS, SMOLLM2_HEAD_DIM = 30, 3, 64
+# ggml's q8_0 stores blocks of 32 int8 values with one fp16 scale: 34 bytes per 32 values.
+Q8_0_BYTES_PER_VALUE = 34 / 32
+
+
+def test_command_asks_for_an_int8_kv_cache_on_loopback() -> None:
+    command = server_command(InferenceSettings(threads=3, context_size=2048), Path("/m/model.gguf"), 5555)
+    args = dict(zip(command[3::2], command[4::2]))
+    assert command[1:3] == ["-m", "llama_cpp.server"]
+    assert args["--host"] == "127.0.0.1" and args["--port"] == "5555"
+    assert args["--type_k"] == args["--type_v"] == "8"  # GGML_TYPE_Q8_0
+    assert args["--flash_attn"] == "true"
+    assert args["--n_threads"] == "3" and args["--n_ctx"] == "2048"
+    f16 = dict(zip(*[iter(server_command(InferenceSettings(kv_cache_type="f16"), Path("/m.gguf"), 1)[3:])] * 2))
+    assert f16["--type_k"] == "1"
+
+
+def test_shipped_model_is_a_4bit_gguf() -> None:
+    path = shipped_model_path()
+    assert path.name == "SmolLM2-135M-Instruct.Q4_1.gguf"
+    assert path.read_bytes()[:4] == b"GGUF"
+
+
+async def test_the_running_server_holds_its_kv_cache_in_int8(llamacpp_server) -> None:  # type: ignore[no-untyped-def]
+    server, endpoint = llamacpp_server
+    log = server.log_path.read_text()
+    kv_mib = float(re.search(r"KV buffer size =\s+([\d.]+) MiB", log).group(1))
+    values = 4096 * SMOLLM2_LAYERS * SMOLLM2_KV_HEADS * SMOLLM2_HEAD_DIM * 2  # K and V, default context
+    assert kv_mib == pytest.approx(values * Q8_0_BYTES_PER_VALUE / 2**20, rel=0.01)
+    client = client_for(endpoint, max_tokens=8)
+    assert "".join([t async for t in client.stream_chat([_user("Say hi")])]).strip()
+    await client.aclose()
+
+
+async def test_stop_ends_the_process_and_frees_the_port(tmp_path: Path) -> None:
+    server = LlamaCppServer(InferenceSettings(context_size=512), log_dir=tmp_path)
+    messages: list[str] = []
+    endpoint = await server.start(messages.append)
+    assert any("ready in" in m for m in messages)
+    process = server._process
+    await server.stop()
+    assert process is not None and process.poll() is not None
+    with pytest.raises(OSError):
+        socket.create_connection(_host_port(endpoint), timeout=1).close()
+
+
+async def test_missing_or_wrong_model_file(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="does not exist"):
+        await LlamaCppServer(InferenceSettings(model_path=tmp_path / "none.gguf"), log_dir=tmp_path).start()
+    not_gguf = tmp_path / "model.bin"
+    not_gguf.write_bytes(b"PK\x03\x04 something else")
+    with pytest.raises(ConfigError, match="is not a GGUF file"):
+        await LlamaCppServer(InferenceSettings(model_path=not_gguf), log_dir=tmp_path).start()
+
+
+async def test_a_server_that_dies_while_starting_is_reported_with_its_log(tmp_path: Path) -> None:
+    broken = tmp_path / "broken.gguf"
+    broken.write_bytes(b"GGUF" + b"\x00" * 64)
+    with pytest.raises(TeambotError) as caught:
+        await LlamaCppServer(InferenceSettings(model_path=broken), log_dir=tmp_path).start()
+    assert "stopped while starting" in str(caught.value) and "llama-server.log" in str(caught.value)
+
+
+def _user(text: str):  # type: ignore[no-untyped-def]
+    from inference.client import ChatMessage
+
+    return ChatMessage("user", text)
+
+
+def _host_port(endpoint: Endpoint) -> tuple[str, int]:
+    host, port = endpoint.base_url.split("//")[1].split("/")[0].split(":")
+    return host, int(port)

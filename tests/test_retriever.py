@@ -1,0 +1,87 @@
+"""Hybrid retrieval over the indexed sample knowledge base (real Chroma, real embedder)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from bot.runtime import knowledge_runtime
+from config.settings import Settings
+from rag.retriever import NothingIndexed
+
+
+@pytest.fixture
+def retriever(indexed_settings: Settings):  # type: ignore[no-untyped-def]
+    runtime = knowledge_runtime(indexed_settings)
+    yield runtime.retriever
+    runtime.manifest.close()
+
+
+@pytest.mark.parametrize(
+    ("question", "path", "heading"),
+    [
+        ("Who gets paged if the primary on-call does not acknowledge a page?", "oncall-guide.md", "Paging and escalation"),
+        ("出差住宿每晚可以报销多少钱？", "expense-policy-zh.md", "住宿标准"),
+        ("报销需要在多少天内提交？", "expense-policy-zh.md", "报销流程"),
+        ("How many approvals does a pull request need?", "code-review.docx", "Approvals"),
+        ("What do I do if my laptop is stolen?", "security-policy.pdf", ""),
+        ("When does the release train leave?", "release-process.rst", "The release train"),
+        ("Who is my onboarding buddy?", "onboarding.html", "Your onboarding buddy"),
+    ],
+)
+def test_the_right_passage_comes_first(retriever, question: str, path: str, heading: str) -> None:  # type: ignore[no-untyped-def]
+    result = retriever.search(question, ["default"])
+    assert result.passages, question
+    best = result.passages[0]
+    assert (best.path, best.heading) == (path, heading)
+    assert 0 < best.score <= 1 and best.score == pytest.approx(0.5 * best.vector_score + 0.5 * best.keyword_score, abs=1e-3)
+    assert {"embed", "vector", "keyword", "total"} <= result.timings_ms.keys()
+
+
+def test_chinese_question_finds_the_chinese_document_through_its_words(retriever) -> None:  # type: ignore[no-untyped-def]
+    best = retriever.search("餐补每天多少钱", ["default"]).passages[0]
+    assert best.path == "expense-policy-zh.md" and best.heading == "餐补"
+    assert best.keyword_score > 0.3
+
+
+@pytest.mark.parametrize("question", ["What is the boiling point of tungsten?", "Who won the 1998 football world cup?", "量子色动力学是什么？"])
+def test_questions_about_nothing_in_the_base_find_nothing(retriever, question: str) -> None:  # type: ignore[no-untyped-def]
+    assert retriever.search(question, ["default"]).passages == []
+
+
+def test_top_k_limits_the_passages(retriever) -> None:  # type: ignore[no-untyped-def]
+    assert len(retriever.search("on-call engineer pages and incidents", ["default"], top_k=2).passages) == 2
+
+
+def test_never_indexed_collection_is_explained(retriever) -> None:  # type: ignore[no-untyped-def]
+    with pytest.raises(NothingIndexed, match="collection nowhere") as caught:
+        retriever.search("anything", ["nowhere"])
+    assert "teambot index" in caught.value.hint
+
+
+def test_keyword_index_follows_changes_made_by_another_indexer(settings: Settings, knowledge: Path) -> None:
+    reader = knowledge_runtime(settings)
+    writer = knowledge_runtime(settings)  # as `teambot index` in another process would
+    writer.indexer.run()
+    assert reader.retriever.search("Where are the bicycles stored?", ["default"]).passages == []
+    (knowledge / "bikes.md").write_text("# Bicycles\n\nBicycles are stored in the basement bicycle room, behind the blue door.\n")
+    writer.indexer.run()
+    best = reader.retriever.search("Where are the bicycles stored?", ["default"]).passages[0]
+    assert best.path == "bikes.md"
+    reader.manifest.close()
+    writer.manifest.close()
+
+
+def test_search_spans_several_collections(settings: Settings, tmp_path: Path) -> None:
+    runtime = knowledge_runtime(settings)
+    runtime.indexer.run()
+    hr = tmp_path / "hr"
+    hr.mkdir()
+    (hr / "leave.md").write_text("# Parental leave\n\nParents get sixteen weeks of paid parental leave.\n")
+    runtime.indexer.run([hr], collection="hr")
+    question = "How many weeks of parental leave do parents get?"
+    assert runtime.retriever.search(question, ["default"]).passages == []
+    both = runtime.retriever.search(question, ["default", "hr"]).passages
+    assert both[0].collection == "hr" and both[0].path == "leave.md"
+    runtime.manifest.close()
