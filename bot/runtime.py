@@ -46,7 +46,7 @@ def knowledge_runtime(settings: Settings) -> Runtime:
         settings=settings,
         store=store,
         manifest=manifest,
-        retriever=Retriever(settings.rag, store, manifest),
+        retriever=Retriever(settings.rag, store, manifest, models_dir=settings.data_dir / "models"),
         indexer=Indexer(settings, store, manifest),
     )
 

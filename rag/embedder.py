@@ -17,10 +17,7 @@ from typing import TYPE_CHECKING
 from config.errors import ConfigError
 
 if TYPE_CHECKING:
-    import transformers
     from llama_index.embeddings.huggingface import HuggingFaceEmbedding
-
-    transformers.logging.disable_progress_bar()  # teambot shows its own progress
 
 log = logging.getLogger(__name__)
 
@@ -36,9 +33,11 @@ def embed_model_id(setting: str) -> str:
     return setting or SHIPPED_MODEL_ID
 
 
-def _model_location(setting: str) -> str:
+def model_location(setting: str) -> str:
+    """Where the model is: a local folder, or a name for the Hugging Face cache."""
     if setting:
-        return str(Path(setting).expanduser()) if Path(setting).expanduser().exists() else setting
+        path = Path(setting).expanduser()
+        return str(path) if path.exists() else setting
     spec = importlib.util.find_spec(SHIPPED_PACKAGE)
     if spec is None or not spec.submodule_search_locations:
         raise ConfigError(
@@ -65,8 +64,7 @@ def _load(setting: str, batch_size: int) -> HuggingFaceEmbedding:
     from llama_index.embeddings.huggingface import HuggingFaceEmbedding
 
     transformers.logging.disable_progress_bar()  # teambot shows its own progress
-
-    location = _model_location(setting)
+    location = model_location(setting)
     log.info("loading embedding model %s", embed_model_id(setting))
     try:
         return HuggingFaceEmbedding(model_name=location, device="cpu", embed_batch_size=batch_size)

@@ -75,7 +75,8 @@ class _Root:
 class _Todo:
     path: Path
     record: FileRecord  # what the manifest will say once it is indexed
-    is_new: bool
+    is_new: bool  # for the report: it had no chunks before
+    known: bool  # the manifest has a row for it, so the store may hold chunks of it
 
 
 def doc_id_for(collection: str, root: str, relpath: str) -> str:
@@ -177,9 +178,8 @@ class Indexer:
                 gone = []
             else:
                 gone = [doc_id for doc_id in known if doc_id not in seen]
-            for doc_id in gone:
-                self._store.delete_document(collection, doc_id)
             if gone:
+                self._store.delete_documents(collection, gone)
                 self._manifest.remove(collection, gone)
                 report.deleted += len(gone)
         return todo
@@ -209,7 +209,7 @@ class Indexer:
             title="", chunks=known.chunks if known else 0, state="indexed", error="", indexed_at=0.0,
         )  # fmt: skip
         had_chunks = known is not None and known.sha256 != "" and (known.state != "failed" or known.chunks > 0)
-        return _Todo(path, record, is_new=not had_chunks)
+        return _Todo(path, record, is_new=not had_chunks, known=known is not None)
 
     def _index_batch(self, batch: list[_Todo], collection: str, report: IndexReport, progress: IndexProgress | None) -> None:
         parsed: list[tuple[_Todo, ParsedDocument, list[Chunk]]] = []
@@ -233,8 +233,8 @@ class Indexer:
         if parsed:
             self._manifest.mark_pending(item.record for item, _, _ in parsed)
             nodes = self._nodes(parsed, collection)
-            for item, _, _ in parsed:
-                self._store.delete_document(collection, item.record.doc_id)
+            # Whatever a document had in the store goes first (its old version, or what a dead run left).
+            self._store.delete_documents(collection, [item.record.doc_id for item, _, _ in parsed if item.known])
             self._store.add(collection, nodes)
             now = time.time()
             self._manifest.save(

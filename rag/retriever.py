@@ -6,6 +6,10 @@ Candidates come from both searches. Each gets
 (``rag.min_score``) can say "nothing relevant": a question in Chinese finds Chinese documents
 through their words even where the English-centric embedder is weak, and a paraphrase with
 no shared words still finds its passage through the vectors.
+
+Per collection, a cache built from the store holds the BM25 index and the chunk vectors (to
+score keyword-only candidates without a round trip to Chroma). It is rebuilt when the
+manifest's generation for the collection changes, also when another process indexed.
 """
 
 from __future__ import annotations
@@ -14,14 +18,15 @@ import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 
 from config.errors import TeambotError
 from config.settings import RagSettings
-from rag.embedder import load_embedder
 from rag.keyword import KeywordIndex, tokenize
 from rag.manifest import Manifest
+from rag.query_encoder import load_query_encoder
 from rag.store import ChromaStore, StoredChunk
 
 # Each search proposes this many candidates per wanted passage (at least CANDIDATES_MIN).
@@ -54,133 +59,152 @@ class Retrieval:
 
 
 @dataclass
-class _KeywordCache:
+class _CollectionCache:
     generation: int
     ids: list[str]
-    index: KeywordIndex
+    keyword: KeywordIndex
+    vectors: np.ndarray  # one normalised row per chunk, in the order of ids
     position: dict[str, int] = field(init=False)
 
     def __post_init__(self) -> None:
         self.position = {chunk_id: k for k, chunk_id in enumerate(self.ids)}
 
 
+@dataclass
+class _Candidate:
+    collection: str
+    chunk_id: str
+    vector_score: float
+    keyword_score: float
+    score: float
+    chunk: StoredChunk | None  # None for keyword-only candidates until they are fetched
+
+
 class Retriever:
-    def __init__(self, settings: RagSettings, store: ChromaStore, manifest: Manifest) -> None:
+    def __init__(self, settings: RagSettings, store: ChromaStore, manifest: Manifest, models_dir: Path) -> None:
         self._settings = settings
         self._store = store
         self._manifest = manifest
-        self._keyword: dict[str, _KeywordCache] = {}
-        self._keyword_lock = threading.Lock()
+        self._models_dir = models_dir
+        self._caches: dict[str, _CollectionCache] = {}
+        self._cache_lock = threading.Lock()
 
     def warm_up(self, collections: Sequence[str]) -> None:
-        """Loads the embedder, the tokenizer and the collections' keyword indexes now, not at the first question."""
+        """Loads the embedder, the tokenizer and the collections' caches now, not at the first question."""
         self._embed("warm up")
         tokenize("warm up")
         for collection in collections:
             if self._manifest.generation(collection):
-                self._keyword_index(collection)
+                self._cache(collection)
 
     def search(self, query: str, collections: Sequence[str], top_k: int | None = None) -> Retrieval:
         """The passages relevant to ``query``, best first; empty when nothing passes rag.min_score."""
         top_k = top_k or self._settings.top_k
         limit = max(top_k * CANDIDATES_PER_RESULT, CANDIDATES_MIN)
-        timings: dict[str, float] = {}
-        started = time.perf_counter()
-
-        query_vector = self._embed(query)
-        timings["embed"] = _ms_since(started)
-
-        mark = time.perf_counter()
-        query_terms = tokenize(query)
-        candidates: list[Passage] = []
-        searched = 0
-        vector_ms = 0.0
-        for collection in collections:
-            if self._manifest.generation(collection) == 0:
-                continue  # never indexed
-            searched += 1
-            t = time.perf_counter()
-            vector_hits = self._store.query(collection, query_vector, limit)
-            vector_ms += _ms_since(t)
-            candidates.extend(self._fuse(collection, query_vector, query_terms, vector_hits, limit))
-        timings["vector"] = round(vector_ms, 2)
-        timings["keyword"] = round(_ms_since(mark) - vector_ms, 2)
-        if not searched:
-            names = ", ".join(collections)
+        searchable = [c for c in collections if self._manifest.generation(c)]
+        if not searchable:
             raise NothingIndexed(
-                f"nothing is indexed in collection {names}",
+                f"nothing is indexed in collection {', '.join(collections)}",
                 f"index documents first: `teambot index [PATH ...] --collection {collections[0] if collections else 'default'}`",
             )
+        timings: dict[str, float] = {}
+        started = time.perf_counter()
+        query_vector = np.asarray(self._embed(query), dtype=np.float32)
+        timings["embed"] = _ms_since(started)
 
-        relevant = sorted((p for p in candidates if p.score >= self._settings.min_score), key=lambda p: -p.score)
-        timings["total"] = _ms_since(started)
-        return Retrieval(relevant[:top_k], timings)
+        query_terms = tokenize(query)
+        candidates: list[_Candidate] = []
+        vector_ms = keyword_ms = 0.0
+        for collection in searchable:
+            mark = time.perf_counter()
+            vector_hits = self._store.query(collection, query_vector.tolist(), limit)
+            vector_ms += _ms_since(mark)
+            mark = time.perf_counter()
+            candidates.extend(self._fuse(collection, query_vector, query_terms, vector_hits, limit))
+            keyword_ms += _ms_since(mark)
+
+        relevant = sorted((c for c in candidates if c.score >= self._settings.min_score), key=lambda c: -c.score)[:top_k]
+        passages = self._passages(relevant)
+        timings.update(vector=round(vector_ms, 2), keyword=round(keyword_ms, 2), total=_ms_since(started))
+        return Retrieval(passages, timings)
 
     def _embed(self, text: str) -> list[float]:
-        embedder = load_embedder(self._settings.embed_model, self._settings.embed_batch_size)
-        return embedder.get_query_embedding(text)
+        rag = self._settings
+        return load_query_encoder(rag.embed_model, rag.embed_batch_size, self._models_dir)(text)
 
     def _fuse(
         self,
         collection: str,
-        query_vector: list[float],
+        query_vector: np.ndarray,
         query_terms: list[str],
         vector_hits: list[StoredChunk],
         limit: int,
-    ) -> list[Passage]:
-        keyword = self._keyword_index(collection)
-        keyword_scores = {keyword.ids[hit.index]: hit.score for hit in keyword.index.search(query_terms, limit)}
-        chunks = {hit.id: hit for hit in vector_hits}
-        similarity = {hit.id: hit.similarity or 0.0 for hit in vector_hits}
-
-        keyword_only = [chunk_id for chunk_id in keyword_scores if chunk_id not in chunks]
-        if keyword_only:
-            query = np.asarray(query_vector)
-            for hit in self._store.get(collection, keyword_only, embeddings=True):
-                chunks[hit.id] = hit
-                similarity[hit.id] = float(np.dot(query, np.asarray(hit.embedding)))
-
+    ) -> list[_Candidate]:
+        cache = self._cache(collection)
+        keyword_hits = {cache.ids[hit.index]: hit.score for hit in cache.keyword.search(query_terms, limit)}
         w = self._settings.vector_weight
-        passages = []
-        for chunk_id, chunk in chunks.items():
-            if chunk_id in keyword_scores:
-                kw = keyword_scores[chunk_id]
-            elif chunk_id in keyword.position:
-                kw = keyword.index.coverage(query_terms, keyword.position[chunk_id])
+        candidates = []
+        for hit in vector_hits:
+            vec = max(hit.similarity or 0.0, 0.0)
+            if hit.id in keyword_hits:
+                kw = keyword_hits[hit.id]
+            elif hit.id in cache.position:
+                kw = cache.keyword.coverage(query_terms, cache.position[hit.id])
             else:
-                kw = 0.0
-            vec = max(similarity[chunk_id], 0.0)
+                kw = 0.0  # indexed after the cache was built
+            candidates.append(_Candidate(collection, hit.id, vec, kw, w * vec + (1 - w) * kw, hit))
+        seen = {hit.id for hit in vector_hits}
+        for chunk_id, kw in keyword_hits.items():
+            if chunk_id not in seen:
+                vec = max(float(cache.vectors[cache.position[chunk_id]] @ query_vector), 0.0)
+                candidates.append(_Candidate(collection, chunk_id, vec, kw, w * vec + (1 - w) * kw, None))
+        return candidates
+
+    def _passages(self, chosen: list[_Candidate]) -> list[Passage]:
+        """The chosen candidates as passages, fetching the text of keyword-only ones."""
+        missing: dict[str, list[str]] = {}
+        for c in chosen:
+            if c.chunk is None:
+                missing.setdefault(c.collection, []).append(c.chunk_id)
+        fetched = {(name, chunk.id): chunk for name, ids in missing.items() for chunk in self._store.get(name, ids)}
+        passages = []
+        for c in chosen:
+            chunk = c.chunk or fetched.get((c.collection, c.chunk_id))
+            if chunk is None:
+                continue  # deleted by an index run since the cache was built
             meta = chunk.metadata
             passages.append(
                 Passage(
-                    collection=collection,
+                    collection=c.collection,
                     path=str(meta.get("source", "")),
                     title=str(meta.get("title", "")),
                     heading=str(meta.get("heading", "")),
                     page=str(meta.get("page", "")),
                     text=chunk.text,
-                    score=round(w * vec + (1 - w) * kw, 4),
-                    vector_score=round(vec, 4),
-                    keyword_score=round(kw, 4),
-                    chunk_id=chunk_id,
+                    score=round(c.score, 4),
+                    vector_score=round(c.vector_score, 4),
+                    keyword_score=round(c.keyword_score, 4),
+                    chunk_id=c.chunk_id,
                 )
             )
         return passages
 
-    def _keyword_index(self, collection: str) -> _KeywordCache:
-        """The collection's BM25 index, rebuilt from the store when the manifest says it changed."""
+    def _cache(self, collection: str) -> _CollectionCache:
+        """The collection's BM25 index and vectors, rebuilt from the store when the manifest says it changed."""
         generation = self._manifest.generation(collection)
-        with self._keyword_lock:
-            cached = self._keyword.get(collection)
-            if cached is None or cached.generation != generation:
-                stored = self._store.get(collection, texts=False)
-                cached = _KeywordCache(
+        with self._cache_lock:
+            cache = self._caches.get(collection)
+            if cache is None or cache.generation != generation:
+                stored = self._store.get(collection, texts=False, embeddings=True)
+                vectors = np.asarray([chunk.embedding for chunk in stored], dtype=np.float32).reshape(len(stored), -1)
+                cache = _CollectionCache(
                     generation,
                     [chunk.id for chunk in stored],
                     KeywordIndex([str(chunk.metadata.get("keywords", "")).split() for chunk in stored]),
+                    vectors,
                 )
-                self._keyword[collection] = cached
-            return cached
+                self._caches[collection] = cache
+            return cache
 
 
 def _ms_since(start: float) -> float:

@@ -10,11 +10,11 @@ from __future__ import annotations
 import logging
 import os
 import sqlite3
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from config.errors import ConfigError, TeambotError
 
@@ -23,6 +23,8 @@ if TYPE_CHECKING:
     from llama_index.core.schema import TextNode
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 CHROMA_PREFIX = "kb-"
 EMBED_MODEL_KEY = "embed_model"
@@ -38,7 +40,7 @@ class StoredChunk:
     text: str
     metadata: dict[str, Any]
     similarity: float | None = None  # cosine similarity to the query, when queried
-    embedding: list[float] | None = field(default=None, repr=False)
+    embedding: Sequence[float] | None = field(default=None, repr=False)
 
 
 class ChromaStore:
@@ -46,6 +48,7 @@ class ChromaStore:
         self.path = path
         self.embed_model = embed_model
         self._client: chromadb.ClientAPI | None = None
+        self._collections: dict[str, chromadb.Collection] = {}
 
     def _chroma(self) -> chromadb.ClientAPI:
         if self._client is None:
@@ -77,6 +80,8 @@ class ChromaStore:
 
     def collection(self, name: str, create: bool = False) -> chromadb.Collection | None:
         """The Chroma collection of teambot collection ``name``; None if it does not exist and ``create`` is false."""
+        if name in self._collections:
+            return self._collections[name]
         from chromadb.errors import NotFoundError
 
         client = self._chroma()
@@ -100,6 +105,7 @@ class ChromaStore:
                 f"collection {name!r} was embedded with {recorded}, but rag.embed_model is now {self.embed_model}",
                 f"rebuild it with `teambot index --collection {name} --rebuild`, or set rag.embed_model back",
             )
+        self._collections[name] = collection
         return collection
 
     def collections(self) -> list[str]:
@@ -107,68 +113,67 @@ class ChromaStore:
             names = [c.name for c in self._chroma().list_collections()]
         return sorted(n[len(CHROMA_PREFIX):] for n in names if n.startswith(CHROMA_PREFIX))
 
+    def _on(self, name: str, action: str, work: Callable[[chromadb.Collection], T], *, missing: T, create: bool = False) -> T:
+        """Runs ``work`` on a collection (``missing`` if it does not exist). A handle that went stale,
+        because another process dropped and re-made the collection, is renewed once."""
+        from chromadb.errors import NotFoundError
+
+        for attempt in (1, 2):
+            collection = self.collection(name, create=create)
+            if collection is None:
+                return missing
+            try:
+                with self._guard(f"{action} collection {name!r}"):
+                    return work(collection)
+            except StoreError as exc:
+                if attempt == 2 or not isinstance(exc.__cause__, NotFoundError):
+                    raise
+                self._collections.pop(name, None)
+        raise AssertionError("unreachable")
+
     def add(self, name: str, nodes: Sequence[TextNode]) -> None:
         from llama_index.vector_stores.chroma import ChromaVectorStore
 
-        collection = self.collection(name, create=True)
-        with self._guard(f"write to collection {name!r}"):
-            ChromaVectorStore(chroma_collection=collection).add(list(nodes))
+        self._on(name, "write to", lambda c: ChromaVectorStore(chroma_collection=c).add(list(nodes)), missing=None, create=True)
 
-    def delete_document(self, name: str, doc_id: str) -> None:
-        collection = self.collection(name)
-        if collection is None:
-            return
-        with self._guard(f"delete from collection {name!r}"):
-            # ChromaVectorStore.delete(ref_doc_id) removes exactly the nodes whose document_id is doc_id.
-            collection.delete(where={"document_id": doc_id})
+    def delete_documents(self, name: str, doc_ids: Sequence[str]) -> None:
+        """Removes every chunk of these documents (the chunks whose document_id is one of them)."""
+        if doc_ids:
+            self._on(name, "delete from", lambda c: c.delete(where={"document_id": {"$in": list(doc_ids)}}), missing=None)
 
     def drop(self, name: str) -> None:
-        if self.collection(name) is None:
-            return
-        with self._guard(f"drop collection {name!r}"):
-            self._chroma().delete_collection(CHROMA_PREFIX + name)
+        self._on(name, "drop", lambda c: self._chroma().delete_collection(c.name), missing=None)
+        self._collections.pop(name, None)
 
     def count(self, name: str) -> int:
-        collection = self.collection(name)
-        if collection is None:
-            return 0
-        with self._guard(f"count collection {name!r}"):
-            return collection.count()
+        return self._on(name, "count", lambda c: c.count(), missing=0)
 
     def query(self, name: str, embedding: Sequence[float], limit: int) -> list[StoredChunk]:
-        collection = self.collection(name)
-        if collection is None:
-            return []
-        with self._guard(f"search collection {name!r}"):
-            result = collection.query(
-                query_embeddings=[list(embedding)],
-                n_results=limit,
-                include=["documents", "metadatas", "distances"],
-            )
-        return [
-            StoredChunk(id=i, text=text or "", metadata=dict(meta or {}), similarity=1.0 - distance)
-            for i, text, meta, distance in zip(
-                result["ids"][0], result["documents"][0], result["metadatas"][0], result["distances"][0]
-            )
-        ]
+        """The ``limit`` chunks nearest to ``embedding``, with their cosine similarity."""
+
+        def nearest(collection: chromadb.Collection) -> list[StoredChunk]:
+            result = collection.query(query_embeddings=[list(embedding)], n_results=limit, include=["documents", "metadatas", "distances"])
+            rows = zip(result["ids"][0], result["documents"][0], result["metadatas"][0], result["distances"][0])
+            return [StoredChunk(id=i, text=text or "", metadata=dict(meta or {}), similarity=1.0 - distance) for i, text, meta, distance in rows]
+
+        return self._on(name, "search", nearest, missing=[])
 
     def get(self, name: str, ids: Sequence[str] | None = None, *, texts: bool = True, embeddings: bool = False) -> list[StoredChunk]:
         """Chunks by id (all of the collection when ``ids`` is None), with their metadata."""
-        collection = self.collection(name)
-        if collection is None:
-            return []
         include = ["metadatas"] + (["documents"] if texts else []) + (["embeddings"] if embeddings else [])
-        with self._guard(f"read collection {name!r}"):
+
+        def read(collection: chromadb.Collection) -> list[StoredChunk]:
             result = collection.get(ids=list(ids) if ids is not None else None, include=include)
-        count = len(result["ids"])
-        documents = result.get("documents") if texts else None
-        vectors = result.get("embeddings") if embeddings else None
-        return [
-            StoredChunk(
-                id=result["ids"][k],
-                text=(documents[k] or "") if documents is not None else "",
-                metadata=dict(result["metadatas"][k] or {}),
-                embedding=list(vectors[k]) if vectors is not None else None,
-            )
-            for k in range(count)
-        ]
+            documents = result.get("documents") if texts else None
+            vectors = result.get("embeddings") if embeddings else None
+            return [
+                StoredChunk(
+                    id=chunk_id,
+                    text=(documents[k] or "") if documents is not None else "",
+                    metadata=dict(result["metadatas"][k] or {}),
+                    embedding=vectors[k] if vectors is not None else None,
+                )
+                for k, chunk_id in enumerate(result["ids"])
+            ]
+
+        return self._on(name, "read", read, missing=[])

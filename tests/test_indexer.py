@@ -184,3 +184,14 @@ def test_missing_knowledge_folder_is_explained(tmp_path: Path) -> None:
         runtime.indexer.run()
     assert "rag.knowledge_dir" in caught.value.hint
     runtime.manifest.close()
+
+
+def test_a_rebuild_by_another_process_does_not_break_a_running_reader(settings: Settings) -> None:
+    reader = knowledge_runtime(settings)
+    writer = knowledge_runtime(settings)
+    writer.indexer.run()
+    assert reader.retriever.search("When does the release train leave?", ["default"]).passages
+    writer.indexer.run(rebuild=True)  # drops and re-creates the Chroma collection under the reader
+    assert reader.retriever.search("When does the release train leave?", ["default"]).passages[0].path == "release-process.rst"
+    reader.manifest.close()
+    writer.manifest.close()

@@ -1,0 +1,84 @@
+"""Retrieval latency at 10,000 chunks, query embedding included, beside a plain llama-index retriever.
+
+    .venv/bin/python -m bench.retrieval [--chunks 10000] [--queries 300]
+
+Both search the same Chroma collection; the baseline is
+``VectorStoreIndex.from_vector_store(...).as_retriever(similarity_top_k=4)`` (vector search only),
+teambot's is the hybrid vector + BM25 search with its relevance threshold.
+Writes bench/results/retrieval.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+import time
+from pathlib import Path
+
+from bench.common import bench_settings, save, summary_ms
+from bench.corpus import questions, write_corpus
+from bot.runtime import knowledge_runtime
+from rag.embedder import load_embedder  # noqa: F401
+from rag.store import CHROMA_PREFIX
+
+WARM_UP_QUERIES = 20
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--chunks", type=int, default=10_000)
+    parser.add_argument("--queries", type=int, default=300)
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory(prefix="teambot-bench-") as tmp:
+        work = Path(tmp)
+        folder = work / "knowledge"
+        write_corpus(folder, args.chunks)
+        settings = bench_settings(work, folder)
+        runtime = knowledge_runtime(settings)
+        report = runtime.indexer.run()
+        assert report.total_chunks == args.chunks, report
+        results = {"chunks": report.total_chunks, "index_seconds": report.seconds, "top_k": settings.rag.top_k}
+        results.update(measure(runtime, settings, questions(args.queries)))
+        runtime.manifest.close()
+    print(json.dumps(results, indent=2))
+    print("saved", save("retrieval", results))
+
+
+def measure(runtime, settings, queries: list[str]) -> dict:  # type: ignore[no-untyped-def]
+    from llama_index.core import VectorStoreIndex
+    from llama_index.vector_stores.chroma import ChromaVectorStore
+
+    collection = runtime.store.collection("default")
+    assert collection is not None and collection.name == CHROMA_PREFIX + "default"
+    embed_model = load_embedder(settings.rag.embed_model, settings.rag.embed_batch_size)
+    baseline = VectorStoreIndex.from_vector_store(ChromaVectorStore(chroma_collection=collection), embed_model=embed_model).as_retriever(
+        similarity_top_k=settings.rag.top_k
+    )
+
+    for query in queries[:WARM_UP_QUERIES]:
+        runtime.retriever.search(query, ["default"])
+        baseline.retrieve(query)
+
+    ours, plain, stages, found = [], [], {"embed": [], "vector": [], "keyword": []}, 0
+    for query in queries:  # interleaved, so both see the same machine load
+        started = time.perf_counter()
+        result = runtime.retriever.search(query, ["default"])
+        ours.append((time.perf_counter() - started) * 1000)
+        found += bool(result.passages)
+        for stage in stages:
+            stages[stage].append(result.timings_ms[stage])
+        started = time.perf_counter()
+        baseline.retrieve(query)
+        plain.append((time.perf_counter() - started) * 1000)
+    return {
+        "queries": len(queries),
+        "teambot_hybrid_ms": summary_ms(ours),
+        "teambot_stages_ms": {stage: summary_ms(values) for stage, values in stages.items()},
+        "teambot_questions_with_passages": found,
+        "plain_llamaindex_vector_ms": summary_ms(plain),
+    }
+
+
+if __name__ == "__main__":
+    main()
