@@ -26,9 +26,8 @@ def first_index(files: int, work: Path) -> dict:
     write_corpus(folder, files)
     settings = bench_settings(work / "ours", folder)
     _warm_up(work)
-    runtime = knowledge_runtime(settings)
-    report = runtime.indexer.run()
-    runtime.manifest.close()
+    with knowledge_runtime(settings) as runtime:
+        report = runtime.indexer.run()
     ours = {"chunks": report.chunks, "seconds": round(report.seconds, 2), "chunks_per_s": round(report.chunks / report.seconds, 1)}
     results = {"files": files, "teambot": ours}
     for label, batch in (("plain_llamaindex_default_batch", None), ("plain_llamaindex_batch_64", 64)):
@@ -41,9 +40,8 @@ def _warm_up(work: Path) -> None:
     """Loads the embedder and imports Chroma and llama-index once, untimed, so both sides start warm."""
     folder = work / "warm-up"
     write_corpus(folder, 5, seed=1)
-    runtime = knowledge_runtime(bench_settings(work / "warm-up-data", folder))
-    runtime.indexer.run()
-    runtime.manifest.close()
+    with knowledge_runtime(bench_settings(work / "warm-up-data", folder)) as runtime:
+        runtime.indexer.run()
     plain_llamaindex_index(folder, work / "warm-up-chroma")
 
 
@@ -51,10 +49,9 @@ def noop_reindex(files: int, work: Path) -> dict:
     folder = work / "noop"
     write_corpus(folder, files, seed=99)
     settings = bench_settings(work / "noop-ours", folder)
-    runtime = knowledge_runtime(settings)
-    runtime.indexer.run()
-    second = runtime.indexer.run()
-    runtime.manifest.close()
+    with knowledge_runtime(settings) as runtime:
+        runtime.indexer.run()
+        second = runtime.indexer.run()
     assert second.unchanged == files and second.chunks == 0, second
 
     # The whole command, as a cron job or a user would run it: a new process, imports included.

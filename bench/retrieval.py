@@ -19,7 +19,7 @@ from pathlib import Path
 from bench.common import bench_settings, save, summary_ms
 from bench.corpus import questions, write_corpus
 from bot.runtime import knowledge_runtime
-from rag.embedder import load_embedder  # noqa: F401
+from rag.embedder import load_embedder
 from rag.store import CHROMA_PREFIX
 
 WARM_UP_QUERIES = 20
@@ -35,12 +35,11 @@ def main() -> None:
         folder = work / "knowledge"
         write_corpus(folder, args.chunks)
         settings = bench_settings(work, folder)
-        runtime = knowledge_runtime(settings)
-        report = runtime.indexer.run()
-        assert report.total_chunks == args.chunks, report
-        results = {"chunks": report.total_chunks, "index_seconds": report.seconds, "top_k": settings.rag.top_k}
-        results.update(measure(runtime, settings, questions(args.queries)))
-        runtime.manifest.close()
+        with knowledge_runtime(settings) as runtime:
+            report = runtime.indexer.run()
+            assert report.total_chunks == args.chunks, report
+            results = {"chunks": report.total_chunks, "index_seconds": report.seconds, "top_k": settings.rag.top_k}
+            results.update(measure(runtime, settings, questions(args.queries)))
     print(json.dumps(results, indent=2))
     print("saved", save("retrieval", results))
 

@@ -79,9 +79,11 @@ async def first_token_core(engine, client: TimedClient, question: str) -> tuple[
 
 
 async def flush(client: ChatClient) -> None:
+    """A one-token request: replaces the prompt llama.cpp keeps cached, and stops the generation
+    that a closed measurement stream may have left running, so the next measurement starts on an idle server."""
     async with aclosing(client.stream_chat(FLUSH)) as stream:
         async for _ in stream:
-            break
+            pass
 
 
 async def run(rounds: int) -> dict:
@@ -94,20 +96,21 @@ async def run(rounds: int) -> dict:
             client = TimedClient(runtime.endpoint, timeout_s=inference.request_timeout_s, max_retries=inference.max_retries,
                                  temperature=inference.temperature, max_tokens=inference.max_tokens)
             engine = AnswerEngine(runtime.retriever, client, settings.bot)
+            flusher = ChatClient(runtime.endpoint, timeout_s=60, max_retries=0, temperature=0.0, max_tokens=1)
             core, direct, paired, inside, retrieve = [], [], [], [], []
             for round_ in range(rounds + 1):  # round 0 warms up
                 for k, question in enumerate(QUESTIONS):
                     retrieval = runtime.retriever.search(question, ["default"])
                     assert retrieval.passages, f"nothing relevant for {question!r}: the LLM would not be asked"
                     messages = build_messages(question, retrieval.passages, [])
-                    await flush(client)
+                    await flush(flusher)
                     if (round_ + k) % 2:
                         c, o = await first_token_core(engine, client, question)
-                        await flush(client)
+                        await flush(flusher)
                         d = await first_token_direct(client, messages)
                     else:
                         d = await first_token_direct(client, messages)
-                        await flush(client)
+                        await flush(flusher)
                         c, o = await first_token_core(engine, client, question)
                     if round_:
                         core.append(c)

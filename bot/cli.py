@@ -46,8 +46,7 @@ err = Console(stderr=True, highlight=False)
 LOG_FILE_BYTES = 5 * 1024 * 1024
 NO_PLATFORM_HELP = """No chat platform is configured, so teambot answers here only.
   Slack:   set SLACK_BOT_TOKEN and SLACK_APP_TOKEN (Socket Mode) or SLACK_SIGNING_SECRET (HTTP events).
-  Discord: set DISCORD_BOT_TOKEN.
-  See README.md for the steps."""
+  Discord: set DISCORD_BOT_TOKEN."""
 
 CollectionOption = Annotated[list[str], typer.Option("--collection", "-c", help="Collection(s) to use.")]
 JsonOption = Annotated[bool, typer.Option("--json", help="Print one JSON object on stdout.")]
@@ -86,12 +85,8 @@ def index(
     settings: Settings = ctx.obj
 
     def run() -> IndexReport:
-        runtime = knowledge_runtime(settings)
-        try:
-            with _IndexBar() as bar:
-                return runtime.indexer.run(paths or None, collection, rebuild=rebuild, progress=bar)
-        finally:
-            runtime.manifest.close()
+        with knowledge_runtime(settings) as runtime, _IndexBar() as bar:
+            return runtime.indexer.run(paths or None, collection, rebuild=rebuild, progress=bar)
 
     report = _guarded(run)
     if as_json:
@@ -118,11 +113,8 @@ def search(
     settings: Settings = ctx.obj
 
     def run() -> Retrieval:
-        runtime = knowledge_runtime(settings)
-        try:
+        with knowledge_runtime(settings) as runtime:
             return runtime.retriever.search(question, collection, top_k)
-        finally:
-            runtime.manifest.close()
 
     retrieval = _guarded(run)
     if as_json:

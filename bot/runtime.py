@@ -37,10 +37,16 @@ class Runtime:
         assert self.engine is not None, "the runtime was opened without the LLM"
         return self.engine
 
+    def __enter__(self) -> Runtime:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.manifest.close()
+
 
 def knowledge_runtime(settings: Settings) -> Runtime:
-    """The parts that need no LLM: enough for indexing and search."""
-    store = ChromaStore(settings.data_dir / "chroma", embed_model_id(settings.rag.embed_model))
+    """The parts that need no LLM: enough for indexing and search. Use it in a ``with`` block."""
+    store = ChromaStore(settings.data_dir / "chroma", embed_model_id(settings.rag.embed_model), settings.rag.store_timeout_s)
     manifest = Manifest(settings.data_dir / "index.sqlite")
     return Runtime(
         settings=settings,
@@ -54,16 +60,15 @@ def knowledge_runtime(settings: Settings) -> Runtime:
 @asynccontextmanager
 async def open_runtime(settings: Settings, *, with_llm: bool, progress: Progress | None = None) -> AsyncIterator[Runtime]:
     """The runtime; with the LLM, its server is started (while the embedder loads) and stopped at exit."""
-    runtime = knowledge_runtime(settings)
-    client: ChatClient | None = None
-    try:
-        if with_llm:
-            runtime.server = make_server(settings)
-            warm_up = asyncio.create_task(asyncio.to_thread(runtime.retriever.warm_up, list(settings.collection_dirs())))
-            try:
-                runtime.endpoint = await runtime.server.start(progress)
-            finally:
-                await warm_up
+    with knowledge_runtime(settings) as runtime:
+        if not with_llm:
+            yield runtime
+            return
+        runtime.server = make_server(settings)
+        warm_up = asyncio.create_task(asyncio.to_thread(runtime.retriever.warm_up, list(settings.collection_dirs())))
+        try:
+            runtime.endpoint = await runtime.server.start(progress)
+            await warm_up
             inference = settings.inference
             client = ChatClient(
                 runtime.endpoint,
@@ -73,10 +78,11 @@ async def open_runtime(settings: Settings, *, with_llm: bool, progress: Progress
                 max_tokens=inference.max_tokens,
             )
             runtime.engine = AnswerEngine(runtime.retriever, client, settings.bot)
-        yield runtime
-    finally:
-        if client is not None:
-            await client.aclose()
-        if runtime.server is not None:
+            try:
+                yield runtime
+            finally:
+                await client.aclose()
+        finally:
+            if not warm_up.done():
+                await asyncio.gather(warm_up, return_exceptions=True)  # its thread cannot be stopped; let it finish
             await runtime.server.stop()
-        runtime.manifest.close()

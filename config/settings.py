@@ -99,6 +99,8 @@ class RagSettings(_Section):
     vector_weight: float = Field(0.5, ge=0.0, le=1.0)
     """Hybrid score = vector_weight * cosine similarity + (1 - vector_weight) * keyword match."""
     max_file_mb: float = Field(25.0, gt=0)
+    store_timeout_s: float = Field(30.0, gt=0)
+    """How long to wait for the Chroma store when another process holds it locked."""
 
     @field_validator("collections")
     @classmethod

@@ -93,7 +93,10 @@ class Manifest:
 
     def _read(self, query: str, args: Iterable[object] = ()) -> list[sqlite3.Row]:
         with self._lock:
-            return self._db.execute(query, tuple(args)).fetchall()
+            try:
+                return self._db.execute(query, tuple(args)).fetchall()
+            except sqlite3.OperationalError as exc:
+                raise StoreError(f"the index manifest {self.path} cannot be read: {exc}", "another process holds it; try again") from exc
 
     def files(self, collection: str, root: str | None = None) -> dict[str, FileRecord]:
         """Rows of a collection (under one root, if given), by doc_id."""

@@ -86,6 +86,8 @@ class OnnxQueryEncoder:
         path = _exported(location, cache_dir)
         options = onnxruntime.SessionOptions()
         options.intra_op_num_threads = os.cpu_count() or 1
+        # No busy-waiting after a query: the LLM server needs those cores for the prompt that follows.
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         session = onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
         return cls(session, model.tokenizer, model.max_seq_length, normalize=True)
 

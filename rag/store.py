@@ -3,6 +3,11 @@
 Writes go through llama-index's ChromaVectorStore; reads ask Chroma directly for the cosine
 distances. Each collection records the embedding model its vectors came from, and refuses
 vectors of another model.
+
+Chroma waits for as long as another process holds its SQLite database locked, even to read,
+and freezes the whole process meanwhile (see rag.sqlite_lock). So each call first waits, for
+at most ``rag.store_timeout_s``, until no other process's lock is in its way, and otherwise
+fails with a StoreError naming that process.
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from config.errors import ConfigError, TeambotError
+from rag.sqlite_lock import SqliteLockProbe
 
 if TYPE_CHECKING:
     import chromadb
@@ -44,11 +50,22 @@ class StoredChunk:
 
 
 class ChromaStore:
-    def __init__(self, path: Path, embed_model: str) -> None:
+    def __init__(self, path: Path, embed_model: str, timeout_s: float = 30.0) -> None:
         self.path = path
         self.embed_model = embed_model
+        self.timeout_s = timeout_s
         self._client: chromadb.ClientAPI | None = None
         self._collections: dict[str, chromadb.Collection] = {}
+        self._lock_probe = SqliteLockProbe(path / "chroma.sqlite3")
+
+    def _unlocked(self, action: str, writing: bool) -> None:
+        """Returns once no other process's lock stands in the way; a StoreError after rag.store_timeout_s."""
+        pid = self._lock_probe.wait(writing, self.timeout_s)
+        if pid is not None:
+            raise StoreError(
+                f"the Chroma store at {self.path} is locked by process {pid} (waited rag.store_timeout_s = {self.timeout_s:g} s to {action})",
+                f"another teambot writing, a sqlite3 shell or a backup holds it: let process {pid} finish, then try again",
+            )
 
     def _chroma(self) -> chromadb.ClientAPI:
         if self._client is None:
@@ -80,6 +97,10 @@ class ChromaStore:
 
     def collection(self, name: str, create: bool = False) -> chromadb.Collection | None:
         """The Chroma collection of teambot collection ``name``; None if it does not exist and ``create`` is false."""
+        self._unlocked(f"open collection {name!r}", writing=create)
+        return self._collection(name, create)
+
+    def _collection(self, name: str, create: bool) -> chromadb.Collection | None:
         if name in self._collections:
             return self._collections[name]
         from chromadb.errors import NotFoundError
@@ -109,17 +130,21 @@ class ChromaStore:
         return collection
 
     def collections(self) -> list[str]:
+        self._unlocked("list collections", writing=False)
         with self._guard("list collections"):
             names = [c.name for c in self._chroma().list_collections()]
         return sorted(n[len(CHROMA_PREFIX):] for n in names if n.startswith(CHROMA_PREFIX))
 
-    def _on(self, name: str, action: str, work: Callable[[chromadb.Collection], T], *, missing: T, create: bool = False) -> T:
+    def _on(
+        self, name: str, action: str, work: Callable[[chromadb.Collection], T], *, missing: T, writing: bool = False, create: bool = False
+    ) -> T:
         """Runs ``work`` on a collection (``missing`` if it does not exist). A handle that went stale,
         because another process dropped and re-made the collection, is renewed once."""
         from chromadb.errors import NotFoundError
 
+        self._unlocked(f"{action} collection {name!r}", writing or create)
         for attempt in (1, 2):
-            collection = self.collection(name, create=create)
+            collection = self._collection(name, create)
             if collection is None:
                 return missing
             try:
@@ -134,15 +159,15 @@ class ChromaStore:
     def add(self, name: str, nodes: Sequence[TextNode]) -> None:
         from llama_index.vector_stores.chroma import ChromaVectorStore
 
-        self._on(name, "write to", lambda c: ChromaVectorStore(chroma_collection=c).add(list(nodes)), missing=None, create=True)
+        self._on(name, "write to", lambda c: ChromaVectorStore(chroma_collection=c).add(list(nodes)), missing=None, writing=True, create=True)
 
     def delete_documents(self, name: str, doc_ids: Sequence[str]) -> None:
         """Removes every chunk of these documents (the chunks whose document_id is one of them)."""
         if doc_ids:
-            self._on(name, "delete from", lambda c: c.delete(where={"document_id": {"$in": list(doc_ids)}}), missing=None)
+            self._on(name, "delete from", lambda c: c.delete(where={"document_id": {"$in": list(doc_ids)}}), missing=None, writing=True)
 
     def drop(self, name: str) -> None:
-        self._on(name, "drop", lambda c: self._chroma().delete_collection(c.name), missing=None)
+        self._on(name, "drop", lambda c: self._chroma().delete_collection(c.name), missing=None, writing=True)
         self._collections.pop(name, None)
 
     def count(self, name: str) -> int:

@@ -58,9 +58,8 @@ def indexed_settings(tmp_path_factory: pytest.TempPathFactory) -> Settings:
     base = tmp_path_factory.mktemp("indexed")
     knowledge = Path(shutil.copytree(EXAMPLES, base / "knowledge"))
     settings = make_settings(base / "data", knowledge)
-    runtime = knowledge_runtime(settings)
-    report = runtime.indexer.run()
-    runtime.manifest.close()
+    with knowledge_runtime(settings) as runtime:
+        report = runtime.indexer.run()
     assert report.added == len(list(EXAMPLES.iterdir())) and not report.failed, report
     return settings
 

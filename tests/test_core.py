@@ -23,18 +23,17 @@ ON_CALL_QUESTION = "Who gets paged if the primary on-call does not acknowledge a
 
 @pytest.fixture
 async def make_engine(indexed_settings: Settings) -> AsyncIterator[Any]:
-    runtime = knowledge_runtime(indexed_settings)
     clients = []
+    with knowledge_runtime(indexed_settings) as runtime:
 
-    def make(endpoint: Endpoint, **bot: Any) -> AnswerEngine:
-        client = client_for(endpoint, max_retries=0)
-        clients.append(client)
-        return AnswerEngine(runtime.retriever, client, BotSettings(**bot))
+        def make(endpoint: Endpoint, **bot: Any) -> AnswerEngine:
+            client = client_for(endpoint, max_retries=0)
+            clients.append(client)
+            return AnswerEngine(runtime.retriever, client, BotSettings(**bot))
 
-    yield make
-    for client in clients:
-        await client.aclose()
-    runtime.manifest.close()
+        yield make
+        for client in clients:
+            await client.aclose()
 
 
 def fake_endpoint(fake: FakeLLM) -> Endpoint:

@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import shutil
+import subprocess
+import sys
 from collections import defaultdict
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
 
 from bot.runtime import Runtime, knowledge_runtime
-from config.errors import ConfigError
+from config.errors import ConfigError, TeambotError
 from config.settings import Settings
 from rag.store import ChromaStore, StoreError
 from tests.conftest import EXAMPLES, make_settings
@@ -19,9 +23,8 @@ SAMPLE_FILES = len(list(EXAMPLES.iterdir()))
 
 @pytest.fixture
 def runtime(settings: Settings) -> Runtime:
-    runtime = knowledge_runtime(settings)
-    yield runtime
-    runtime.manifest.close()
+    with knowledge_runtime(settings) as runtime:
+        yield runtime
 
 
 def chunk_ids_by_source(runtime: Runtime, collection: str = "default") -> dict[str, list[str]]:
@@ -110,9 +113,8 @@ def test_a_file_that_breaks_keeps_its_old_chunks(runtime: Runtime, knowledge: Pa
 
 def test_oversized_file_is_refused(tmp_path: Path, knowledge: Path) -> None:
     settings = make_settings(tmp_path / "data", knowledge, rag={"max_file_mb": 0.001})
-    runtime = knowledge_runtime(settings)
-    report = runtime.indexer.run()
-    runtime.manifest.close()
+    with knowledge_runtime(settings) as runtime:
+        report = runtime.indexer.run()
     big = {f["path"]: f["error"] for f in report.failed}
     assert "code-review.docx" in big and "over the limit of rag.max_file_mb = 0.001" in big["code-review.docx"]
     assert report.added == sum(1 for p in knowledge.iterdir() if p.stat().st_size <= 1048)
@@ -129,20 +131,19 @@ class _StoreThatFailsMidWrite(ChromaStore):
 def test_a_run_that_dies_mid_write_is_completed_by_the_next(settings: Settings, knowledge: Path) -> None:
     from rag.indexer import Indexer
 
-    runtime = knowledge_runtime(settings)
-    runtime.indexer.run()
-    (knowledge / "faq.txt").write_text((knowledge / "faq.txt").read_text() + "\nA new question?\nA new answer.\n")
-    (knowledge / "new-page.md").write_text("# New page\n\nSomething new about the staging cluster.\n")
-    failing = _StoreThatFailsMidWrite(runtime.store.path, runtime.store.embed_model)
-    with pytest.raises(StoreError):
-        Indexer(settings, failing, runtime.manifest).run()
-    (knowledge / "new-page.md").unlink()  # and the new file disappears before the next run
+    with knowledge_runtime(settings) as runtime:
+        runtime.indexer.run()
+        (knowledge / "faq.txt").write_text((knowledge / "faq.txt").read_text() + "\nA new question?\nA new answer.\n")
+        (knowledge / "new-page.md").write_text("# New page\n\nSomething new about the staging cluster.\n")
+        failing = _StoreThatFailsMidWrite(runtime.store.path, runtime.store.embed_model)
+        with pytest.raises(StoreError):
+            Indexer(settings, failing, runtime.manifest).run()
+        (knowledge / "new-page.md").unlink()  # and the new file disappears before the next run
 
-    report = runtime.indexer.run()
-    assert report.updated == 1 and report.deleted == 1
-    assert "new-page.md" not in chunk_ids_by_source(runtime)
-    assert_consistent(runtime)
-    runtime.manifest.close()
+        report = runtime.indexer.run()
+        assert report.updated == 1 and report.deleted == 1
+        assert "new-page.md" not in chunk_ids_by_source(runtime)
+        assert_consistent(runtime)
 
 
 def test_collections_are_separate(runtime: Runtime, tmp_path: Path) -> None:
@@ -179,19 +180,57 @@ def test_rebuild_and_embedding_model_change(runtime: Runtime, settings: Settings
 
 def test_missing_knowledge_folder_is_explained(tmp_path: Path) -> None:
     settings = make_settings(tmp_path / "data", tmp_path / "no-such-folder")
-    runtime = knowledge_runtime(settings)
-    with pytest.raises(Exception, match="no-such-folder.*does not exist") as caught:
+    with knowledge_runtime(settings) as runtime, pytest.raises(TeambotError, match="no-such-folder.*does not exist") as caught:
         runtime.indexer.run()
     assert "rag.knowledge_dir" in caught.value.hint
-    runtime.manifest.close()
 
 
 def test_a_rebuild_by_another_process_does_not_break_a_running_reader(settings: Settings) -> None:
-    reader = knowledge_runtime(settings)
-    writer = knowledge_runtime(settings)
-    writer.indexer.run()
-    assert reader.retriever.search("When does the release train leave?", ["default"]).passages
-    writer.indexer.run(rebuild=True)  # drops and re-creates the Chroma collection under the reader
-    assert reader.retriever.search("When does the release train leave?", ["default"]).passages[0].path == "release-process.rst"
-    reader.manifest.close()
-    writer.manifest.close()
+    with knowledge_runtime(settings) as reader, knowledge_runtime(settings) as writer:
+        writer.indexer.run()
+        assert reader.retriever.search("When does the release train leave?", ["default"]).passages
+        writer.indexer.run(rebuild=True)  # drops and re-creates the Chroma collection under the reader
+        assert reader.retriever.search("When does the release train leave?", ["default"]).passages[0].path == "release-process.rst"
+
+
+def test_a_locked_store_is_a_clear_error_and_the_next_run_completes(tmp_path: Path, knowledge: Path) -> None:
+    settings = make_settings(tmp_path / "data", knowledge, rag={"store_timeout_s": 1})
+    with knowledge_runtime(settings) as runtime:
+        runtime.indexer.run()
+        faq = knowledge / "faq.txt"
+        faq.write_text(faq.read_text() + "\nIs there a gym?\nYes, on the ground floor.\n")
+        with _locked(runtime.store.path / "chroma.sqlite3"):  # another process writing to the same Chroma store
+            with pytest.raises(StoreError, match=r"is locked by process \d+ \(waited rag.store_timeout_s = 1 s") as caught:
+                runtime.indexer.run()
+            assert "another teambot" in caught.value.hint
+            with pytest.raises(StoreError, match="locked"):
+                runtime.retriever.search("Where is the gym?", ["default"])
+        report = runtime.indexer.run()  # the lock is gone: this run finishes what the last one began
+        assert report.updated == 1 and not report.failed
+        assert runtime.retriever.search("Is there a gym?", ["default"]).passages[0].path == "faq.txt"
+        assert_consistent(runtime)
+
+
+@contextmanager
+def _locked(database: Path) -> Iterator[None]:
+    """Holds an exclusive lock on an SQLite database from another process until the block ends."""
+    holder = subprocess.Popen(
+        [sys.executable, "-c", LOCK_HOLDER, str(database)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "locked"
+        yield
+    finally:
+        assert holder.stdin is not None
+        holder.stdin.close()
+        holder.wait(timeout=30)
+
+
+LOCK_HOLDER = """
+import sqlite3, sys
+db = sqlite3.connect(sys.argv[1], isolation_level=None)
+db.execute("BEGIN EXCLUSIVE")
+print("locked", flush=True)
+sys.stdin.read()
+db.execute("ROLLBACK")
+"""

@@ -13,9 +13,8 @@ from rag.retriever import NothingIndexed
 
 @pytest.fixture
 def retriever(indexed_settings: Settings):  # type: ignore[no-untyped-def]
-    runtime = knowledge_runtime(indexed_settings)
-    yield runtime.retriever
-    runtime.manifest.close()
+    with knowledge_runtime(indexed_settings) as runtime:
+        yield runtime.retriever
 
 
 @pytest.mark.parametrize(
@@ -61,27 +60,24 @@ def test_never_indexed_collection_is_explained(retriever) -> None:  # type: igno
 
 
 def test_keyword_index_follows_changes_made_by_another_indexer(settings: Settings, knowledge: Path) -> None:
-    reader = knowledge_runtime(settings)
-    writer = knowledge_runtime(settings)  # as `teambot index` in another process would
-    writer.indexer.run()
-    assert reader.retriever.search("Where are the bicycles stored?", ["default"]).passages == []
-    (knowledge / "bikes.md").write_text("# Bicycles\n\nBicycles are stored in the basement bicycle room, behind the blue door.\n")
-    writer.indexer.run()
-    best = reader.retriever.search("Where are the bicycles stored?", ["default"]).passages[0]
-    assert best.path == "bikes.md"
-    reader.manifest.close()
-    writer.manifest.close()
+    # The writer stands for `teambot index` run in another process.
+    with knowledge_runtime(settings) as reader, knowledge_runtime(settings) as writer:
+        writer.indexer.run()
+        assert reader.retriever.search("Where are the bicycles stored?", ["default"]).passages == []
+        (knowledge / "bikes.md").write_text("# Bicycles\n\nBicycles are stored in the basement bicycle room, behind the blue door.\n")
+        writer.indexer.run()
+        best = reader.retriever.search("Where are the bicycles stored?", ["default"]).passages[0]
+        assert best.path == "bikes.md"
 
 
 def test_search_spans_several_collections(settings: Settings, tmp_path: Path) -> None:
-    runtime = knowledge_runtime(settings)
-    runtime.indexer.run()
     hr = tmp_path / "hr"
     hr.mkdir()
     (hr / "leave.md").write_text("# Parental leave\n\nParents get sixteen weeks of paid parental leave.\n")
-    runtime.indexer.run([hr], collection="hr")
     question = "How many weeks of parental leave do parents get?"
-    assert runtime.retriever.search(question, ["default"]).passages == []
-    both = runtime.retriever.search(question, ["default", "hr"]).passages
+    with knowledge_runtime(settings) as runtime:
+        runtime.indexer.run()
+        runtime.indexer.run([hr], collection="hr")
+        assert runtime.retriever.search(question, ["default"]).passages == []
+        both = runtime.retriever.search(question, ["default", "hr"]).passages
     assert both[0].collection == "hr" and both[0].path == "leave.md"
-    runtime.manifest.close()
