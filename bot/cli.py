@@ -41,10 +41,10 @@ app = typer.Typer(
     add_completion=False,
 )
 out = Console(highlight=False, soft_wrap=True)
-err = Console(stderr=True, highlight=False)
+err = Console(stderr=True, highlight=False, soft_wrap=True)
 
 LOG_FILE_BYTES = 5 * 1024 * 1024
-NO_PLATFORM_HELP = """No chat platform is configured, so teambot answers here only.
+NO_PLATFORM_HELP = """No chat platform is configured.
   Slack:   set SLACK_BOT_TOKEN and SLACK_APP_TOKEN (Socket Mode) or SLACK_SIGNING_SECRET (HTTP events).
   Discord: set DISCORD_BOT_TOKEN."""
 
@@ -182,6 +182,7 @@ def serve(ctx: typer.Context, collection: CollectionOption = [DEFAULT_COLLECTION
                 err.print(f"[yellow]{name} is configured, but this teambot version has no {name} adapter yet.[/yellow]")
             err.print(NO_PLATFORM_HELP)
             if stdin_is_terminal():
+                err.print("Meanwhile, ask here in the terminal.")
                 await chat(runtime.require_engine(), collection, out, err)
             else:
                 err.print("stdin is not a terminal: waiting for SIGTERM or Ctrl-C.")

@@ -49,11 +49,15 @@ async def test_the_running_server_holds_its_kv_cache_in_int8(llamacpp_server) ->
     await client.aclose()
 
 
-async def test_stop_ends_the_process_and_frees_the_port(tmp_path: Path) -> None:
-    server = LlamaCppServer(InferenceSettings(context_size=512), log_dir=tmp_path)
+async def test_a_configured_gguf_replaces_the_default_and_stop_frees_the_port(tmp_path: Path) -> None:
+    custom = tmp_path / "team-model.gguf"
+    custom.symlink_to(shipped_model_path())
+    server = LlamaCppServer(InferenceSettings(context_size=512, model_path=custom), log_dir=tmp_path)
     messages: list[str] = []
     endpoint = await server.start(messages.append)
-    assert any("ready in" in m for m in messages)
+    assert any("team-model.gguf" in m and "ready in" in m for m in messages)
+    assert endpoint.model == "team-model"
+    assert f"--model {custom}" in server.log_path.read_text()
     process = server._process
     await server.stop()
     assert process is not None and process.poll() is not None
