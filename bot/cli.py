@@ -26,6 +26,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from bot.core import AnswerDone, AnswerEngine
 from bot.prompt import passage_label
 from bot.runtime import knowledge_runtime, open_runtime
+from bot.service import Service
 from bot.terminal import chat, stdin_is_terminal, stream_answer
 from config.errors import ConfigError, TeambotError
 from config.settings import DEFAULT_COLLECTION, Settings, load_settings
@@ -177,16 +178,27 @@ def serve(ctx: typer.Context, collection: CollectionOption = [DEFAULT_COLLECTION
     async def run() -> None:
         async with open_runtime(settings, with_llm=True, progress=_progress_line) as runtime:
             assert runtime.server is not None and runtime.endpoint is not None
-            err.print(f"teambot is up: {runtime.server.description}, OpenAI-compatible API at {runtime.endpoint.base_url}")
-            for name in _unsupported_platforms(settings):
-                err.print(f"[yellow]{name} is configured, but this teambot version has no {name} adapter yet.[/yellow]")
-            err.print(NO_PLATFORM_HELP)
-            if stdin_is_terminal():
-                err.print("Meanwhile, ask here in the terminal.")
-                await chat(runtime.require_engine(), collection, out, err)
-            else:
-                err.print("stdin is not a terminal: waiting for SIGTERM or Ctrl-C.")
-                await _until_signalled()
+            service = Service(runtime)
+            await service.start()
+            try:
+                err.print(f"teambot is up: {runtime.server.description}, OpenAI-compatible API at {runtime.endpoint.base_url}")
+                if service.http is not None:
+                    err.print(f"HTTP server on {settings.http_host}:{service.http.port} (Slack events at /slack/events)")
+                if settings.discord_bot_token:
+                    err.print("[yellow]DISCORD_BOT_TOKEN is set, but this teambot version has no Discord adapter yet.[/yellow]")
+                if service.platforms:
+                    err.print(f"Answering on {', '.join(service.platforms)}. Stop with SIGTERM or Ctrl-C.")
+                else:
+                    err.print(NO_PLATFORM_HELP)
+                if not service.platforms and stdin_is_terminal():
+                    err.print("Meanwhile, ask here in the terminal.")
+                    await chat(runtime.require_engine(), collection, out, err)
+                else:
+                    if not service.platforms:
+                        err.print("stdin is not a terminal: waiting for SIGTERM or Ctrl-C.")
+                    await _until_signalled()
+            finally:
+                await service.stop()
 
     _guarded(lambda: asyncio.run(run()))
 
@@ -229,15 +241,6 @@ async def _until_signalled() -> None:
     await stop.wait()
 
 
-def _unsupported_platforms(settings: Settings) -> list[str]:
-    names = []
-    if settings.slack_bot_token:
-        names.append("Slack")
-    if settings.discord_bot_token:
-        names.append("Discord")
-    return names
-
-
 def _passage_json(passage: Passage) -> dict[str, Any]:
     return {
         "path": passage.path,
@@ -274,7 +277,8 @@ def _setup_logging(settings: Settings) -> None:
     root = logging.getLogger()
     root.handlers = [h for h in root.handlers if not isinstance(h, logging.handlers.RotatingFileHandler)] + [handler]
     root.setLevel(settings.log_level)
-    for noisy in ("httpx", "httpcore", "openai", "chromadb", "sentence_transformers", "urllib3"):
+    # Libraries that would log requests, payloads or user text at INFO or DEBUG.
+    for noisy in ("httpx", "httpcore", "openai", "chromadb", "sentence_transformers", "urllib3", "slack_bolt", "slack_sdk", "aiohttp"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 

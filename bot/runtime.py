@@ -15,6 +15,7 @@ from inference.client import ChatClient, Endpoint
 from inference.server import LLMServer, Progress, make_server
 from rag.embedder import embed_model_id
 from rag.indexer import Indexer
+from rag.library import KnowledgeLibrary
 from rag.manifest import Manifest
 from rag.retriever import Retriever
 from rag.store import ChromaStore
@@ -29,6 +30,7 @@ class Runtime:
     manifest: Manifest
     retriever: Retriever
     indexer: Indexer
+    library: KnowledgeLibrary
     server: LLMServer | None = None
     endpoint: Endpoint | None = None
     engine: AnswerEngine | None = None
@@ -48,12 +50,14 @@ def knowledge_runtime(settings: Settings) -> Runtime:
     """The parts that need no LLM: enough for indexing and search. Use it in a ``with`` block."""
     store = ChromaStore(settings.data_dir / "chroma", embed_model_id(settings.rag.embed_model), settings.rag.store_timeout_s)
     manifest = Manifest(settings.data_dir / "index.sqlite")
+    indexer = Indexer(settings, store, manifest)
     return Runtime(
         settings=settings,
         store=store,
         manifest=manifest,
         retriever=Retriever(settings.rag, store, manifest, models_dir=settings.data_dir / "models"),
-        indexer=Indexer(settings, store, manifest),
+        indexer=indexer,
+        library=KnowledgeLibrary(settings, indexer, manifest),
     )
 
 

@@ -14,7 +14,7 @@ import tomllib
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, SecretStr, ValidationError, field_validator, model_validator
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field, PrivateAttr, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from config.errors import ConfigError
@@ -125,6 +125,30 @@ class BotSettings(_Section):
     answer_timeout_s: float = Field(180.0, gt=0)
 
 
+class SlackSettings(_Section):
+    admin_users: list[str] = []
+    """User IDs (U...) allowed to change the knowledge base; workspace admins and owners always are."""
+    channels: dict[str, list[str]] = {}
+    """Channel ID -> the collections questions there are answered from (otherwise: default)."""
+    dm_collections: list[str] = [DEFAULT_COLLECTION]
+    """The collections direct messages are answered from."""
+    follow_ups: bool = True
+    """Answer later messages in a thread teambot answered in, without a new mention."""
+    streaming: Literal["auto", "update"] = "auto"
+    """auto: Slack's chat streaming API where the workspace has it, else chat.update; update: always chat.update."""
+    update_interval_s: float = Field(1.0, ge=0.2, le=30)
+    """Seconds between edits of a growing answer (chat.update is rate-limited to about one a second)."""
+
+    @field_validator("channels", "dm_collections")
+    @classmethod
+    def _collection_names(cls, value: Any) -> Any:
+        names = [n for v in value.values() for n in v] if isinstance(value, dict) else value
+        for name in names:
+            if not COLLECTION_NAME.match(name):
+                raise ValueError(f"collection name {name!r} is not allowed: use {COLLECTION_NAME_RULE}")
+        return value
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="TEAMBOT_",
@@ -139,6 +163,13 @@ class Settings(BaseSettings):
     inference: InferenceSettings = InferenceSettings()
     rag: RagSettings = RagSettings()
     bot: BotSettings = BotSettings()
+    slack: SlackSettings = SlackSettings()
+    http_host: str = "127.0.0.1"
+    """Where teambot's HTTP server (Slack's Events API at /slack/events) listens. (env: TEAMBOT_HTTP_HOST)"""
+    http_port: int = Field(8080, ge=0, le=65535)
+    """(env: TEAMBOT_HTTP_PORT; 0 picks a free port)"""
+    slack_api_url: str = Field("https://slack.com/api/", validation_alias=AliasChoices("SLACK_API_URL", "slack_api_url"))
+    """Slack's Web API base URL (env: SLACK_API_URL), e.g. an Enterprise Grid proxy."""
 
     llm_api_key: SecretStr | None = Field(None, validation_alias=SECRET_ENV["llm_api_key"])
     slack_bot_token: SecretStr | None = Field(None, validation_alias=SECRET_ENV["slack_bot_token"])
@@ -147,6 +178,13 @@ class Settings(BaseSettings):
     discord_bot_token: SecretStr | None = Field(None, validation_alias=SECRET_ENV["discord_bot_token"])
 
     _config_file: Path | None = PrivateAttr(None)
+
+    @field_validator("slack_api_url")
+    @classmethod
+    def _api_url(cls, value: str) -> str:
+        if not re.match(r"^https?://[^\s/]+", value):
+            raise ValueError("must be an http:// or https:// URL, e.g. https://slack.com/api/")
+        return value.rstrip("/") + "/"
 
     @model_validator(mode="after")
     def _absolute_paths(self) -> Settings:
@@ -162,9 +200,23 @@ class Settings(BaseSettings):
         """The TOML file these settings were read from."""
         return self._config_file
 
+    @property
+    def uploads_dir(self) -> Path:
+        """Where collections without a configured folder keep their uploaded files, one folder each."""
+        return self.data_dir / "knowledge"
+
     def collection_dirs(self) -> dict[str, Path]:
-        """Every configured collection and its knowledge folder."""
-        return {DEFAULT_COLLECTION: self.rag.knowledge_dir, **self.rag.collections}
+        """Every collection and its knowledge folder: the configured ones, then those made by uploads."""
+        folders = {DEFAULT_COLLECTION: self.rag.knowledge_dir, **self.rag.collections}
+        if self.uploads_dir.is_dir():
+            for folder in sorted(self.uploads_dir.iterdir()):
+                if folder.is_dir() and COLLECTION_NAME.match(folder.name):
+                    folders.setdefault(folder.name, folder)
+        return folders
+
+    def collection_dir(self, collection: str) -> Path:
+        """The knowledge folder of a collection, new ones included (in uploads_dir)."""
+        return self.collection_dirs().get(check_collection_name(collection), self.uploads_dir / collection)
 
     @property
     def logs_dir(self) -> Path:

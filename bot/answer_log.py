@@ -1,0 +1,112 @@
+"""Every answer teambot gave on a chat platform, and the 👍 / 👎 votes on it.
+
+An SQLite database in the data dir (``answers.sqlite``). It is what feedback buttons refer to,
+how teambot knows which threads it answered in (to follow up without a new mention), and what
+admins read to see recent questions. Questions and answers are stored here on purpose, and
+never written to the logs.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+from bot.core import AnswerDone
+
+Vote = Literal["up", "down"]
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS answers (
+    id         TEXT PRIMARY KEY,
+    platform   TEXT NOT NULL,
+    channel    TEXT NOT NULL,
+    thread     TEXT NOT NULL,  -- the thread (Slack thread_ts, Discord thread id), '' for none
+    user       TEXT NOT NULL,
+    question   TEXT NOT NULL,
+    answer     TEXT NOT NULL,
+    sources    TEXT NOT NULL,  -- JSON: [{"n", "path", "title", "score"}]
+    found      INTEGER NOT NULL,
+    created_at REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS answers_by_thread ON answers (platform, channel, thread);
+CREATE TABLE IF NOT EXISTS votes (
+    answer_id  TEXT NOT NULL REFERENCES answers (id),
+    user       TEXT NOT NULL,
+    vote       TEXT NOT NULL,  -- up | down; a user's latest vote counts
+    created_at REAL NOT NULL,
+    PRIMARY KEY (answer_id, user)
+);
+"""
+
+
+@dataclass(frozen=True)
+class LoggedAnswer:
+    id: str
+    platform: str
+    channel: str
+    thread: str
+    user: str
+    question: str
+    answer: str
+    sources: list[dict[str, object]]
+    found: bool
+    created_at: float
+    up: int = 0
+    down: int = 0
+
+
+class AnswerLog:
+    def __init__(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._db = sqlite3.connect(path, timeout=30, isolation_level=None, check_same_thread=False)
+        self._db.row_factory = sqlite3.Row
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.executescript(SCHEMA)
+        self._lock = threading.Lock()
+
+    def close(self) -> None:
+        self._db.close()
+
+    def record(self, platform: str, channel: str, thread: str, user: str, question: str, done: AnswerDone) -> str:
+        """Keeps one answer; returns its id (what feedback buttons carry)."""
+        answer_id = uuid.uuid4().hex
+        sources = [{"n": n, "path": p.path, "title": p.title, "score": p.score} for n, p in enumerate(done.sources, start=1)]
+        with self._lock:
+            self._db.execute(
+                "INSERT INTO answers VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (answer_id, platform, channel, thread, user, question, done.answer, json.dumps(sources, ensure_ascii=False), int(done.found), time.time()),
+            )
+        return answer_id
+
+    def vote(self, answer_id: str, user: str, vote: Vote) -> bool:
+        """Records a user's vote; False if the answer is unknown."""
+        with self._lock:
+            if self._db.execute("SELECT 1 FROM answers WHERE id = ?", (answer_id,)).fetchone() is None:
+                return False
+            self._db.execute("INSERT OR REPLACE INTO votes VALUES (?, ?, ?, ?)", (answer_id, user, vote, time.time()))
+        return True
+
+    def answered_in(self, platform: str, channel: str, thread: str) -> bool:
+        with self._lock:
+            row = self._db.execute("SELECT 1 FROM answers WHERE platform = ? AND channel = ? AND thread = ? LIMIT 1", (platform, channel, thread))
+            return row.fetchone() is not None
+
+    def recent(self, limit: int = 50) -> list[LoggedAnswer]:
+        """The latest answers, newest first, with their vote counts."""
+        with self._lock:
+            rows = self._db.execute(
+                """SELECT a.*, COALESCE(SUM(v.vote = 'up'), 0) AS up, COALESCE(SUM(v.vote = 'down'), 0) AS down
+                   FROM answers a LEFT JOIN votes v ON v.answer_id = a.id
+                   GROUP BY a.id ORDER BY a.created_at DESC LIMIT ?""",
+                (limit,),
+            ).fetchall()
+        return [
+            LoggedAnswer(**{**dict(row), "sources": json.loads(row["sources"]), "found": bool(row["found"])})
+            for row in rows
+        ]
