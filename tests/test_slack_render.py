@@ -105,3 +105,24 @@ def test_kb_arguments() -> None:
     assert msg.upload_collection("") == "default"
     with pytest.raises(ValueError):
         msg.upload_collection("not a name!")
+
+
+def test_the_app_manifest_asks_for_what_the_adapter_uses() -> None:
+    import yaml
+
+    from bot.slack.adapter import SLASH_COMMANDS, SUBSCRIBED_EVENTS
+    from tests.conftest import REPO
+
+    manifest = yaml.safe_load((REPO / "deploy" / "slack-manifest.yml").read_text())
+    assert tuple(c["command"] for c in manifest["features"]["slash_commands"]) == SLASH_COMMANDS
+    events = manifest["settings"]["event_subscriptions"]["bot_events"]
+    assert {e.split(".")[0] for e in events} == set(SUBSCRIBED_EVENTS)
+    # The Web API methods the adapter calls, and the scope each needs (docs.slack.dev, each method's page).
+    needed = {
+        "chat.postMessage": "chat:write", "chat.update": "chat:write", "chat.delete": "chat:write",
+        "chat.startStream": "chat:write", "conversations.replies": "channels:history", "conversations.history": "im:history",
+        "users.info": "users:read", "files (url_private)": "files:read", "app_mention event": "app_mentions:read",
+        "slash commands": "commands", "message.groups event": "groups:history",
+    }  # fmt: skip
+    assert set(manifest["oauth_config"]["scopes"]["bot"]) == set(needed.values())
+    assert manifest["settings"]["interactivity"]["is_enabled"] is True

@@ -40,6 +40,9 @@ log = logging.getLogger(__name__)
 
 PLATFORM = "slack"
 EVENTS_PATH = "/slack/events"
+# What the adapter listens to; deploy/slack-manifest.yml asks Slack for exactly these.
+SUBSCRIBED_EVENTS = ("app_mention", "message")
+SLASH_COMMANDS = ("/ask", "/kb")
 # Where Slack serves files (url_private); the bot token is sent nowhere else but SLACK_API_URL's host.
 SLACK_FILE_HOSTS = frozenset({"files.slack.com", "files-edu.slack.com", "files.slack-gov.com"})
 SEEN_EVENTS_MAX = 10_000  # event_ids remembered to answer each event once (Slack retries within minutes)
@@ -124,10 +127,12 @@ class SlackAdapter:
     # --- listeners ------------------------------------------------------------------------
 
     def _register(self) -> None:
-        self.app.event("app_mention")(self._on_mention)
-        self.app.event("message")(self._on_message)
-        self.app.command("/ask")(self._on_ask)
-        self.app.command("/kb")(self._on_kb)
+        mention, message = SUBSCRIBED_EVENTS
+        ask, kb = SLASH_COMMANDS
+        self.app.event(mention)(self._on_mention)
+        self.app.event(message)(self._on_message)
+        self.app.command(ask)(self._on_ask)
+        self.app.command(kb)(self._on_kb)
         self.app.action(FEEDBACK_ACTION_UP)(self._on_feedback)
         self.app.action(FEEDBACK_ACTION_DOWN)(self._on_feedback)
 
