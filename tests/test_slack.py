@@ -6,7 +6,10 @@ import asyncio
 import hashlib
 import hmac
 import json
+import os
 import shutil
+import signal
+import sys
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -26,6 +29,7 @@ from tests.fake_llm import FakeLLM, Reply
 from tests.fake_slack import APP_TOKEN, BOT_TOKEN, BOT_USER, FakeSlack
 
 SIGNING_SECRET = "test-signing-secret"
+TEAMBOT = str(Path(sys.executable).parent / "teambot")
 ON_CALL_QUESTION = "Who gets paged if the primary on-call does not acknowledge a page?"
 CHANNEL = "C0GENERAL"
 
@@ -373,3 +377,52 @@ async def test_the_bot_token_goes_only_to_slack_and_a_sign_in_page_is_an_error(f
     first, second = await until(lambda: (r := replies(fake_slack, "D0ADMIN")) and len(r) == 2 and r, "both replies")
     assert "refusing to send the bot token to files.example.com" in first
     assert "Slack sent a sign-in page instead of the file" in second
+
+
+# --- `teambot serve` with Slack, as a real process ---------------------------------------
+
+
+def serve_env(settings: Settings, fake: FakeSlack, llm_url: str, bot_token: str = BOT_TOKEN) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("TEAMBOT_", "SLACK_", "DISCORD_"))}
+    return env | {
+        "TEAMBOT_DATA_DIR": str(settings.data_dir),
+        "TEAMBOT_RAG__KNOWLEDGE_DIR": str(settings.rag.knowledge_dir),
+        "TEAMBOT_INFERENCE__BACKEND": "external",
+        "TEAMBOT_INFERENCE__BASE_URL": llm_url,
+        "SLACK_BOT_TOKEN": bot_token,
+        "SLACK_APP_TOKEN": APP_TOKEN,
+        "SLACK_API_URL": fake.api_url,
+    }
+
+
+async def test_teambot_serve_answers_on_slack_until_sigterm(
+    fake_slack: FakeSlack, fake_llm: FakeLLM, indexed_settings: Settings, tmp_path: Path
+) -> None:
+    data, knowledge = indexed_copy(indexed_settings, tmp_path)
+    settings = make_settings(data, knowledge)
+    process = await asyncio.create_subprocess_exec(
+        TEAMBOT, "serve", env=serve_env(settings, fake_slack, fake_llm.base_url),
+        stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    try:
+        await asyncio.wait_for(fake_slack.connected.wait(), 120)
+        event = await mention(fake_slack, ON_CALL_QUESTION)
+        await until(lambda: final_answers(fake_slack, CHANNEL, event["ts"]), "the answer")
+        process.send_signal(signal.SIGTERM)
+        _, stderr = await asyncio.wait_for(process.communicate(), 60)
+    finally:
+        if process.returncode is None:
+            process.kill()
+    assert process.returncode == 0
+    assert "Answering on Slack" in stderr.decode()
+    assert BOT_TOKEN not in stderr.decode() and APP_TOKEN not in (data / "logs" / "teambot.log").read_text()
+
+
+async def test_teambot_serve_with_a_refused_token_says_so(fake_slack: FakeSlack, fake_llm: FakeLLM, settings: Settings) -> None:
+    process = await asyncio.create_subprocess_exec(
+        TEAMBOT, "serve", env=serve_env(settings, fake_slack, fake_llm.base_url, bot_token="xoxb-revoked"),
+        stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    _, stderr = await asyncio.wait_for(process.communicate(), 120)
+    assert process.returncode == 2
+    assert "Slack refused SLACK_BOT_TOKEN (invalid_auth)" in stderr.decode() and "Traceback" not in stderr.decode()
