@@ -7,15 +7,8 @@ import pytest
 from bot.core import AnswerDone
 from bot.prompt import Turn
 from bot.slack import messages as msg
-from bot.slack.render import (
-    MESSAGE_BLOCKS_LIMIT,
-    SECTION_TEXT_LIMIT,
-    TRUNCATED,
-    answer_blocks,
-    progress_text,
-    split_text,
-    to_mrkdwn,
-)
+from bot.slack.render import MESSAGE_BLOCKS_LIMIT, SECTION_TEXT_LIMIT, TRUNCATED, answer_blocks, progress_text, to_mrkdwn
+from bot.splitting import split_text
 from config.settings import SlackSettings
 from rag.retriever import Passage
 

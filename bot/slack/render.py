@@ -7,6 +7,7 @@ from typing import Any
 
 from bot.core import AnswerDone
 from bot.prompt import passage_label
+from bot.splitting import split_text
 
 # Slack's limits (docs.slack.dev, "Block Kit" and "chat.postMessage"):
 SECTION_TEXT_LIMIT = 3000  # characters in a section block's text
@@ -23,7 +24,6 @@ FEEDBACK_ACTION_UP = "feedback_up"
 FEEDBACK_ACTION_DOWN = "feedback_down"
 
 _MENTION = re.compile(r"<@[A-Z0-9]+(?:\|[^>]*)?>")
-_CITATION = re.compile(r"\[\d{1,3}\]")
 
 
 def strip_mentions(text: str) -> str:
@@ -42,33 +42,6 @@ def to_mrkdwn(markdown: str) -> str:
     text = re.sub(r"\*\*(.+?)\*\*", r"*\1*", text)
     text = re.sub(r"\[([^\]]+)\]\((https?://[^)\s]+)\)", r"<\2|\1>", text)
     return text
-
-
-def split_text(text: str, limit: int) -> list[str]:
-    """Pieces of at most ``limit`` characters, cut at a paragraph, line, sentence or word end, never inside a citation."""
-    pieces = []
-    while len(text) > limit:
-        cut = _cut_point(text, limit)
-        pieces.append(text[:cut].rstrip())
-        text = text[cut:].lstrip()
-    if text.strip():
-        pieces.append(text.rstrip())
-    return pieces
-
-
-def _cut_point(text: str, limit: int) -> int:
-    window = text[:limit]
-    for separator in ("\n\n", "\n", "。", ". ", "! ", "? ", " "):
-        at = window.rfind(separator)
-        if at > limit // 2:
-            cut = at + len(separator)
-            break
-    else:
-        cut = limit
-    for citation in _CITATION.finditer(text, max(0, cut - 5), cut + 5):  # never split "[12]"
-        if citation.start() < cut < citation.end():
-            cut = citation.start()
-    return cut
 
 
 def progress_text(partial: str) -> str:

@@ -4,15 +4,12 @@ Two ways to grow it:
 - Slack's chat streaming API (chat.startStream / appendStream / stopStream), where the
   workspace has it: the stream starts with the first text and replaces the placeholder;
 - chat.update of the placeholder, at most one edit per ``interval_s`` (chat.update is Tier 3).
-
-Edits run on their own task, so a slow edit (a 429 waited out by the client's retry handler,
-which obeys Retry-After) never holds up the answer; the latest text is sent when it is done.
-The final edit waits for the one in flight, so nothing older can overwrite it.
+The client's retry handler waits out 429s as Retry-After says; bot.progress keeps that from
+holding up the answer.
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from dataclasses import dataclass, field
 from typing import Any
@@ -21,6 +18,7 @@ from slack_sdk.errors import SlackApiError
 from slack_sdk.web.async_client import AsyncWebClient
 
 from bot.core import AnswerDone
+from bot.progress import ProgressPump
 from bot.slack.messages import slack_error
 from bot.slack.render import PLACEHOLDER, TRUNCATED, answer_blocks, error_text, footer_blocks, notification_text, progress_text
 
@@ -48,12 +46,12 @@ class AnswerMessage:
     recipient_user: str = ""
     recipient_team: str = ""
     ts: str = ""  # the placeholder's, then (with chat.update) the answer's
-    _text: str = ""
-    _sent: int = 0  # characters of _text already streamed
+    _sent: int = 0  # characters already streamed
     _stream_ts: str = ""
-    _dirty: asyncio.Event = field(default_factory=asyncio.Event)
-    _closing: bool = False
-    _pump: asyncio.Task[None] | None = None
+    _pump: ProgressPump = field(init=False)
+
+    def __post_init__(self) -> None:
+        self._pump = ProgressPump(self._show_progress, self.interval_s, skippable=(SlackApiError,))
 
     async def open(self) -> None:
         """Posts the placeholder."""
@@ -61,18 +59,14 @@ class AnswerMessage:
         self.ts = response["ts"]
 
     def append(self, delta: str) -> None:
-        self._text += delta
-        self._dirty.set()
-        if self._pump is None:
-            self._pump = asyncio.create_task(self._run_pump(), name=f"slack-edits-{self.ts}")
+        self._pump.append(delta)
 
     async def finish(self, done: AnswerDone, answer_id: str | None) -> None:
         """Replaces whatever is shown with the whole answer, its sources and the feedback buttons."""
-        self._text = done.answer
-        await self._stop_pump()
+        await self._pump.stop()
         if self._stream_ts:
-            tail = self._text[self._sent : STREAM_TEXT_LIMIT]
-            if len(self._text) > STREAM_TEXT_LIMIT:
+            tail = done.answer[self._sent : STREAM_TEXT_LIMIT]
+            if len(done.answer) > STREAM_TEXT_LIMIT:
                 tail += TRUNCATED
             await self.client.chat_stopStream(
                 channel=self.channel, ts=self._stream_ts, markdown_text=tail or None, blocks=footer_blocks(done, answer_id)
@@ -82,7 +76,7 @@ class AnswerMessage:
 
     async def fail(self, message: str) -> None:
         """Shows an error instead of the answer (best effort: Slack itself may be what failed)."""
-        await self._stop_pump()
+        await self._pump.stop()
         try:
             if self._stream_ts:
                 await self.client.chat_stopStream(channel=self.channel, ts=self._stream_ts, markdown_text="\n\n" + error_text(message))
@@ -91,40 +85,20 @@ class AnswerMessage:
         except SlackApiError as exc:
             log.warning("could not show an error in Slack: %s", slack_error(exc))
 
-    async def _stop_pump(self) -> None:
-        self._closing = True
-        self._dirty.set()
-        if self._pump is not None:
-            await self._pump
-
-    async def _run_pump(self) -> None:
-        while True:
-            await self._dirty.wait()
-            if self._closing:
-                return
-            self._dirty.clear()
-            try:
-                await self._show_progress()
-            except SlackApiError as exc:  # an edit that failed is skipped; the final one is what counts
-                log.warning("a progress edit failed: %s", slack_error(exc))
-            if self._closing:
-                return
-            await asyncio.sleep(self.interval_s)
-
-    async def _show_progress(self) -> None:
+    async def _show_progress(self, text: str) -> None:
         if self.thread_ts and self.streams.enabled and not self.streams.known_missing and not self._stream_ts:
-            if await self._start_stream():
+            if await self._start_stream(text):
                 return
         if self._stream_ts:
-            delta = self._text[self._sent : STREAM_TEXT_LIMIT]
+            delta = text[self._sent : STREAM_TEXT_LIMIT]
             if delta:
                 await self.client.chat_appendStream(channel=self.channel, ts=self._stream_ts, markdown_text=delta)
                 self._sent += len(delta)
             return
-        await self.client.chat_update(channel=self.channel, ts=self.ts, text=progress_text(self._text), blocks=[])
+        await self.client.chat_update(channel=self.channel, ts=self.ts, text=progress_text(text), blocks=[])
 
-    async def _start_stream(self) -> bool:
-        text = self._text[:STREAM_TEXT_LIMIT]
+    async def _start_stream(self, text: str) -> bool:
+        text = text[:STREAM_TEXT_LIMIT]
         options: dict[str, Any] = {"recipient_user_id": self.recipient_user, "recipient_team_id": self.recipient_team}
         try:
             response = await self.client.chat_startStream(channel=self.channel, thread_ts=self.thread_ts, markdown_text=text, **options)
@@ -138,4 +112,3 @@ class AnswerMessage:
         except SlackApiError as exc:
             log.warning("could not remove the placeholder: %s", slack_error(exc))
         return True
-
