@@ -184,8 +184,6 @@ def serve(ctx: typer.Context, collection: CollectionOption = [DEFAULT_COLLECTION
                 err.print(f"teambot is up: {runtime.server.description}, OpenAI-compatible API at {runtime.endpoint.base_url}")
                 if service.http is not None:
                     err.print(f"HTTP server on {settings.http_host}:{service.http.port} (Slack events at /slack/events)")
-                if settings.discord_bot_token:
-                    err.print("[yellow]DISCORD_BOT_TOKEN is set, but this teambot version has no Discord adapter yet.[/yellow]")
                 if service.platforms:
                     err.print(f"Answering on {', '.join(service.platforms)}. Stop with SIGTERM or Ctrl-C.")
                 else:
@@ -201,6 +199,24 @@ def serve(ctx: typer.Context, collection: CollectionOption = [DEFAULT_COLLECTION
                 await service.stop()
 
     _guarded(lambda: asyncio.run(run()))
+
+
+discord_app = typer.Typer(help="Discord helpers.", no_args_is_help=True)
+app.add_typer(discord_app, name="discord")
+
+
+@discord_app.command("invite-url")
+def discord_invite_url(
+    ctx: typer.Context,
+    client_id: Annotated[int | None, typer.Option("--client-id", help="The application's ID (default: asked of Discord with DISCORD_BOT_TOKEN).")] = None,
+) -> None:
+    """Print the URL that adds teambot to a server, with the permissions and scopes it needs."""
+    settings: Settings = ctx.obj
+    from bot.discord.adapter import application_id, invite_url
+
+    if client_id is None:
+        client_id = _guarded(lambda: asyncio.run(application_id(settings)))
+    out.print(invite_url(client_id))
 
 
 @app.command("config")

@@ -1,13 +1,18 @@
 """What `teambot serve` runs beside the LLM: the chat platforms that are configured, and the
-HTTP server their webhooks need."""
+HTTP server their webhooks need. A platform's module is imported only when it is configured."""
 
 from __future__ import annotations
 
 import logging
+from typing import TYPE_CHECKING
 
 from bot.answer_log import AnswerLog
 from bot.http_server import HttpServer
 from bot.runtime import Runtime
+
+if TYPE_CHECKING:
+    from bot.discord.adapter import DiscordAdapter
+    from bot.slack.adapter import SlackAdapter
 
 log = logging.getLogger(__name__)
 
@@ -16,23 +21,30 @@ class Service:
     def __init__(self, runtime: Runtime) -> None:
         self._runtime = runtime
         self.answers = AnswerLog(runtime.settings.data_dir / "answers.sqlite")
-        self.slack = None
+        self.slack: SlackAdapter | None = None
+        self.discord: DiscordAdapter | None = None
         self.http: HttpServer | None = None
 
     @property
     def platforms(self) -> list[str]:
-        return ["Slack"] if self.slack is not None else []
+        return [name for name, adapter in (("Slack", self.slack), ("Discord", self.discord)) if adapter is not None]
 
     async def start(self) -> None:
         settings = self._runtime.settings
         routes = []
         try:
+            engine, library = self._runtime.require_engine(), self._runtime.library
             if settings.slack_bot_token is not None:
                 from bot.slack.adapter import SlackAdapter
 
-                self.slack = SlackAdapter(settings, self._runtime.require_engine(), self._runtime.library, self.answers)
+                self.slack = SlackAdapter(settings, engine, library, self.answers)
                 await self.slack.start()
                 routes += self.slack.routes()
+            if settings.discord_bot_token is not None:
+                from bot.discord.adapter import DiscordAdapter
+
+                self.discord = DiscordAdapter(settings, engine, library, self.answers)
+                await self.discord.start()
             if routes:
                 self.http = HttpServer(settings.http_host, settings.http_port, routes)
                 await self.http.start()
@@ -45,4 +57,6 @@ class Service:
             await self.http.stop()
         if self.slack is not None:
             await self.slack.stop()
+        if self.discord is not None:
+            await self.discord.stop()
         self.answers.close()

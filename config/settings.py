@@ -125,19 +125,17 @@ class BotSettings(_Section):
     answer_timeout_s: float = Field(180.0, gt=0)
 
 
-class SlackSettings(_Section):
-    admin_users: list[str] = []
-    """User IDs (U...) allowed to change the knowledge base; workspace admins and owners always are."""
+class _PlatformSettings(_Section):
+    """What every chat platform's section has."""
+
     channels: dict[str, list[str]] = {}
-    """Channel ID -> the collections questions there are answered from (otherwise: default)."""
+    """Channel ID (for Discord also a guild ID) -> the collections questions there are answered from (otherwise: default)."""
     dm_collections: list[str] = [DEFAULT_COLLECTION]
     """The collections direct messages are answered from."""
     follow_ups: bool = True
     """Answer later messages in a thread teambot answered in, without a new mention."""
-    streaming: Literal["auto", "update"] = "auto"
-    """auto: Slack's chat streaming API where the workspace has it, else chat.update; update: always chat.update."""
     update_interval_s: float = Field(1.0, ge=0.2, le=30)
-    """Seconds between edits of a growing answer (chat.update is rate-limited to about one a second)."""
+    """Seconds between edits of a growing answer (the platforms rate-limit edits to about one a second)."""
 
     @field_validator("channels", "dm_collections")
     @classmethod
@@ -147,6 +145,24 @@ class SlackSettings(_Section):
             if not COLLECTION_NAME.match(name):
                 raise ValueError(f"collection name {name!r} is not allowed: use {COLLECTION_NAME_RULE}")
         return value
+
+
+class SlackSettings(_PlatformSettings):
+    admin_users: list[str] = []
+    """User IDs (U...) allowed to change the knowledge base; workspace admins and owners always are."""
+    streaming: Literal["auto", "update"] = "auto"
+    """auto: Slack's chat streaming API where the workspace has it, else chat.update; update: always chat.update."""
+
+
+class DiscordSettings(_PlatformSettings):
+    guild_ids: list[int] = []
+    """Guilds to sync the slash commands to (at once); empty: globally (Discord may take up to an hour)."""
+    admin_users: list[int] = []
+    """User IDs allowed to change the knowledge base; members with Manage Server always are."""
+    admin_roles: list[int] = []
+    """Role IDs whose members are allowed to change the knowledge base."""
+    reply_in_thread: bool = False
+    """Answer a mention in a new thread (true) or as a reply (false). Follow-ups need the Message Content intent."""
 
 
 class Settings(BaseSettings):
@@ -164,12 +180,17 @@ class Settings(BaseSettings):
     rag: RagSettings = RagSettings()
     bot: BotSettings = BotSettings()
     slack: SlackSettings = SlackSettings()
+    discord: DiscordSettings = DiscordSettings()
     http_host: str = "127.0.0.1"
     """Where teambot's HTTP server (Slack's Events API at /slack/events) listens. (env: TEAMBOT_HTTP_HOST)"""
     http_port: int = Field(8080, ge=0, le=65535)
     """(env: TEAMBOT_HTTP_PORT; 0 picks a free port)"""
     slack_api_url: str = Field("https://slack.com/api/", validation_alias=AliasChoices("SLACK_API_URL", "slack_api_url"))
     """Slack's Web API base URL (env: SLACK_API_URL), e.g. an Enterprise Grid proxy."""
+    discord_api_url: str = Field("https://discord.com/api/v10", validation_alias=AliasChoices("DISCORD_API_URL", "discord_api_url"))
+    """Discord's REST base (env: DISCORD_API_URL)."""
+    discord_gateway_url: str = Field("wss://gateway.discord.gg/", validation_alias=AliasChoices("DISCORD_GATEWAY_URL", "discord_gateway_url"))
+    """Discord's gateway (env: DISCORD_GATEWAY_URL)."""
 
     llm_api_key: SecretStr | None = Field(None, validation_alias=SECRET_ENV["llm_api_key"])
     slack_bot_token: SecretStr | None = Field(None, validation_alias=SECRET_ENV["slack_bot_token"])

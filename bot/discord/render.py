@@ -1,0 +1,49 @@
+"""What teambot's Discord messages look like: pure functions from an answer to message contents."""
+
+from __future__ import annotations
+
+from bot.core import AnswerDone
+from bot.prompt import passage_label
+from bot.splitting import split_text
+
+# Discord's limit (discord.com/developers/docs/resources/message#create-message): 2,000 characters of content.
+MESSAGE_LIMIT = 2000
+PLACEHOLDER = "*Searching the knowledge base…*"
+TYPING_MARK = " ▌"
+SOURCES_HEADING = "**Sources**"
+THREAD_NAME_LIMIT = 100  # characters in a thread's name
+
+
+def sources_text(done: AnswerDone) -> str:
+    lines = [SOURCES_HEADING]
+    for n, passage in enumerate(done.sources, start=1):
+        mark = " ✓" if n in done.cited else ""
+        lines.append(f"[{n}] {passage_label(passage)} · {passage.score:.2f}{mark}")
+    return "\n".join(lines)
+
+
+def answer_pages(done: AnswerDone) -> list[str]:
+    """The finished answer and its sources, as messages of at most 2,000 characters each."""
+    text = done.answer.strip() or "(no answer)"
+    if done.sources:
+        text += "\n\n" + sources_text(done)
+    return split_text(text, MESSAGE_LIMIT)
+
+
+def progress_pages(partial: str) -> list[str]:
+    """A growing answer as the messages show it between edits."""
+    return split_text(partial + TYPING_MARK, MESSAGE_LIMIT) or [TYPING_MARK.strip()]
+
+
+def answer_only(content: str) -> str:
+    """A message of teambot's without its sources: what the conversation history keeps."""
+    return content.split("\n\n" + SOURCES_HEADING, 1)[0].strip()
+
+
+def error_text(message: str) -> str:
+    return f"⚠️ Sorry, I could not answer: {message}"[:MESSAGE_LIMIT]
+
+
+def thread_name(question: str) -> str:
+    name = " ".join(question.split()) or "teambot"
+    return name if len(name) <= THREAD_NAME_LIMIT else name[: THREAD_NAME_LIMIT - 1] + "…"
