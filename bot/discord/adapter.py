@@ -293,8 +293,32 @@ class DiscordAdapter:
             log.warning("no conversation history (HTTP %s); answering without it", exc.status)
             return []
         bot_id = self.client.user.id if self.client.user else 0
-        turns = msg.turns([msg.Said(m.author.id == bot_id, m.content, m.created_at.timestamp()) for m in messages])
+        said = []
+        for m in messages:
+            if m.type == discord.MessageType.thread_starter_message:
+                starter = await self._starter(m)  # the question a thread was opened from lives in the parent channel
+                if starter is not None:
+                    said.append(msg.Said(starter.author.id == bot_id, starter.content, starter.created_at.timestamp()))
+            elif m.type in (discord.MessageType.default, discord.MessageType.reply):
+                said.append(msg.Said(m.author.id == bot_id, m.content, m.created_at.timestamp()))
+        turns = msg.turns(said)
         return turns[-self._settings.bot.history_turns :] if self._settings.bot.history_turns else []
+
+    @staticmethod
+    async def _starter(message: discord.Message) -> discord.Message | None:
+        reference = message.reference
+        if reference is None:
+            return None
+        if isinstance(reference.resolved, discord.Message):
+            return reference.resolved
+        thread = message.channel
+        parent = thread.parent if isinstance(thread, discord.Thread) else None
+        if reference.message_id is None or not isinstance(parent, discord.TextChannel):
+            return None
+        try:
+            return await parent.fetch_message(reference.message_id)
+        except discord.HTTPException:
+            return None
 
     # --- answering ------------------------------------------------------------------------
 
