@@ -1,4 +1,4 @@
-"""The `teambot` command line: index, search, ask, chat, serve, config.
+"""The `teambot` command line: index, search, ask, chat, serve, quantize, config.
 
 Results go to stdout (``--json`` for machines); progress and errors go to stderr. A problem the
 user can fix ends the command with its message and hint, and exit code 1 (2 for bad
@@ -199,6 +199,41 @@ def serve(ctx: typer.Context, collection: CollectionOption = [DEFAULT_COLLECTION
                 await service.stop()
 
     _guarded(lambda: asyncio.run(run()))
+
+
+@app.command()
+def quantize(
+    ctx: typer.Context,
+    model: Annotated[str, typer.Option("--model", help="Model ID on the Hugging Face hub, or a local model folder.")] = "internlm/internlm2_5-1_8b-chat",
+    out_dir: Annotated[Path | None, typer.Option("--out", help="Output folder (default: <data_dir>/models/<model>-w4a16).")] = None,
+    group_size: Annotated[int, typer.Option("--group-size", min=8, max=1024, help="Weights per 4-bit quantization group.")] = 128,
+    calib_samples: Annotated[int, typer.Option("--calib-samples", min=1, max=4096, help="Calibration samples.")] = 128,
+    calib_seqlen: Annotated[int, typer.Option("--calib-seqlen", min=16, max=32768, help="Tokens per calibration sample.")] = 2048,
+    calib_dataset: Annotated[
+        str, typer.Option("--calib-dataset", help="knowledge: the indexed documents; none: data-free; or one of lmdeploy's (e.g. wikitext2, downloaded).")
+    ] = "knowledge",
+    batch_size: Annotated[int, typer.Option("--batch-size", min=1, max=256, help="Calibration samples run at once (more is faster, needs more GPU memory).")] = 1,
+) -> None:
+    """W4A16: quantize a model's weights to 4 bits (AWQ, lmdeploy lite) for the lmdeploy backend."""
+    settings: Settings = ctx.obj
+    from inference.quantize import default_output
+    from inference.quantize import quantize as run_quantize
+
+    target = (out_dir or default_output(settings, model)).expanduser().resolve()
+    result = _guarded(
+        lambda: run_quantize(
+            settings, model, target, group_size=group_size, calib_samples=calib_samples, calib_seqlen=calib_seqlen,
+            calib_dataset=calib_dataset, batch_size=batch_size, progress=_progress_line,
+        )
+    )  # fmt: skip
+    gb = 1024**3
+    out.print(
+        f"quantized {result.model.name} to W4A16 in {result.seconds:.0f} s: weights {result.bytes_before / gb:.2f} GiB -> "
+        f"{result.bytes_after / gb:.2f} GiB ({result.bytes_after / max(result.bytes_before, 1):.0%})\n"
+        f"calibration: {result.calibration}\nmodel: {result.out}"
+    )
+    if result.out != settings.inference.lmdeploy.model_path:
+        out.print(f"serve it with: TEAMBOT_INFERENCE__LMDEPLOY__MODEL_PATH={result.out} teambot serve")
 
 
 discord_app = typer.Typer(help="Discord helpers.", no_args_is_help=True)

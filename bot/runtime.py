@@ -55,7 +55,7 @@ def knowledge_runtime(settings: Settings) -> Runtime:
         settings=settings,
         store=store,
         manifest=manifest,
-        retriever=Retriever(settings.rag, store, manifest, models_dir=settings.data_dir / "models"),
+        retriever=Retriever(settings.rag, store, manifest, models_dir=settings.models_dir),
         indexer=indexer,
         library=KnowledgeLibrary(settings, indexer, manifest),
     )

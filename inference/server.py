@@ -50,11 +50,16 @@ class ExternalServer:
 
 
 def make_server(settings: Settings) -> LLMServer:
+    from inference.lmdeploy import LMDeployServer, resolve_backend
+
     inference = settings.inference
     api_key = settings.llm_api_key.get_secret_value() if settings.llm_api_key else None
-    if inference.backend == "external":
+    backend = resolve_backend(inference)
+    if backend == "external":
         assert inference.base_url is not None  # enforced by InferenceSettings
         return ExternalServer(inference.base_url, inference.model, api_key)
+    if backend == "lmdeploy":
+        return LMDeployServer(inference, log_dir=settings.logs_dir, api_key=api_key)
     from inference.llamacpp import LlamaCppServer
 
     return LlamaCppServer(inference, log_dir=settings.logs_dir)
@@ -67,6 +72,8 @@ async def wait_until_ready(
     what: str,
     still_starting: Callable[[], str | None],
     progress: Progress | None = None,
+    headers: dict[str, str] | None = None,
+    timeout_hint: str = "raise inference.start_timeout_s if the model is large, or read the server log",
 ) -> float:
     """Polls ``url`` until it answers 200 or the deadline passes; returns the seconds it took.
 
@@ -75,7 +82,7 @@ async def wait_until_ready(
     started = time.monotonic()
     deadline = started + timeout_s
     last_report = started
-    async with httpx.AsyncClient(timeout=2.0) as http:
+    async with httpx.AsyncClient(timeout=2.0, headers=headers) as http:
         while True:
             failure = still_starting()
             if failure is not None:
@@ -87,10 +94,7 @@ async def wait_until_ready(
                 pass
             now = time.monotonic()
             if now > deadline:
-                raise TeambotError(
-                    f"{what} was not ready after {timeout_s:.0f} s",
-                    "raise inference.start_timeout_s if the model is large, or read the server log",
-                )
+                raise TeambotError(f"{what} was not ready after {timeout_s:.0f} s", timeout_hint)
             if progress and now - last_report >= 5:
                 progress(f"still waiting for {what} ({now - started:.0f} s)")
                 last_report = now

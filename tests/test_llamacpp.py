@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 import socket
 from pathlib import Path
@@ -58,9 +59,9 @@ async def test_a_configured_gguf_replaces_the_default_and_stop_frees_the_port(tm
     assert any("team-model.gguf" in m and "ready in" in m for m in messages)
     assert endpoint.model == "team-model"
     assert f"--model {custom}" in server.log_path.read_text()
-    process = server._process
+    pid = server._process.pid
     await server.stop()
-    assert process is not None and process.poll() is not None
+    assert pid is not None and not _alive(pid)
     with pytest.raises(OSError):
         socket.create_connection(_host_port(endpoint), timeout=1).close()
 
@@ -91,3 +92,11 @@ def _user(text: str):  # type: ignore[no-untyped-def]
 def _host_port(endpoint: Endpoint) -> tuple[str, int]:
     host, port = endpoint.base_url.split("//")[1].split("/")[0].split(":")
     return host, int(port)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True

@@ -21,8 +21,10 @@ def test_defaults_without_a_file(tmp_path: Path) -> None:
     settings = load_settings()
     assert settings.config_file is None
     assert settings.data_dir == tmp_path / "data"
-    assert settings.inference.backend == "llamacpp"
+    assert settings.inference.backend == "auto"
     assert settings.inference.kv_cache_type == "q8_0"
+    assert settings.inference.lmdeploy.quant_policy == 8  # W4A16 weights with an int8 KV cache on a GPU
+    assert settings.inference.lmdeploy.model_path == tmp_path / "data" / "models" / "internlm2_5-1_8b-chat-w4a16"
     assert settings.collection_dirs() == {"default": tmp_path / "knowledge"}
 
 
@@ -53,7 +55,7 @@ def test_wrong_value_names_key_value_and_rule(monkeypatch: pytest.MonkeyPatch) -
         load_settings()
     message = str(caught.value)
     assert "inference.backend" in message and "'gpu'" in message
-    assert "'llamacpp' or 'external'" in message
+    assert "'auto', 'llamacpp', 'lmdeploy' or 'external'" in message
 
 
 def test_out_of_range_value_in_file(tmp_path: Path) -> None:

@@ -1,0 +1,114 @@
+"""A server process teambot owns: started with its output in a log file, stopped with its children.
+
+The process gets its own session (Ctrl-C in the terminal reaches teambot, which stops it) and,
+on Linux, SIGTERM when teambot dies without stopping it. Stopping signals the whole process
+group: lmdeploy starts engine workers of its own.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ctypes
+import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+STOP_GRACE_S = 15.0
+_PR_SET_PDEATHSIG = 1
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def tail(path: Path, lines: int = 15) -> str:
+    try:
+        text = path.read_text(encoding="utf-8", errors="replace")
+    except OSError as exc:
+        return f"(cannot read the log: {exc})"
+    return "\n".join(text.splitlines()[-lines:])
+
+
+def _die_with_parent() -> None:
+    """Runs in the child before exec: the server gets SIGTERM if teambot dies without stopping it."""
+    try:
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+    except OSError:
+        pass
+
+
+class ServerProcess:
+    """One child server process and its log file."""
+
+    def __init__(self, name: str, log_path: Path) -> None:
+        self.name = name
+        self.log_path = log_path
+        self._process: subprocess.Popen[bytes] | None = None
+        self.log_offset = 0  # where this start's output begins in the log
+
+    @property
+    def pid(self) -> int | None:
+        return self._process.pid if self._process else None
+
+    def start(self, command: Sequence[str], *, shown: str, env: Mapping[str, str] | None = None) -> None:
+        """Starts ``command``; ``shown`` is what the log says was started (secrets left out)."""
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        with self.log_path.open("ab") as log_file:
+            log_file.write(f"\n=== {time.strftime('%Y-%m-%d %H:%M:%S')} starting: {shown}\n".encode())
+            log_file.flush()
+            self.log_offset = log_file.tell()
+            self._process = subprocess.Popen(
+                list(command),
+                stdin=subprocess.DEVNULL,
+                stdout=log_file,
+                stderr=subprocess.STDOUT,
+                env={**os.environ, **(env or {})},
+                start_new_session=True,
+                preexec_fn=_die_with_parent if sys.platform == "linux" else None,
+            )
+
+    def output(self) -> str:
+        """What the process wrote since this start."""
+        try:
+            with self.log_path.open("rb") as f:
+                f.seek(self.log_offset)
+                return f.read().decode("utf-8", errors="replace")
+        except OSError:
+            return ""
+
+    def exit_reason(self) -> str | None:
+        """None while the process lives; else its exit code and the end of its log."""
+        if self._process is None or self._process.poll() is None:
+            return None
+        return f"exit code {self._process.returncode}; last lines of {self.log_path}:\n{tail(self.log_path)}"
+
+    async def stop(self) -> None:
+        process, self._process = self._process, None
+        if process is None or process.poll() is not None:
+            return
+        _signal_group(process, signal.SIGTERM)
+        try:
+            await asyncio.to_thread(process.wait, STOP_GRACE_S)
+        except subprocess.TimeoutExpired:
+            log.warning("%s (pid %d) ignored SIGTERM for %.0f s; killing it", self.name, process.pid, STOP_GRACE_S)
+            _signal_group(process, signal.SIGKILL)
+            await asyncio.to_thread(process.wait)
+
+
+def _signal_group(process: subprocess.Popen[bytes], sig: signal.Signals) -> None:
+    try:
+        os.killpg(process.pid, sig)  # the process leads its own session, so its group holds its children
+    except ProcessLookupError:
+        pass
+    except PermissionError:
+        process.send_signal(sig)

@@ -1,0 +1,180 @@
+"""The lmdeploy server manager, as far as it runs without a GPU: the command it builds, the
+backend choice, and the clear errors. (It runs for real on the GPU: bench/gpu/, docs/benchmarks.md.)"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from config.errors import ConfigError
+from config.settings import Settings
+from inference.lmdeploy import (
+    LMDeployServer,
+    check_model,
+    engine_in_use,
+    gpu_problem,
+    lmdeploy_installed,
+    model_format,
+    pick_backend,
+    resolve_backend,
+    server_command,
+    shown_command,
+)
+from inference.process import ServerProcess
+from inference.server import make_server
+from tests.conftest import make_settings
+
+KEY = "k-5f0c1d2e3a"
+
+
+def awq_model(folder: Path, quantized: bool = True) -> Path:
+    folder.mkdir(parents=True)
+    config = {"architectures": ["InternLM2ForCausalLM"], "hidden_size": 2048}
+    if quantized:
+        config["quantization_config"] = {"quant_method": "awq", "bits": 4, "group_size": 128, "version": "gemm"}
+    (folder / "config.json").write_text(json.dumps(config))
+    return folder
+
+
+def settings_with(tmp_path: Path, **lmdeploy: object) -> Settings:
+    return make_settings(tmp_path / "data", tmp_path / "knowledge", inference={"backend": "lmdeploy", "lmdeploy": lmdeploy})
+
+
+def args_of(command: list[str]) -> dict[str, str]:
+    """--flag value pairs of a command line (flags without a value map to "")."""
+    pairs: dict[str, str] = {}
+    for k, arg in enumerate(command):
+        if arg.startswith("--"):
+            following = command[k + 1] if k + 1 < len(command) else ""
+            pairs[arg] = "" if following.startswith("--") else following
+    return pairs
+
+
+def test_the_default_command_serves_w4a16_with_an_int8_kv_cache_on_loopback(tmp_path: Path) -> None:
+    settings = settings_with(tmp_path)
+    model = awq_model(settings.inference.lmdeploy.model_path)  # type: ignore[arg-type]
+    command = server_command(settings.inference.lmdeploy, model, model_format(model, "auto"), 23333, KEY)
+    assert command[:6] == [sys.executable, "-m", "lmdeploy", "serve", "api_server", str(model)]
+    args = args_of(command)
+    assert args["--model-format"] == "awq" and args["--quant-policy"] == "8"
+    assert args["--server-name"] == "127.0.0.1" and args["--server-port"] == "23333"
+    assert args["--backend"] == "auto" and args["--cache-max-entry-count"] == "0.8" and args["--tp"] == "1"
+    assert args["--api-keys"] == KEY and "--trust-remote-code" in args
+    assert "--session-len" not in args and "--max-batch-size" not in args  # lmdeploy's own defaults
+
+
+@pytest.mark.parametrize(
+    ("lmdeploy", "expected"),
+    [
+        ({"quant_policy": 4, "engine": "pytorch"}, {"--quant-policy": "4", "--backend": "pytorch"}),
+        ({"quant_policy": 0, "engine": "turbomind"}, {"--quant-policy": "0", "--backend": "turbomind"}),
+        ({"cache_max_entry_count": 0.5, "session_len": 8192, "max_batch_size": 64, "tp": 2},
+         {"--cache-max-entry-count": "0.5", "--session-len": "8192", "--max-batch-size": "64", "--tp": "2"}),
+        ({"model_format": "hf", "extra_args": ["--eager-mode", "--log-level", "INFO"]}, {"--model-format": "hf", "--eager-mode": "", "--log-level": "INFO"}),
+    ],
+)  # fmt: skip
+def test_each_setting_reaches_the_command_line(tmp_path: Path, lmdeploy: dict[str, object], expected: dict[str, str]) -> None:
+    settings = settings_with(tmp_path, **lmdeploy)
+    model = awq_model(tmp_path / "m")
+    fmt = model_format(model, settings.inference.lmdeploy.model_format)
+    args = args_of(server_command(settings.inference.lmdeploy, model, fmt, 1234, KEY))
+    assert {flag: args.get(flag) for flag in expected} == expected
+
+
+def test_bad_settings_are_refused_with_the_key(tmp_path: Path) -> None:
+    for bad in ({"quant_policy": 6}, {"engine": "vllm"}, {"cache_max_entry_count": 1.5}, {"tp": 0}):
+        with pytest.raises(ConfigError, match="inference.lmdeploy"):
+            settings_with(tmp_path, **bad)
+
+
+def test_the_model_format_follows_the_model(tmp_path: Path) -> None:
+    assert model_format(awq_model(tmp_path / "awq"), "auto") == "awq"
+    assert model_format(awq_model(tmp_path / "bf16", quantized=False), "auto") == "hf"
+    assert model_format(awq_model(tmp_path / "x", quantized=False), "awq") == "awq"  # an explicit setting wins
+
+
+def test_the_api_key_never_reaches_the_log(tmp_path: Path) -> None:
+    command = [sys.executable, "-c", "import sys; print('started with', len(sys.argv), 'arguments')", "--api-keys", KEY]
+    assert KEY not in shown_command(command) and "--api-keys ***" in shown_command(command)
+    process = ServerProcess("probe", tmp_path / "logs" / "probe.log")
+    process.start(command, shown=shown_command(command))
+    deadline = time.monotonic() + 30
+    while process.exit_reason() is None:  # it exits at once
+        assert time.monotonic() < deadline, "the probe process did not exit"
+        time.sleep(0.01)
+    log = process.log_path.read_text()
+    assert "started with 3 arguments" in log and KEY not in log
+
+
+def test_bad_model_paths_say_what_is_wrong(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="does not exist") as caught:
+        check_model(tmp_path / "missing")
+    assert "teambot quantize" in (caught.value.hint or "")
+    gguf = tmp_path / "model.gguf"
+    gguf.write_bytes(b"GGUF" + bytes(16))
+    with pytest.raises(ConfigError, match="GGUF file, which is for llama.cpp"):
+        check_model(gguf)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ConfigError, match="no config.json"):
+        check_model(tmp_path / "empty")
+    check_model(awq_model(tmp_path / "good"))
+
+
+def test_engine_reported_from_the_log() -> None:
+    fallback = "2026-11-25 10:00:01,123 - lmdeploy - WARNING - archs.py:40 - Fallback to pytorch engine because turbomind is not built.\n"
+    assert engine_in_use("auto", fallback) == ("pytorch", "turbomind is not built")
+    assert engine_in_use("turbomind", fallback)[0] == "pytorch"  # lmdeploy falls back even when TurboMind was asked for
+    assert engine_in_use("auto", "INFO: Uvicorn running on http://127.0.0.1:23333\n") == ("turbomind", "")
+    assert engine_in_use("pytorch", "") == ("pytorch", "")
+
+
+def test_auto_picks_lmdeploy_only_with_lmdeploy_and_a_gpu() -> None:
+    def yes() -> bool:
+        return True
+
+    def no() -> bool:
+        return False
+
+    assert pick_backend("auto", yes, lambda: None) == "lmdeploy"
+    assert pick_backend("auto", yes, lambda: "no CUDA GPU") == "llamacpp"
+    assert pick_backend("auto", no, lambda: None) == "llamacpp"
+    assert pick_backend("llamacpp", yes, lambda: None) == "llamacpp"  # an explicit backend is kept
+    assert pick_backend("external", no, lambda: "no GPU") == "external"
+
+
+def test_auto_on_this_machine_is_what_it_has(tmp_path: Path) -> None:
+    settings = make_settings(tmp_path / "data", tmp_path / "knowledge")
+    expected = "lmdeploy" if lmdeploy_installed() and gpu_problem() is None else "llamacpp"
+    assert resolve_backend(settings.inference) == expected
+    assert type(make_server(settings)).__name__ == {"lmdeploy": "LMDeployServer", "llamacpp": "LlamaCppServer"}[expected]
+
+
+def test_make_server_passes_the_api_key_and_describes_the_kv_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TEAMBOT_LLM_API_KEY", KEY)
+    server = make_server(settings_with(tmp_path, quant_policy=4))
+    assert isinstance(server, LMDeployServer)
+    assert server.description == "lmdeploy with internlm2_5-1_8b-chat-w4a16 (KV cache int4)"
+    assert server._api_key == KEY
+
+
+@pytest.mark.skipif(lmdeploy_installed(), reason="lmdeploy is installed here")
+async def test_start_without_lmdeploy_says_what_to_install(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="lmdeploy is not installed") as caught:
+        await make_server(settings_with(tmp_path)).start()
+    assert ".[gpu]" in (caught.value.hint or "") and "llamacpp" in (caught.value.hint or "")
+
+
+@pytest.mark.skipif(gpu_problem() is None, reason="this machine has a CUDA GPU")
+async def test_start_without_a_gpu_says_so(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # An importable lmdeploy package (nothing in it runs): the manager must still refuse on a machine without a GPU.
+    package = tmp_path / "site" / "lmdeploy"
+    package.mkdir(parents=True)
+    (package / "__init__.py").write_text("")
+    monkeypatch.syspath_prepend(str(tmp_path / "site"))
+    with pytest.raises(ConfigError, match="lmdeploy needs a CUDA GPU") as caught:
+        await make_server(settings_with(tmp_path)).start()
+    assert "llamacpp" in (caught.value.hint or "")
