@@ -355,3 +355,7 @@ class _IndexBar:
 
     def advance(self, path: str) -> None:
         self._progress.update(self._task, advance=1, description=escape(path))
+
+
+if __name__ == "__main__":
+    main()

@@ -98,13 +98,15 @@ def server_command(settings: LMDeploySettings, model: Path, fmt: str, port: int,
         "--server-name", "127.0.0.1",
         "--server-port", str(port),
         "--model-name", model.name,
-        "--backend", settings.engine,
-        "--model-format", fmt,
         "--quant-policy", str(settings.quant_policy),
         "--cache-max-entry-count", str(settings.cache_max_entry_count),
         "--tp", str(settings.tp),
         "--api-keys", api_key,
     ]  # fmt: skip
+    if fmt != "hf":  # lmdeploy reads unquantized weights without a format; its PyTorch engine refuses "hf"
+        command += ["--model-format", fmt]
+    if settings.engine != "auto":  # lmdeploy's own default, turbomind, already falls back to pytorch where it must
+        command += ["--backend", settings.engine]
     if settings.session_len:
         command += ["--session-len", str(settings.session_len)]
     if settings.max_batch_size:

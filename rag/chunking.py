@@ -2,6 +2,9 @@
 
 llama-index's MarkdownNodeParser cuts at headings (and remembers the heading path);
 its SentenceSplitter then cuts long sections at sentence boundaries, Chinese ones included.
+Chunk sizes are counted in the embedder's own tokens: it is what reads them (MiniLM reads at
+most 256 word pieces), and llama-index's default tokenizer (tiktoken's cl100k) would be
+downloaded at first use, which an offline machine cannot do.
 """
 
 from __future__ import annotations
@@ -29,11 +32,20 @@ class Chunk:
 
 
 class Chunker:
-    def __init__(self, chunk_size: int, chunk_overlap: int) -> None:
+    def __init__(self, chunk_size: int, chunk_overlap: int, embed_model: str) -> None:
         from llama_index.core.node_parser import MarkdownNodeParser, SentenceSplitter
+        from transformers import AutoTokenizer
+
+        from rag.embedder import model_location
+
+        tokenizer = AutoTokenizer.from_pretrained(model_location(embed_model))
+        tokenizer.model_max_length = 1 << 30  # counting only: no "longer than the model reads" warnings
+
+        def tokenize(text: str) -> list[int]:
+            return tokenizer.encode(text, add_special_tokens=False)
 
         self._sections = MarkdownNodeParser(header_path_separator=_PATH_SEPARATOR)
-        self._splitter = SentenceSplitter(chunk_size=chunk_size, chunk_overlap=chunk_overlap)
+        self._splitter = SentenceSplitter(chunk_size=chunk_size, chunk_overlap=chunk_overlap, tokenizer=tokenize)
 
     def split(self, doc: ParsedDocument) -> list[Chunk]:
         from llama_index.core.schema import Document

@@ -253,7 +253,8 @@ class Indexer:
 
     def _chunks(self, doc: ParsedDocument) -> list[Chunk]:
         if self._chunker is None:
-            self._chunker = Chunker(self._settings.rag.chunk_size, self._settings.rag.chunk_overlap)
+            rag = self._settings.rag
+            self._chunker = Chunker(rag.chunk_size, rag.chunk_overlap, rag.embed_model)
         return self._chunker.split(doc)
 
     def _nodes(self, parsed: list[tuple[_Todo, ParsedDocument, list[Chunk]]], collection: str) -> list:  # type: ignore[type-arg]

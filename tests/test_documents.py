@@ -79,7 +79,7 @@ def test_bad_files_raise_a_clear_error(tmp_path: Path, name: str, content: bytes
 
 def test_chunks_carry_heading_path_and_position() -> None:
     doc = read_document(EXAMPLES / "oncall-guide.md")
-    chunks = Chunker(chunk_size=200, chunk_overlap=30).split(doc)
+    chunks = Chunker(chunk_size=200, chunk_overlap=30, embed_model="").split(doc)
     assert [c.position for c in chunks] == list(range(len(chunks)))
     escalation = [c for c in chunks if "secondary on-call engineer. If neither" in c.text]
     assert escalation and escalation[0].heading == "Paging and escalation"
@@ -90,10 +90,24 @@ def test_long_sections_are_split_within_the_chunk_size() -> None:
     from rag.documents import ParsedDocument, Part
 
     body = "## Long\n\n" + " ".join(f"Sentence number {i} is here." for i in range(400))
-    chunks = Chunker(chunk_size=64, chunk_overlap=8).split(ParsedDocument("T", [Part(body)]))
+    chunks = Chunker(chunk_size=64, chunk_overlap=8, embed_model="").split(ParsedDocument("T", [Part(body)]))
     assert len(chunks) > 10
     assert all(c.heading == "Long" for c in chunks)
     assert max(len(c.text.split()) for c in chunks) < 64
+
+
+def test_chunk_sizes_are_counted_in_the_embedders_tokens() -> None:
+    """MiniLM reads 256 word pieces at most; chunks must fit in what it reads, Chinese text included."""
+    from transformers import AutoTokenizer
+
+    from rag.documents import ParsedDocument, Part
+    from rag.embedder import model_location
+
+    tokenizer = AutoTokenizer.from_pretrained(model_location(""))
+    body = "## 报销\n\n" + "".join(f"第{i}条：出差住宿每晚不超过五百元，需要在三十天内提交发票。" for i in range(60))
+    chunks = Chunker(chunk_size=120, chunk_overlap=10, embed_model="").split(ParsedDocument("T", [Part(body)]))
+    sizes = [len(tokenizer.encode(c.text, add_special_tokens=False)) for c in chunks]
+    assert len(chunks) > 5 and max(sizes) <= 120 and min(sizes) > 30
 
 
 def test_tokenizer_segments_chinese_and_drops_stopwords() -> None:

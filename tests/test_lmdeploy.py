@@ -62,7 +62,8 @@ def test_the_default_command_serves_w4a16_with_an_int8_kv_cache_on_loopback(tmp_
     args = args_of(command)
     assert args["--model-format"] == "awq" and args["--quant-policy"] == "8"
     assert args["--server-name"] == "127.0.0.1" and args["--server-port"] == "23333"
-    assert args["--backend"] == "auto" and args["--cache-max-entry-count"] == "0.8" and args["--tp"] == "1"
+    assert "--backend" not in args  # lmdeploy's default picks TurboMind where it can, else PyTorch
+    assert args["--cache-max-entry-count"] == "0.8" and args["--tp"] == "1"
     assert args["--api-keys"] == KEY and "--trust-remote-code" in args
     assert "--session-len" not in args and "--max-batch-size" not in args  # lmdeploy's own defaults
 
@@ -74,7 +75,7 @@ def test_the_default_command_serves_w4a16_with_an_int8_kv_cache_on_loopback(tmp_
         ({"quant_policy": 0, "engine": "turbomind"}, {"--quant-policy": "0", "--backend": "turbomind"}),
         ({"cache_max_entry_count": 0.5, "session_len": 8192, "max_batch_size": 64, "tp": 2},
          {"--cache-max-entry-count": "0.5", "--session-len": "8192", "--max-batch-size": "64", "--tp": "2"}),
-        ({"model_format": "hf", "extra_args": ["--eager-mode", "--log-level", "INFO"]}, {"--model-format": "hf", "--eager-mode": "", "--log-level": "INFO"}),
+        ({"model_format": "hf", "extra_args": ["--eager-mode", "--log-level", "INFO"]}, {"--model-format": None, "--eager-mode": "", "--log-level": "INFO"}),
     ],
 )  # fmt: skip
 def test_each_setting_reaches_the_command_line(tmp_path: Path, lmdeploy: dict[str, object], expected: dict[str, str]) -> None:

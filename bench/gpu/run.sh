@@ -4,7 +4,7 @@
 set -eu
 W=/tmp/tb
 bash bench/gpu/stage.sh
-python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target $W/site $W/stage/*.whl 2>&1 | tail -3
+rm -rf $W/site; python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target $W/site $W/stage/*.whl 2>&1 | tail -3
 rm -rf $W/repo && mkdir -p $W/repo && cp -r bench bot config inference rag tests examples $W/repo/
 export PYTHONPATH=$W/site:$W/repo HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 TOKENIZERS_PARALLELISM=false PYTHONUNBUFFERED=1
 python3 -c "import lmdeploy, chromadb, llama_index.core, pydantic_settings, openai, jieba; print('imports ok, lmdeploy', lmdeploy.__version__)"
