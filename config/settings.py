@@ -64,7 +64,8 @@ class LMDeploySettings(_Section):
     quant_policy: Literal[0, 4, 8] = 8
     """KV cache: 8 = int8 (the default), 4 = int4, 0 = the model's own dtype."""
     engine: Literal["auto", "turbomind", "pytorch"] = "auto"
-    """lmdeploy's --backend: auto takes TurboMind where it is built and supports the model, else PyTorch."""
+    """lmdeploy's engine (--backend): auto and turbomind take TurboMind where it is built and supports the model,
+    else PyTorch (lmdeploy falls back on its own; teambot reports which runs); pytorch: always PyTorch."""
     cache_max_entry_count: float = Field(0.8, gt=0, le=1)
     """Share of the GPU memory left after the weights that the KV cache takes."""
     session_len: int | None = Field(None, ge=256)

@@ -93,16 +93,47 @@ class ServerProcess:
         return f"exit code {self._process.returncode}; last lines of {self.log_path}:\n{tail(self.log_path)}"
 
     async def stop(self) -> None:
+        """SIGTERM to the process and its children; SIGKILL to whatever is left after STOP_GRACE_S."""
         process, self._process = self._process, None
-        if process is None or process.poll() is not None:
+        if process is None:
             return
-        _signal_group(process, signal.SIGTERM)
-        try:
-            await asyncio.to_thread(process.wait, STOP_GRACE_S)
-        except subprocess.TimeoutExpired:
-            log.warning("%s (pid %d) ignored SIGTERM for %.0f s; killing it", self.name, process.pid, STOP_GRACE_S)
+        if process.poll() is None:
+            _signal_group(process, signal.SIGTERM)
+            try:
+                await asyncio.to_thread(process.wait, STOP_GRACE_S)
+            except subprocess.TimeoutExpired:
+                log.warning("%s (pid %d) ignored SIGTERM for %.0f s; killing it", self.name, process.pid, STOP_GRACE_S)
+        # Children (lmdeploy's engine workers hold the GPU memory) may outlive the server process.
+        deadline = time.monotonic() + STOP_GRACE_S
+        while group_alive(process.pid) and time.monotonic() < deadline:
+            await asyncio.sleep(0.2)
+        if group_alive(process.pid):
+            log.warning("%s: processes of group %d outlived it; killing them", self.name, process.pid)
             _signal_group(process, signal.SIGKILL)
+        if process.poll() is None:
             await asyncio.to_thread(process.wait)
+        deadline = time.monotonic() + STOP_GRACE_S
+        while group_alive(process.pid) and time.monotonic() < deadline:  # SIGKILL takes a moment to land
+            await asyncio.sleep(0.05)
+
+
+def group_alive(pgid: int) -> bool:
+    """Whether a process of the group still runs (zombies, which only wait to be reaped, do not count)."""
+    proc = Path("/proc")
+    if not proc.is_dir():
+        try:
+            os.killpg(pgid, 0)
+        except (ProcessLookupError, PermissionError):
+            return False
+        return True
+    for stat in proc.glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()  # after "pid (command)": state, ppid, pgrp, ...
+        except (OSError, IndexError):
+            continue
+        if int(fields[2]) == pgid and fields[0] != "Z":
+            return True
+    return False
 
 
 def _signal_group(process: subprocess.Popen[bytes], sig: signal.Signals) -> None:

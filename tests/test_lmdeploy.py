@@ -24,7 +24,7 @@ from inference.lmdeploy import (
     server_command,
     shown_command,
 )
-from inference.process import ServerProcess
+from inference.process import ServerProcess, group_alive
 from inference.server import make_server
 from tests.conftest import make_settings
 
@@ -179,3 +179,23 @@ async def test_start_without_a_gpu_says_so(tmp_path: Path, monkeypatch: pytest.M
     with pytest.raises(ConfigError, match="lmdeploy needs a CUDA GPU") as caught:
         await make_server(settings_with(tmp_path)).start()
     assert "llamacpp" in (caught.value.hint or "")
+
+
+async def test_stop_ends_children_that_outlive_the_server(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """lmdeploy's engine worker holds the GPU memory; it must not survive teambot stopping the server."""
+    import inference.process
+
+    monkeypatch.setattr(inference.process, "STOP_GRACE_S", 1.0)
+    child = "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); print('child up', flush=True); time.sleep(600)"
+    parent = f"import subprocess, sys, time; subprocess.Popen([sys.executable, '-c', {child!r}]); time.sleep(600)"
+    process = ServerProcess("probe", tmp_path / "probe.log")
+    process.start([sys.executable, "-c", parent], shown="probe")
+    deadline = time.monotonic() + 30
+    while "child up" not in process.output():
+        assert time.monotonic() < deadline, "the child did not start"
+        time.sleep(0.05)
+    group = process.pid
+    assert group is not None
+    assert group_alive(group)
+    await process.stop()
+    assert not group_alive(group)  # nothing of the group runs on

@@ -67,3 +67,20 @@ def build_model(texts: Sequence[str], out: Path) -> int:
     del model
     torch.cuda.empty_cache()
     return count
+
+
+def main() -> None:
+    import argparse
+
+    from rag.documents import read_document
+
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--texts", type=Path, required=True, help="a folder of documents to train the tokenizer on")
+    args = parser.parse_args()
+    texts = ["\n\n".join(p.text for p in read_document(path).parts) for path in sorted(args.texts.iterdir()) if path.is_file()]
+    print(build_model(texts, args.out))
+
+
+if __name__ == "__main__":
+    main()

@@ -88,18 +88,37 @@ def step(work: Path, name: str):  # type: ignore[no-untyped-def]
 def settings_for(work: Path, **overrides: Any):  # type: ignore[no-untyped-def]
     from config.settings import load_settings
 
-    rag = {"knowledge_dir": str(work / "knowledge"), "embed_model": str(work / "stage" / "minilm-fp16")}
+    rag = {"knowledge_dir": str(work / "knowledge"), "embed_model": str(work / "stage" / "minilm-fp16")}  # fmt: skip
     return load_settings(REPO / "tests" / "teambot-test.toml", data_dir=str(work / "data"), rag=rag, **overrides)
 
 
-def knowledge(work: Path) -> list[str]:
+def knowledge(work: Path) -> Path:
+    """The sample knowledge base plus generated runbooks: enough text to calibrate on (16 x 512 tokens)."""
     from bench.corpus import write_corpus
-    from rag.documents import read_document
 
     folder = work / "knowledge"
     shutil.copytree(REPO / "examples" / "knowledge", folder, dirs_exist_ok=True)
-    write_corpus(folder / "runbooks", files=150, sentences_per_file=20)
-    return ["\n\n".join(p.text for p in read_document(path).parts) for path in sorted(folder.rglob("*")) if path.is_file()]
+    write_corpus(folder, files=150, sentences_per_file=20)
+    return folder
+
+
+def command(args: list[str], what: str, env: dict[str, str] | None = None) -> str:
+    """Runs a command to its end (a fresh process: its GPU memory is returned when it exits); returns its output."""
+    done = subprocess.run(args, cwd=REPO, env={**os.environ, **(env or {})}, capture_output=True, text=True, timeout=1200)
+    output = done.stdout + done.stderr
+    log(f"{what}: exit {done.returncode}\n{output[-2500:]}")
+    if done.returncode != 0:
+        raise RuntimeError(f"{what} failed with exit code {done.returncode}")
+    return output
+
+
+def gpu_processes() -> list[str]:
+    """nvidia-smi's view: which processes hold how much GPU memory (for the record, and to explain failures)."""
+    try:
+        return subprocess.run(["nvidia-smi", "--query-compute-apps=pid,used_memory,name", "--format=csv,noheader"],
+                              capture_output=True, text=True, timeout=30).stdout.strip().splitlines()  # fmt: skip
+    except (OSError, subprocess.SubprocessError) as exc:
+        return [repr(exc)]
 
 
 def weights_gib(folder: Path) -> float:
@@ -208,22 +227,18 @@ async def core_latency(work: Path, endpoint: Any) -> dict[str, Any]:
 
 
 async def run(work: Path) -> None:
-    import torch
-
-    props = torch.cuda.get_device_properties(0)
     import lmdeploy
+    import torch  # this process never touches the GPU: servers and the quantizer run in their own
 
-    results["machine"] = {"gpu": props.name, "gpu_memory_gib": round(props.total_memory / GIB, 1), "torch": torch.__version__,
-                          "lmdeploy": lmdeploy.__version__, "python": sys.version.split()[0]}  # fmt: skip
+    gpu = subprocess.run(["nvidia-smi", "--query-gpu=name,memory.total,driver_version", "--format=csv,noheader"], capture_output=True, text=True)
+    results["machine"] = {"gpu": gpu.stdout.strip(), "torch": torch.__version__, "lmdeploy": lmdeploy.__version__, "python": sys.version.split()[0]}
     log(str(results["machine"]))
     models = work / "models"
+    folder = knowledge(work)
 
     with step(work, "build model"):
-        texts = knowledge(work)
-        from bench.gpu.build_model import build_model
-
-        params = build_model(texts, models / "bf16")
-        results["model"] = {"parameters": params, "bf16_weights_gib": weights_gib(models / "bf16")}
+        params = command([sys.executable, "-m", "bench.gpu.build_model", "--out", str(models / "bf16"), "--texts", str(folder)], "build model")
+        results["model"] = {"parameters": int(params.strip().splitlines()[-1]), "bf16_weights_gib": weights_gib(models / "bf16")}
 
     with step(work, "index knowledge"):
         from bot.runtime import knowledge_runtime
@@ -232,12 +247,13 @@ async def run(work: Path) -> None:
             report = runtime.indexer.run()
         results["index"] = {"files": report.added, "chunks": report.total_chunks, "seconds": round(report.seconds, 1)}
 
-    with step(work, "quantize (teambot quantize code path)"):
-        from inference.quantize import quantize
-
-        q = quantize(settings_for(work), str(models / "bf16"), models / "w4a16", group_size=128, calib_samples=16, calib_seqlen=512, progress=log)
-        results["quantize"] = {"seconds": round(q.seconds, 1), "bf16_gib": round(q.bytes_before / GIB, 2), "w4a16_gib": round(q.bytes_after / GIB, 2),
-                               "calibration": q.calibration}  # fmt: skip
+    with step(work, "teambot quantize"):
+        env = {"TEAMBOT_DATA_DIR": str(work / "data"), "TEAMBOT_RAG__KNOWLEDGE_DIR": str(folder)}
+        output = command([sys.executable, "-m", "bot.cli", "quantize", "--model", str(models / "bf16"), "--out", str(models / "w4a16"),
+                          "--group-size", "128", "--calib-samples", "16", "--calib-seqlen", "512"], "teambot quantize", env)  # fmt: skip
+        results["quantize"] = {"output": [line for line in output.splitlines() if line.startswith(("quantized", "calibration:", "model:"))],
+                               "bf16_gib": weights_gib(models / "bf16"), "w4a16_gib": weights_gib(models / "w4a16")}  # fmt: skip
+        results["gpu_after_quantize"] = gpu_processes()
 
     from transformers import AutoTokenizer
 
@@ -254,6 +270,7 @@ async def run(work: Path) -> None:
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
         endpoints = await start_all(uncapped)
         results["uncapped_engines"] = {name: s.engine for name, s in uncapped.items()}
+        results["gpu_uncapped_started"] = gpu_processes()
         stdout, stderr = await asyncio.to_thread(ask.communicate, timeout=900)
         results["teambot_ask"] = {"exit_code": ask.returncode, "stdout": stdout[-3000:], "stderr": stderr[-3000:]}
         log(f"teambot ask exit {ask.returncode}\n{stderr[-1500:]}\n{stdout[-1500:]}")
@@ -296,7 +313,9 @@ async def run(work: Path) -> None:
                 results["capped_kv"][name]["fits"] = False  # not even one 1,536 + 512-token conversation: nothing to measure
                 continue
             capped[name] = server(work, name, model, policy, blocks, "capped")
+        results["gpu_before_capped"] = gpu_processes()
         endpoints = await start_all(capped)
+        results["gpu_capped_started"] = gpu_processes()
 
     with step(work, "capped benchmark"):
         results["capped"] = {}
