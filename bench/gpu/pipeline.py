@@ -113,12 +113,22 @@ def command(args: list[str], what: str, env: dict[str, str] | None = None) -> st
 
 
 def gpu_processes() -> list[str]:
-    """nvidia-smi's view: which processes hold how much GPU memory (for the record, and to explain failures)."""
+    """nvidia-smi's view, with each process's command line: who holds how much GPU memory (to explain failures)."""
     try:
-        return subprocess.run(["nvidia-smi", "--query-compute-apps=pid,used_memory,name", "--format=csv,noheader"],
+        rows = subprocess.run(["nvidia-smi", "--query-compute-apps=pid,used_memory", "--format=csv,noheader"],
                               capture_output=True, text=True, timeout=30).stdout.strip().splitlines()  # fmt: skip
     except (OSError, subprocess.SubprocessError) as exc:
         return [repr(exc)]
+    described = []
+    for row in rows:
+        pid = row.split(",")[0].strip()
+        try:
+            args = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")[:160]
+            parent = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1]
+        except (OSError, IndexError):
+            args, parent = "(gone)", "?"
+        described.append(f"{row} | ppid {parent} | {args} | pipeline pid {os.getpid()}")
+    return described
 
 
 def weights_gib(folder: Path) -> float:
@@ -238,7 +248,7 @@ async def run(work: Path) -> None:
 
     with step(work, "build model"):
         params = command([sys.executable, "-m", "bench.gpu.build_model", "--out", str(models / "bf16"), "--texts", str(folder)], "build model")
-        results["model"] = {"parameters": int(params.strip().splitlines()[-1]), "bf16_weights_gib": weights_gib(models / "bf16")}
+        results["model"] = {"parameters": next(int(line) for line in params.splitlines() if line.strip().isdigit()), "bf16_weights_gib": weights_gib(models / "bf16")}
 
     with step(work, "index knowledge"):
         from bot.runtime import knowledge_runtime
@@ -258,9 +268,7 @@ async def run(work: Path) -> None:
     from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(str(models / "bf16"))
-    uncapped = {name: server(work, name, model, policy, UNCAPPED_BLOCKS, "uncapped") for name, (model, policy) in variants(work).items()}
-    ask = None
-    with step(work, "start uncapped servers, and teambot ask end to end"):
+    with step(work, "teambot ask end to end (W4A16 + KV int8)"):
         env = {**os.environ, "TEAMBOT_DATA_DIR": str(work / "data"), "TEAMBOT_RAG__KNOWLEDGE_DIR": str(work / "knowledge"),
                "TEAMBOT_RAG__EMBED_MODEL": str(work / "stage" / "minilm-fp16"), "TEAMBOT_INFERENCE__BACKEND": "auto",
                "TEAMBOT_INFERENCE__LMDEPLOY__MODEL_PATH": str(models / "w4a16"), "TEAMBOT_INFERENCE__MAX_TOKENS": "48",
@@ -268,12 +276,16 @@ async def run(work: Path) -> None:
                "TEAMBOT_INFERENCE__LMDEPLOY__EXTRA_ARGS": json.dumps(["--num-gpu-blocks", "256"])}  # fmt: skip
         ask = subprocess.Popen([sys.executable, "-m", "bot.cli", "ask", QUESTIONS[0]], cwd=REPO, env=env,
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
-        endpoints = await start_all(uncapped)
-        results["uncapped_engines"] = {name: s.engine for name, s in uncapped.items()}
-        results["gpu_uncapped_started"] = gpu_processes()
         stdout, stderr = await asyncio.to_thread(ask.communicate, timeout=900)
         results["teambot_ask"] = {"exit_code": ask.returncode, "stdout": stdout[-3000:], "stderr": stderr[-3000:]}
         log(f"teambot ask exit {ask.returncode}\n{stderr[-1500:]}\n{stdout[-1500:]}")
+        results["gpu_after_ask"] = gpu_processes()
+
+    uncapped = {name: server(work, name, model, policy, UNCAPPED_BLOCKS, "uncapped") for name, (model, policy) in variants(work).items()}
+    with step(work, "start uncapped servers"):
+        endpoints = await start_all(uncapped)
+        results["uncapped_engines"] = {name: s.engine for name, s in uncapped.items()}
+        results["gpu_uncapped_started"] = gpu_processes()
 
     non_kv: dict[str, int] = {}
     with step(work, "uncapped benchmark"):
@@ -299,10 +311,10 @@ async def run(work: Path) -> None:
     for s in uncapped.values():
         await s.stop()
 
-    capped: dict[str, Any] = {}
-    with step(work, "start capped servers (8 GiB each)"):
-        results["capped_kv"] = {}
-        for name, (model, policy) in variants(work).items():
+    results["gpu_before_capped"] = gpu_processes()
+    results["capped_kv"], results["capped"], results["capped_gpu_memory_gib"] = {}, {}, {}
+    for name, (model, policy) in variants(work).items():
+        with step(work, f"capped {name} (8 GiB)"):
             # Without a measurement (no per-process figure from nvidia-smi): weights plus a 2.5 GiB estimate.
             rest = non_kv.get(name) or int((weights_gib(model) + 2.5) * GIB)
             blocks = max(0, (CAP_BYTES - rest) // (BLOCK_TOKENS * KV_BYTES_PER_TOKEN[policy]))
@@ -312,24 +324,16 @@ async def run(work: Path) -> None:
             if tokens < 2048 + 4 * BLOCK_TOKENS:
                 results["capped_kv"][name]["fits"] = False  # not even one 1,536 + 512-token conversation: nothing to measure
                 continue
-            capped[name] = server(work, name, model, policy, blocks, "capped")
-        results["gpu_before_capped"] = gpu_processes()
-        endpoints = await start_all(capped)
-        results["gpu_capped_started"] = gpu_processes()
-
-    with step(work, "capped benchmark"):
-        results["capped"] = {}
-        for name, endpoint in endpoints.items():
-            log(f"capped {name}")
+            capped = server(work, name, model, policy, blocks, "capped")
             try:
+                endpoint = await capped.start(lambda m: log(f"capped {name}: {m}"))
                 results["capped"][name] = await measure(endpoint, tokenizer, [16, 64, 128], prompt_tokens=1536, output_tokens=512)
-            except Exception as exc:
-                results["capped"][name] = {"error": repr(exc)}
-            save(work)
-        memory = gpu_memory_by_group()
-        results["capped_gpu_memory_gib"] = {n: round(memory.get(s._process.pid or -1, 0) / GIB, 2) for n, s in capped.items()}
-    for s in capped.values():
-        await s.stop()
+                used = gpu_memory_by_group().get(capped._process.pid or -1, 0)
+                results["capped_gpu_memory_gib"][name] = round(used / GIB, 2)
+            except Exception as exc:  # one variant's failure must not lose the others'
+                results["capped"][name] = {"error": repr(exc)[:1500], "gpu": gpu_processes()}
+            finally:
+                await capped.stop()
 
 
 def main() -> None:

@@ -40,6 +40,7 @@ TEAMBOT_NEEDS = [
     "orjson", "overrides", "pybase64", "pydantic", "pydantic-settings", "pydantic_core", "pypdf", "python-docx",
     "python-dotenv", "python-multipart", "referencing", "rpds-py", "snowballstemmer", "soupsieve", "tenacity",
     "tinytag", "truststore", "typing-inspection", "watchfiles", "platformdirs", "sniffio", "uvicorn",
+    "opentelemetry-exporter-otlp-common", "nltk",
 ]  # fmt: skip
 # lmdeploy's own needs on that image (../shared/notes/gpu-lmdeploy.md): fastapi 0.115 with starlette 0.46
 # (newer fastapi imports more), openai 2.x (3.x imports httpx2).
