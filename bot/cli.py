@@ -11,6 +11,7 @@ import asyncio
 import json
 import logging
 import logging.handlers
+import os
 import signal
 import sys
 from collections.abc import Callable
@@ -68,6 +69,10 @@ def main_options(
 
 
 def main() -> None:
+    # teambot uses no JAX, but a library it imports may start JAX, which takes 75% of the GPU at
+    # once (seen on the GPU machine: 36-60 GiB held by teambot's own process, starving lmdeploy).
+    os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
+    os.environ.setdefault("JAX_PLATFORMS", "cpu")
     app()
 
 

@@ -6,7 +6,7 @@ W=/tmp/tb
 bash bench/gpu/stage.sh
 rm -rf $W/site; python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target $W/site $W/stage/*.whl 2>&1 | tail -3
 rm -rf $W/repo && mkdir -p $W/repo && cp -r bench bot config inference rag tests examples $W/repo/
-export PYTHONPATH=$W/site:$W/repo HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 TOKENIZERS_PARALLELISM=false PYTHONUNBUFFERED=1
+export XLA_PYTHON_CLIENT_PREALLOCATE=false JAX_PLATFORMS=cpu PYTHONPATH=$W/site:$W/repo HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 TOKENIZERS_PARALLELISM=false PYTHONUNBUFFERED=1
 python3 -c "import lmdeploy, chromadb, llama_index.core, pydantic_settings, openai, jieba; print('imports ok, lmdeploy', lmdeploy.__version__)"
 cd $W/repo && rm -f $W/done && setsid nohup python3 -m bench.gpu.pipeline --work $W > $W/pipeline.log 2>&1 < /dev/null &
 exec bash bench/gpu/wait.sh "${1:-500}"
