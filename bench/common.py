@@ -13,6 +13,14 @@ from typing import Any
 from config.settings import Settings, load_settings
 
 RESULTS = Path(__file__).resolve().parent / "results"
+# Questions the sample knowledge base (examples/knowledge) answers.
+QUESTIONS = [
+    "Who gets paged if the primary on-call does not acknowledge a page?",
+    "How many approvals does a pull request need?",
+    "When does the release train leave?",
+    "What do I do if my laptop is stolen?",
+    "Who is my onboarding buddy?",
+]
 EMPTY_CONFIG = Path(__file__).resolve().parent.parent / "tests" / "teambot-test.toml"
 
 

@@ -23,8 +23,8 @@ from pathlib import Path
 import discord.gateway
 import discord.http
 
-from bench.common import bench_settings, save, summary_ms
-from bench.slack import EXAMPLES, QUESTIONS, TimedEngine, until
+from bench.common import QUESTIONS, bench_settings, save, summary_ms
+from bench.slack import EXAMPLES, TimedEngine, until
 from bot.runtime import knowledge_runtime, open_runtime
 from bot.service import Service
 from inference.llamacpp import LlamaCppServer

@@ -21,7 +21,7 @@ import time
 from contextlib import aclosing
 from pathlib import Path
 
-from bench.common import bench_settings, save, summary_ms
+from bench.common import QUESTIONS, bench_settings, save, summary_ms
 from bot.core import AnswerDone, AnswerEngine
 from bot.runtime import knowledge_runtime, open_runtime
 from bot.service import Service
@@ -31,13 +31,6 @@ from tests.fake_llm import FakeLLM
 from tests.fake_slack import APP_TOKEN, BOT_TOKEN, BOT_USER, FakeSlack
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples" / "knowledge"
-QUESTIONS = [
-    "Who gets paged if the primary on-call does not acknowledge a page?",
-    "How many approvals does a pull request need?",
-    "When does the release train leave?",
-    "What do I do if my laptop is stolen?",
-    "Who is my onboarding buddy?",
-]
 CHANNEL = "C0BENCH"
 
 

@@ -34,6 +34,8 @@ from contextlib import aclosing
 from pathlib import Path
 from typing import Any
 
+from bench.common import QUESTIONS
+
 REPO = Path(__file__).resolve().parents[2]
 GIB = 1024**3
 BLOCK_TOKENS = 64  # lmdeploy's --cache-block-seq-len default
@@ -44,13 +46,6 @@ LAYERS, KV_HEADS, HEAD_DIM = 24, 8, 128
 QUANT_PARAMS = 2 * LAYERS * KV_HEADS * 2 * 2
 KV_BYTES_PER_TOKEN = {0: 2 * LAYERS * KV_HEADS * HEAD_DIM * 2, 8: 2 * LAYERS * KV_HEADS * HEAD_DIM + QUANT_PARAMS,
                       4: LAYERS * KV_HEADS * HEAD_DIM + QUANT_PARAMS}  # fmt: skip
-QUESTIONS = [
-    "Who gets paged if the primary on-call does not acknowledge a page?",
-    "How many approvals does a pull request need?",
-    "When does the release train leave?",
-    "What do I do if my laptop is stolen?",
-    "Who is my onboarding buddy?",
-]
 
 started = time.monotonic()
 results: dict[str, Any] = {"steps": {}}
