@@ -1,14 +1,19 @@
-"""What `teambot serve` runs beside the LLM: the chat platforms that are configured, and the
-HTTP server their webhooks need. A platform's module is imported only when it is configured."""
+"""What `teambot serve` runs beside the LLM: the chat platforms that are configured, the index
+scheduler, and the HTTP server (webhooks, /healthz, /metrics, the admin console). A platform's
+module is imported only when it is configured."""
 
 from __future__ import annotations
 
 import logging
+import os
+import socket
 from typing import TYPE_CHECKING
 
 from bot.answer_log import AnswerLog
 from bot.http_server import HttpServer
 from bot.runtime import Runtime
+from rag.lease import new_holder_id
+from rag.scheduler import IndexScheduler
 
 if TYPE_CHECKING:
     from bot.discord.adapter import DiscordAdapter
@@ -24,6 +29,8 @@ class Service:
         self.slack: SlackAdapter | None = None
         self.discord: DiscordAdapter | None = None
         self.http: HttpServer | None = None
+        self.scheduler = IndexScheduler(runtime.settings, runtime.indexer, runtime.history, new_holder_id())
+        self.scheduler.info = {"pid": os.getpid(), "host": socket.gethostname()}
 
     @property
     def platforms(self) -> list[str]:
@@ -34,16 +41,17 @@ class Service:
         routes = []
         try:
             engine, library = self._runtime.require_engine(), self._runtime.library
+            await self.scheduler.start()
             if settings.slack_bot_token is not None:
                 from bot.slack.adapter import SlackAdapter
 
-                self.slack = SlackAdapter(settings, engine, library, self.answers)
+                self.slack = SlackAdapter(settings, engine, library, self.answers, scheduler=self.scheduler)
                 await self.slack.start()
                 routes += self.slack.routes()
             if settings.discord_bot_token is not None:
                 from bot.discord.adapter import DiscordAdapter
 
-                self.discord = DiscordAdapter(settings, engine, library, self.answers)
+                self.discord = DiscordAdapter(settings, engine, library, self.answers, scheduler=self.scheduler)
                 await self.discord.start()
             if routes:
                 self.http = HttpServer(settings.http_host, settings.http_port, routes)
@@ -59,4 +67,5 @@ class Service:
             await self.slack.stop()
         if self.discord is not None:
             await self.discord.stop()
+        await self.scheduler.stop()
         self.answers.close()

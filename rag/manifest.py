@@ -105,6 +105,10 @@ class Manifest:
             query, args = query + " AND root = ?", [collection, root]
         return {row["doc_id"]: FileRecord(**dict(row)) for row in self._read(query, args)}
 
+    def collections(self) -> list[str]:
+        """Every collection with at least one file."""
+        return [row[0] for row in self._read("SELECT DISTINCT collection FROM files ORDER BY collection")]
+
     def get(self, collection: str, doc_id: str) -> FileRecord | None:
         rows = self._read("SELECT * FROM files WHERE collection = ? AND doc_id = ?", (collection, doc_id))
         return FileRecord(**dict(rows[0])) if rows else None
