@@ -196,7 +196,11 @@ def serve(ctx: typer.Context, collection: CollectionOption = [DEFAULT_COLLECTION
             try:
                 err.print(f"teambot is up: {runtime.server.description}, OpenAI-compatible API at {runtime.endpoint.base_url}")
                 if service.http is not None:
-                    err.print(f"HTTP server on {settings.http_host}:{service.http.port} (Slack events at /slack/events)")
+                    err.print(f"HTTP server at {service.http.url}: /healthz, /metrics" + (", Slack events at /slack/events" if service.slack else ""))
+                    if service.console_off:
+                        err.print(f"[yellow]{escape(service.console_off)}[/yellow]")
+                    elif settings.console.enabled:
+                        err.print(f"Admin console at {service.http.url}/admin")
                 if service.platforms:
                     err.print(f"Answering on {', '.join(service.platforms)}. Stop with SIGTERM or Ctrl-C.")
                 else:

@@ -10,7 +10,10 @@ import socket
 from typing import TYPE_CHECKING
 
 from bot.answer_log import AnswerLog
+from bot.console import console_routes
+from bot.health import health_route
 from bot.http_server import HttpServer
+from bot.metrics import Metrics
 from bot.runtime import Runtime
 from rag.lease import new_holder_id
 from rag.scheduler import IndexScheduler
@@ -29,7 +32,9 @@ class Service:
         self.slack: SlackAdapter | None = None
         self.discord: DiscordAdapter | None = None
         self.http: HttpServer | None = None
-        self.scheduler = IndexScheduler(runtime.settings, runtime.indexer, runtime.history, new_holder_id())
+        self.console_off: str | None = None  # why the admin console is not served, if it is not
+        self.metrics = Metrics(runtime.manifest)
+        self.scheduler = IndexScheduler(runtime.settings, runtime.indexer, runtime.history, new_holder_id(), on_run=self.metrics.observe_run)
         self.scheduler.info = {"pid": os.getpid(), "host": socket.gethostname()}
 
     @property
@@ -38,10 +43,16 @@ class Service:
 
     async def start(self) -> None:
         settings = self._runtime.settings
-        routes = []
+        routes = [health_route(self._runtime, self.scheduler), self.metrics.route()]
         try:
             engine, library = self._runtime.require_engine(), self._runtime.library
+            engine.metrics = self.metrics
+            library.on_upload = self.metrics.observe_upload
             await self.scheduler.start()
+            console, self.console_off = console_routes(self._runtime, self.scheduler, self.answers)
+            routes += console
+            if self.console_off:
+                log.warning(self.console_off)
             if settings.slack_bot_token is not None:
                 from bot.slack.adapter import SlackAdapter
 
@@ -53,9 +64,9 @@ class Service:
 
                 self.discord = DiscordAdapter(settings, engine, library, self.answers, scheduler=self.scheduler)
                 await self.discord.start()
-            if routes:
-                self.http = HttpServer(settings.http_host, settings.http_port, routes)
-                await self.http.start()
+            self.http = HttpServer(settings.http_host, settings.http_port, routes)
+            await self.http.start()
+            self.scheduler.info["http"] = self.http.url
         except BaseException:
             await self.stop()
             raise

@@ -58,6 +58,11 @@ class ChromaStore:
         self._collections: dict[str, chromadb.Collection] = {}
         self._lock_probe = SqliteLockProbe(path / "chroma.sqlite3")
 
+    @property
+    def location(self) -> str:
+        """Where the store is, for messages."""
+        return str(self.path)
+
     def _unlocked(self, action: str, writing: bool) -> None:
         """Returns once no other process's lock stands in the way; a StoreError after rag.store_timeout_s."""
         pid = self._lock_probe.wait(writing, self.timeout_s)

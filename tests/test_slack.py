@@ -406,6 +406,7 @@ def serve_env(settings: Settings, fake: FakeSlack, llm_url: str, bot_token: str 
         "TEAMBOT_RAG__KNOWLEDGE_DIR": str(settings.rag.knowledge_dir),
         "TEAMBOT_INFERENCE__BACKEND": "external",
         "TEAMBOT_INFERENCE__BASE_URL": llm_url,
+        "TEAMBOT_HTTP_PORT": "0",
         "SLACK_BOT_TOKEN": bot_token,
         "SLACK_APP_TOKEN": APP_TOKEN,
         "SLACK_API_URL": fake.api_url,

@@ -346,7 +346,7 @@ class DiscordAdapter:
                 await answer.fail("ask me a question about the team's documents")
                 return
             collections = where.collections(self._settings.discord)
-            async with aclosing(self._engine.answer(question, history, collections)) as events:
+            async with aclosing(self._engine.answer(question, history, collections, platform=PLATFORM)) as events:
                 async for event in events:
                     if isinstance(event, AnswerDelta):
                         answer.append(event.text)

@@ -243,7 +243,7 @@ class SlackAdapter:
         try:
             await message.open()
             history = await self._history(question)
-            async with aclosing(self._engine.answer(question.text, history, question.collections)) as events:
+            async with aclosing(self._engine.answer(question.text, history, question.collections, platform=PLATFORM)) as events:
                 async for event in events:
                     if isinstance(event, AnswerDelta):
                         message.append(event.text)
