@@ -52,6 +52,7 @@ bench: install-dev
 	$(BIN)/python -m bench.indexing
 	$(BIN)/python -m bench.retrieval
 	$(BIN)/python -m bench.ttft
+	$(BIN)/python -m bench.reindex
 
 clean:
 	rm -rf $(VENV) data .pytest_cache

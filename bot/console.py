@@ -33,7 +33,7 @@ from bot.answer_log import AnswerLog
 from bot.core import AnswerDelta, AnswerDone
 from bot.runtime import Runtime
 from bot.status import request_reindex
-from config.errors import TeambotError
+from config.errors import ConfigError, TeambotError
 from config.settings import DEFAULT_COLLECTION, SECRET_ENV, check_collection_name
 from rag.library import UploadError
 from rag.scheduler import IndexScheduler
@@ -142,10 +142,10 @@ class Console:
                 return _error("sign in first (your session ended or was never started)", 401)
             try:
                 return await handler(request)
-            except UploadError as exc:
+            except (UploadError, ConfigError) as exc:  # a refused file, a bad collection name: the request's fault
                 return _error(_text(exc), 400)
-            except TeambotError as exc:
-                return _error(_text(exc), 400 if "collection name" in exc.message else 503)
+            except TeambotError as exc:  # the store or the LLM is unavailable
+                return _error(_text(exc), 503)
 
         return guarded
 
@@ -216,7 +216,10 @@ class Console:
         try:
             body = await request.json()
             question = str(body.get("question", "")).strip()
-            collections = [check_collection_name(str(c)) for c in body.get("collections") or [DEFAULT_COLLECTION]]
+            collections = body.get("collections") or [DEFAULT_COLLECTION]
+            if not isinstance(collections, list):
+                raise TypeError("collections must be a list")
+            collections = [check_collection_name(str(c)) for c in collections]
         except (ValueError, AttributeError, TypeError):
             return _error("send {\"question\": \"...\", \"collections\": [...]} as JSON", 400)
         if not question or len(question) > MAX_QUESTION_CHARS:

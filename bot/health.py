@@ -42,7 +42,7 @@ async def check_chroma(runtime: Runtime) -> dict[str, Any]:
     try:
         names = await asyncio.wait_for(asyncio.to_thread(runtime.store.collections), CHECK_TIMEOUT_S)
     except TimeoutError:
-        return {"ok": False, "detail": f"the Chroma store at {runtime.store.location} did not answer within {CHECK_TIMEOUT_S:g} s"}
+        return {"ok": False, "detail": f"{runtime.store.location} did not answer within {CHECK_TIMEOUT_S:g} s"}
     except Exception as exc:  # a StoreError, or the Chroma client's own
         return {"ok": False, "detail": str(exc)}
     return {"ok": True, "detail": f"{runtime.store.location}: {len(names)} collections"}

@@ -51,7 +51,9 @@ class Runtime:
 
 def knowledge_runtime(settings: Settings) -> Runtime:
     """The parts that need no LLM: enough for indexing and search. Use it in a ``with`` block."""
-    store = ChromaStore(settings.data_dir / "chroma", embed_model_id(settings.rag.embed_model), settings.rag.store_timeout_s)
+    store = ChromaStore(
+        settings.data_dir / "chroma", embed_model_id(settings.rag.embed_model), settings.rag.store_timeout_s, url=settings.rag.chroma_url
+    )
     manifest = Manifest(settings.data_dir / "index.sqlite")
     indexer = Indexer(settings, store, manifest)
     return Runtime(

@@ -104,6 +104,8 @@ class RagSettings(_Section):
     """How long to wait for the Chroma store when another process holds it locked."""
     reindex_interval: float = Field(15.0, ge=0, le=7 * 24 * 60)
     """Minutes between scheduled re-index runs of every collection under `teambot serve` (0: only at start and on request)."""
+    chroma_url: str | None = None
+    """A Chroma server (`chroma run`), e.g. http://127.0.0.1:8000, instead of the embedded store in the data dir."""
     lease_ttl_s: float = Field(30.0, ge=1, le=3600)
     """How long the replica that runs the index keeps that role without renewing it (it renews every third of this)."""
 
@@ -114,6 +116,13 @@ class RagSettings(_Section):
             if not COLLECTION_NAME.match(name):
                 raise ValueError(f"collection name {name!r} is not allowed: use {COLLECTION_NAME_RULE}")
         return value
+
+    @field_validator("chroma_url")
+    @classmethod
+    def _chroma_url(cls, value: str | None) -> str | None:
+        if value and not re.match(r"^https?://[^\s/]+$", value.rstrip("/")):
+            raise ValueError("must be the http:// or https:// address of a Chroma server, e.g. http://127.0.0.1:8000")
+        return value.rstrip("/") if value else None
 
     @model_validator(mode="after")
     def _overlap_below_size(self) -> RagSettings:

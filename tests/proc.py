@@ -51,3 +51,35 @@ async def async_wait_for(check: Callable[[], T | None], what: str, timeout: floa
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout:g} s waiting for {what}")
         await asyncio.sleep(every)
+
+
+async def start_serve(env: dict[str, str], timeout: float = 180) -> tuple[asyncio.subprocess.Process, str, list[str]]:
+    """Starts `teambot serve`; returns the process, its HTTP base URL and the stderr lines read so far
+    (the rest of stderr is drained in the background, so the process never blocks on it)."""
+    import re
+
+    process = await asyncio.create_subprocess_exec(
+        *TEAMBOT_CMD, "serve", env=env, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE
+    )
+    assert process.stderr is not None
+    seen: list[str] = []
+    try:
+        async with asyncio.timeout(timeout):
+            while not (match := re.search(r"HTTP server at (http://[\d.]+:\d+)", "".join(seen))) or "Admin console" not in "".join(seen):
+                line = (await process.stderr.readline()).decode()
+                if not line:
+                    raise AssertionError("teambot serve ended before its HTTP server was up:\n" + "".join(seen))
+                seen.append(line)
+    except BaseException:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
+        raise
+
+    async def drain() -> None:
+        assert process.stderr is not None
+        while line := await process.stderr.readline():
+            seen.append(line.decode())
+
+    process._teambot_drain = asyncio.create_task(drain())  # type: ignore[attr-defined]
+    return process, match.group(1), seen
