@@ -98,9 +98,11 @@ def closed_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture
 def chroma_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """A real Chroma server (`chroma run`, shipped with the chromadb package) on 127.0.0.1; yields its URL."""
+    """A real Chroma server (`chroma run`, shipped with the chromadb package) on 127.0.0.1; yields its URL.
+
+    One per test (it starts in a second or two): tests that share a server would share its collections."""
     import subprocess
     import sys
     import time
