@@ -10,6 +10,10 @@ BIN    := $(VENV)/bin
 TORCH_VERSION ?= 2.13.0
 TORCH_INDEX   ?=
 
+# The admin console's browser test drives Debian's chromium (Playwright's own browser download
+# needs the internet); `make test` installs it when it is missing.
+CHROMIUM ?= /usr/bin/chromium
+
 .PHONY: install install-dev run index test bench clean
 
 install: $(VENV)/.installed
@@ -35,13 +39,20 @@ index: install
 run: index
 	$(BIN)/teambot serve
 
-test: install-dev
+$(CHROMIUM):
+	@echo "installing Debian's chromium for the admin console's browser test"
+	@SUDO=$$([ "$$(id -u)" = 0 ] || echo sudo); export DEBIAN_FRONTEND=noninteractive; \
+	  $$SUDO apt-get install -y -qq chromium >/dev/null 2>&1 || { $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq chromium; }
+	@test -x $(CHROMIUM) || { echo "chromium is still missing at $(CHROMIUM): install Debian's chromium package"; exit 1; }
+
+test: install-dev $(CHROMIUM)
 	$(BIN)/python -m pytest
 
 bench: install-dev
 	$(BIN)/python -m bench.indexing
 	$(BIN)/python -m bench.retrieval
 	$(BIN)/python -m bench.ttft
+	$(BIN)/python -m bench.reindex
 
 clean:
 	rm -rf $(VENV) data .pytest_cache

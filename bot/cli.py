@@ -1,4 +1,4 @@
-"""The `teambot` command line: index, search, ask, chat, serve, quantize, config.
+"""The `teambot` command line: index, search, ask, chat, serve, status, quantize, config.
 
 Results go to stdout (``--json`` for machines); progress and errors go to stderr. A problem the
 user can fix ends the command with its message and hint, and exit code 1 (2 for bad
@@ -26,13 +26,17 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from bot.core import AnswerDone, AnswerEngine
 from bot.prompt import passage_label
-from bot.runtime import knowledge_runtime, open_runtime
+from bot.runtime import Runtime, knowledge_runtime, open_runtime
 from bot.service import Service
+from bot.status import index_status, render_status
 from bot.terminal import chat, stdin_is_terminal, stream_answer
 from config.errors import ConfigError, TeambotError
 from config.settings import DEFAULT_COLLECTION, Settings, load_settings
 from rag.indexer import IndexReport
+from rag.lease import current_lease, new_holder_id
 from rag.retriever import Passage, Retrieval
+from rag.run_history import Run
+from rag.scheduler import follow_request, recorded_run
 
 T = TypeVar("T")
 
@@ -91,8 +95,17 @@ def index(
     settings: Settings = ctx.obj
 
     def run() -> IndexReport:
-        with knowledge_runtime(settings) as runtime, _IndexBar() as bar:
-            return runtime.indexer.run(paths or None, collection, rebuild=rebuild, progress=bar)
+        with knowledge_runtime(settings) as runtime:
+            if not paths and not rebuild:
+                joined = _join_service_queue(runtime, collection)
+                if joined is not None:
+                    return joined
+            with _IndexBar() as bar:
+                _, report = recorded_run(
+                    runtime.indexer, runtime.history, new_holder_id(), "cli",
+                    lambda progress: runtime.indexer.run(paths or None, collection, rebuild=rebuild, progress=_Both(bar, progress)),
+                )
+                return report  # type: ignore[no-any-return]
 
     report = _guarded(run)
     if as_json:
@@ -188,7 +201,11 @@ def serve(ctx: typer.Context, collection: CollectionOption = [DEFAULT_COLLECTION
             try:
                 err.print(f"teambot is up: {runtime.server.description}, OpenAI-compatible API at {runtime.endpoint.base_url}")
                 if service.http is not None:
-                    err.print(f"HTTP server on {settings.http_host}:{service.http.port} (Slack events at /slack/events)")
+                    err.print(f"HTTP server at {service.http.url}: /healthz, /metrics" + (", Slack events at /slack/events" if service.slack else ""))
+                    if service.console_off:
+                        err.print(f"[yellow]{escape(service.console_off)}[/yellow]")
+                    elif settings.console.enabled:
+                        err.print(f"Admin console at {service.http.url}/admin")
                 if service.platforms:
                     err.print(f"Answering on {', '.join(service.platforms)}. Stop with SIGTERM or Ctrl-C.")
                 else:
@@ -239,6 +256,17 @@ def quantize(
     )
     if result.out != settings.inference.lmdeploy.model_path:
         out.print(f"serve it with: TEAMBOT_INFERENCE__LMDEPLOY__MODEL_PATH={result.out} teambot serve")
+
+
+@app.command()
+def status(ctx: typer.Context, runs: Annotated[int, typer.Option("--runs", min=1, max=500, help="How many recent runs.")] = 5, as_json: JsonOption = False) -> None:
+    """Show the index: who runs it, the run in progress, recent runs and each collection's documents."""
+    settings: Settings = ctx.obj
+    report = _guarded(lambda: index_status(settings, runs))
+    if as_json:
+        _print_json(report)
+        return
+    out.print(render_status(report))
 
 
 discord_app = typer.Typer(help="Discord helpers.", no_args_is_help=True)
@@ -338,6 +366,50 @@ def _setup_logging(settings: Settings) -> None:
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
+def _join_service_queue(runtime: Runtime, collection: str) -> IndexReport | None:
+    """With `teambot serve` running the index, queues a re-index there and follows it; None when no service runs it."""
+    lease_file = runtime.history.path
+
+    def holder_alive() -> bool:
+        lease = current_lease(lease_file)
+        return lease is not None and lease.alive
+
+    lease = current_lease(lease_file)
+    if lease is None or not lease.alive:
+        return None
+    request = runtime.history.request("cli")
+    where = f"pid {lease.info.get('pid', '?')} on {lease.info.get('host', '?')}"
+    err.print(f"teambot serve ({where}) runs the index: this re-index joined its queue (request {request.id})")
+    with _IndexBar() as bar:
+        run = follow_request(runtime.history, request.id, bar.show_run, holder_alive)
+    if run is None or run.state == "interrupted":
+        err.print("teambot serve stopped before it ran the re-index: indexing here")
+        return None
+    if run.state == "failed":
+        raise TeambotError(f"the service's index run {run.id} failed: {run.error}", "see <data_dir>/logs/teambot.log of the service")
+    for report in run.reports:
+        if report.get("collection") == collection:
+            if "error" in report:
+                raise TeambotError(f"collection {collection!r}: {report['error']}")
+            return IndexReport(**report)
+    raise TeambotError(f"the service's index run {run.id} did not cover collection {collection!r}", "is its folder configured under [rag.collections]?")
+
+
+class _Both:
+    """Progress to the terminal's bar and to the run history."""
+
+    def __init__(self, *targets: Any) -> None:
+        self._targets = targets
+
+    def planned(self, files: int) -> None:
+        for target in self._targets:
+            target.planned(files)
+
+    def advance(self, path: str) -> None:
+        for target in self._targets:
+            target.advance(path)
+
+
 class _IndexBar:
     """A progress bar on stderr for the files an index run parses and embeds."""
 
@@ -360,6 +432,12 @@ class _IndexBar:
 
     def advance(self, path: str) -> None:
         self._progress.update(self._task, advance=1, description=escape(path))
+
+    def show_run(self, run: Run) -> None:
+        """The progress of a run in another process."""
+        if self._task is None:
+            self._task = self._progress.add_task("", total=None)
+        self._progress.update(self._task, total=run.files_total or None, completed=run.files_done, description=escape(f"run {run.id} {run.current}"))
 
 
 if __name__ == "__main__":

@@ -1,5 +1,5 @@
 """teambot's HTTP server (Starlette on uvicorn), for the routes that front ends contribute:
-Slack's Events API at /slack/events, and what later pieces add."""
+Slack's Events API at /slack/events, /healthz, /metrics and the admin console at /admin."""
 
 from __future__ import annotations
 
@@ -32,6 +32,12 @@ class HttpServer:
         """The port it listens on (the real one when 0 was asked for)."""
         assert self._socket is not None, "not started"
         return self._socket.getsockname()[1]
+
+    @property
+    def url(self) -> str:
+        """The server's base URL (http://host:port)."""
+        host = f"[{self._host}]" if ":" in self._host else self._host
+        return f"http://{host}:{self.port}"
 
     async def start(self) -> None:
         # Bound here rather than by uvicorn, which exits the process when it cannot bind.

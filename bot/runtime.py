@@ -18,6 +18,7 @@ from rag.indexer import Indexer
 from rag.library import KnowledgeLibrary
 from rag.manifest import Manifest
 from rag.retriever import Retriever
+from rag.run_history import RunHistory
 from rag.store import ChromaStore
 
 log = logging.getLogger(__name__)
@@ -31,6 +32,7 @@ class Runtime:
     retriever: Retriever
     indexer: Indexer
     library: KnowledgeLibrary
+    history: RunHistory
     server: LLMServer | None = None
     endpoint: Endpoint | None = None
     engine: AnswerEngine | None = None
@@ -44,11 +46,14 @@ class Runtime:
 
     def __exit__(self, *exc: object) -> None:
         self.manifest.close()
+        self.history.close()
 
 
 def knowledge_runtime(settings: Settings) -> Runtime:
     """The parts that need no LLM: enough for indexing and search. Use it in a ``with`` block."""
-    store = ChromaStore(settings.data_dir / "chroma", embed_model_id(settings.rag.embed_model), settings.rag.store_timeout_s)
+    store = ChromaStore(
+        settings.data_dir / "chroma", embed_model_id(settings.rag.embed_model), settings.rag.store_timeout_s, url=settings.rag.chroma_url
+    )
     manifest = Manifest(settings.data_dir / "index.sqlite")
     indexer = Indexer(settings, store, manifest)
     return Runtime(
@@ -58,6 +63,7 @@ def knowledge_runtime(settings: Settings) -> Runtime:
         retriever=Retriever(settings.rag, store, manifest, models_dir=settings.models_dir),
         indexer=indexer,
         library=KnowledgeLibrary(settings, indexer, manifest),
+        history=RunHistory(settings.data_dir / "index-runs.sqlite"),
     )
 
 

@@ -35,6 +35,7 @@ SECRET_ENV = {
     "slack_app_token": "SLACK_APP_TOKEN",
     "slack_signing_secret": "SLACK_SIGNING_SECRET",
     "discord_bot_token": "DISCORD_BOT_TOKEN",
+    "admin_token": "TEAMBOT_ADMIN_TOKEN",
 }
 _SECRET_LOOKING_KEY = re.compile(r"(token|secret|password|api_key)$")
 
@@ -137,6 +138,12 @@ class RagSettings(_Section):
     max_file_mb: float = Field(25.0, gt=0)
     store_timeout_s: float = Field(30.0, gt=0)
     """How long to wait for the Chroma store when another process holds it locked."""
+    reindex_interval: float = Field(15.0, ge=0, le=7 * 24 * 60)
+    """Minutes between scheduled re-index runs of every collection under `teambot serve` (0: only at start and on request)."""
+    chroma_url: str | None = None
+    """A Chroma server (`chroma run`), e.g. http://127.0.0.1:8000, instead of the embedded store in the data dir."""
+    lease_ttl_s: float = Field(30.0, ge=1, le=3600)
+    """How long the replica that runs the index keeps that role without renewing it (it renews every third of this)."""
 
     @field_validator("collections")
     @classmethod
@@ -145,6 +152,13 @@ class RagSettings(_Section):
             if not COLLECTION_NAME.match(name):
                 raise ValueError(f"collection name {name!r} is not allowed: use {COLLECTION_NAME_RULE}")
         return value
+
+    @field_validator("chroma_url")
+    @classmethod
+    def _chroma_url(cls, value: str | None) -> str | None:
+        if value and not re.match(r"^https?://[^\s/]+$", value.rstrip("/")):
+            raise ValueError("must be the http:// or https:// address of a Chroma server, e.g. http://127.0.0.1:8000")
+        return value.rstrip("/") if value else None
 
     @model_validator(mode="after")
     def _overlap_below_size(self) -> RagSettings:
@@ -201,6 +215,13 @@ class DiscordSettings(_PlatformSettings):
     """Answer a mention in a new thread (true) or as a reply (false). Follow-ups need the Message Content intent."""
 
 
+class ConsoleSettings(_Section):
+    enabled: bool = True
+    """Serve the admin web console at /admin on http_host:http_port (it also needs TEAMBOT_ADMIN_TOKEN)."""
+    session_hours: float = Field(12.0, gt=0, le=24 * 30)
+    """How long a console sign-in lasts."""
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="TEAMBOT_",
@@ -217,6 +238,7 @@ class Settings(BaseSettings):
     bot: BotSettings = BotSettings()
     slack: SlackSettings = SlackSettings()
     discord: DiscordSettings = DiscordSettings()
+    console: ConsoleSettings = ConsoleSettings()
     http_host: str = "127.0.0.1"
     """Where teambot's HTTP server (Slack's Events API at /slack/events) listens. (env: TEAMBOT_HTTP_HOST)"""
     http_port: int = Field(8080, ge=0, le=65535)
@@ -233,6 +255,7 @@ class Settings(BaseSettings):
     slack_app_token: SecretStr | None = Field(None, validation_alias=SECRET_ENV["slack_app_token"])
     slack_signing_secret: SecretStr | None = Field(None, validation_alias=SECRET_ENV["slack_signing_secret"])
     discord_bot_token: SecretStr | None = Field(None, validation_alias=SECRET_ENV["discord_bot_token"])
+    admin_token: SecretStr | None = Field(None, validation_alias=SECRET_ENV["admin_token"])
 
     _config_file: Path | None = PrivateAttr(None)
 

@@ -14,6 +14,7 @@ import fcntl
 import hashlib
 import logging
 import os
+import threading
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -36,6 +37,10 @@ log = logging.getLogger(__name__)
 BATCH_FILES = 32
 BATCH_CHUNKS = 512
 IGNORED_NAME_PREFIXES = (".", "~$")  # hidden files, editors' lock files
+
+
+class IndexCancelled(TeambotError):
+    """An index run was asked to stop; it stopped between two batches, leaving the index consistent."""
 
 
 class IndexProgress(Protocol):
@@ -94,6 +99,7 @@ class Indexer:
         self._manifest = manifest
         self._max_bytes = int(settings.rag.max_file_mb * 1024 * 1024)
         self._chunker: Chunker | None = None
+        self._held = threading.local()  # how deeply this thread holds the run lock
 
     def run(
         self,
@@ -102,14 +108,17 @@ class Indexer:
         *,
         rebuild: bool = False,
         progress: IndexProgress | None = None,
+        cancel: threading.Event | None = None,
     ) -> IndexReport:
-        """Indexes ``paths`` (default: the collection's configured folder) into ``collection``."""
+        """Indexes ``paths`` (default: the collection's configured folder) into ``collection``.
+
+        When ``cancel`` is set the run stops before its next batch and raises IndexCancelled."""
         check_collection_name(collection)
         started = time.monotonic()
         report = IndexReport(collection)
         if not paths:
             paths = [self._collection_dir(collection)]
-        with self._exclusive_run():
+        with self.exclusive():
             if rebuild:
                 self._store.drop(collection)
                 self._manifest.drop_collection(collection)
@@ -117,6 +126,8 @@ class Indexer:
             if progress:
                 progress.planned(len(todo))
             for batch in _batches(todo):
+                if cancel is not None and cancel.is_set():
+                    raise IndexCancelled(f"the index run of collection {collection!r} was stopped", "the next run completes it")
                 self._index_batch(batch, collection, report, progress)
         report.total_chunks = sum(r.chunks for r in self._manifest.files(collection).values())
         report.seconds = round(time.monotonic() - started, 3)
@@ -141,8 +152,25 @@ class Indexer:
         return folder
 
     @contextmanager
-    def _exclusive_run(self) -> Iterator[None]:
-        """One index run at a time per data dir, across processes."""
+    def exclusive(self) -> Iterator[None]:
+        """One index run at a time per data dir, across processes and threads; a thread may nest it."""
+        depth = getattr(self._held, "depth", 0)
+        if depth:
+            self._held.depth = depth + 1
+            try:
+                yield
+            finally:
+                self._held.depth = depth
+            return
+        with self._file_lock():
+            self._held.depth = 1
+            try:
+                yield
+            finally:
+                self._held.depth = 0
+
+    @contextmanager
+    def _file_lock(self) -> Iterator[None]:
         lock_path = self._settings.data_dir / "index.lock"
         lock_path.parent.mkdir(parents=True, exist_ok=True)
         with lock_path.open("w") as lock:

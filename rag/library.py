@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import re
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -53,9 +54,21 @@ class KnowledgeLibrary:
         self._indexer = indexer
         self._manifest = manifest
         self.max_bytes = int(settings.rag.max_file_mb * 1024 * 1024)
+        self.on_upload: Callable[[bool], None] | None = None  # told of every upload: added (True) or refused (False)
+
+    def _count(self, ok: bool) -> None:
+        if self.on_upload is not None:
+            self.on_upload(ok)
 
     def check(self, filename: str, size: int | None) -> str:
         """The name the file will be saved under; UploadError if its type or size is refused (before any download)."""
+        try:
+            return self._check(filename, size)
+        except UploadError:
+            self._count(False)
+            raise
+
+    def _check(self, filename: str, size: int | None) -> str:
         name = safe_name(filename)
         suffix = Path(name).suffix.lower()
         if suffix not in SUPPORTED_SUFFIXES:
@@ -74,6 +87,15 @@ class KnowledgeLibrary:
         """Saves and indexes one file (replacing one of the same name); UploadError if it is refused."""
         check_collection_name(collection)
         name = self.check(filename, len(data))
+        try:
+            added = self._add(collection, name, data)
+        except UploadError:
+            self._count(False)
+            raise
+        self._count(True)
+        return added
+
+    def _add(self, collection: str, name: str, data: bytes) -> Added:
         folder = self._settings.collection_dir(collection)
         folder.mkdir(parents=True, exist_ok=True)
         final = folder / name

@@ -108,6 +108,9 @@ class Manifest:
     def indexed(self) -> list[FileRecord]:
         """Every indexed file of every collection."""
         return [FileRecord(**dict(row)) for row in self._read("SELECT * FROM files WHERE state = 'indexed' ORDER BY collection, path")]
+    def collections(self) -> list[str]:
+        """Every collection with at least one file."""
+        return [row[0] for row in self._read("SELECT DISTINCT collection FROM files ORDER BY collection")]
 
     def get(self, collection: str, doc_id: str) -> FileRecord | None:
         rows = self._read("SELECT * FROM files WHERE collection = ? AND doc_id = ?", (collection, doc_id))

@@ -20,6 +20,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
+from urllib.parse import urlsplit
 
 from config.errors import ConfigError, TeambotError
 from rag.sqlite_lock import SqliteLockProbe
@@ -49,17 +50,32 @@ class StoredChunk:
     embedding: Sequence[float] | None = field(default=None, repr=False)
 
 
+def _unreachable(exc: BaseException) -> bool:
+    """A connection failure, as chromadb's HTTP client reports it (httpx errors, or a ValueError at connect)."""
+    import httpx
+
+    return isinstance(exc, (httpx.TransportError, ConnectionError)) or (isinstance(exc, ValueError) and "connect" in str(exc).lower())
+
+
 class ChromaStore:
-    def __init__(self, path: Path, embed_model: str, timeout_s: float = 30.0) -> None:
+    def __init__(self, path: Path, embed_model: str, timeout_s: float = 30.0, url: str | None = None) -> None:
         self.path = path
+        self.url = url  # a Chroma server (rag.chroma_url) instead of the embedded store at path
         self.embed_model = embed_model
         self.timeout_s = timeout_s
         self._client: chromadb.ClientAPI | None = None
         self._collections: dict[str, chromadb.Collection] = {}
         self._lock_probe = SqliteLockProbe(path / "chroma.sqlite3")
 
+    @property
+    def location(self) -> str:
+        """Where the store is, for messages."""
+        return f"the Chroma server at {self.url}" if self.url else f"the Chroma store at {self.path}"
+
     def _unlocked(self, action: str, writing: bool) -> None:
         """Returns once no other process's lock stands in the way; a StoreError after rag.store_timeout_s."""
+        if self.url:
+            return  # a server serialises its clients itself
         pid = self._lock_probe.wait(writing, self.timeout_s)
         if pid is not None:
             raise StoreError(
@@ -72,11 +88,16 @@ class ChromaStore:
             os.environ.setdefault("ANONYMIZED_TELEMETRY", "False")
             import chromadb
 
-            self.path.mkdir(parents=True, exist_ok=True)
             with self._guard("open"):
-                self._client = chromadb.PersistentClient(
-                    path=str(self.path), settings=chromadb.Settings(anonymized_telemetry=False)
-                )
+                if self.url:
+                    url = urlsplit(self.url)
+                    self._client = chromadb.HttpClient(
+                        host=url.hostname or "127.0.0.1", port=url.port or (443 if url.scheme == "https" else 8000),
+                        ssl=url.scheme == "https", settings=chromadb.Settings(anonymized_telemetry=False),
+                    )  # fmt: skip
+                else:
+                    self.path.mkdir(parents=True, exist_ok=True)
+                    self._client = chromadb.PersistentClient(path=str(self.path), settings=chromadb.Settings(anonymized_telemetry=False))
         return self._client
 
     @contextmanager
@@ -86,8 +107,17 @@ class ChromaStore:
 
         try:
             yield
-        except (ChromaError, sqlite3.Error, OSError) as exc:
+        except Exception as exc:
+            if self.url and not isinstance(exc, ChromaError) and _unreachable(exc):
+                raise StoreError(
+                    f"cannot reach the Chroma server at {self.url} to {action} ({type(exc).__name__})",
+                    f"start it (`chroma run --path DIR --host 127.0.0.1 --port PORT`) or fix rag.chroma_url",
+                ) from exc
+            if not isinstance(exc, (ChromaError, sqlite3.Error, OSError)):
+                raise
             text = str(exc)
+            if self.url:
+                raise StoreError(f"the Chroma server at {self.url} failed to {action}: {text}", "see the Chroma server's log") from exc
             if "locked" in text.lower():
                 raise StoreError(
                     f"the Chroma store at {self.path} is locked ({action})",

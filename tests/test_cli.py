@@ -29,6 +29,7 @@ def teambot_env(settings: Settings, **extra: str) -> dict[str, str]:
         TEAMBOT_DATA_DIR=str(settings.data_dir),
         TEAMBOT_RAG__KNOWLEDGE_DIR=str(settings.rag.knowledge_dir),
         TEAMBOT_INFERENCE__CONTEXT_SIZE="2048",
+        TEAMBOT_HTTP_PORT="0",
         **extra,
     )
     return env

@@ -22,6 +22,7 @@ from bot.runtime import knowledge_runtime, open_runtime
 from bot.service import Service
 from config.settings import Settings
 from inference.client import Endpoint
+from rag.run_history import RunHistory
 from tests.conftest import make_settings
 from tests.fake_discord import ADMIN_PERMISSIONS, APP_ID, BOT_ID, BOT_TOKEN, CHANNEL_ID, EPHEMERAL, GUILD_ID, MEMBER_PERMISSIONS, FakeDiscord
 from tests.fake_llm import FakeLLM, Reply
@@ -45,7 +46,7 @@ def discord_settings(data_dir: Path, knowledge: Path, llm_url: str, fake: FakeDi
     platform = {"update_interval_s": 0.2, "guild_ids": [GUILD_ID], **extra.pop("discord", {})}
     return make_settings(
         data_dir, knowledge, inference={"backend": "external", "base_url": llm_url}, discord=platform,
-        DISCORD_BOT_TOKEN=BOT_TOKEN, DISCORD_API_URL=fake.api_base, DISCORD_GATEWAY_URL=fake.gateway_url, **extra,
+        DISCORD_BOT_TOKEN=BOT_TOKEN, DISCORD_API_URL=fake.api_base, DISCORD_GATEWAY_URL=fake.gateway_url, http_port=0, **extra,
     )  # fmt: skip
 
 
@@ -231,6 +232,20 @@ async def kb(fake: FakeDiscord, sub: str, options: list[dict[str, Any]], *, user
     reply = await until(lambda: (r := fake.interaction(payload["token"])["original"]) and not r["flags"] & 128 and r, f"/kb {sub}'s reply")
     assert reply["flags"] & EPHEMERAL
     return reply["content"]
+
+
+async def test_kb_reindex_queues_a_run(fake_discord: FakeDiscord, kb_teambot: Settings) -> None:
+    history = RunHistory(kb_teambot.data_dir / "index-runs.sqlite")
+    try:
+        await until(lambda: any(r.state == "done" for r in history.recent()), "the run at start")
+        (kb_teambot.rag.knowledge_dir / "faq.txt").unlink()
+        assert await kb(fake_discord, "reindex", [], user=USER, permissions=MEMBER_PERMISSIONS) == "Sorry, only knowledge base admins can do that."
+        reply = await kb(fake_discord, "reindex", [], user=ADMIN, permissions=ADMIN_PERMISSIONS)
+        assert reply.startswith(("Re-index started (request", "Re-index queued (request"))
+        run = await until(lambda: next((r for r in history.recent() if "discord" in r.trigger and r.state == "done"), None), "the requested run")
+        assert run.reports[0]["deleted"] == 1
+    finally:
+        history.close()
 
 
 def upload(fake: FakeDiscord, name: str, data: bytes, content_type: str, collection: str | None = None) -> tuple[list[dict[str, Any]], dict]:

@@ -28,7 +28,9 @@ from bot.discord.streaming import ChannelDestination, DiscordAnswer, Destination
 from bot.prompt import Turn
 from config.errors import ConfigError, TeambotError
 from config.settings import DEFAULT_COLLECTION, Settings
+from bot.status import request_reindex
 from rag.library import KnowledgeLibrary, UploadError
+from rag.scheduler import IndexScheduler
 
 log = logging.getLogger(__name__)
 
@@ -116,13 +118,16 @@ class _Client(discord.Client):
 
 
 class DiscordAdapter:
-    def __init__(self, settings: Settings, engine: AnswerEngine, library: KnowledgeLibrary, answers: AnswerLog) -> None:
+    def __init__(
+        self, settings: Settings, engine: AnswerEngine, library: KnowledgeLibrary, answers: AnswerLog, scheduler: IndexScheduler | None = None
+    ) -> None:
         if settings.discord_bot_token is None:
             raise ConfigError("Discord needs DISCORD_BOT_TOKEN", "set it in the environment")
         self._settings = settings
         self._engine = engine
         self._library = library
         self.answers = answers
+        self._scheduler = scheduler
         intents = discord.Intents.default()
         intents.message_content = settings.discord.follow_ups  # privileged: only for thread follow-ups without a mention
         self.client = _Client(self, intents)
@@ -201,6 +206,10 @@ class DiscordAdapter:
         async def remove(interaction: discord.Interaction, name: str, collection: str = DEFAULT_COLLECTION) -> None:
             await self._admin_only(interaction, lambda: self._remove(collection.strip().lower(), name.strip()))
 
+        @kb.command(name="reindex", description="Re-index every collection now (only changed files are embedded)")
+        async def reindex(interaction: discord.Interaction) -> None:
+            await self._admin_only(interaction, self._reindex)
+
         tree.add_command(kb)
 
     async def on_ask(self, interaction: discord.Interaction, question: str) -> None:
@@ -256,6 +265,11 @@ class DiscordAdapter:
         if len(documents) > 40:
             lines.append(f"… and {len(documents) - 40} more")
         return "\n".join(lines)
+
+    async def _reindex(self) -> str:
+        if self._scheduler is None:
+            return "Re-indexing runs only under `teambot serve`."
+        return await request_reindex(self._scheduler, PLATFORM)
 
     async def _remove(self, collection: str, name: str) -> str:
         removed = await asyncio.to_thread(self._library.remove, collection, name)
@@ -332,7 +346,7 @@ class DiscordAdapter:
                 await answer.fail("ask me a question about the team's documents")
                 return
             collections = where.collections(self._settings.discord)
-            async with aclosing(self._engine.answer(question, history, collections)) as events:
+            async with aclosing(self._engine.answer(question, history, collections, platform=PLATFORM)) as events:
                 async for event in events:
                     if isinstance(event, AnswerDelta):
                         answer.append(event.text)

@@ -34,7 +34,9 @@ from bot.slack.render import FEEDBACK_ACTION_DOWN, FEEDBACK_ACTION_UP, escape
 from bot.slack.streaming import AnswerMessage, StreamSupport
 from config.errors import ConfigError, TeambotError
 from config.settings import Settings
+from bot.status import request_reindex
 from rag.library import KnowledgeLibrary, UploadError
+from rag.scheduler import IndexScheduler
 
 log = logging.getLogger(__name__)
 
@@ -53,12 +55,15 @@ KB_HELP = (
     "*Knowledge base commands* (for admins)\n"
     "• `/kb list [collection]`: the documents and their chunks\n"
     "• `/kb remove NAME` or `/kb remove COLLECTION:NAME`: delete a document\n"
-    "• `/kb upload [collection]`: how to add files"
+    "• `/kb upload [collection]`: how to add files\n"
+    "• `/kb reindex`: re-index every collection now (only changed files are embedded)"
 )
 
 
 class SlackAdapter:
-    def __init__(self, settings: Settings, engine: AnswerEngine, library: KnowledgeLibrary, answers: AnswerLog) -> None:
+    def __init__(
+        self, settings: Settings, engine: AnswerEngine, library: KnowledgeLibrary, answers: AnswerLog, scheduler: IndexScheduler | None = None
+    ) -> None:
         if settings.slack_bot_token is None:
             raise ConfigError("Slack needs SLACK_BOT_TOKEN (xoxb-...)", "set it in the environment")
         if settings.slack_app_token is None and settings.slack_signing_secret is None:
@@ -72,6 +77,7 @@ class SlackAdapter:
         self._engine = engine
         self._library = library
         self._answers = answers
+        self._scheduler = scheduler
         self._bot_token = settings.slack_bot_token.get_secret_value()
         self.client = AsyncWebClient(
             token=self._bot_token,
@@ -208,6 +214,8 @@ class SlackAdapter:
                 collection, name = msg.parse_remove_target(argument, default)
                 removed = await asyncio.to_thread(self._library.remove, collection, name)
                 text = f"Removed *{escape(removed.path)}* from `{collection}` ({removed.chunks} chunks)."
+            elif sub == "reindex":
+                text = await request_reindex(self._scheduler, PLATFORM) if self._scheduler else "Re-indexing runs only under `teambot serve`."
             elif sub == "upload":
                 text = (
                     "Share the files with me in a direct message. To add them to a collection other than "
@@ -235,7 +243,7 @@ class SlackAdapter:
         try:
             await message.open()
             history = await self._history(question)
-            async with aclosing(self._engine.answer(question.text, history, question.collections)) as events:
+            async with aclosing(self._engine.answer(question.text, history, question.collections, platform=PLATFORM)) as events:
                 async for event in events:
                     if isinstance(event, AnswerDelta):
                         message.append(event.text)

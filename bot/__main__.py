@@ -1,0 +1,5 @@
+"""`python -m bot` runs the teambot command (as the `teambot` script does)."""
+
+from bot.cli import main
+
+main()

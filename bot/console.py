@@ -1,0 +1,270 @@
+"""The admin web console at /admin, served by teambot's own HTTP server.
+
+One static page (bot/console.html) and a small JSON API behind a sign-in with
+TEAMBOT_ADMIN_TOKEN: upload files into a collection, list and delete documents, queue a
+re-index and watch its progress, ask a test question (streamed as NDJSON, with its sources
+and scores), and read recent questions with their 👍/👎 votes. Without the token the console
+does not start: /admin says how to turn it on.
+
+Sessions: a random id in an HttpOnly, SameSite=Strict cookie, kept in memory for
+``console.session_hours``. Repeated wrong passwords from one address are slowed down.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import json
+import logging
+import secrets
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import aclosing
+from dataclasses import asdict
+from importlib.resources import files
+from typing import Any
+
+from starlette.datastructures import UploadFile
+from starlette.requests import Request
+from starlette.responses import HTMLResponse, JSONResponse, PlainTextResponse, Response, StreamingResponse
+from starlette.routing import BaseRoute, Route
+
+from bot.answer_log import AnswerLog
+from bot.core import AnswerDelta, AnswerDone
+from bot.runtime import Runtime
+from bot.status import request_reindex
+from config.errors import ConfigError, TeambotError
+from config.settings import DEFAULT_COLLECTION, SECRET_ENV, check_collection_name
+from rag.library import UploadError
+from rag.scheduler import IndexScheduler
+
+log = logging.getLogger(__name__)
+
+COOKIE = "teambot_console"
+PLATFORM = "console"
+MAX_FILES_PER_UPLOAD = 20
+MAX_QUESTION_CHARS = 2000
+FAILED_SIGN_INS_BEFORE_DELAY = 5  # per client address; after that each attempt waits
+SIGN_IN_DELAY_S = 2.0
+DISABLED = (
+    "The teambot admin console is off: no admin token is set.\n"
+    f"Set {SECRET_ENV['admin_token']} in teambot's environment (a long random string) and restart `teambot serve`; "
+    "then sign in here with it.\n"
+)
+
+Handler = Callable[[Request], Awaitable[Response]]
+
+
+def console_routes(runtime: Runtime, scheduler: IndexScheduler, answers: AnswerLog) -> tuple[list[BaseRoute], str | None]:
+    """The console's routes, and why it is off (None when it is on)."""
+    settings = runtime.settings
+    if not settings.console.enabled:
+        return [], None
+    if settings.admin_token is None or not settings.admin_token.get_secret_value().strip():
+        async def disabled(request: Request) -> Response:
+            return PlainTextResponse(DISABLED, status_code=503)
+
+        return [Route("/admin", disabled), Route("/admin/{rest:path}", disabled, methods=["GET", "POST", "DELETE"])], (
+            f"the admin console is off: set {SECRET_ENV['admin_token']} to turn it on"
+        )
+    return Console(runtime, scheduler, answers).routes(), None
+
+
+class Console:
+    def __init__(self, runtime: Runtime, scheduler: IndexScheduler, answers: AnswerLog) -> None:
+        self._runtime = runtime
+        self._settings = runtime.settings
+        self._scheduler = scheduler
+        self._answers = answers
+        assert self._settings.admin_token is not None
+        self._token = self._settings.admin_token.get_secret_value().encode()
+        self._sessions: dict[str, float] = {}  # session id -> expiry (time.time())
+        self._failures: dict[str, int] = {}  # client address -> wrong passwords in a row
+        self._page = files("bot").joinpath("console.html").read_text(encoding="utf-8")
+
+    def routes(self) -> list[BaseRoute]:
+        api = [
+            ("/admin/api/session", self.session, ["GET"]),
+            ("/admin/api/documents", self.documents, ["GET"]),
+            ("/admin/api/documents", self.delete_document, ["DELETE"]),
+            ("/admin/api/upload", self.upload, ["POST"]),
+            ("/admin/api/reindex", self.reindex, ["POST"]),
+            ("/admin/api/runs", self.runs, ["GET"]),
+            ("/admin/api/ask", self.ask, ["POST"]),
+            ("/admin/api/answers", self.recent_answers, ["GET"]),
+            ("/admin/api/logout", self.logout, ["POST"]),
+        ]
+        return [
+            Route("/admin", self.page, methods=["GET"]),
+            Route("/admin/api/login", self.login, methods=["POST"]),
+            *(Route(path, self._signed_in(handler), methods=methods) for path, handler, methods in api),
+        ]
+
+    # --- sign-in --------------------------------------------------------------------------
+
+    async def page(self, request: Request) -> Response:
+        return HTMLResponse(self._page, headers={"Cache-Control": "no-store", "X-Frame-Options": "DENY"})
+
+    async def login(self, request: Request) -> Response:
+        client = request.client.host if request.client else "?"
+        if self._failures.get(client, 0) >= FAILED_SIGN_INS_BEFORE_DELAY:
+            await asyncio.sleep(SIGN_IN_DELAY_S)
+        try:
+            password = str((await request.json()).get("password", ""))
+        except (ValueError, AttributeError):
+            return _error("send {\"password\": \"...\"} as JSON", 400)
+        if not hmac.compare_digest(password.encode(), self._token):
+            self._failures[client] = self._failures.get(client, 0) + 1
+            log.warning("console: a wrong admin token was given from %s", client)
+            return _error(f"wrong admin token: use the value of {SECRET_ENV['admin_token']} that teambot was started with", 401)
+        self._failures.pop(client, None)
+        session = secrets.token_urlsafe(32)
+        now = time.time()
+        self._sessions = {s: t for s, t in self._sessions.items() if t > now}
+        self._sessions[session] = now + self._settings.console.session_hours * 3600
+        response = JSONResponse({"ok": True})
+        response.set_cookie(
+            COOKIE, session, max_age=int(self._settings.console.session_hours * 3600),
+            httponly=True, samesite="strict", path="/admin", secure=request.url.scheme == "https",
+        )  # fmt: skip
+        return response
+
+    async def logout(self, request: Request) -> Response:
+        self._sessions.pop(request.cookies.get(COOKIE, ""), None)
+        response = JSONResponse({"ok": True})
+        response.delete_cookie(COOKIE, path="/admin")
+        return response
+
+    def _signed_in(self, handler: Handler) -> Handler:
+        async def guarded(request: Request) -> Response:
+            expiry = self._sessions.get(request.cookies.get(COOKIE, ""), 0.0)
+            if expiry < time.time():
+                return _error("sign in first (your session ended or was never started)", 401)
+            try:
+                return await handler(request)
+            except (UploadError, ConfigError) as exc:  # a refused file, a bad collection name: the request's fault
+                return _error(_text(exc), 400)
+            except TeambotError as exc:  # the store or the LLM is unavailable
+                return _error(_text(exc), 503)
+
+        return guarded
+
+    async def session(self, request: Request) -> Response:
+        return JSONResponse({"ok": True, "collections": sorted(self._settings.collection_dirs()), "max_file_mb": self._settings.rag.max_file_mb})
+
+    # --- documents ------------------------------------------------------------------------
+
+    async def documents(self, request: Request) -> Response:
+        library = self._runtime.library
+
+        def gather() -> list[dict[str, Any]]:
+            names = sorted(set(self._settings.collection_dirs()) | set(self._runtime.manifest.collections()))
+            return [asdict(d) for name in names for d in library.documents(name)]
+
+        return JSONResponse({"documents": await asyncio.to_thread(gather)})
+
+    async def delete_document(self, request: Request) -> Response:
+        collection = check_collection_name(request.query_params.get("collection", DEFAULT_COLLECTION))
+        path = request.query_params.get("path", "")
+        removed = await asyncio.to_thread(self._runtime.library.remove, collection, path)
+        return JSONResponse({"removed": asdict(removed)})
+
+    async def upload(self, request: Request) -> Response:
+        library = self._runtime.library
+        limit = library.max_bytes
+        length = int(request.headers.get("content-length") or 0)
+        if length > MAX_FILES_PER_UPLOAD * limit + 1024 * 1024:
+            raise UploadError(
+                f"the upload is {length / 1024 / 1024:.1f} MB, more than {MAX_FILES_PER_UPLOAD} files of rag.max_file_mb = {self._settings.rag.max_file_mb:g} MB",
+                "upload fewer or smaller files at a time",
+            )
+        form = await request.form(max_files=MAX_FILES_PER_UPLOAD)
+        try:
+            collection = check_collection_name(str(form.get("collection") or DEFAULT_COLLECTION).strip().lower())
+            uploads = [f for f in form.getlist("files") if isinstance(f, UploadFile)]
+            if not uploads:
+                raise UploadError("no file was sent", "choose one or more files")
+            results = []
+            for upload in uploads:
+                name = upload.filename or "(no name)"
+                try:
+                    library.check(name, upload.size)
+                    data = await upload.read(limit + 1)
+                    added = await asyncio.to_thread(library.add, collection, name, data)
+                except UploadError as exc:
+                    results.append({"file": name, "ok": False, "error": _text(exc)})
+                else:
+                    results.append({"file": name, "ok": True, "name": added.name, "chunks": added.chunks, "replaced": added.replaced})
+        finally:
+            await form.close()
+        return JSONResponse({"collection": collection, "results": results})
+
+    # --- re-index -------------------------------------------------------------------------
+
+    async def reindex(self, request: Request) -> Response:
+        return JSONResponse({"message": await request_reindex(self._scheduler, PLATFORM)})
+
+    async def runs(self, request: Request) -> Response:
+        history = self._scheduler.history
+        recent = await asyncio.to_thread(history.recent, 10)
+        waiting = await asyncio.to_thread(history.waiting)
+        return JSONResponse({"runs": [r.to_json() for r in recent], "waiting": len(waiting), **self._scheduler.health()})
+
+    # --- questions ------------------------------------------------------------------------
+
+    async def ask(self, request: Request) -> Response:
+        try:
+            body = await request.json()
+            question = str(body.get("question", "")).strip()
+            collections = body.get("collections") or [DEFAULT_COLLECTION]
+            if not isinstance(collections, list):
+                raise TypeError("collections must be a list")
+            collections = [check_collection_name(str(c)) for c in collections]
+        except (ValueError, AttributeError, TypeError):
+            return _error("send {\"question\": \"...\", \"collections\": [...]} as JSON", 400)
+        if not question or len(question) > MAX_QUESTION_CHARS:
+            return _error(f"ask a question of 1 to {MAX_QUESTION_CHARS} characters", 400)
+        engine = self._runtime.require_engine()
+
+        async def stream() -> AsyncIterator[str]:
+            try:
+                async with aclosing(engine.answer(question, [], collections, platform=PLATFORM)) as events:
+                    async for event in events:
+                        if isinstance(event, AnswerDelta):
+                            yield _line({"delta": event.text})
+                        elif isinstance(event, AnswerDone):
+                            yield _line({"done": _done_json(event)})
+            except TeambotError as exc:
+                yield _line({"error": _text(exc)})
+
+        return StreamingResponse(stream(), media_type="application/x-ndjson", headers={"Cache-Control": "no-store"})
+
+    async def recent_answers(self, request: Request) -> Response:
+        recent = await asyncio.to_thread(self._answers.recent, 50)
+        return JSONResponse({"answers": [asdict(a) for a in recent]})
+
+
+def _done_json(done: AnswerDone) -> dict[str, Any]:
+    return {
+        "answer": done.answer,
+        "found": done.found,
+        "cited": done.cited,
+        "timings_ms": done.timings_ms,
+        "sources": [
+            {"n": n, "collection": p.collection, "path": p.path, "title": p.title, "heading": p.heading, "page": p.page,
+             "score": round(p.score, 3), "vector_score": round(p.vector_score, 3), "keyword_score": round(p.keyword_score, 3), "text": p.text}
+            for n, p in enumerate(done.sources, start=1)
+        ],
+    }  # fmt: skip
+
+
+def _line(data: dict[str, Any]) -> str:
+    return json.dumps(data, ensure_ascii=False) + "\n"
+
+
+def _text(exc: TeambotError) -> str:
+    return f"{exc.message} ({exc.hint})" if exc.hint else exc.message
+
+
+def _error(message: str, status: int) -> JSONResponse:
+    return JSONResponse({"error": message}, status_code=status)

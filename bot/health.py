@@ -1,0 +1,67 @@
+"""/healthz: is this teambot able to answer and to keep its index fresh?
+
+Checks, each with a deadline: the LLM server (its OpenAI-compatible /models answers), the
+Chroma store (its collections can be listed), and the index scheduler (its tasks run; the last
+run's state and age). 200 with ``"status": "ok"`` when all pass, else 503 naming what failed;
+a re-index in progress or a failed document does not make teambot unhealthy.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+import httpx
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+from starlette.routing import Route
+
+from bot.runtime import Runtime
+from rag.scheduler import IndexScheduler
+
+CHECK_TIMEOUT_S = 5.0
+
+
+async def check_llm(runtime: Runtime) -> dict[str, Any]:
+    endpoint = runtime.endpoint
+    if endpoint is None:
+        return {"ok": False, "detail": "no LLM server was started"}
+    headers = {"Authorization": f"Bearer {endpoint.api_key}"} if endpoint.api_key else {}
+    try:
+        async with httpx.AsyncClient(timeout=CHECK_TIMEOUT_S) as client:
+            response = await client.get(f"{endpoint.base_url}/models", headers=headers)
+    except httpx.HTTPError as exc:
+        return {"ok": False, "detail": f"{endpoint.base_url} does not answer ({type(exc).__name__}): {endpoint.down_hint}"}
+    if response.status_code != 200:
+        return {"ok": False, "detail": f"{endpoint.base_url}/models answered HTTP {response.status_code}"}
+    return {"ok": True, "detail": endpoint.base_url}
+
+
+async def check_chroma(runtime: Runtime) -> dict[str, Any]:
+    try:
+        names = await asyncio.wait_for(asyncio.to_thread(runtime.store.collections), CHECK_TIMEOUT_S)
+    except TimeoutError:
+        return {"ok": False, "detail": f"{runtime.store.location} did not answer within {CHECK_TIMEOUT_S:g} s"}
+    except Exception as exc:  # a StoreError, or the Chroma client's own
+        return {"ok": False, "detail": str(exc)}
+    return {"ok": True, "detail": f"{runtime.store.location}: {len(names)} collections"}
+
+
+async def check_scheduler(scheduler: IndexScheduler) -> dict[str, Any]:
+    state = scheduler.health()
+    runs = await asyncio.to_thread(scheduler.history.recent, 1)
+    last = runs[0] if runs else None
+    state["last_run"] = {"id": last.id, "state": last.state, "age_s": round(time.time() - last.started_at, 1)} if last else None
+    state["detail"] = "running" if state["ok"] else "the scheduler's tasks stopped: see teambot.log"
+    return state
+
+
+def health_route(runtime: Runtime, scheduler: IndexScheduler) -> Route:
+    async def healthz(request: Request) -> JSONResponse:
+        llm, chroma, index = await asyncio.gather(check_llm(runtime), check_chroma(runtime), check_scheduler(scheduler))
+        checks = {"llm": llm, "chroma": chroma, "scheduler": index}
+        ok = all(c["ok"] for c in checks.values())
+        return JSONResponse({"status": "ok" if ok else "fail", "checks": checks}, status_code=200 if ok else 503)
+
+    return Route("/healthz", healthz, methods=["GET"])

@@ -1,0 +1,234 @@
+"""The re-index queue and the history of index runs, in ``<data_dir>/index-runs.sqlite``.
+
+Every way of asking for a re-index (the schedule, `teambot index` while the service runs, the
+web console, `/kb reindex` in chat) adds a *request*. The replica that runs the index claims
+all waiting requests when it starts a run, so requests that arrive during a run wait for the
+next one, and many of them become one run. Each run keeps its trigger, start, end, progress,
+per-collection counts and failures; a run whose process died stays ``running`` until the next
+run marks it ``interrupted`` (and serves its requests).
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from rag.store import StoreError
+
+RunState = Literal["running", "done", "failed", "interrupted"]
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS runs (
+    id           INTEGER PRIMARY KEY AUTOINCREMENT,
+    trigger      TEXT NOT NULL,   -- what asked for it: start, schedule, cli, console, slack, discord
+    holder       TEXT NOT NULL,   -- the process that ran it (host:pid:random)
+    state        TEXT NOT NULL,   -- running | done | failed | interrupted
+    started_at   REAL NOT NULL,
+    finished_at  REAL,
+    files_total  INTEGER NOT NULL DEFAULT 0,  -- files to parse and embed, known collection by collection
+    files_done   INTEGER NOT NULL DEFAULT 0,
+    current      TEXT NOT NULL DEFAULT '',    -- the collection being indexed
+    reports      TEXT NOT NULL DEFAULT '[]',  -- JSON: one IndexReport per collection
+    error        TEXT NOT NULL DEFAULT ''
+);
+CREATE TABLE IF NOT EXISTS requests (
+    id           INTEGER PRIMARY KEY AUTOINCREMENT,
+    trigger      TEXT NOT NULL,
+    requested_at REAL NOT NULL,
+    run_id       INTEGER REFERENCES runs (id)  -- NULL: waiting for a run
+);
+CREATE INDEX IF NOT EXISTS requests_waiting ON requests (run_id);
+"""
+
+KEEP_RUNS = 500  # older runs are pruned
+
+
+@dataclass(frozen=True)
+class Run:
+    id: int
+    trigger: str
+    holder: str
+    state: RunState
+    started_at: float
+    finished_at: float | None
+    files_total: int
+    files_done: int
+    current: str
+    reports: list[dict[str, Any]]
+    error: str
+
+    @property
+    def totals(self) -> dict[str, int]:
+        """Counts over every collection of the run."""
+        keys = ("added", "updated", "deleted", "unchanged", "chunks", "total_chunks")
+        sums = {k: sum(int(r.get(k, 0)) for r in self.reports) for k in keys}
+        sums["failed"] = sum(len(r.get("failed", [])) for r in self.reports)
+        return sums
+
+    def to_json(self) -> dict[str, Any]:
+        return {**self.__dict__, "totals": self.totals}
+
+
+@dataclass(frozen=True)
+class Request:
+    id: int
+    trigger: str
+    requested_at: float
+    run_id: int | None
+
+
+@dataclass
+class RunProgress:
+    """Throttled progress writes for one run (an IndexProgress over every collection of the run)."""
+
+    history: RunHistory
+    run_id: int
+    every_s: float = 0.5
+    total: int = 0
+    done: int = 0
+    current: str = ""
+    _written: float = field(default=0.0, repr=False)
+
+    def collection(self, name: str) -> None:
+        self.current = name
+        self.flush()
+
+    def planned(self, files: int) -> None:
+        self.total += files
+        self.flush()
+
+    def advance(self, path: str) -> None:
+        self.done += 1
+        if time.monotonic() - self._written >= self.every_s:
+            self.flush()
+
+    def flush(self) -> None:
+        self._written = time.monotonic()
+        self.history.progress(self.run_id, self.total, self.done, self.current)
+
+
+class RunHistory:
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._db = sqlite3.connect(path, timeout=30, isolation_level=None, check_same_thread=False)
+        self._db.row_factory = sqlite3.Row
+        self._lock = threading.RLock()
+        try:
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.executescript(SCHEMA)
+        except sqlite3.Error as exc:
+            raise StoreError(f"the run history {path} cannot be opened: {exc}", "check the data dir's permissions and disk space") from exc
+
+    def close(self) -> None:
+        self._db.close()
+
+    @contextmanager
+    def _write(self) -> Iterator[sqlite3.Connection]:
+        with self._lock:
+            try:
+                self._db.execute("BEGIN IMMEDIATE")
+            except sqlite3.OperationalError as exc:
+                raise StoreError(f"the run history {self.path} cannot be written: {exc}", "another process holds it; try again") from exc
+            try:
+                yield self._db
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+
+    def _read(self, query: str, args: tuple[object, ...] = ()) -> list[sqlite3.Row]:
+        with self._lock:
+            try:
+                return self._db.execute(query, args).fetchall()
+            except sqlite3.OperationalError as exc:
+                raise StoreError(f"the run history {self.path} cannot be read: {exc}", "another process holds it; try again") from exc
+
+    # --- the queue ------------------------------------------------------------------------
+
+    def request(self, trigger: str) -> Request:
+        """Asks for a re-index of every collection; it joins the next run that starts."""
+        now = time.time()
+        with self._write() as db:
+            cursor = db.execute("INSERT INTO requests (trigger, requested_at) VALUES (?, ?)", (trigger, now))
+        return Request(int(cursor.lastrowid or 0), trigger, now, None)
+
+    def waiting(self) -> list[Request]:
+        return [Request(**dict(r)) for r in self._read("SELECT * FROM requests WHERE run_id IS NULL ORDER BY id")]
+
+    def get_request(self, request_id: int) -> Request | None:
+        rows = self._read("SELECT * FROM requests WHERE id = ?", (request_id,))
+        return Request(**dict(rows[0])) if rows else None
+
+    # --- runs -----------------------------------------------------------------------------
+
+    def start_run(self, holder: str, trigger: str, *, claim: bool = True) -> Run:
+        """Starts a run; with ``claim`` it serves every waiting request (their triggers join ``trigger``)."""
+        now = time.time()
+        with self._write() as db:
+            triggers = [trigger]
+            if claim:
+                triggers += [r["trigger"] for r in db.execute("SELECT trigger FROM requests WHERE run_id IS NULL ORDER BY id")]
+            cursor = db.execute(
+                "INSERT INTO runs (trigger, holder, state, started_at) VALUES (?, ?, 'running', ?)",
+                ("+".join(dict.fromkeys(t for t in triggers if t)), holder, now),
+            )
+            run_id = int(cursor.lastrowid or 0)
+            if claim:
+                db.execute("UPDATE requests SET run_id = ? WHERE run_id IS NULL", (run_id,))
+            db.execute("DELETE FROM runs WHERE id <= ? AND state != 'running'", (run_id - KEEP_RUNS,))
+            db.execute("DELETE FROM requests WHERE run_id IS NOT NULL AND run_id <= ?", (run_id - KEEP_RUNS,))
+        run = self.get(run_id)
+        assert run is not None
+        return run
+
+    def progress(self, run_id: int, files_total: int, files_done: int, current: str) -> None:
+        with self._write() as db:
+            db.execute("UPDATE runs SET files_total = ?, files_done = ?, current = ? WHERE id = ?", (files_total, files_done, current, run_id))
+
+    def finish(self, run_id: int, state: RunState, reports: list[dict[str, Any]], error: str = "") -> None:
+        """Records how a run ended; the requests of an interrupted run wait for the next one."""
+        with self._write() as db:
+            db.execute(
+                "UPDATE runs SET state = ?, finished_at = ?, reports = ?, error = ?, current = '' WHERE id = ? AND state = 'running'",
+                (state, time.time(), json.dumps(reports, ensure_ascii=False), error, run_id),
+            )
+            if state == "interrupted":
+                db.execute("UPDATE requests SET run_id = NULL WHERE run_id = ?", (run_id,))
+
+    def interrupt_dead(self, holder: str) -> list[int]:
+        """Marks the runs other processes left ``running`` as interrupted; their requests wait again.
+
+        Call it only while holding the index run lock: then no other run can be alive."""
+        now = time.time()
+        with self._write() as db:
+            ids = [r["id"] for r in db.execute("SELECT id FROM runs WHERE state = 'running' AND holder != ?", (holder,))]
+            for run_id in ids:
+                db.execute(
+                    "UPDATE runs SET state = 'interrupted', finished_at = ?, error = ? WHERE id = ?",
+                    (now, "its process stopped during the run (killed or crashed); the next run completed it", run_id),
+                )
+                db.execute("UPDATE requests SET run_id = NULL WHERE run_id = ?", (run_id,))
+        return ids
+
+    def get(self, run_id: int) -> Run | None:
+        rows = self._read("SELECT * FROM runs WHERE id = ?", (run_id,))
+        return _run(rows[0]) if rows else None
+
+    def recent(self, limit: int = 20) -> list[Run]:
+        return [_run(r) for r in self._read("SELECT * FROM runs ORDER BY id DESC LIMIT ?", (limit,))]
+
+    def running(self) -> Run | None:
+        rows = self._read("SELECT * FROM runs WHERE state = 'running' ORDER BY id DESC LIMIT 1")
+        return _run(rows[0]) if rows else None
+
+
+def _run(row: sqlite3.Row) -> Run:
+    return Run(**{**dict(row), "reports": json.loads(row["reports"])})

@@ -1,0 +1,85 @@
+"""Running this checkout's `teambot` as a real process (`python -m bot`, so the code under test is
+the one in this tree even where the installed `teambot` script points elsewhere), and polling."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import TypeVar
+
+from config.settings import Settings
+
+REPO = Path(__file__).resolve().parent.parent
+TEAMBOT_CMD = [sys.executable, "-m", "bot"]
+T = TypeVar("T")
+
+
+def process_env(settings: Settings, **extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("TEAMBOT_", "SLACK_", "DISCORD_"))}
+    env.update(
+        PYTHONPATH=str(REPO),
+        TEAMBOT_DATA_DIR=str(settings.data_dir),
+        TEAMBOT_RAG__KNOWLEDGE_DIR=str(settings.rag.knowledge_dir),
+        TEAMBOT_HTTP_PORT="0",
+        **extra,
+    )
+    return env
+
+
+def wait_for(check: Callable[[], T | None], what: str, timeout: float = 120, every: float = 0.05) -> T:
+    """Polls ``check`` until it returns something truthy; fails naming ``what`` after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = check()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout:g} s waiting for {what}")
+        time.sleep(every)
+
+
+async def async_wait_for(check: Callable[[], T | None], what: str, timeout: float = 120, every: float = 0.05) -> T:
+    deadline = time.monotonic() + timeout
+    while True:
+        value = check()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout:g} s waiting for {what}")
+        await asyncio.sleep(every)
+
+
+async def start_serve(env: dict[str, str], timeout: float = 180) -> tuple[asyncio.subprocess.Process, str, list[str]]:
+    """Starts `teambot serve`; returns the process, its HTTP base URL and the stderr lines read so far
+    (the rest of stderr is drained in the background, so the process never blocks on it)."""
+    import re
+
+    process = await asyncio.create_subprocess_exec(
+        *TEAMBOT_CMD, "serve", env=env, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE
+    )
+    assert process.stderr is not None
+    seen: list[str] = []
+    try:
+        async with asyncio.timeout(timeout):
+            while not (match := re.search(r"HTTP server at (http://[\d.]+:\d+)", "".join(seen))) or "Admin console" not in "".join(seen):
+                line = (await process.stderr.readline()).decode()
+                if not line:
+                    raise AssertionError("teambot serve ended before its HTTP server was up:\n" + "".join(seen))
+                seen.append(line)
+    except BaseException:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
+        raise
+
+    async def drain() -> None:
+        assert process.stderr is not None
+        while line := await process.stderr.readline():
+            seen.append(line.decode())
+
+    process._teambot_drain = asyncio.create_task(drain())  # type: ignore[attr-defined]
+    return process, match.group(1), seen

@@ -1,0 +1,188 @@
+"""The admin console's API, /healthz and /metrics, on a real service (real llama.cpp, Chroma, HTTP)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from bot.core import AnswerDone
+from bot.runtime import open_runtime
+from bot.service import Service
+from config.settings import Settings
+from inference.client import Endpoint
+from tests.conftest import make_settings
+from tests.fake_llm import FakeLLM
+from tests.proc import async_wait_for
+
+ADMIN_TOKEN = "console-test-token-1f8e2"
+ON_CALL_QUESTION = "Who gets paged if the primary on-call does not acknowledge a page?"
+
+
+def indexed_copy(indexed: Settings, tmp_path: Path) -> tuple[Path, Path]:
+    """A private data dir of the indexed samples (the knowledge folder is shared: read only)."""
+    data = Path(shutil.copytree(indexed.data_dir, tmp_path / "data"))
+    (data / "answers.sqlite").unlink(missing_ok=True)
+    return data, indexed.rag.knowledge_dir
+
+
+def console_settings(data: Path, knowledge: Path, llm_url: str, **extra: Any) -> Settings:
+    secrets = {} if extra.pop("no_token", False) else {"TEAMBOT_ADMIN_TOKEN": ADMIN_TOKEN}
+    rag = {"max_file_mb": 0.05, **extra.pop("rag", {})}
+    return make_settings(data, knowledge, inference={"backend": "external", "base_url": llm_url}, http_port=0, rag=rag, **secrets, **extra)
+
+
+@asynccontextmanager
+async def serving(settings: Settings) -> AsyncIterator[tuple[Service, httpx.AsyncClient]]:
+    async with open_runtime(settings, with_llm=True) as runtime:
+        service = Service(runtime)
+        await service.start()
+        try:
+            assert service.http is not None
+            async with httpx.AsyncClient(base_url=service.http.url, timeout=120) as client:
+                yield service, client
+        finally:
+            await service.stop()
+
+
+async def sign_in(client: httpx.AsyncClient) -> None:
+    response = await client.post("/admin/api/login", json={"password": ADMIN_TOKEN})
+    assert response.status_code == 200, response.text
+
+
+def metric(text: str, name: str, **labels: str) -> float:
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
+                return sample.value
+    return 0.0
+
+
+async def ask(client: httpx.AsyncClient, question: str) -> tuple[list[str], dict[str, Any]]:
+    deltas, done = [], {}
+    async with client.stream("POST", "/admin/api/ask", json={"question": question, "collections": ["default"]}) as response:
+        assert response.status_code == 200
+        async for line in response.aiter_lines():
+            event = json.loads(line)
+            assert "error" not in event, event
+            if "delta" in event:
+                deltas.append(event["delta"])
+            if "done" in event:
+                done = event["done"]
+    return deltas, done
+
+
+async def test_console_api_health_and_metrics(indexed_settings: Settings, llamacpp_endpoint: Endpoint, tmp_path: Path) -> None:
+    data, knowledge = indexed_copy(indexed_settings, tmp_path)
+    async with serving(console_settings(data, knowledge, llamacpp_endpoint.base_url)) as (service, client):
+        health = await client.get("/healthz")
+        assert health.status_code == 200, health.text
+        checks = health.json()["checks"]
+        assert checks["llm"]["ok"] and checks["chroma"]["ok"] and checks["scheduler"]["ok"] and checks["scheduler"]["leader"]
+
+        # Signed out, nothing but the page and the sign-in answers.
+        assert (await client.get("/admin")).status_code == 200
+        assert (await client.get("/admin/api/documents")).status_code == 401
+        wrong = await client.post("/admin/api/login", json={"password": "guess"})
+        assert wrong.status_code == 401 and "wrong admin token" in wrong.json()["error"]
+        assert "teambot_console" not in wrong.cookies
+        await sign_in(client)
+
+        documents = (await client.get("/admin/api/documents")).json()["documents"]
+        assert {d["path"] for d in documents} >= {"oncall-guide.md", "faq.txt"}
+        assert all(d["collection"] == "default" and d["chunks"] > 0 and d["indexed_at"] > 0 for d in documents)
+
+        files = [
+            ("files", ("bike-storage.md", b"# Bike storage\n\nBicycles go in the basement bike room. The code is 4711.\n", "text/markdown")),
+            ("files", ("setup.exe", b"MZ\x90\x00", "application/octet-stream")),
+            ("files", ("huge.md", b"# Huge\n\n" + b"word " * 20_000, "text/markdown")),
+            ("files", ("broken.pdf", b"%PDF-1.4 not really", "application/pdf")),
+        ]
+        upload = await client.post("/admin/api/upload", data={"collection": "facilities"}, files=files)
+        assert upload.status_code == 200, upload.text
+        results = {r["file"]: r for r in upload.json()["results"]}
+        assert results["bike-storage.md"]["ok"] and results["bike-storage.md"]["chunks"] == 1
+        assert not results["setup.exe"]["ok"] and "cannot read '.exe'" in results["setup.exe"]["error"]
+        assert not results["huge.md"]["ok"] and "over the limit of 0.05 MB" in results["huge.md"]["error"]
+        assert not results["broken.pdf"]["ok"]
+        assert sorted(p.name for p in (data / "knowledge" / "facilities").iterdir()) == ["bike-storage.md"]  # nothing else was kept
+        bad_collection = await client.post("/admin/api/upload", data={"collection": "../etc"}, files=files[:1])
+        assert bad_collection.status_code == 400 and "invalid collection name" in bad_collection.json()["error"]
+
+        deltas, done = await ask(client, ON_CALL_QUESTION)
+        assert done["found"] and "".join(deltas) == done["answer"] and done["answer"].strip()
+        assert done["sources"][0]["path"] == "oncall-guide.md" and 0 < done["sources"][0]["score"] <= 1
+        _, nothing = await ask(client, "qwxz zzyzx florble?")
+        assert not nothing["found"] and nothing["sources"] == []
+
+        message = (await client.post("/admin/api/reindex")).json()["message"]
+        assert message.startswith(("Re-index started", "Re-index queued"))
+        runs = await async_wait_for(
+            lambda: [r for r in service.scheduler.history.recent() if "console" in r.trigger and r.state == "done"], "the console's run"
+        )
+        assert runs[0].reports  # every collection, the new one included
+        assert {r["collection"] for r in runs[0].reports} == {"default", "facilities"}
+        listing = (await client.get("/admin/api/runs")).json()
+        assert listing["runs"][0]["totals"]["failed"] == 0 and listing["leader"]
+
+        removed = await client.delete("/admin/api/documents", params={"collection": "facilities", "path": "bike-storage.md"})
+        assert removed.status_code == 200 and removed.json()["removed"]["chunks"] == 1
+        missing = await client.delete("/admin/api/documents", params={"collection": "facilities", "path": "nope.md"})
+        assert missing.status_code == 400 and "has no document 'nope.md'" in missing.json()["error"]
+
+        # A Slack answer and its vote, as the console lists them.
+        answer_id = service.answers.record("slack", "C1", "1.0", "U1", "Where is the bike room?", AnswerDone("In the basement [1].", [], [1], True))
+        service.answers.vote(answer_id, "U2", "down")
+        recent = (await client.get("/admin/api/answers")).json()["answers"]
+        assert recent[0]["question"] == "Where is the bike room?" and recent[0]["down"] == 1 and recent[0]["platform"] == "slack"
+
+        scraped = (await client.get("/metrics")).text
+        assert metric(scraped, "teambot_questions_total", platform="console") == 2
+        assert metric(scraped, "teambot_retrieval_nothing_relevant_total", platform="console") == 1
+        assert metric(scraped, "teambot_first_token_seconds_count", platform="console") == 2
+        assert metric(scraped, "teambot_answer_seconds_sum", platform="console") > 0
+        assert metric(scraped, "teambot_uploads_total", outcome="added") == 1
+        assert metric(scraped, "teambot_uploads_total", outcome="refused") >= 3
+        assert metric(scraped, "teambot_index_runs_total", state="done") >= 2
+        assert metric(scraped, "teambot_index_chunks", collection="default") > 7
+        assert metric(scraped, "teambot_index_documents", collection="default") == 7
+
+        await client.post("/admin/api/logout")
+        assert (await client.get("/admin/api/documents")).status_code == 401
+    log = (data / "logs" / "teambot.log").read_text() if (data / "logs" / "teambot.log").exists() else ""
+    assert ADMIN_TOKEN not in log
+
+
+async def test_healthz_names_a_dead_llm_server(indexed_settings: Settings, fake_llm: FakeLLM, tmp_path: Path) -> None:
+    data, knowledge = indexed_copy(indexed_settings, tmp_path)
+    async with serving(console_settings(data, knowledge, fake_llm.base_url)) as (_, client):
+        assert (await client.get("/healthz")).status_code == 200
+        fake_llm.stop()
+        health = await client.get("/healthz")
+        assert health.status_code == 503
+        body = health.json()
+        assert body["status"] == "fail" and not body["checks"]["llm"]["ok"] and body["checks"]["chroma"]["ok"]
+        assert fake_llm.base_url in body["checks"]["llm"]["detail"]
+
+
+async def test_without_an_admin_token_the_console_is_off_and_says_so(settings: Settings, fake_llm: FakeLLM) -> None:
+    async with serving(console_settings(settings.data_dir, settings.rag.knowledge_dir, fake_llm.base_url, no_token=True)) as (service, client):
+        assert service.console_off and "TEAMBOT_ADMIN_TOKEN" in service.console_off
+        for response in (await client.get("/admin"), await client.post("/admin/api/login", json={"password": ""})):
+            assert response.status_code == 503 and "Set TEAMBOT_ADMIN_TOKEN in teambot's environment" in response.text
+        assert (await client.get("/healthz")).status_code == 200  # the rest of teambot runs
+
+
+@pytest.mark.parametrize("body", [b"not json", b'{"question": ""}', b'{"question": "x", "collections": ["Bad Name"]}'])
+async def test_a_bad_question_request_is_refused_clearly(settings: Settings, fake_llm: FakeLLM, body: bytes) -> None:
+    async with serving(console_settings(settings.data_dir, settings.rag.knowledge_dir, fake_llm.base_url)) as (_, client):
+        await sign_in(client)
+        response = await client.post("/admin/api/ask", content=body, headers={"Content-Type": "application/json"})
+        assert response.status_code == 400 and response.json()["error"]
