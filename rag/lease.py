@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from rag.sqlite_file import SqliteFile
 from rag.store import StoreError
 
 SCHEMA = """
@@ -48,20 +49,10 @@ class LeaseState:
         return self.expires_at > time.time()
 
 
-class IndexLease:
+class IndexLease(SqliteFile):
     def __init__(self, path: Path, holder: str, ttl_s: float) -> None:
-        self.path, self.holder, self.ttl_s = path, holder, ttl_s
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self._db = sqlite3.connect(path, timeout=30, isolation_level=None, check_same_thread=False)
-        self._lock = threading.Lock()
-        try:
-            self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.executescript(SCHEMA)
-        except sqlite3.Error as exc:
-            raise StoreError(f"the index lease in {path} cannot be opened: {exc}", "check the data dir's permissions and disk space") from exc
-
-    def close(self) -> None:
-        self._db.close()
+        super().__init__(path, SCHEMA, "the index lease in")
+        self.holder, self.ttl_s = holder, ttl_s
 
     def acquire(self, info: dict[str, Any] | None = None) -> bool:
         """Takes the lease if it is free or expired, or renews it if held; True if this process holds it now."""

@@ -10,15 +10,13 @@ how searches in other processes know to rebuild their keyword index.
 from __future__ import annotations
 
 import sqlite3
-import threading
 import time
-from collections.abc import Iterable, Iterator
-from contextlib import contextmanager
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from rag.store import StoreError
+from rag.sqlite_file import SqliteFile
 
 State = Literal["pending", "indexed", "failed"]
 
@@ -60,43 +58,9 @@ class FileRecord:
     indexed_at: float
 
 
-class Manifest:
+class Manifest(SqliteFile):
     def __init__(self, path: Path) -> None:
-        self.path = path
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self._db = sqlite3.connect(path, timeout=30, isolation_level=None, check_same_thread=False)
-        self._db.row_factory = sqlite3.Row
-        self._lock = threading.RLock()  # one connection, shared by the threads of one process
-        try:
-            self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.executescript(SCHEMA)
-        except sqlite3.Error as exc:
-            raise StoreError(f"the index manifest {path} cannot be opened: {exc}", "check the data dir's permissions and disk space") from exc
-
-    def close(self) -> None:
-        self._db.close()
-
-    @contextmanager
-    def _write(self) -> Iterator[sqlite3.Connection]:
-        """One write transaction; BEGIN IMMEDIATE takes the database's write lock up front."""
-        with self._lock:
-            try:
-                self._db.execute("BEGIN IMMEDIATE")
-            except sqlite3.OperationalError as exc:
-                raise StoreError(f"the index manifest {self.path} cannot be written: {exc}", "another process holds it; try again") from exc
-            try:
-                yield self._db
-                self._db.execute("COMMIT")
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
-
-    def _read(self, query: str, args: Iterable[object] = ()) -> list[sqlite3.Row]:
-        with self._lock:
-            try:
-                return self._db.execute(query, tuple(args)).fetchall()
-            except sqlite3.OperationalError as exc:
-                raise StoreError(f"the index manifest {self.path} cannot be read: {exc}", "another process holds it; try again") from exc
+        super().__init__(path, SCHEMA, "the index manifest")
 
     def files(self, collection: str, root: str | None = None) -> dict[str, FileRecord]:
         """Rows of a collection (under one root, if given), by doc_id."""

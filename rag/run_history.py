@@ -12,15 +12,12 @@ from __future__ import annotations
 
 import json
 import sqlite3
-import threading
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from rag.store import StoreError
+from rag.sqlite_file import SqliteFile
 
 RunState = Literal["running", "done", "failed", "interrupted"]
 
@@ -114,42 +111,9 @@ class RunProgress:
         self.history.progress(self.run_id, self.total, self.done, self.current)
 
 
-class RunHistory:
+class RunHistory(SqliteFile):
     def __init__(self, path: Path) -> None:
-        self.path = path
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self._db = sqlite3.connect(path, timeout=30, isolation_level=None, check_same_thread=False)
-        self._db.row_factory = sqlite3.Row
-        self._lock = threading.RLock()
-        try:
-            self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.executescript(SCHEMA)
-        except sqlite3.Error as exc:
-            raise StoreError(f"the run history {path} cannot be opened: {exc}", "check the data dir's permissions and disk space") from exc
-
-    def close(self) -> None:
-        self._db.close()
-
-    @contextmanager
-    def _write(self) -> Iterator[sqlite3.Connection]:
-        with self._lock:
-            try:
-                self._db.execute("BEGIN IMMEDIATE")
-            except sqlite3.OperationalError as exc:
-                raise StoreError(f"the run history {self.path} cannot be written: {exc}", "another process holds it; try again") from exc
-            try:
-                yield self._db
-                self._db.execute("COMMIT")
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
-
-    def _read(self, query: str, args: tuple[object, ...] = ()) -> list[sqlite3.Row]:
-        with self._lock:
-            try:
-                return self._db.execute(query, args).fetchall()
-            except sqlite3.OperationalError as exc:
-                raise StoreError(f"the run history {self.path} cannot be read: {exc}", "another process holds it; try again") from exc
+        super().__init__(path, SCHEMA, "the run history")
 
     # --- the queue ------------------------------------------------------------------------
 
