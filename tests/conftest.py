@@ -6,11 +6,14 @@ import os
 import shutil
 import socket
 from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from bot.runtime import open_runtime
+from bot.service import Service
 from config.settings import SECRET_ENV, Settings, load_settings
 from inference.client import ChatClient, Endpoint
 from inference.llamacpp import LlamaCppServer
@@ -133,3 +136,22 @@ def chroma_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         process.terminate()
         process.wait(30)
         log.close()
+
+
+def indexed_copy(indexed: Settings, tmp_path: Path) -> tuple[Path, Path]:
+    """A private data dir holding the indexed sample knowledge base (read only: the knowledge folder is shared)."""
+    data = Path(shutil.copytree(indexed.data_dir, tmp_path / "data"))
+    (data / "answers.sqlite").unlink(missing_ok=True)
+    return data, indexed.rag.knowledge_dir
+
+
+@asynccontextmanager
+async def teambot(settings: Settings) -> AsyncIterator[Service]:
+    """`teambot serve` in this process: the LLM server, the platforms and the HTTP server, stopped at exit."""
+    async with open_runtime(settings, with_llm=True) as runtime:
+        service = Service(runtime)
+        await service.start()
+        try:
+            yield service
+        finally:
+            await service.stop()

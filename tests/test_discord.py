@@ -5,11 +5,9 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import os
-import shutil
 import sys
-import time
-from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -18,14 +16,14 @@ import discord.gateway
 import discord.http
 import pytest
 
-from bot.runtime import knowledge_runtime, open_runtime
-from bot.service import Service
+from bot.runtime import knowledge_runtime
 from config.settings import Settings
 from inference.client import Endpoint
 from rag.run_history import RunHistory
-from tests.conftest import make_settings
+from tests.conftest import indexed_copy, make_settings, teambot
 from tests.fake_discord import ADMIN_PERMISSIONS, APP_ID, BOT_ID, BOT_TOKEN, CHANNEL_ID, EPHEMERAL, GUILD_ID, MEMBER_PERMISSIONS, FakeDiscord
 from tests.fake_llm import FakeLLM, Reply
+from tests.proc import async_wait_for
 
 ON_CALL_QUESTION = "Who gets paged if the primary on-call does not acknowledge a page?"
 USER = 310_000_000_000_000_001
@@ -50,30 +48,7 @@ def discord_settings(data_dir: Path, knowledge: Path, llm_url: str, fake: FakeDi
     )  # fmt: skip
 
 
-def indexed_copy(indexed: Settings, tmp_path: Path) -> tuple[Path, Path]:
-    data = Path(shutil.copytree(indexed.data_dir, tmp_path / "data"))
-    (data / "answers.sqlite").unlink(missing_ok=True)
-    return data, indexed.rag.knowledge_dir
-
-
-@asynccontextmanager
-async def teambot(settings: Settings) -> AsyncIterator[Service]:
-    async with open_runtime(settings, with_llm=True) as runtime:
-        service = Service(runtime)
-        await service.start()
-        try:
-            yield service
-        finally:
-            await service.stop()
-
-
-async def until(condition: Callable[[], Any], what: str, timeout_s: float = 60) -> Any:
-    deadline = time.monotonic() + timeout_s
-    while not (value := condition()):
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.02)
-    return value
+until = partial(async_wait_for, timeout=60, every=0.02)  # polls until truthy; fails naming what it waited for
 
 
 def buttons(message: dict[str, Any] | None) -> list[str]:

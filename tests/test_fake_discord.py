@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterator
 from dataclasses import dataclass, field
 from typing import Any, ParamSpec, TypeVar
@@ -17,6 +16,7 @@ import yarl
 from discord import app_commands
 
 from tests.fake_discord import APP_ID, BOT_ID, BOT_TOKEN, CHANNEL_ID, EPHEMERAL, GUILD_ID, LOADING, MEMBER_PERMISSIONS, FakeDiscord
+from tests.proc import async_wait_for
 
 USER = 310_000_000_000_000_001
 T = TypeVar("T")
@@ -92,13 +92,7 @@ def reporting(future: asyncio.Future[Any]) -> Callable[[Callable[P, Coroutine[An
     return wrap
 
 
-async def until(condition: Callable[[], Any], what: str, timeout_s: float = 10) -> Any:
-    deadline = time.monotonic() + timeout_s
-    while not (value := condition()):
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.01)
-    return value
+until = functools.partial(async_wait_for, timeout=10, every=0.01)  # polls until truthy; fails naming what it waited for
 
 
 async def test_ready_gives_the_bot_user_and_the_guild(fake: FakeDiscord, bot: Bot) -> None:

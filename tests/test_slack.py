@@ -7,27 +7,26 @@ import hashlib
 import hmac
 import json
 import os
-import shutil
 import signal
 import sys
 import time
-from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 
-from bot.runtime import knowledge_runtime, open_runtime
-from bot.service import Service
+from bot.runtime import knowledge_runtime
 from bot.slack.render import PLACEHOLDER
 from config.settings import Settings
 from inference.client import Endpoint
 from rag.run_history import RunHistory
-from tests.conftest import EXAMPLES, make_settings
+from tests.conftest import indexed_copy, make_settings, teambot
 from tests.fake_llm import FakeLLM, Reply
 from tests.fake_slack import APP_TOKEN, BOT_TOKEN, BOT_USER, FakeSlack
+from tests.proc import async_wait_for
 
 SIGNING_SECRET = "test-signing-secret"
 TEAMBOT = str(Path(sys.executable).parent / "teambot")
@@ -49,32 +48,7 @@ def slack_settings(data_dir: Path, knowledge: Path, llm_url: str, fake: FakeSlac
     return make_settings(data_dir, knowledge, inference={"backend": "external", "base_url": llm_url}, slack=slack, http_port=0, **secrets, **extra)
 
 
-def indexed_copy(indexed: Settings, tmp_path: Path) -> tuple[Path, Path]:
-    """A private data dir holding the indexed sample knowledge base (read only: the knowledge folder is shared)."""
-    data = Path(shutil.copytree(indexed.data_dir, tmp_path / "data"))
-    (data / "answers.sqlite").unlink(missing_ok=True)
-    return data, indexed.rag.knowledge_dir
-
-
-@asynccontextmanager
-async def teambot(settings: Settings) -> AsyncIterator[Service]:
-    async with open_runtime(settings, with_llm=True) as runtime:
-        service = Service(runtime)
-        await service.start()
-        try:
-            yield service
-        finally:
-            await service.stop()
-
-
-async def until(condition: Callable[[], Any], what: str, timeout_s: float = 60) -> Any:
-    """Polls until ``condition()`` is truthy; returns it."""
-    deadline = time.monotonic() + timeout_s
-    while not (value := condition()):
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.02)
-    return value
+until = partial(async_wait_for, timeout=60, every=0.02)  # polls until truthy; fails naming what it waited for
 
 
 def final_answers(fake: FakeSlack, channel: str, thread: str | None) -> list[dict[str, Any]]:
