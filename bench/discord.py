@@ -25,8 +25,8 @@ import discord.http
 
 from bench.common import QUESTIONS, bench_settings, save, summary_ms
 from bench.slack import EXAMPLES, TimedEngine, until
-from bot.runtime import knowledge_runtime, open_runtime
-from bot.service import Service
+from bench.slack import run_with as service_run_with
+from bot.runtime import knowledge_runtime
 from inference.llamacpp import LlamaCppServer
 from tests.fake_discord import APP_ID, BOT_TOKEN, GUILD_ID, MEMBER_PERMISSIONS, FakeDiscord
 from tests.fake_llm import FakeLLM
@@ -55,18 +55,12 @@ def first_text_at(fake: FakeDiscord, token: str) -> float:
 
 
 async def run_with(settings, work):  # type: ignore[no-untyped-def]
+    """bench.slack's run_with, then discord.py pointed back where it was (the adapter points it at the fake)."""
     saved = discord.http.Route.BASE, discord.gateway.DiscordWebSocket.DEFAULT_GATEWAY
-    async with open_runtime(settings, with_llm=True) as runtime:
-        engine = runtime.require_engine()
-        engine.__class__ = TimedEngine
-        engine.finished = []
-        service = Service(runtime)
-        await service.start()
-        try:
-            return await work(engine)
-        finally:
-            await service.stop()
-            discord.http.Route.BASE, discord.gateway.DiscordWebSocket.DEFAULT_GATEWAY = saved
+    try:
+        return await service_run_with(settings, work)
+    finally:
+        discord.http.Route.BASE, discord.gateway.DiscordWebSocket.DEFAULT_GATEWAY = saved
 
 
 async def main_async(asks: int, real_llm_questions: int, burst: int) -> dict:

@@ -39,8 +39,8 @@ class TimedEngine(AnswerEngine):
 
     finished: list[AnswerDone]
 
-    async def answer(self, question, history=(), collections=("default",)):  # type: ignore[no-untyped-def,override]
-        async with aclosing(super().answer(question, history, collections)) as events:
+    async def answer(self, *args, **kwargs):  # type: ignore[no-untyped-def,override]
+        async with aclosing(super().answer(*args, **kwargs)) as events:
             async for event in events:
                 if isinstance(event, AnswerDone):
                     self.finished.append(event)
@@ -66,7 +66,8 @@ async def mention(fake: FakeSlack, text: str) -> tuple[str, float]:
     return event["ts"], sent
 
 
-async def run_with(settings, fake: FakeSlack, work):  # type: ignore[no-untyped-def]
+async def run_with(settings, work):  # type: ignore[no-untyped-def]
+    """Runs ``work(engine)`` beside a started teambot service whose engine keeps each answer's timings."""
     async with open_runtime(settings, with_llm=True) as runtime:
         engine = runtime.require_engine()
         engine.__class__ = TimedEngine
@@ -108,7 +109,7 @@ async def main_async(mentions: int, real_llm_questions: int, burst: int) -> dict
                     latencies.append((post.at - sent) * 1000)
                 return {"event_to_placeholder_ms": summary_ms(latencies[5:])}  # the first few warm up
 
-            results.update(await run_with(settings_for(fake_llm.base_url, fake), fake, placeholders))
+            results.update(await run_with(settings_for(fake_llm.base_url, fake), placeholders))
             await fake.stop()
 
             # 2. event -> first answer text, with the real model, beside the core's own first token
@@ -128,7 +129,7 @@ async def main_async(mentions: int, real_llm_questions: int, burst: int) -> dict
                         added.append(slack_ms[-1] - core_ms[-1])
                 return {"event_to_first_text_ms": summary_ms(slack_ms), "core_first_token_ms": summary_ms(core_ms), "adapter_added_ms": summary_ms(added)}
 
-            results.update(await run_with(settings_for(endpoint.base_url, fake), fake, first_text))
+            results.update(await run_with(settings_for(endpoint.base_url, fake), first_text))
             await fake.stop()
 
             # 3. a burst of mentions at once: all answered, each once
@@ -145,7 +146,7 @@ async def main_async(mentions: int, real_llm_questions: int, burst: int) -> dict
                                   "llm_requests": len(fake_llm.requests) - llm_before, "seconds_until_all_answered": round(total, 2)}}  # fmt: skip
 
             llm_before = len(fake_llm.requests)
-            results.update(await run_with(settings_for(fake_llm.base_url, fake, max_concurrent=8), fake, at_once))
+            results.update(await run_with(settings_for(fake_llm.base_url, fake, max_concurrent=8), at_once))
             await fake.stop()
         finally:
             await llama.stop()
