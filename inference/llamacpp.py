@@ -17,7 +17,7 @@ from config.errors import ConfigError
 from config.settings import InferenceSettings
 from inference.client import Endpoint
 from inference.process import ServerProcess, free_port
-from inference.server import Progress, wait_until_ready
+from inference.server import Progress
 
 log = logging.getLogger(__name__)
 
@@ -88,19 +88,11 @@ class LlamaCppServer:
         command = server_command(self._settings, self.model_path, port)
         if progress:
             progress(f"starting {self.description}")
-        self._process.start(command, shown=" ".join(command))
         base_url = f"http://127.0.0.1:{port}/v1"
-        try:
-            seconds = await wait_until_ready(
-                f"{base_url}/models",
-                timeout_s=self._settings.start_timeout_s,
-                what=f"the llama.cpp server (log: {self.log_path})",
-                still_starting=self._process.exit_reason,
-                progress=progress,
-            )
-        except BaseException:
-            await self.stop()
-            raise
+        seconds = await self._process.start_until_ready(
+            command, shown=" ".join(command), ready_url=f"{base_url}/models", timeout_s=self._settings.start_timeout_s,
+            what="the llama.cpp server", progress=progress,
+        )  # fmt: skip
         log.info("llama.cpp server ready on port %d in %.1f s (pid %d)", port, seconds, self._process.pid)
         if progress:
             progress(f"{self.description} ready in {seconds:.1f} s")

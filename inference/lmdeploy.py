@@ -24,7 +24,7 @@ from config.errors import ConfigError
 from config.settings import InferenceSettings, LMDeploySettings
 from inference.client import Endpoint
 from inference.process import ServerProcess, free_port
-from inference.server import Progress, wait_until_ready
+from inference.server import Progress
 
 log = logging.getLogger(__name__)
 
@@ -162,21 +162,12 @@ class LMDeployServer:
         command = server_command(self._settings, self.model_path, fmt, port, self._api_key)
         if progress:
             progress(f"starting {self.description}, {fmt} weights (lmdeploy takes a minute or two to start)")
-        self._process.start(command, shown=shown_command(command))
         base_url = f"http://127.0.0.1:{port}/v1"
-        try:
-            seconds = await wait_until_ready(
-                f"{base_url}/models",
-                timeout_s=self._settings.start_timeout_s,
-                what=f"the lmdeploy server (log: {self.log_path})",
-                still_starting=self._process.exit_reason,
-                progress=progress,
-                headers={"Authorization": f"Bearer {self._api_key}"},
-                timeout_hint="raise inference.lmdeploy.start_timeout_s, or read the server log",
-            )
-        except BaseException:
-            await self.stop()
-            raise
+        seconds = await self._process.start_until_ready(
+            command, shown=shown_command(command), ready_url=f"{base_url}/models", timeout_s=self._settings.start_timeout_s,
+            what="the lmdeploy server", progress=progress, headers={"Authorization": f"Bearer {self._api_key}"},
+            timeout_hint="raise inference.lmdeploy.start_timeout_s, or read the server log",
+        )  # fmt: skip
         self.engine, why = engine_in_use(self._settings.engine, self._process.output())
         engine_note = f"{self.engine} engine" + (f" (TurboMind not used: {why})" if why else "")
         log.info("lmdeploy server ready on port %d in %.1f s (pid %s), %s", port, seconds, self._process.pid, engine_note)

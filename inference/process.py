@@ -18,6 +18,9 @@ import sys
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
+
+from inference.server import Progress, wait_until_ready
 
 log = logging.getLogger(__name__)
 
@@ -76,6 +79,22 @@ class ServerProcess:
                 start_new_session=True,
                 preexec_fn=_die_with_parent if sys.platform == "linux" else None,
             )
+
+    async def start_until_ready(
+        self, command: Sequence[str], *, shown: str, ready_url: str, timeout_s: float, what: str,
+        progress: Progress | None = None, **ready_options: Any,
+    ) -> float:  # fmt: skip
+        """Starts ``command`` and polls ``ready_url`` until it answers (``ready_options`` go to
+        wait_until_ready); stops the process again if it does not. Returns the seconds it took."""
+        self.start(command, shown=shown)
+        try:
+            return await wait_until_ready(
+                ready_url, timeout_s=timeout_s, what=f"{what} (log: {self.log_path})", still_starting=self.exit_reason,
+                progress=progress, **ready_options,
+            )  # fmt: skip
+        except BaseException:
+            await self.stop()
+            raise
 
     def output(self) -> str:
         """What the process wrote since this start."""
