@@ -53,10 +53,6 @@ class CalibrationPlan:
     seqlen: int
     note: str  # one line for the user: where the calibration text comes from
 
-    @property
-    def sample_count(self) -> int:
-        return 0 if self.dataset == DATA_FREE else len(self.samples) if self.dataset == KNOWLEDGE else -1
-
 
 @dataclass(frozen=True)
 class QuantizeResult:

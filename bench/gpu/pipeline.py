@@ -30,7 +30,8 @@ import subprocess
 import sys
 import time
 import traceback
-from contextlib import aclosing
+from collections.abc import Iterator
+from contextlib import aclosing, contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -60,24 +61,21 @@ def save(work: Path) -> None:
     (work / "results" / "gpu.json").write_text(json.dumps(results, indent=2, ensure_ascii=False))
 
 
-def step(work: Path, name: str):  # type: ignore[no-untyped-def]
-    """Decorator-free step bookkeeping: with step(...) records its seconds, or its error, and saves."""
-
-    class _Step:
-        def __enter__(self) -> None:
-            self.t = time.monotonic()
-            log(f"--- {name}")
-
-        def __exit__(self, kind, exc, tb) -> bool:  # type: ignore[no-untyped-def]
-            entry = {"seconds": round(time.monotonic() - self.t, 1)}
-            if exc is not None:
-                entry["error"] = f"{kind.__name__}: {exc}"
-                log("".join(traceback.format_exception(kind, exc, tb)))
-            results["steps"][name] = entry
-            save(work)
-            return False
-
-    return _Step()
+@contextmanager
+def step(work: Path, name: str) -> Iterator[None]:
+    """``with step(work, name):`` records the step's seconds, or its error (logged, then raised), and saves."""
+    started_at = time.monotonic()
+    log(f"--- {name}")
+    entry: dict[str, Any] = {}
+    try:
+        yield
+    except BaseException as exc:
+        entry["error"] = f"{type(exc).__name__}: {exc}"
+        log(traceback.format_exc())
+        raise
+    finally:
+        results["steps"][name] = {"seconds": round(time.monotonic() - started_at, 1), **entry}
+        save(work)
 
 
 def settings_for(work: Path, **overrides: Any):  # type: ignore[no-untyped-def]
@@ -127,7 +125,9 @@ def gpu_processes() -> list[str]:
 
 
 def weights_gib(folder: Path) -> float:
-    return round(sum(p.stat().st_size for p in folder.glob("*.safetensors")) / GIB, 2)
+    from inference.quantize import weights_bytes
+
+    return round(weights_bytes(folder) / GIB, 2)
 
 
 # --- servers ------------------------------------------------------------------------------
