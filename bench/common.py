@@ -50,7 +50,7 @@ def plain_llamaindex_index(folder: Path, chroma_dir: Path, embed_batch_size: int
     from llama_index.embeddings.huggingface import HuggingFaceEmbedding
     from llama_index.vector_stores.chroma import ChromaVectorStore
 
-    from rag.embedder import model_location
+    from rag.ingest.embedder import model_location
 
     kwargs = {} if embed_batch_size is None else {"embed_batch_size": embed_batch_size}
     embed_model = HuggingFaceEmbedding(model_name=model_location(""), device="cpu", **kwargs)

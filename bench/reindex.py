@@ -32,7 +32,9 @@ from bench.common import EMPTY_CONFIG, bench_settings, save, summary_ms
 from bench.corpus import write_corpus
 from bot.core import AnswerDone
 from bot.runtime import knowledge_runtime, open_runtime
-from rag.scheduler import IndexScheduler
+from rag.ingest.indexer import IndexReport
+from rag.operations.index_runs import IndexRuns
+from rag.operations.scheduler import IndexScheduler
 
 REPO = Path(__file__).resolve().parent.parent
 EXAMPLES = REPO / "examples" / "knowledge"
@@ -62,11 +64,11 @@ def reindex_changed(files: int, changed: int, work: Path) -> dict:
         first = runtime.indexer.run()
         step = max(1, files // changed)
         edit(paths[::step][:changed])
-        scheduler = IndexScheduler(settings, runtime.indexer, runtime.history, "bench:1:a")
+        scheduler = IndexScheduler(settings, IndexRuns(runtime.indexer, runtime.history, "bench:1:a"))
         run = scheduler.run_all()
-        (report,) = [r for r in run.reports if r["collection"] == "default"]
-        assert report["updated"] == changed and report["unchanged"] == files - changed, report
-        in_service = {"seconds": round(run.finished_at - run.started_at, 2), "updated": report["updated"], "chunks_embedded": report["chunks"]}
+        report = run.report_for("default")
+        assert isinstance(report, IndexReport) and report.updated == changed and report.unchanged == files - changed, report
+        in_service = {"seconds": round(run.finished_at - run.started_at, 2), "updated": report.updated, "chunks_embedded": report.chunks}
 
     edit(paths[1::step][:changed])
     env = {**os.environ, "PYTHONPATH": str(REPO), "TEAMBOT_DATA_DIR": str(settings.data_dir),
@@ -88,7 +90,7 @@ def reindex_changed(files: int, changed: int, work: Path) -> dict:
 async def ask_all(engine, questions: list[str]) -> list[dict[str, float]]:  # type: ignore[no-untyped-def]
     timings = []
     for question in questions:
-        async with aclosing(engine.answer(question, platform="bench")) as events:
+        async with aclosing(engine.answer(question)) as events:
             async for event in events:
                 if isinstance(event, AnswerDone):
                     timings.append(event.timings_ms)

@@ -19,8 +19,8 @@ from pathlib import Path
 from bench.common import bench_settings, save, summary_ms
 from bench.corpus import questions, write_corpus
 from bot.runtime import knowledge_runtime
-from rag.embedder import load_embedder
-from rag.store import CHROMA_PREFIX
+from rag.ingest.embedder import load_embedder
+from rag.store.chroma import CHROMA_PREFIX
 
 WARM_UP_QUERIES = 20
 

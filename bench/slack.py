@@ -68,7 +68,7 @@ async def mention(fake: FakeSlack, text: str) -> tuple[str, float]:
 
 async def run_with(settings, work):  # type: ignore[no-untyped-def]
     """Runs ``work(engine)`` beside a started teambot service whose engine keeps each answer's timings."""
-    async with open_runtime(settings, with_llm=True) as runtime:
+    async with open_runtime(settings, with_llm=True, serving=True) as runtime:
         engine = runtime.require_engine()
         engine.__class__ = TimedEngine
         engine.finished = []

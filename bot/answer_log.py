@@ -9,8 +9,6 @@ never written to the logs.
 from __future__ import annotations
 
 import json
-import sqlite3
-import threading
 import time
 import uuid
 from dataclasses import dataclass
@@ -18,6 +16,7 @@ from pathlib import Path
 from typing import Literal
 
 from bot.core import AnswerDone
+from rag.store.sqlite_file import SqliteFile
 
 Vote = Literal["up", "down"]
 
@@ -61,24 +60,16 @@ class LoggedAnswer:
     down: int = 0
 
 
-class AnswerLog:
+class AnswerLog(SqliteFile):
     def __init__(self, path: Path) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self._db = sqlite3.connect(path, timeout=30, isolation_level=None, check_same_thread=False)
-        self._db.row_factory = sqlite3.Row
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.executescript(SCHEMA)
-        self._lock = threading.Lock()
-
-    def close(self) -> None:
-        self._db.close()
+        super().__init__(path, SCHEMA, "the answer log")
 
     def record(self, platform: str, channel: str, thread: str, user: str, question: str, done: AnswerDone) -> str:
         """Keeps one answer; returns its id (what feedback buttons carry)."""
         answer_id = uuid.uuid4().hex
         sources = [{"n": n, "path": p.path, "title": p.title, "score": p.score} for n, p in enumerate(done.sources, start=1)]
-        with self._lock:
-            self._db.execute(
+        with self._write() as db:
+            db.execute(
                 "INSERT INTO answers VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (answer_id, platform, channel, thread, user, question, done.answer, json.dumps(sources, ensure_ascii=False), int(done.found), time.time()),
             )
@@ -86,27 +77,22 @@ class AnswerLog:
 
     def vote(self, answer_id: str, user: str, vote: Vote) -> bool:
         """Records a user's vote; False if the answer is unknown."""
-        with self._lock:
-            if self._db.execute("SELECT 1 FROM answers WHERE id = ?", (answer_id,)).fetchone() is None:
+        with self._write() as db:
+            if db.execute("SELECT 1 FROM answers WHERE id = ?", (answer_id,)).fetchone() is None:
                 return False
-            self._db.execute("INSERT OR REPLACE INTO votes VALUES (?, ?, ?, ?)", (answer_id, user, vote, time.time()))
+            db.execute("INSERT OR REPLACE INTO votes VALUES (?, ?, ?, ?)", (answer_id, user, vote, time.time()))
         return True
 
     def answered_in(self, platform: str, channel: str, thread: str) -> bool:
-        with self._lock:
-            row = self._db.execute("SELECT 1 FROM answers WHERE platform = ? AND channel = ? AND thread = ? LIMIT 1", (platform, channel, thread))
-            return row.fetchone() is not None
+        query = "SELECT 1 FROM answers WHERE platform = ? AND channel = ? AND thread = ? LIMIT 1"
+        return bool(self._read(query, (platform, channel, thread)))
 
     def recent(self, limit: int = 50) -> list[LoggedAnswer]:
         """The latest answers, newest first, with their vote counts."""
-        with self._lock:
-            rows = self._db.execute(
-                """SELECT a.*, COALESCE(SUM(v.vote = 'up'), 0) AS up, COALESCE(SUM(v.vote = 'down'), 0) AS down
-                   FROM answers a LEFT JOIN votes v ON v.answer_id = a.id
-                   GROUP BY a.id ORDER BY a.created_at DESC LIMIT ?""",
-                (limit,),
-            ).fetchall()
-        return [
-            LoggedAnswer(**{**dict(row), "sources": json.loads(row["sources"]), "found": bool(row["found"])})
-            for row in rows
-        ]
+        rows = self._read(
+            """SELECT a.*, COALESCE(SUM(v.vote = 'up'), 0) AS up, COALESCE(SUM(v.vote = 'down'), 0) AS down
+               FROM answers a LEFT JOIN votes v ON v.answer_id = a.id
+               GROUP BY a.id ORDER BY a.created_at DESC LIMIT ?""",
+            (limit,),
+        )
+        return [LoggedAnswer(**{**dict(row), "sources": json.loads(row["sources"]), "found": bool(row["found"])}) for row in rows]

@@ -15,7 +15,6 @@ import os
 import signal
 import sys
 from collections.abc import Callable
-from contextlib import aclosing
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
@@ -24,19 +23,18 @@ from rich.console import Console
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from bot.core import AnswerDone, AnswerEngine
+from bot.core import AnswerDone
 from bot.prompt import passage_label
 from bot.runtime import Runtime, knowledge_runtime, open_runtime
 from bot.service import Service
-from bot.status import index_status, render_status
-from bot.terminal import chat, stdin_is_terminal, stream_answer
+from bot.status import render_status
+from bot.terminal import TerminalView, chat, stdin_is_terminal, terminal_request
 from config.errors import ConfigError, TeambotError
 from config.settings import DEFAULT_COLLECTION, Settings, load_settings
-from rag.indexer import IndexReport
-from rag.lease import current_lease, new_holder_id
-from rag.retriever import Passage, Retrieval
-from rag.run_history import Run
-from rag.scheduler import follow_request, recorded_run
+from rag.ingest.indexer import IndexReport
+from rag.operations.desk import IndexStatus
+from rag.operations.run_history import Run
+from rag.search.retriever import Passage, Retrieval
 
 T = TypeVar("T")
 
@@ -101,11 +99,7 @@ def index(
                 if joined is not None:
                     return joined
             with _IndexBar() as bar:
-                _, report = recorded_run(
-                    runtime.indexer, runtime.history, new_holder_id(), "cli",
-                    lambda progress: runtime.indexer.run(paths or None, collection, rebuild=rebuild, progress=_Both(bar, progress)),
-                )
-                return report  # type: ignore[no-any-return]
+                return runtime.desk.index(paths, collection, rebuild=rebuild, progress=bar)
 
     report = _guarded(run)
     if as_json:
@@ -156,14 +150,13 @@ def ask(
     """Answer one question from the knowledge base, citing sources."""
     settings: Settings = ctx.obj
 
-    async def run() -> AnswerDone:
+    async def run() -> AnswerDone | None:
         async with open_runtime(settings, with_llm=True, progress=_progress_line) as runtime:
-            engine = runtime.require_engine()
-            if as_json:
-                return await _collect(engine, question, collection)
-            return await stream_answer(engine, question, [], collection, out)
+            return await runtime.require_flow().answer(terminal_request(question, collection), TerminalView(out, err, quiet=as_json))
 
     done = _guarded(lambda: asyncio.run(run()))
+    if done is None:  # the view said why
+        raise typer.Exit(1)
     if as_json:
         _print_json(
             {
@@ -183,7 +176,7 @@ def chat_command(ctx: typer.Context, collection: CollectionOption = [DEFAULT_COL
 
     async def run() -> None:
         async with open_runtime(settings, with_llm=True, progress=_progress_line) as runtime:
-            await chat(runtime.require_engine(), collection, out, err)
+            await chat(runtime.require_flow(), collection, out, err)
 
     _guarded(lambda: asyncio.run(run()))
 
@@ -194,7 +187,7 @@ def serve(ctx: typer.Context, collection: CollectionOption = [DEFAULT_COLLECTION
     settings: Settings = ctx.obj
 
     async def run() -> None:
-        async with open_runtime(settings, with_llm=True, progress=_progress_line) as runtime:
+        async with open_runtime(settings, with_llm=True, serving=True, progress=_progress_line) as runtime:
             assert runtime.server is not None and runtime.endpoint is not None
             service = Service(runtime)
             await service.start()
@@ -212,7 +205,7 @@ def serve(ctx: typer.Context, collection: CollectionOption = [DEFAULT_COLLECTION
                     err.print(NO_PLATFORM_HELP)
                 if not service.platforms and stdin_is_terminal():
                     err.print("Meanwhile, ask here in the terminal.")
-                    await chat(runtime.require_engine(), collection, out, err)
+                    await chat(runtime.require_flow(), collection, out, err)
                 else:
                     if not service.platforms:
                         err.print("stdin is not a terminal: waiting for SIGTERM or Ctrl-C.")
@@ -262,9 +255,13 @@ def quantize(
 def status(ctx: typer.Context, runs: Annotated[int, typer.Option("--runs", min=1, max=500, help="How many recent runs.")] = 5, as_json: JsonOption = False) -> None:
     """Show the index: who runs it, the run in progress, recent runs and each collection's documents."""
     settings: Settings = ctx.obj
-    report = _guarded(lambda: index_status(settings, runs))
+    def read() -> IndexStatus:
+        with knowledge_runtime(settings) as runtime:
+            return runtime.desk.status(runs)
+
+    report = _guarded(read)
     if as_json:
-        _print_json(report)
+        _print_json(report.to_json())
         return
     out.print(render_status(report))
 
@@ -307,14 +304,6 @@ def _guarded(work: Callable[[], T]) -> T:
     except KeyboardInterrupt:
         err.print("interrupted")
         raise typer.Exit(130) from None
-
-
-async def _collect(engine: AnswerEngine, question: str, collections: list[str]) -> AnswerDone:
-    async with aclosing(engine.answer(question, [], collections)) as events:
-        async for event in events:
-            if isinstance(event, AnswerDone):
-                return event
-    raise AssertionError("the answer stream ended without AnswerDone")
 
 
 async def _until_signalled() -> None:
@@ -368,46 +357,26 @@ def _setup_logging(settings: Settings) -> None:
 
 def _join_service_queue(runtime: Runtime, collection: str) -> IndexReport | None:
     """With `teambot serve` running the index, queues a re-index there and follows it; None when no service runs it."""
-    lease_file = runtime.history.path
-
-    def holder_alive() -> bool:
-        lease = current_lease(lease_file)
-        return lease is not None and lease.alive
-
-    lease = current_lease(lease_file)
-    if lease is None or not lease.alive:
+    desk = runtime.desk
+    service = desk.index_service()
+    if service is None:
         return None
-    request = runtime.history.request("cli")
-    where = f"pid {lease.info.get('pid', '?')} on {lease.info.get('host', '?')}"
-    err.print(f"teambot serve ({where}) runs the index: this re-index joined its queue (request {request.id})")
+    request = desk.request_reindex("cli")
+    where = f"pid {service.info.get('pid', '?')} on {service.info.get('host', '?')}"
+    err.print(f"teambot serve ({where}) runs the index: this re-index joined its queue (request {request.request_id})")
     with _IndexBar() as bar:
-        run = follow_request(runtime.history, request.id, bar.show_run, holder_alive)
+        run = desk.follow(request.request_id, bar.show_run)
     if run is None or run.state == "interrupted":
         err.print("teambot serve stopped before it ran the re-index: indexing here")
         return None
     if run.state == "failed":
         raise TeambotError(f"the service's index run {run.id} failed: {run.error}", "see <data_dir>/logs/teambot.log of the service")
-    for report in run.reports:
-        if report.get("collection") == collection:
-            if "error" in report:
-                raise TeambotError(f"collection {collection!r}: {report['error']}")
-            return IndexReport(**report)
-    raise TeambotError(f"the service's index run {run.id} did not cover collection {collection!r}", "is its folder configured under [rag.collections]?")
-
-
-class _Both:
-    """Progress to the terminal's bar and to the run history."""
-
-    def __init__(self, *targets: Any) -> None:
-        self._targets = targets
-
-    def planned(self, files: int) -> None:
-        for target in self._targets:
-            target.planned(files)
-
-    def advance(self, path: str) -> None:
-        for target in self._targets:
-            target.advance(path)
+    report = run.report_for(collection)
+    if report is None:
+        raise TeambotError(f"the service's index run {run.id} did not cover collection {collection!r}", "is its folder configured under [rag.collections]?")
+    if not isinstance(report, IndexReport):
+        raise TeambotError(f"collection {collection!r}: {report.error}")
+    return report
 
 
 class _IndexBar:

@@ -19,7 +19,6 @@ import logging
 import secrets
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import aclosing
 from dataclasses import asdict
 from importlib.resources import files
 from typing import Any
@@ -30,13 +29,12 @@ from starlette.responses import HTMLResponse, JSONResponse, PlainTextResponse, R
 from starlette.routing import BaseRoute, Route
 
 from bot.answer_log import AnswerLog
-from bot.core import AnswerDelta, AnswerDone
-from bot.runtime import Runtime
-from bot.status import request_reindex
+from bot.answering import AnswerFlow, AnswerRequest, error_text
+from bot.core import AnswerDone
 from config.errors import ConfigError, TeambotError
-from config.settings import DEFAULT_COLLECTION, SECRET_ENV, check_collection_name
-from rag.library import UploadError
-from rag.scheduler import IndexScheduler
+from config.settings import DEFAULT_COLLECTION, SECRET_ENV, Settings, check_collection_name
+from rag.operations.desk import KnowledgeDesk, UploadError
+from rag.operations.scheduler import IndexScheduler
 
 log = logging.getLogger(__name__)
 
@@ -55,9 +53,10 @@ DISABLED = (
 Handler = Callable[[Request], Awaitable[Response]]
 
 
-def console_routes(runtime: Runtime, scheduler: IndexScheduler, answers: AnswerLog) -> tuple[list[BaseRoute], str | None]:
+def console_routes(
+    settings: Settings, flow: AnswerFlow, desk: KnowledgeDesk, scheduler: IndexScheduler, answers: AnswerLog
+) -> tuple[list[BaseRoute], str | None]:
     """The console's routes, and why it is off (None when it is on)."""
-    settings = runtime.settings
     if not settings.console.enabled:
         return [], None
     if settings.admin_token is None or not settings.admin_token.get_secret_value().strip():
@@ -67,13 +66,14 @@ def console_routes(runtime: Runtime, scheduler: IndexScheduler, answers: AnswerL
         return [Route("/admin", disabled), Route("/admin/{rest:path}", disabled, methods=["GET", "POST", "DELETE"])], (
             f"the admin console is off: set {SECRET_ENV['admin_token']} to turn it on"
         )
-    return Console(runtime, scheduler, answers).routes(), None
+    return Console(settings, flow, desk, scheduler, answers).routes(), None
 
 
 class Console:
-    def __init__(self, runtime: Runtime, scheduler: IndexScheduler, answers: AnswerLog) -> None:
-        self._runtime = runtime
-        self._settings = runtime.settings
+    def __init__(self, settings: Settings, flow: AnswerFlow, desk: KnowledgeDesk, scheduler: IndexScheduler, answers: AnswerLog) -> None:
+        self._settings = settings
+        self._flow = flow
+        self._desk = desk
         self._scheduler = scheduler
         self._answers = answers
         assert self._settings.admin_token is not None
@@ -143,9 +143,9 @@ class Console:
             try:
                 return await handler(request)
             except (UploadError, ConfigError) as exc:  # a refused file, a bad collection name: the request's fault
-                return _error(_text(exc), 400)
+                return _error(error_text(exc), 400)
             except TeambotError as exc:  # the store or the LLM is unavailable
-                return _error(_text(exc), 503)
+                return _error(error_text(exc), 503)
 
         return guarded
 
@@ -155,23 +155,20 @@ class Console:
     # --- documents ------------------------------------------------------------------------
 
     async def documents(self, request: Request) -> Response:
-        library = self._runtime.library
-
         def gather() -> list[dict[str, Any]]:
-            names = sorted(set(self._settings.collection_dirs()) | set(self._runtime.manifest.collections()))
-            return [asdict(d) for name in names for d in library.documents(name)]
+            return [asdict(d) for name in self._desk.collections() for d in self._desk.documents(name)]
 
         return JSONResponse({"documents": await asyncio.to_thread(gather)})
 
     async def delete_document(self, request: Request) -> Response:
         collection = check_collection_name(request.query_params.get("collection", DEFAULT_COLLECTION))
         path = request.query_params.get("path", "")
-        removed = await asyncio.to_thread(self._runtime.library.remove, collection, path)
-        return JSONResponse({"removed": asdict(removed)})
+        removed = await asyncio.to_thread(self._desk.remove, collection, path, f"{PLATFORM}:remove")
+        return JSONResponse({"removed": asdict(removed.document)})
 
     async def upload(self, request: Request) -> Response:
-        library = self._runtime.library
-        limit = library.max_bytes
+        desk = self._desk
+        limit = desk.max_bytes
         length = int(request.headers.get("content-length") or 0)
         if length > MAX_FILES_PER_UPLOAD * limit + 1024 * 1024:
             raise UploadError(
@@ -188,11 +185,11 @@ class Console:
             for upload in uploads:
                 name = upload.filename or "(no name)"
                 try:
-                    library.check(name, upload.size)
+                    await asyncio.to_thread(desk.check, name, upload.size)
                     data = await upload.read(limit + 1)
-                    added = await asyncio.to_thread(library.add, collection, name, data)
+                    added = await asyncio.to_thread(desk.add, collection, name, data, f"{PLATFORM}:upload")
                 except UploadError as exc:
-                    results.append({"file": name, "ok": False, "error": _text(exc)})
+                    results.append({"file": name, "ok": False, "error": error_text(exc)})
                 else:
                     results.append({"file": name, "ok": True, "name": added.name, "chunks": added.chunks, "replaced": added.replaced})
         finally:
@@ -202,7 +199,8 @@ class Console:
     # --- re-index -------------------------------------------------------------------------
 
     async def reindex(self, request: Request) -> Response:
-        return JSONResponse({"message": await request_reindex(self._scheduler, PLATFORM)})
+        requested = await asyncio.to_thread(self._desk.request_reindex, PLATFORM)
+        return JSONResponse({"message": requested.text()})
 
     async def runs(self, request: Request) -> Response:
         history = self._scheduler.history
@@ -224,24 +222,52 @@ class Console:
             return _error("send {\"question\": \"...\", \"collections\": [...]} as JSON", 400)
         if not question or len(question) > MAX_QUESTION_CHARS:
             return _error(f"ask a question of 1 to {MAX_QUESTION_CHARS} characters", 400)
-        engine = self._runtime.require_engine()
+        asked = AnswerRequest(PLATFORM, question, tuple(collections), user="admin", channel=PLATFORM)
+        return StreamingResponse(self._stream(asked), media_type="application/x-ndjson", headers={"Cache-Control": "no-store"})
 
-        async def stream() -> AsyncIterator[str]:
+    async def _stream(self, asked: AnswerRequest) -> AsyncIterator[str]:
+        """The answer as NDJSON lines: {"delta"} as it is written, then {"done"} or {"error"}.
+        A client that goes away cancels the answer."""
+        view = _NdjsonView()
+
+        async def answer() -> None:
             try:
-                async with aclosing(engine.answer(question, [], collections, platform=PLATFORM)) as events:
-                    async for event in events:
-                        if isinstance(event, AnswerDelta):
-                            yield _line({"delta": event.text})
-                        elif isinstance(event, AnswerDone):
-                            yield _line({"done": _done_json(event)})
-            except TeambotError as exc:
-                yield _line({"error": _text(exc)})
+                await self._flow.answer(asked, view, log_answer=False)  # admins' test questions stay out of the answer log
+            finally:
+                view.lines.put_nowait(None)
 
-        return StreamingResponse(stream(), media_type="application/x-ndjson", headers={"Cache-Control": "no-store"})
+        task = asyncio.create_task(answer())
+        try:
+            while (line := await view.lines.get()) is not None:
+                yield line
+        finally:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
 
     async def recent_answers(self, request: Request) -> Response:
         recent = await asyncio.to_thread(self._answers.recent, 50)
         return JSONResponse({"answers": [asdict(a) for a in recent]})
+
+
+class _NdjsonView:
+    """The console's AnswerView: each event becomes one JSON line for the streamed response."""
+
+    platform_errors: tuple[type[Exception], ...] = ()
+
+    def __init__(self) -> None:
+        self.lines: asyncio.Queue[str | None] = asyncio.Queue()
+
+    async def open(self) -> None:
+        return None
+
+    def append(self, text: str) -> None:
+        self.lines.put_nowait(_line({"delta": text}))
+
+    async def finish(self, done: AnswerDone, answer_id: str | None) -> None:
+        self.lines.put_nowait(_line({"done": _done_json(done)}))
+
+    async def fail(self, message: str) -> None:
+        self.lines.put_nowait(_line({"error": message}))
 
 
 def _done_json(done: AnswerDone) -> dict[str, Any]:
@@ -260,10 +286,6 @@ def _done_json(done: AnswerDone) -> dict[str, Any]:
 
 def _line(data: dict[str, Any]) -> str:
     return json.dumps(data, ensure_ascii=False) + "\n"
-
-
-def _text(exc: TeambotError) -> str:
-    return f"{exc.message} ({exc.hint})" if exc.hint else exc.message
 
 
 def _error(message: str, status: int) -> JSONResponse:

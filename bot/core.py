@@ -1,7 +1,7 @@
 """The async core: question -> retrieval -> prompt -> streamed answer -> sources.
 
-Every front end (terminal, Slack, Discord) asks through ``AnswerEngine.answer`` and renders
-the events it yields: text deltas as they are generated, then one ``AnswerDone`` with the
+Every front end asks through bot.answering, which runs ``AnswerEngine.answer`` and renders
+the events it yields into the front end's view: text deltas as they are generated, then one ``AnswerDone`` with the
 numbered sources. A bounded number of questions are answered at once; each has a deadline;
 a consumer that stops listening (or is cancelled) frees its slot at once.
 """
@@ -10,20 +10,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from collections.abc import AsyncIterator, Sequence
-from contextlib import aclosing
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
 
 from config.errors import TeambotError
 from config.settings import DEFAULT_COLLECTION, BotSettings
 from bot.prompt import Turn, build_messages, cited_numbers, not_found_answer
 from inference.client import ChatClient
-from rag.retriever import Passage, Retrieval, Retriever
-
-if TYPE_CHECKING:
-    from bot.metrics import Metrics
+from rag.search.retriever import Passage, Retrieval, Retriever
 
 log = logging.getLogger(__name__)
 
@@ -56,7 +50,6 @@ class AnswerEngine:
         self._settings = settings
         self._slots = asyncio.Semaphore(settings.max_concurrent)
         self._busy = 0
-        self.metrics: Metrics | None = None  # set by the service: every answer and error is counted there
 
     @property
     def busy(self) -> int:
@@ -64,30 +57,14 @@ class AnswerEngine:
         return self._busy
 
     async def answer(
-        self,
-        question: str,
-        history: Sequence[Turn] = (),
-        collections: Sequence[str] = (DEFAULT_COLLECTION,),
-        platform: str = "cli",
+        self, question: str, history: Sequence[Turn] = (), collections: Sequence[str] = (DEFAULT_COLLECTION,)
     ) -> AsyncIterator[AnswerEvent]:
         """Streams the answer to ``question``; the last event is an AnswerDone.
 
         Raises AnswerTimeout, and the errors of retrieval and of the LLM client (TeambotError).
-        Use it with ``contextlib.aclosing`` when you may stop before the end. ``platform`` names
-        the front end asking, for the metrics.
+        Use it with ``contextlib.aclosing`` when you may stop before the end. Front ends ask
+        through bot.answering, which records and counts the answer and turns errors into text.
         """
-        try:
-            async with aclosing(self._answer(question, history, collections)) as events:
-                async for event in events:
-                    if isinstance(event, AnswerDone) and self.metrics is not None:
-                        self.metrics.observe_answer(platform, event)
-                    yield event
-        except Exception as exc:
-            if self.metrics is not None:
-                self.metrics.observe_error(platform, exc)
-            raise
-
-    async def _answer(self, question: str, history: Sequence[Turn], collections: Sequence[str]) -> AsyncIterator[AnswerEvent]:
         loop = asyncio.get_running_loop()
         started = loop.time()
         deadline = started + self._settings.answer_timeout_s

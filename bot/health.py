@@ -18,7 +18,7 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 from bot.runtime import Runtime
-from rag.scheduler import IndexScheduler
+from rag.operations.scheduler import IndexScheduler
 
 CHECK_TIMEOUT_S = 5.0
 

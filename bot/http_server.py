@@ -34,6 +34,10 @@ class HttpServer:
         return self._socket.getsockname()[1]
 
     @property
+    def listening(self) -> bool:
+        return self._socket is not None
+
+    @property
     def url(self) -> str:
         """The server's base URL (http://host:port)."""
         host = f"[{self._host}]" if ":" in self._host else self._host

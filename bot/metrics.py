@@ -19,8 +19,8 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from bot.core import AnswerDone
-from rag.manifest import Manifest
-from rag.run_history import Run
+from rag.operations.run_history import Run
+from rag.store.manifest import Manifest
 
 # Seconds: a CPU LLM answers in seconds to minutes; a GPU server in well under a second.
 LATENCY_BUCKETS = (0.1, 0.25, 0.5, 1, 2, 4, 8, 16, 32, 64, 128, 256)
@@ -60,7 +60,7 @@ class Metrics:
         if run.finished_at is not None:
             self.index_run_seconds.observe(run.finished_at - run.started_at)
         totals = run.totals
-        self.index_failures.inc(totals["failed"] + sum(1 for r in run.reports if "error" in r))
+        self.index_failures.inc(totals["failed"] + len(run.failed_collections))
         self.chunks_embedded.inc(totals["chunks"])
 
     def observe_upload(self, ok: bool) -> None:

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from inference.client import ChatMessage
-from rag.retriever import Passage
+from rag.search.retriever import Passage
 
 SYSTEM_PROMPT = (
     "You are teambot, the team's knowledge assistant. Answer the question using only the numbered "

@@ -1,5 +1,8 @@
-"""Builds a running teambot from its settings: store, manifest, retriever, indexer, and (when
-asked for) the LLM server, its client and the answer engine. Stops what it started on exit."""
+"""Builds a running teambot from its settings, in one place: each part gets what it needs in its
+constructor. The knowledge parts (store, manifest, run history, indexer, retriever, index
+runs, knowledge desk) always; the LLM server, its client, the answer engine and the answer
+flow when asked for; the metrics and the answer log when serving. Stops what it started on exit.
+"""
 
 from __future__ import annotations
 
@@ -9,17 +12,23 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 
+from bot.answer_log import AnswerLog
+from bot.answering import AnswerFlow
 from bot.core import AnswerEngine
+from bot.metrics import Metrics
 from config.settings import Settings
 from inference.client import ChatClient, Endpoint
-from inference.server import LLMServer, Progress, make_server
-from rag.embedder import embed_model_id
-from rag.indexer import Indexer
-from rag.library import KnowledgeLibrary
-from rag.manifest import Manifest
-from rag.retriever import Retriever
-from rag.run_history import RunHistory
-from rag.store import ChromaStore
+from inference.process import Progress
+from inference.server import LLMServer, make_server
+from rag.ingest.embedder import embed_model_id
+from rag.ingest.indexer import Indexer
+from rag.operations.desk import KnowledgeDesk
+from rag.operations.index_runs import IndexRuns
+from rag.operations.lease import new_holder_id
+from rag.operations.run_history import RunHistory
+from rag.search.retriever import Retriever
+from rag.store.chroma import ChromaStore
+from rag.store.manifest import Manifest
 
 log = logging.getLogger(__name__)
 
@@ -29,17 +38,25 @@ class Runtime:
     settings: Settings
     store: ChromaStore
     manifest: Manifest
-    retriever: Retriever
-    indexer: Indexer
-    library: KnowledgeLibrary
     history: RunHistory
+    indexer: Indexer
+    retriever: Retriever
+    runs: IndexRuns
+    desk: KnowledgeDesk
+    metrics: Metrics | None = None  # serving only
+    answers: AnswerLog | None = None  # serving only
     server: LLMServer | None = None
     endpoint: Endpoint | None = None
     engine: AnswerEngine | None = None
+    flow: AnswerFlow | None = None
 
     def require_engine(self) -> AnswerEngine:
         assert self.engine is not None, "the runtime was opened without the LLM"
         return self.engine
+
+    def require_flow(self) -> AnswerFlow:
+        assert self.flow is not None, "the runtime was opened without the LLM"
+        return self.flow
 
     def __enter__(self) -> Runtime:
         return self
@@ -47,30 +64,40 @@ class Runtime:
     def __exit__(self, *exc: object) -> None:
         self.manifest.close()
         self.history.close()
+        if self.answers is not None:
+            self.answers.close()
 
 
-def knowledge_runtime(settings: Settings) -> Runtime:
-    """The parts that need no LLM: enough for indexing and search. Use it in a ``with`` block."""
+def knowledge_runtime(settings: Settings, *, serving: bool = False) -> Runtime:
+    """The parts that need no LLM: enough for indexing, search and the knowledge desk. With
+    ``serving``, also the metrics (every index run and upload counted) and the answer log.
+    Use it in a ``with`` block."""
     store = ChromaStore(
         settings.data_dir / "chroma", embed_model_id(settings.rag.embed_model), settings.rag.store_timeout_s, url=settings.rag.chroma_url
     )
     manifest = Manifest(settings.data_dir / "index.sqlite")
+    history = RunHistory(settings.data_dir / "index-runs.sqlite")
+    metrics = Metrics(manifest) if serving else None
     indexer = Indexer(settings, store, manifest)
+    runs = IndexRuns(indexer, history, new_holder_id(), on_run=metrics.observe_run if metrics else None)
     return Runtime(
         settings=settings,
         store=store,
         manifest=manifest,
-        retriever=Retriever(settings.rag, store, manifest, models_dir=settings.models_dir),
+        history=history,
         indexer=indexer,
-        library=KnowledgeLibrary(settings, indexer, manifest),
-        history=RunHistory(settings.data_dir / "index-runs.sqlite"),
+        retriever=Retriever(settings.rag, store, manifest, models_dir=settings.models_dir),
+        runs=runs,
+        desk=KnowledgeDesk(settings, manifest, runs, on_upload=metrics.observe_upload if metrics else None),
+        metrics=metrics,
+        answers=AnswerLog(settings.data_dir / "answers.sqlite") if serving else None,
     )
 
 
 @asynccontextmanager
-async def open_runtime(settings: Settings, *, with_llm: bool, progress: Progress | None = None) -> AsyncIterator[Runtime]:
+async def open_runtime(settings: Settings, *, with_llm: bool, serving: bool = False, progress: Progress | None = None) -> AsyncIterator[Runtime]:
     """The runtime; with the LLM, its server is started (while the embedder loads) and stopped at exit."""
-    with knowledge_runtime(settings) as runtime:
+    with knowledge_runtime(settings, serving=serving) as runtime:
         if not with_llm:
             yield runtime
             return
@@ -88,6 +115,7 @@ async def open_runtime(settings: Settings, *, with_llm: bool, progress: Progress
                 max_tokens=inference.max_tokens,
             )
             runtime.engine = AnswerEngine(runtime.retriever, client, settings.bot)
+            runtime.flow = AnswerFlow(runtime.engine, runtime.answers, runtime.metrics)
             try:
                 yield runtime
             finally:

@@ -1,22 +1,20 @@
 """What `teambot serve` runs beside the LLM: the chat platforms that are configured, the index
 scheduler, and the HTTP server (webhooks, /healthz, /metrics, the admin console). A platform's
-module is imported only when it is configured."""
+module is imported only when it is configured. The parts come built from bot.runtime
+(``open_runtime(..., serving=True)``); this starts and stops them."""
 
 from __future__ import annotations
 
 import logging
 import os
 import socket
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
-from bot.answer_log import AnswerLog
 from bot.console import console_routes
 from bot.health import health_route
 from bot.http_server import HttpServer
-from bot.metrics import Metrics
 from bot.runtime import Runtime
-from rag.lease import new_holder_id
-from rag.scheduler import IndexScheduler
+from rag.operations.scheduler import IndexScheduler
 
 if TYPE_CHECKING:
     from bot.discord.adapter import DiscordAdapter
@@ -27,46 +25,46 @@ log = logging.getLogger(__name__)
 
 class Service:
     def __init__(self, runtime: Runtime) -> None:
+        assert runtime.flow is not None and runtime.answers is not None and runtime.metrics is not None, "open the runtime with_llm and serving"
         self._runtime = runtime
-        self.answers = AnswerLog(runtime.settings.data_dir / "answers.sqlite")
+        self.flow, self.answers, self.metrics = runtime.flow, runtime.answers, runtime.metrics
         self.slack: SlackAdapter | None = None
         self.discord: DiscordAdapter | None = None
         self.http: HttpServer | None = None
         self.console_off: str | None = None  # why the admin console is not served, if it is not
-        self.metrics = Metrics(runtime.manifest)
-        self.scheduler = IndexScheduler(runtime.settings, runtime.indexer, runtime.history, new_holder_id(), on_run=self.metrics.observe_run)
-        self.scheduler.info = {"pid": os.getpid(), "host": socket.gethostname()}
+        self.scheduler = IndexScheduler(runtime.settings, runtime.runs, info=self._lease_info)
+
+    def _lease_info(self) -> dict[str, Any]:
+        """What other processes see of this one with the index lease."""
+        return {"pid": os.getpid(), "host": socket.gethostname(), **({"http": self.http.url} if self.http and self.http.listening else {})}
 
     @property
     def platforms(self) -> list[str]:
         return [name for name, adapter in (("Slack", self.slack), ("Discord", self.discord)) if adapter is not None]
 
     async def start(self) -> None:
-        settings = self._runtime.settings
-        routes = [health_route(self._runtime, self.scheduler), self.metrics.route()]
+        runtime = self._runtime
+        settings = runtime.settings
+        routes = [health_route(runtime, self.scheduler), self.metrics.route()]
         try:
-            engine, library = self._runtime.require_engine(), self._runtime.library
-            engine.metrics = self.metrics
-            library.on_upload = self.metrics.observe_upload
             await self.scheduler.start()
-            console, self.console_off = console_routes(self._runtime, self.scheduler, self.answers)
+            console, self.console_off = console_routes(settings, self.flow, runtime.desk, self.scheduler, self.answers)
             routes += console
             if self.console_off:
                 log.warning(self.console_off)
             if settings.slack_bot_token is not None:
                 from bot.slack.adapter import SlackAdapter
 
-                self.slack = SlackAdapter(settings, engine, library, self.answers, scheduler=self.scheduler)
+                self.slack = SlackAdapter(settings, self.flow, runtime.desk, self.answers)
                 await self.slack.start()
                 routes += self.slack.routes()
             if settings.discord_bot_token is not None:
                 from bot.discord.adapter import DiscordAdapter
 
-                self.discord = DiscordAdapter(settings, engine, library, self.answers, scheduler=self.scheduler)
+                self.discord = DiscordAdapter(settings, self.flow, runtime.desk, self.answers)
                 await self.discord.start()
             self.http = HttpServer(settings.http_host, settings.http_port, routes)
             await self.http.start()
-            self.scheduler.info["http"] = self.http.url
         except BaseException:
             await self.stop()
             raise
@@ -79,4 +77,3 @@ class Service:
         if self.discord is not None:
             await self.discord.stop()
         await self.scheduler.stop()
-        self.answers.close()

@@ -21,3 +21,7 @@ class TeambotError(Exception):
 
 class ConfigError(TeambotError):
     """A setting is missing, malformed or out of range."""
+
+
+class StoreError(TeambotError):
+    """A store teambot keeps its data in (the Chroma store, an SQLite file of the data dir) cannot be read or written."""

@@ -16,8 +16,7 @@ from pathlib import Path
 from config.errors import ConfigError
 from config.settings import InferenceSettings
 from inference.client import Endpoint
-from inference.process import ServerProcess, free_port
-from inference.server import Progress
+from inference.process import Progress, ServerProcess, free_port
 
 log = logging.getLogger(__name__)
 

@@ -23,8 +23,7 @@ from typing import Literal
 from config.errors import ConfigError
 from config.settings import InferenceSettings, LMDeploySettings
 from inference.client import Endpoint
-from inference.process import ServerProcess, free_port
-from inference.server import Progress
+from inference.process import Progress, ServerProcess, free_port
 
 log = logging.getLogger(__name__)
 

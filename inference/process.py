@@ -2,7 +2,8 @@
 
 The process gets its own session (Ctrl-C in the terminal reaches teambot, which stops it) and,
 on Linux, SIGTERM when teambot dies without stopping it. Stopping signals the whole process
-group: lmdeploy starts engine workers of its own.
+group: lmdeploy starts engine workers of its own. ``wait_until_ready`` polls a starting server
+until it answers, reporting progress.
 """
 
 from __future__ import annotations
@@ -16,15 +17,20 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from inference.server import Progress, wait_until_ready
+import httpx
+
+from config.errors import TeambotError
 
 log = logging.getLogger(__name__)
 
+Progress = Callable[[str], None]  # long work reports what it is doing, one line at a time
+
 STOP_GRACE_S = 15.0
+READY_POLL_INTERVAL_S = 0.2
 _PR_SET_PDEATHSIG = 1
 
 
@@ -162,3 +168,39 @@ def _signal_group(process: subprocess.Popen[bytes], sig: signal.Signals) -> None
         pass
     except PermissionError:
         process.send_signal(sig)
+
+
+async def wait_until_ready(
+    url: str,
+    *,
+    timeout_s: float,
+    what: str,
+    still_starting: Callable[[], str | None],
+    progress: Progress | None = None,
+    headers: dict[str, str] | None = None,
+    timeout_hint: str = "raise inference.start_timeout_s if the model is large, or read the server log",
+) -> float:
+    """Polls ``url`` until it answers 200 or the deadline passes; returns the seconds it took.
+
+    ``still_starting`` returns None while the server process lives, or why it stopped.
+    """
+    started = time.monotonic()
+    deadline = started + timeout_s
+    last_report = started
+    async with httpx.AsyncClient(timeout=2.0, headers=headers) as http:
+        while True:
+            failure = still_starting()
+            if failure is not None:
+                raise TeambotError(f"{what} stopped while starting: {failure}")
+            try:
+                if (await http.get(url)).status_code == 200:
+                    return time.monotonic() - started
+            except httpx.HTTPError:
+                pass
+            now = time.monotonic()
+            if now > deadline:
+                raise TeambotError(f"{what} was not ready after {timeout_s:.0f} s", timeout_hint)
+            if progress and now - last_report >= 5:
+                progress(f"still waiting for {what} ({now - started:.0f} s)")
+                last_report = now
+            await asyncio.sleep(READY_POLL_INTERVAL_S)

@@ -25,8 +25,8 @@ from typing import Any
 from config.errors import ConfigError, TeambotError
 from config.settings import Settings
 from inference.lmdeploy import GPU_INSTALL, check_model, gpu_problem, lmdeploy_installed
-from rag.documents import DocumentError, read_document
-from rag.manifest import Manifest
+from rag.ingest.documents import DocumentError, read_document
+from rag.store.manifest import Manifest
 
 log = logging.getLogger(__name__)
 

@@ -148,7 +148,7 @@ def indexed_copy(indexed: Settings, tmp_path: Path) -> tuple[Path, Path]:
 @asynccontextmanager
 async def teambot(settings: Settings) -> AsyncIterator[Service]:
     """`teambot serve` in this process: the LLM server, the platforms and the HTTP server, stopped at exit."""
-    async with open_runtime(settings, with_llm=True) as runtime:
+    async with open_runtime(settings, with_llm=True, serving=True) as runtime:
         service = Service(runtime)
         await service.start()
         try:

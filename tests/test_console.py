@@ -41,7 +41,7 @@ def console_settings(data: Path, knowledge: Path, llm_url: str, **extra: Any) ->
 
 @asynccontextmanager
 async def serving(settings: Settings) -> AsyncIterator[tuple[Service, httpx.AsyncClient]]:
-    async with open_runtime(settings, with_llm=True) as runtime:
+    async with open_runtime(settings, with_llm=True, serving=True) as runtime:
         service = Service(runtime)
         await service.start()
         try:
@@ -125,10 +125,10 @@ async def test_console_api_health_and_metrics(indexed_settings: Settings, llamac
         message = (await client.post("/admin/api/reindex")).json()["message"]
         assert message.startswith(("Re-index started", "Re-index queued"))
         runs = await async_wait_for(
-            lambda: [r for r in service.scheduler.history.recent() if "console" in r.trigger and r.state == "done"], "the console's run"
+            lambda: [r for r in service.scheduler.history.recent() if "console" in r.trigger.split("+") and r.state == "done"], "the console's run"
         )
         assert runs[0].reports  # every collection, the new one included
-        assert {r["collection"] for r in runs[0].reports} == {"default", "facilities"}
+        assert {r.collection for r in runs[0].reports} == {"default", "facilities"}
         listing = (await client.get("/admin/api/runs")).json()
         assert listing["runs"][0]["totals"]["failed"] == 0 and listing["leader"]
 

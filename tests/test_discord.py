@@ -19,7 +19,7 @@ import pytest
 from bot.runtime import knowledge_runtime
 from config.settings import Settings
 from inference.client import Endpoint
-from rag.run_history import RunHistory
+from rag.operations.run_history import RunHistory
 from tests.conftest import indexed_copy, make_settings, teambot
 from tests.fake_discord import ADMIN_PERMISSIONS, APP_ID, BOT_ID, BOT_TOKEN, CHANNEL_ID, EPHEMERAL, GUILD_ID, MEMBER_PERMISSIONS, FakeDiscord
 from tests.fake_llm import FakeLLM, Reply
@@ -218,7 +218,7 @@ async def test_kb_reindex_queues_a_run(fake_discord: FakeDiscord, kb_teambot: Se
         reply = await kb(fake_discord, "reindex", [], user=ADMIN, permissions=ADMIN_PERMISSIONS)
         assert reply.startswith(("Re-index started (request", "Re-index queued (request"))
         run = await until(lambda: next((r for r in history.recent() if "discord" in r.trigger and r.state == "done"), None), "the requested run")
-        assert run.reports[0]["deleted"] == 1
+        assert run.indexed[0].deleted == 1
     finally:
         history.close()
 

@@ -8,7 +8,7 @@ from bot.discord.adapter import invite_url
 from bot.discord.render import MESSAGE_LIMIT, PLACEHOLDER, answer_pages, progress_pages, thread_name
 from bot.prompt import Turn
 from config.settings import DiscordSettings
-from rag.retriever import Passage
+from rag.search.retriever import Passage
 
 
 def done(answer: str) -> AnswerDone:

@@ -4,9 +4,9 @@ from pathlib import Path
 
 import pytest
 
-from rag.chunking import Chunker
-from rag.documents import DocumentError, read_document, rst_to_markdown
-from rag.keyword import KeywordIndex, tokenize
+from rag.ingest.chunking import Chunker
+from rag.ingest.documents import DocumentError, read_document, rst_to_markdown
+from rag.search.keyword import KeywordIndex, tokenize
 from tests.conftest import EXAMPLES
 
 EXPECTED_TITLES = {
@@ -87,7 +87,7 @@ def test_chunks_carry_heading_path_and_position() -> None:
 
 
 def test_long_sections_are_split_within_the_chunk_size() -> None:
-    from rag.documents import ParsedDocument, Part
+    from rag.ingest.documents import ParsedDocument, Part
 
     body = "## Long\n\n" + " ".join(f"Sentence number {i} is here." for i in range(400))
     chunks = Chunker(chunk_size=64, chunk_overlap=8, embed_model="").split(ParsedDocument("T", [Part(body)]))
@@ -100,8 +100,8 @@ def test_chunk_sizes_are_counted_in_the_embedders_tokens() -> None:
     """MiniLM reads 256 word pieces at most; chunks must fit in what it reads, Chinese text included."""
     from transformers import AutoTokenizer
 
-    from rag.documents import ParsedDocument, Part
-    from rag.embedder import model_location
+    from rag.ingest.documents import ParsedDocument, Part
+    from rag.ingest.embedder import model_location
 
     tokenizer = AutoTokenizer.from_pretrained(model_location(""))
     body = "## 报销\n\n" + "".join(f"第{i}条：出差住宿每晚不超过五百元，需要在三十天内提交发票。" for i in range(60))

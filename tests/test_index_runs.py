@@ -12,7 +12,8 @@ from pathlib import Path
 from bench.corpus import write_corpus
 from bot.runtime import knowledge_runtime
 from config.settings import Settings
-from rag.scheduler import IndexScheduler
+from rag.operations.index_runs import IndexRuns
+from rag.operations.scheduler import IndexScheduler
 from tests.proc import TEAMBOT_CMD, async_wait_for, process_env, wait_for
 from tests.test_indexer import assert_consistent
 
@@ -79,8 +80,7 @@ def test_status_shows_failures_of_the_last_run(settings: Settings, knowledge: Pa
 
 async def test_teambot_index_joins_the_running_services_queue(settings: Settings, knowledge: Path) -> None:
     with knowledge_runtime(settings) as runtime:
-        scheduler = IndexScheduler(settings, runtime.indexer, runtime.history, "service:1:a")
-        scheduler.info = {"pid": 4242, "host": "teambot-1"}
+        scheduler = IndexScheduler(settings, IndexRuns(runtime.indexer, runtime.history, "service:1:a"), info=lambda: {"pid": 4242, "host": "teambot-1"})
         await scheduler.start()
         try:
             await async_wait_for(lambda: [r for r in runtime.history.recent() if r.state == "done"], "the run at start")

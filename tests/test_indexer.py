@@ -15,7 +15,8 @@ import pytest
 from bot.runtime import Runtime, knowledge_runtime
 from config.errors import ConfigError, TeambotError
 from config.settings import Settings
-from rag.store import ChromaStore, StoreError
+from config.errors import StoreError
+from rag.store.chroma import ChromaStore
 from tests.conftest import EXAMPLES, make_settings
 
 SAMPLE_FILES = len(list(EXAMPLES.iterdir()))
@@ -129,7 +130,7 @@ class _StoreThatFailsMidWrite(ChromaStore):
 
 
 def test_a_run_that_dies_mid_write_is_completed_by_the_next(settings: Settings, knowledge: Path) -> None:
-    from rag.indexer import Indexer
+    from rag.ingest.indexer import Indexer
 
     with knowledge_runtime(settings) as runtime:
         runtime.indexer.run()

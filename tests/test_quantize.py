@@ -17,8 +17,8 @@ from config.errors import ConfigError
 from config.settings import Settings
 from inference.lmdeploy import gpu_problem, lmdeploy_installed
 from inference.quantize import DATA_FREE, KNOWLEDGE, MIN_CALIB_SAMPLES, default_output, knowledge_texts, plan_calibration, quantize
-from rag.embedder import model_location
-from rag.manifest import Manifest
+from rag.ingest.embedder import model_location
+from rag.store.manifest import Manifest
 from tests.conftest import EXAMPLES, make_settings
 
 TEAMBOT = str(Path(sys.executable).parent / "teambot")

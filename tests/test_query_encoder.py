@@ -6,8 +6,8 @@ from pathlib import Path
 
 import numpy as np
 
-from rag.embedder import load_embedder, model_location
-from rag.query_encoder import OnnxQueryEncoder, _build
+from rag.ingest.embedder import load_embedder, model_location
+from rag.search.query_encoder import OnnxQueryEncoder, _build
 
 QUESTIONS = ["Who approves a hotfix on a Tuesday?", "报销需要在多少天内提交？", "a" * 3000]
 

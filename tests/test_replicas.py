@@ -17,7 +17,7 @@ import httpx
 from bot.runtime import knowledge_runtime
 from config.settings import Settings
 from inference.client import Endpoint
-from rag.run_history import RunHistory
+from rag.operations.run_history import RunHistory
 from tests.conftest import make_settings
 from tests.proc import async_wait_for, process_env, start_serve
 from tests.test_indexer import assert_consistent
@@ -104,8 +104,8 @@ async def test_two_replicas_share_the_index_and_the_survivor_completes_a_killed_
         assert killed_run.id == held_run.id and killed_run.state == "interrupted"
         assert f":{follower.pid}:" in survivor_run.holder and survivor_run.started_at >= (killed_run.finished_at or 0)
         assert "console" in survivor_run.trigger or "start" in survivor_run.trigger
-        by_collection = {r["collection"]: r for r in survivor_run.reports}
-        assert by_collection["zz-held"]["added"] == 1 and by_collection["default"]["unchanged"] == 7
+        by_collection = {r.collection: r for r in survivor_run.indexed}
+        assert by_collection["zz-held"].added == 1 and by_collection["default"].unchanged == 7
         assert (await b.get("/admin/api/runs")).json()["leader"] is True
         done = await answer(b)
         assert done["found"]

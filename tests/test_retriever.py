@@ -8,7 +8,7 @@ import pytest
 
 from bot.runtime import knowledge_runtime
 from config.settings import Settings
-from rag.retriever import NothingIndexed
+from rag.search.retriever import NothingIndexed
 
 
 @pytest.fixture

@@ -14,9 +14,10 @@ import pytest
 
 from bot.runtime import Runtime, knowledge_runtime
 from config.settings import Settings
-from rag.lease import IndexLease
-from rag.run_history import Run, RunHistory
-from rag.scheduler import IndexScheduler
+from rag.operations.lease import IndexLease
+from rag.operations.run_history import CollectionFailed, Run, RunHistory
+from rag.operations.index_runs import IndexRuns
+from rag.operations.scheduler import IndexScheduler
 from tests.conftest import make_settings
 from tests.proc import async_wait_for
 from tests.test_indexer import assert_consistent
@@ -27,7 +28,7 @@ SLOW_DOC = "# Slow\n\nA slow document.\n"
 @asynccontextmanager
 async def scheduler_for(settings: Settings, holder: str = "test:1:a") -> AsyncIterator[tuple[IndexScheduler, Runtime]]:
     with knowledge_runtime(settings) as runtime:
-        scheduler = IndexScheduler(settings, runtime.indexer, runtime.history, holder)
+        scheduler = IndexScheduler(settings, IndexRuns(runtime.indexer, runtime.history, holder))
         await scheduler.start()
         try:
             yield scheduler, runtime
@@ -47,8 +48,8 @@ async def test_runs_at_start_and_keeps_each_run_in_the_history(settings: Setting
         assert run.finished_at is not None and run.finished_at >= run.started_at
         assert run.files_done == run.files_total == 7
         (report,) = run.reports
-        assert report["collection"] == "default" and report["added"] == 7 and report["failed"] == []
-        assert run.totals["chunks"] == report["chunks"] == report["total_chunks"] > 7
+        assert report.collection == "default" and report.added == 7 and report.failed == []
+        assert run.totals["chunks"] == report.chunks == report.total_chunks > 7
         assert_consistent(runtime)
 
 
@@ -58,9 +59,10 @@ async def test_a_missing_folder_is_reported_and_its_chunks_kept(settings: Settin
     async with scheduler_for(settings) as (_, runtime):
         run = (await async_wait_for(lambda: finished(runtime.history), "the run at start"))[0]
     assert run.state == "done"
-    by_collection = {r["collection"]: r for r in run.reports}
-    assert by_collection["default"]["added"] == 7
-    assert "hr-share" in by_collection["hr"]["error"] and "does not exist" in by_collection["hr"]["error"]
+    by_collection = {r.collection: r for r in run.reports}
+    assert by_collection["default"].added == 7
+    hr = by_collection["hr"]
+    assert isinstance(hr, CollectionFailed) and "hr-share" in hr.error and "does not exist" in hr.error
 
 
 async def test_triggers_during_a_run_join_one_next_run(settings: Settings, knowledge: Path) -> None:
@@ -86,8 +88,8 @@ async def test_triggers_during_a_run_join_one_next_run(settings: Settings, knowl
     assert [r.id for r in runs] == [first.id, runs[1].id] and len(runs) == 2
     second = runs[1]
     assert second.trigger == "console+slack" and served_by == {second.id}
-    assert runs[0].reports[0]["added"] == 8 and runs[0].reports[0]["failed"] == []  # the seven samples and the slow one
-    assert second.reports[0]["unchanged"] == 8 and second.reports[0]["chunks"] == 0
+    assert runs[0].reports[0].added == 8 and runs[0].reports[0].failed == []  # the seven samples and the slow one
+    assert second.reports[0].unchanged == 8 and second.reports[0].chunks == 0
 
 
 async def test_the_schedule_runs_again_without_overlap(settings: Settings, knowledge: Path) -> None:
@@ -122,7 +124,7 @@ async def test_stopping_mid_run_is_completed_by_the_next_run(settings: Settings,
 
     write_corpus(knowledge / "runbooks", 150, sentences_per_file=12)
     with knowledge_runtime(settings) as runtime:
-        scheduler = IndexScheduler(settings, runtime.indexer, runtime.history, "test:1:a")
+        scheduler = IndexScheduler(settings, IndexRuns(runtime.indexer, runtime.history, "test:1:a"))
         await scheduler.start()
         await async_wait_for(lambda: (r := runtime.history.running()) and r.files_done > 0, "the first batch", timeout=120)
         await scheduler.stop()
@@ -130,13 +132,13 @@ async def test_stopping_mid_run_is_completed_by_the_next_run(settings: Settings,
         assert stopped.state == "interrupted" and "next run completes it" in stopped.error
         assert runtime.history.waiting()  # its request waits for the next run
 
-        scheduler = IndexScheduler(settings, runtime.indexer, runtime.history, "test:2:b")
+        scheduler = IndexScheduler(settings, IndexRuns(runtime.indexer, runtime.history, "test:2:b"))
         await scheduler.start()
         try:
             runs = await async_wait_for(lambda: (f := finished(runtime.history)) and len(f) >= 2 and f, "the next run", timeout=180)
         finally:
             await scheduler.stop()
-        assert runs[1].state == "done" and runs[1].reports[0]["failed"] == []
+        assert runs[1].state == "done" and runs[1].reports[0].failed == []
         assert sum(1 for r in runtime.manifest.files("default").values() if r.state == "indexed") == 157
         assert_consistent(runtime)
 

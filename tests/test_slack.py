@@ -22,7 +22,7 @@ from bot.runtime import knowledge_runtime
 from bot.slack.render import PLACEHOLDER
 from config.settings import Settings
 from inference.client import Endpoint
-from rag.run_history import RunHistory
+from rag.operations.run_history import RunHistory
 from tests.conftest import indexed_copy, make_settings, teambot
 from tests.fake_llm import FakeLLM, Reply
 from tests.fake_slack import APP_TOKEN, BOT_TOKEN, BOT_USER, FakeSlack
@@ -330,7 +330,7 @@ async def test_kb_reindex_queues_a_run_for_admins_only(fake_slack: FakeSlack, kb
         assert fake_slack.responses[0]["text"] == "Sorry, only knowledge base admins can do that."
         assert fake_slack.responses[1]["text"].startswith(("Re-index started (request", "Re-index queued (request"))
         run = await until(lambda: next((r for r in history.recent() if "slack" in r.trigger and r.state == "done"), None), "the requested run")
-        assert run.reports[0]["updated"] == 1 and run.reports[0]["unchanged"] == 6
+        assert run.indexed[0].updated == 1 and run.indexed[0].unchanged == 6
     finally:
         history.close()
 

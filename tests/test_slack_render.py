@@ -10,7 +10,7 @@ from bot.slack import messages as msg
 from bot.slack.render import MESSAGE_BLOCKS_LIMIT, SECTION_TEXT_LIMIT, TRUNCATED, answer_blocks, progress_text, to_mrkdwn
 from bot.splitting import split_text
 from config.settings import SlackSettings
-from rag.retriever import Passage
+from rag.search.retriever import Passage
 
 
 def passage(path: str, title: str = "Guide", heading: str = "", page: str = "") -> Passage:
@@ -82,13 +82,14 @@ def test_questions_are_read_from_events() -> None:
     settings = SlackSettings(channels={"CHR": ["hr"]}, dm_collections=["default", "hr"])
     mention = {"channel": "CHR", "user": "U1", "text": "<@UBOT>  where is the form?", "ts": "10.1", "team": "T1"}
     q = msg.question_from_message(mention, "T0", settings)
-    assert (q.text, q.reply_thread, q.history_thread, q.collections) == ("where is the form?", "10.1", None, ["hr"])
+    assert (q.request.text, q.reply_thread, q.history_thread, q.request.collections) == ("where is the form?", "10.1", None, ("hr",))
+    assert (q.request.platform, q.request.user, q.request.channel, q.request.thread, q.team) == ("slack", "U1", "CHR", "10.1", "T1")
     in_thread = {**mention, "channel": "C9", "ts": "11.2", "thread_ts": "10.1"}
     q = msg.question_from_message(in_thread, "T0", settings)
-    assert (q.reply_thread, q.history_thread, q.collections) == ("10.1", "10.1", ["default"])
+    assert (q.reply_thread, q.history_thread, q.request.collections) == ("10.1", "10.1", ("default",))
     dm = {"channel": "D1", "channel_type": "im", "user": "U1", "text": "hello", "ts": "12.0"}
     q = msg.question_from_message(dm, "T0", settings)
-    assert (q.reply_thread, q.history_thread, q.collections, q.team) == (None, None, ["default", "hr"], "T0")
+    assert (q.reply_thread, q.history_thread, q.request.collections, q.team, q.request.thread) == (None, None, ("default", "hr"), "T0", "")
 
 
 def test_kb_arguments() -> None:

@@ -72,7 +72,7 @@ def build_model(texts: Sequence[str], out: Path) -> int:
 def main() -> None:
     import argparse
 
-    from rag.documents import read_document
+    from rag.ingest.documents import read_document
 
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--out", type=Path, required=True)

@@ -77,7 +77,7 @@ def embedder_fp16(dest: Path) -> None:
     import torch
     from safetensors.torch import load_file, save_file
 
-    from rag.embedder import model_location
+    from rag.ingest.embedder import model_location
 
     source = Path(model_location(""))
     shutil.copytree(source, dest, ignore=shutil.ignore_patterns("model.safetensors", "*.onnx", "onnx", "openvino"))

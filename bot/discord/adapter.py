@@ -11,9 +11,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import re
 from collections import OrderedDict
-from contextlib import aclosing
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import discord
@@ -21,24 +20,24 @@ import yarl
 from discord import app_commands
 
 from bot.answer_log import AnswerLog
-from bot.core import AnswerDelta, AnswerEngine
+from bot.answering import AnswerFlow, AnswerRequest
+from bot.desk_replies import NOT_ADMIN, Markup, added_text, documents_text, failure_text, removed_text
 from bot.discord import messages as msg
-from bot.discord.render import thread_name
-from bot.discord.streaming import ChannelDestination, DiscordAnswer, Destination, InteractionDestination
+from bot.discord.feedback import FeedbackButton
+from bot.discord.messages import PLATFORM
+from bot.discord.render import MESSAGE_LIMIT, thread_name
+from bot.discord.streaming import ChannelDestination, Destination, DiscordAnswer, InteractionDestination
 from bot.prompt import Turn
 from config.errors import ConfigError, TeambotError
 from config.settings import DEFAULT_COLLECTION, Settings
-from bot.status import request_reindex
-from rag.library import KnowledgeLibrary, UploadError
-from rag.scheduler import IndexScheduler
+from rag.operations.desk import KnowledgeDesk
 
 log = logging.getLogger(__name__)
 
-PLATFORM = "discord"
 READY_TIMEOUT_S = 60.0
 HISTORY_MESSAGES = 50
 SEEN_MESSAGES_MAX = 10_000
-REFUSAL = "Sorry, only knowledge base admins can do that."
+MARKUP = Markup(bold=lambda text: f"**{text}**", escape=lambda text: text, refused="⛔", warning="⚠️", limit=MESSAGE_LIMIT)
 # What the bot needs in a server: read and answer, in channels and threads (docs: Permissions).
 BOT_PERMISSIONS = discord.Permissions(
     view_channel=True,
@@ -75,37 +74,11 @@ def point_discord_py_at(api_url: str, gateway_url: str) -> None:
     discord.gateway.DiscordWebSocket.DEFAULT_GATEWAY = yarl.URL(gateway_url)
 
 
-class FeedbackButton(discord.ui.DynamicItem[discord.ui.Button[Any]], template=r"teambot:feedback:(?P<vote>up|down):(?P<answer>[0-9a-f]{32})"):
-    """👍 / 👎 under an answer; works after restarts, since the answer id is in the button's custom_id."""
-
-    def __init__(self, vote: str, answer_id: str) -> None:
-        label, emoji = ("Helpful", "👍") if vote == "up" else ("Not helpful", "👎")
-        super().__init__(discord.ui.Button(label=label, emoji=emoji, style=discord.ButtonStyle.secondary, custom_id=f"teambot:feedback:{vote}:{answer_id}"))
-        self.vote, self.answer_id = vote, answer_id
-
-    @classmethod
-    async def from_custom_id(cls, interaction: discord.Interaction, item: discord.ui.Button[Any], match: re.Match[str]) -> FeedbackButton:
-        return cls(match["vote"], match["answer"])
-
-    async def callback(self, interaction: discord.Interaction) -> None:
-        answers: AnswerLog = interaction.client.answers  # type: ignore[attr-defined]
-        recorded = await asyncio.to_thread(answers.vote, self.answer_id, str(interaction.user.id), self.vote)  # type: ignore[arg-type]
-        text = "Thanks for the feedback!" if recorded else "That answer is no longer on record, but thanks."
-        await interaction.response.send_message(text, ephemeral=True)
-
-
-def feedback_view(answer_id: str) -> discord.ui.View:
-    view = discord.ui.View(timeout=None)
-    view.add_item(FeedbackButton("up", answer_id))
-    view.add_item(FeedbackButton("down", answer_id))
-    return view
-
-
 class _Client(discord.Client):
-    def __init__(self, adapter: DiscordAdapter, intents: discord.Intents) -> None:
+    def __init__(self, adapter: DiscordAdapter, answers: AnswerLog, intents: discord.Intents) -> None:
         super().__init__(intents=intents, allowed_mentions=discord.AllowedMentions.none())
         self.adapter = adapter
-        self.answers = adapter.answers
+        self.answers = answers  # where FeedbackButton records votes
         self.tree = app_commands.CommandTree(self)
         self.tree.on_error = adapter.on_command_error  # type: ignore[assignment]
 
@@ -118,19 +91,16 @@ class _Client(discord.Client):
 
 
 class DiscordAdapter:
-    def __init__(
-        self, settings: Settings, engine: AnswerEngine, library: KnowledgeLibrary, answers: AnswerLog, scheduler: IndexScheduler | None = None
-    ) -> None:
+    def __init__(self, settings: Settings, flow: AnswerFlow, desk: KnowledgeDesk, answers: AnswerLog) -> None:
         if settings.discord_bot_token is None:
             raise ConfigError("Discord needs DISCORD_BOT_TOKEN", "set it in the environment")
         self._settings = settings
-        self._engine = engine
-        self._library = library
-        self.answers = answers
-        self._scheduler = scheduler
+        self._flow = flow
+        self._desk = desk
+        self._answers = answers
         intents = discord.Intents.default()
         intents.message_content = settings.discord.follow_ups  # privileged: only for thread follow-ups without a mention
-        self.client = _Client(self, intents)
+        self.client = _Client(self, answers, intents)
         self._register_commands(self.client.tree)
         self._seen: OrderedDict[int, None] = OrderedDict()
         self._connection: asyncio.Task[None] | None = None
@@ -200,24 +170,24 @@ class DiscordAdapter:
 
         @kb.command(name="list", description="List a collection's documents")
         async def list_documents(interaction: discord.Interaction, collection: str = DEFAULT_COLLECTION) -> None:
-            await self._admin_only(interaction, lambda: self._list(collection.strip().lower()))
+            name = collection.strip().lower()
+            await self._admin_only(interaction, lambda: self._desk_text(lambda: documents_text(name, self._desk.documents(name), MARKUP)))
 
         @kb.command(name="remove", description="Remove a document from the knowledge base")
         async def remove(interaction: discord.Interaction, name: str, collection: str = DEFAULT_COLLECTION) -> None:
-            await self._admin_only(interaction, lambda: self._remove(collection.strip().lower(), name.strip()))
+            where, what = collection.strip().lower(), name.strip()
+            await self._admin_only(interaction, lambda: self._desk_text(lambda: removed_text(self._desk.remove(where, what, f"{PLATFORM}:remove"), MARKUP)))
 
         @kb.command(name="reindex", description="Re-index every collection now (only changed files are embedded)")
         async def reindex(interaction: discord.Interaction) -> None:
-            await self._admin_only(interaction, self._reindex)
+            await self._admin_only(interaction, lambda: self._desk_text(lambda: self._desk.request_reindex(PLATFORM).text()))
 
         tree.add_command(kb)
 
     async def on_ask(self, interaction: discord.Interaction, question: str) -> None:
         await interaction.response.defer(thinking=True)
-        channel = interaction.channel
-        where = msg.Where.of_channel(channel, interaction.guild_id)
-        text = question.strip()
-        await self._answer(InteractionDestination(interaction), where, str(interaction.user.id), text, history=[])
+        where = msg.Where.of_channel(interaction.channel, interaction.guild_id)
+        await self._answer(InteractionDestination(interaction), self._request(where, interaction.user, question))
 
     async def on_command_error(self, interaction: discord.Interaction, error: app_commands.AppCommandError) -> None:
         log.error("a Discord command failed", exc_info=error)
@@ -227,18 +197,21 @@ class DiscordAdapter:
         else:
             await interaction.response.send_message(text, ephemeral=True)
 
-    async def _admin_only(self, interaction: discord.Interaction, action: Any) -> None:
+    async def _admin_only(self, interaction: discord.Interaction, action: Callable[[], Awaitable[str]]) -> None:
         if not self._is_admin(interaction):
-            await interaction.response.send_message(REFUSAL, ephemeral=True)
+            await interaction.response.send_message(NOT_ADMIN, ephemeral=True)
             return
         await interaction.response.defer(ephemeral=True, thinking=True)
         try:
             text = await action()
-        except (UploadError, ConfigError) as exc:
-            text = f"⛔ {exc.message}" + (f" ({exc.hint})" if exc.hint else "") + ". Nothing was changed."
         except TeambotError as exc:
-            text = f"⚠️ {exc.message}"
-        await interaction.followup.send(text[:2000], ephemeral=True)
+            text = failure_text(exc, MARKUP)
+        await interaction.followup.send(text[:MESSAGE_LIMIT], ephemeral=True)
+
+    @staticmethod
+    async def _desk_text(action: Callable[[], str]) -> str:
+        """A knowledge-desk call (blocking) and its reply, off the event loop."""
+        return await asyncio.to_thread(action)
 
     def _is_admin(self, interaction: discord.Interaction) -> bool:
         user = interaction.user
@@ -250,30 +223,9 @@ class DiscordAdapter:
         return False
 
     async def _upload(self, file: discord.Attachment, collection: str) -> str:
-        self._library.check(file.filename, file.size)
+        await asyncio.to_thread(self._desk.check, file.filename, file.size)
         data = await file.read()
-        added = await asyncio.to_thread(self._library.add, collection, file.filename, data)
-        verb = "Replaced" if added.replaced else "Added"
-        return f"{verb} **{added.name}** in `{added.collection}`: {added.chunks} chunks indexed. I can answer from it now."
-
-    async def _list(self, collection: str) -> str:
-        documents = await asyncio.to_thread(self._library.documents, collection)
-        if not documents:
-            return f"Collection `{collection}` has no documents."
-        lines = [f"**{len(documents)} documents in `{collection}`**"]
-        lines += [f"• {d.path}: {d.chunks} chunks" + (f" ⚠️ {d.error}" if d.state == "failed" else "") for d in documents[:40]]
-        if len(documents) > 40:
-            lines.append(f"… and {len(documents) - 40} more")
-        return "\n".join(lines)
-
-    async def _reindex(self) -> str:
-        if self._scheduler is None:
-            return "Re-indexing runs only under `teambot serve`."
-        return await request_reindex(self._scheduler, PLATFORM)
-
-    async def _remove(self, collection: str, name: str) -> str:
-        removed = await asyncio.to_thread(self._library.remove, collection, name)
-        return f"Removed **{removed.path}** from `{collection}` ({removed.chunks} chunks)."
+        return added_text(await asyncio.to_thread(self._desk.add, collection, file.filename, data, f"{PLATFORM}:upload"), MARKUP)
 
     # --- messages -------------------------------------------------------------------------
 
@@ -285,20 +237,23 @@ class DiscordAdapter:
             return
         channel = message.channel
         where = msg.Where.of_channel(channel, message.guild.id if message.guild else None)
-        text = msg.strip_mentions(message.content)
+        author, text = message.author, message.content
         if where.is_dm:
-            await self._answer(ChannelDestination(channel), where, str(message.author.id), text, await self._history(channel, message))
+            await self._answer(ChannelDestination(channel), self._request(where, author, text, await self._history(channel, message)))
         elif me in message.mentions:
             if isinstance(channel, discord.Thread):
-                await self._answer(ChannelDestination(channel), where, str(message.author.id), text, await self._history(channel, message))
+                await self._answer(ChannelDestination(channel), self._request(where, author, text, await self._history(channel, message)))
             elif self._settings.discord.reply_in_thread:
-                thread = await message.create_thread(name=thread_name(text))
-                await self._answer(ChannelDestination(thread), msg.Where.of_channel(thread, where.guild_id), str(message.author.id), text, [])
+                thread = await message.create_thread(name=thread_name(msg.strip_mentions(text)))
+                await self._answer(ChannelDestination(thread), self._request(msg.Where.of_channel(thread, where.guild_id), author, text))
             else:
-                await self._answer(ChannelDestination(channel, reply_to=message), where, str(message.author.id), text, [])
+                await self._answer(ChannelDestination(channel, reply_to=message), self._request(where, author, text))
         elif isinstance(channel, discord.Thread) and self._settings.discord.follow_ups:
-            if await asyncio.to_thread(self.answers.answered_in, PLATFORM, str(channel.id), str(channel.id)):
-                await self._answer(ChannelDestination(channel), where, str(message.author.id), text, await self._history(channel, message))
+            if await asyncio.to_thread(self._answers.answered_in, PLATFORM, str(channel.id), str(channel.id)):
+                await self._answer(ChannelDestination(channel), self._request(where, author, text, await self._history(channel, message)))
+
+    def _request(self, where: msg.Where, user: discord.abc.User, text: str, history: list[Turn] | None = None) -> AnswerRequest:
+        return msg.answer_request(where, str(user.id), text, self._settings.discord, history or [])
 
     async def _history(self, channel: discord.abc.Messageable, before: discord.Message) -> list[Turn]:
         try:
@@ -336,32 +291,8 @@ class DiscordAdapter:
 
     # --- answering ------------------------------------------------------------------------
 
-    async def _answer(self, destination: Destination, where: msg.Where, user: str, question: str, history: list[Turn]) -> None:
-        if not question:
-            question = ""
-        answer = DiscordAnswer(destination, self._settings.discord.update_interval_s)
-        try:
-            await answer.open()
-            if not question:
-                await answer.fail("ask me a question about the team's documents")
-                return
-            collections = where.collections(self._settings.discord)
-            async with aclosing(self._engine.answer(question, history, collections, platform=PLATFORM)) as events:
-                async for event in events:
-                    if isinstance(event, AnswerDelta):
-                        answer.append(event.text)
-                    else:
-                        answer_id = await asyncio.to_thread(self.answers.record, PLATFORM, where.channel, where.thread, user, question, event)
-                        await answer.finish(event, feedback_view(answer_id))
-        except TeambotError as exc:
-            log.warning("a Discord question failed: %s", exc.message)
-            await answer.fail(exc.message)
-        except discord.HTTPException as exc:
-            log.error("Discord refused a call while answering (HTTP %s)", exc.status)
-            await answer.fail("Discord refused one of my messages; try again in a moment")
-        except Exception:
-            log.exception("unexpected error while answering a Discord question")
-            await answer.fail("something went wrong on my side (it is in teambot's log)")
+    async def _answer(self, destination: Destination, request: AnswerRequest) -> None:
+        await self._flow.answer(request, DiscordAnswer(destination, self._settings.discord.update_interval_s))
 
     def _first_delivery(self, message_id: int) -> bool:
         """False for a message seen before (a gateway replay after a resume): answered once."""

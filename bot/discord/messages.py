@@ -8,10 +8,12 @@ from dataclasses import dataclass
 
 import discord
 
+from bot.answering import AnswerRequest
 from bot.discord.render import PLACEHOLDER, TYPING_MARK, answer_only
 from bot.prompt import Turn
 from config.settings import DEFAULT_COLLECTION, DiscordSettings
 
+PLATFORM = "discord"
 _MENTION = re.compile(r"<@!?\d+>|<@&\d+>")
 
 
@@ -43,6 +45,13 @@ class Where:
             if key and key in settings.channels:
                 return list(settings.channels[key])
         return [DEFAULT_COLLECTION]
+
+
+def answer_request(where: Where, user: str, text: str, settings: DiscordSettings, history: Iterable[Turn] = ()) -> AnswerRequest:
+    """A slash command's question or a message's text (mentions dropped), as the core's request."""
+    return AnswerRequest(
+        PLATFORM, strip_mentions(text), tuple(where.collections(settings)), user=user, channel=where.channel, thread=where.thread, history=tuple(history)
+    )
 
 
 @dataclass(frozen=True)

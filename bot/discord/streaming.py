@@ -16,6 +16,7 @@ from typing import Any, Protocol
 import discord
 
 from bot.core import AnswerDone
+from bot.discord.feedback import feedback_view
 from bot.discord.render import PLACEHOLDER, answer_pages, error_text, progress_pages
 from bot.progress import ProgressPump
 
@@ -95,6 +96,10 @@ class InteractionDestination:
 
 
 class DiscordAnswer:
+    """One answer on Discord: an AnswerView (bot.answering)."""
+
+    platform_errors = (discord.HTTPException,)
+
     def __init__(self, destination: Destination, interval_s: float) -> None:
         self._destination = destination
         self._pages: list[tuple[Any, str]] = []  # (handle, content shown)
@@ -106,9 +111,9 @@ class DiscordAnswer:
     def append(self, delta: str) -> None:
         self._pump.append(delta)
 
-    async def finish(self, done: AnswerDone, view: discord.ui.View | None) -> None:
+    async def finish(self, done: AnswerDone, answer_id: str | None) -> None:
         await self._pump.stop()
-        await self._render(answer_pages(done), view)
+        await self._render(answer_pages(done), feedback_view(answer_id) if answer_id else None)
 
     async def fail(self, message: str) -> None:
         await self._pump.stop()

@@ -12,7 +12,7 @@ import asyncio
 import logging
 import time
 from collections import OrderedDict
-from contextlib import aclosing
+from dataclasses import replace
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -27,20 +27,18 @@ from starlette.requests import Request
 from starlette.routing import Route
 
 from bot.answer_log import AnswerLog
-from bot.core import AnswerDelta, AnswerEngine
+from bot.answering import AnswerFlow
+from bot.desk_replies import NOT_ADMIN, Markup, added_text, documents_text, failure_text, removed_text
 from bot.slack import messages as msg
-from bot.slack.messages import slack_error
-from bot.slack.render import FEEDBACK_ACTION_DOWN, FEEDBACK_ACTION_UP, escape
+from bot.slack.messages import PLATFORM, slack_error
+from bot.slack.render import FEEDBACK_ACTION_DOWN, FEEDBACK_ACTION_UP, SECTION_TEXT_LIMIT, escape
 from bot.slack.streaming import AnswerMessage, StreamSupport
 from config.errors import ConfigError, TeambotError
 from config.settings import Settings
-from bot.status import request_reindex
-from rag.library import KnowledgeLibrary, UploadError
-from rag.scheduler import IndexScheduler
+from rag.operations.desk import KnowledgeDesk, UploadError
 
 log = logging.getLogger(__name__)
 
-PLATFORM = "slack"
 EVENTS_PATH = "/slack/events"
 # What the adapter listens to; deploy/slack-manifest.yml asks Slack for exactly these.
 SUBSCRIBED_EVENTS = ("app_mention", "message")
@@ -51,6 +49,7 @@ SEEN_EVENTS_MAX = 10_000  # event_ids remembered to answer each event once (Slac
 ADMIN_CACHE_S = 300
 RATE_LIMIT_RETRIES = 5
 DOWNLOAD_TIMEOUT_S = 60
+MARKUP = Markup(bold=lambda text: f"*{text}*", escape=escape, refused=":no_entry:", warning=":warning:", limit=SECTION_TEXT_LIMIT)
 KB_HELP = (
     "*Knowledge base commands* (for admins)\n"
     "• `/kb list [collection]`: the documents and their chunks\n"
@@ -61,9 +60,7 @@ KB_HELP = (
 
 
 class SlackAdapter:
-    def __init__(
-        self, settings: Settings, engine: AnswerEngine, library: KnowledgeLibrary, answers: AnswerLog, scheduler: IndexScheduler | None = None
-    ) -> None:
+    def __init__(self, settings: Settings, flow: AnswerFlow, desk: KnowledgeDesk, answers: AnswerLog) -> None:
         if settings.slack_bot_token is None:
             raise ConfigError("Slack needs SLACK_BOT_TOKEN (xoxb-...)", "set it in the environment")
         if settings.slack_app_token is None and settings.slack_signing_secret is None:
@@ -74,10 +71,9 @@ class SlackAdapter:
         if settings.slack_app_token is not None and not settings.slack_app_token.get_secret_value().startswith("xapp-"):
             raise ConfigError("SLACK_APP_TOKEN is not an app-level token (they start with xapp-)", "copy it from Basic Information > App-Level Tokens")
         self._settings = settings
-        self._engine = engine
-        self._library = library
+        self._flow = flow
+        self._desk = desk
         self._answers = answers
-        self._scheduler = scheduler
         self._bot_token = settings.slack_bot_token.get_secret_value()
         self.client = AsyncWebClient(
             token=self._bot_token,
@@ -181,7 +177,7 @@ class SlackAdapter:
             return
         is_dm = channel.startswith("D")
         await self._answer(
-            msg.Question(
+            msg.slack_question(
                 channel=channel, user=user, team=command.get("team_id", self.team_id), text=text,
                 reply_thread=anchor["ts"], history_thread=None if is_dm else anchor["ts"], question_ts=anchor["ts"],
                 collections=msg.collections_for(channel, is_dm, self._settings.slack),
@@ -203,19 +199,19 @@ class SlackAdapter:
             await respond(text=KB_HELP, response_type="ephemeral")
             return
         if not await self._is_admin(command["user_id"]):
-            await respond(text="Sorry, only knowledge base admins can do that.", response_type="ephemeral")
+            await respond(text=NOT_ADMIN, response_type="ephemeral")
             return
         channel = command["channel_id"]
         default = msg.collections_for(channel, channel.startswith("D"), self._settings.slack)[0]
         try:
             if sub == "list":
-                text = await self._list_documents(argument or default)
+                collection = argument or default
+                text = documents_text(collection, await asyncio.to_thread(self._desk.documents, collection), MARKUP)
             elif sub == "remove" and argument:
                 collection, name = msg.parse_remove_target(argument, default)
-                removed = await asyncio.to_thread(self._library.remove, collection, name)
-                text = f"Removed *{escape(removed.path)}* from `{collection}` ({removed.chunks} chunks)."
+                text = removed_text(await asyncio.to_thread(self._desk.remove, collection, name, f"{PLATFORM}:remove"), MARKUP)
             elif sub == "reindex":
-                text = await request_reindex(self._scheduler, PLATFORM) if self._scheduler else "Re-indexing runs only under `teambot serve`."
+                text = (await asyncio.to_thread(self._desk.request_reindex, PLATFORM)).text()
             elif sub == "upload":
                 text = (
                     "Share the files with me in a direct message. To add them to a collection other than "
@@ -223,54 +219,33 @@ class SlackAdapter:
                 )
             else:
                 text = KB_HELP
-        except (UploadError, ValueError) as exc:
-            text = f":no_entry: {escape(str(exc))}"
+        except ValueError:
+            text = f":no_entry: `{escape(argument)}` is not `NAME` or `COLLECTION:NAME`."
         except TeambotError as exc:
-            text = f":warning: {escape(exc.message)}"
+            text = failure_text(exc, MARKUP)
         await respond(text=text, response_type="ephemeral")
 
     # --- answering ------------------------------------------------------------------------
 
-    async def _answer(self, question: msg.Question) -> None:
-        if not question.text:
-            await self._say(question.channel, "Ask me a question about the team's documents.", question.reply_thread)
-            return
+    async def _answer(self, question: msg.SlackQuestion) -> None:
+        request = question.request
         message = AnswerMessage(
-            client=self.client, channel=question.channel, thread_ts=question.reply_thread,
+            client=self.client, channel=request.channel, thread_ts=question.reply_thread,
             interval_s=self._settings.slack.update_interval_s, streams=self._streams,
-            recipient_user=question.user, recipient_team=question.team,
+            recipient_user=request.user, recipient_team=question.team,
         )  # fmt: skip
-        try:
-            await message.open()
-            history = await self._history(question)
-            async with aclosing(self._engine.answer(question.text, history, question.collections, platform=PLATFORM)) as events:
-                async for event in events:
-                    if isinstance(event, AnswerDelta):
-                        message.append(event.text)
-                    else:
-                        answer_id = await asyncio.to_thread(
-                            self._answers.record, PLATFORM, question.channel, question.reply_thread or "", question.user, question.text, event
-                        )
-                        await message.finish(event, answer_id)
-        except TeambotError as exc:
-            log.warning("a Slack question failed: %s", exc.message)
-            await message.fail(exc.message)
-        except SlackApiError as exc:
-            log.error("Slack refused a call while answering: %s", slack_error(exc))
-            await message.fail("Slack refused one of my messages; try again in a moment")
-        except Exception:
-            log.exception("unexpected error while answering a Slack question")
-            await message.fail("something went wrong on my side (it is in teambot's log)")
+        history = await self._history(question) if request.text else []
+        await self._flow.answer(replace(request, history=tuple(history)), message)
 
-    async def _history(self, question: msg.Question) -> list[Any]:
+    async def _history(self, question: msg.SlackQuestion) -> list[Any]:
         limit = 2 * self._settings.bot.history_turns + 2
         if not limit:
             return []
         try:
             if question.history_thread:
-                response = await self.client.conversations_replies(channel=question.channel, ts=question.history_thread, limit=100)
+                response = await self.client.conversations_replies(channel=question.request.channel, ts=question.history_thread, limit=100)
             elif question.reply_thread is None:  # a direct message: the conversation is the DM
-                response = await self.client.conversations_history(channel=question.channel, limit=limit)
+                response = await self.client.conversations_history(channel=question.request.channel, limit=limit)
             else:
                 return []
         except SlackApiError as exc:
@@ -295,16 +270,12 @@ class SlackAdapter:
 
     async def _add_file(self, file: msg.SharedFile, collection: str) -> str:
         try:
-            self._library.check(file.name, file.size)
+            await asyncio.to_thread(self._desk.check, file.name, file.size)
             data = await self._download(file)
-            added = await asyncio.to_thread(self._library.add, collection, file.name, data)
-        except UploadError as exc:
-            hint = f" ({escape(exc.hint)})" if exc.hint else ""
-            return f":no_entry: {escape(exc.message)}{hint}. Nothing was changed."
+            added = await asyncio.to_thread(self._desk.add, collection, file.name, data, f"{PLATFORM}:upload")
         except TeambotError as exc:
-            return f":warning: {escape(file.name)} was not added: {escape(exc.message)}"
-        verb = "Replaced" if added.replaced else "Added"
-        return f"{verb} *{escape(added.name)}* in `{added.collection}`: {added.chunks} chunks indexed. I can answer from it now."
+            return failure_text(exc, MARKUP, subject=f"{file.name} was not added: ")
+        return added_text(added, MARKUP)
 
     async def _download(self, file: msg.SharedFile) -> bytes:
         """The file's bytes, fetched with the bot token from Slack's file host only, within the size limit."""
@@ -312,7 +283,7 @@ class SlackAdapter:
             raise UploadError(f"{file.name}: Slack sent no download link", "share the file again")
         if not self._is_slack_file_url(file.url):
             raise UploadError(f"{file.name}: refusing to send the bot token to {urlsplit(file.url).hostname}", "share the file from Slack itself")
-        limit = self._library.max_bytes
+        limit = self._desk.max_bytes
         data = bytearray()
         async with httpx.AsyncClient(timeout=DOWNLOAD_TIMEOUT_S, follow_redirects=False) as http:
             async with http.stream("GET", file.url, headers={"Authorization": f"Bearer {self._bot_token}"}) as response:
@@ -336,18 +307,6 @@ class SlackAdapter:
         return (parts.scheme, parts.hostname, parts.port) == (api.scheme, api.hostname, api.port)
 
     # --- helpers --------------------------------------------------------------------------
-
-    async def _list_documents(self, collection: str) -> str:
-        documents = await asyncio.to_thread(self._library.documents, collection)
-        if not documents:
-            return f"Collection `{collection}` has no documents."
-        lines = [f"*{len(documents)} documents in `{collection}`*"]
-        for doc in documents[:50]:
-            status = f" :warning: {escape(doc.error)}" if doc.state == "failed" else ""
-            lines.append(f"• {escape(doc.path)}: {doc.chunks} chunks{status}")
-        if len(documents) > 50:
-            lines.append(f"… and {len(documents) - 50} more")
-        return "\n".join(lines)
 
     async def _is_admin(self, user: str) -> bool:
         if user in self._settings.slack.admin_users:

@@ -4,24 +4,33 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
+from bot.answering import AnswerRequest
 from bot.prompt import Turn
 from bot.slack.render import PLACEHOLDER, strip_mentions
 from config.settings import COLLECTION_NAME, DEFAULT_COLLECTION, SlackSettings
 
+PLATFORM = "slack"
+
 
 @dataclass(frozen=True)
-class Question:
-    channel: str
-    user: str
+class SlackQuestion:
+    """A question asked on Slack: the request for the core, and where on Slack it lives."""
+
+    request: AnswerRequest  # its thread is the reply thread ('' for a top-level reply)
     team: str
-    text: str  # without mentions
     reply_thread: str | None  # the thread to answer in; None: a top-level reply (direct messages)
     history_thread: str | None  # the thread whose messages are the conversation; None: the channel's (DMs)
     question_ts: str  # the message that asked (or the /ask anchor); later ones are not history
-    collections: list[str] = field(default_factory=lambda: [DEFAULT_COLLECTION])
+
+
+def slack_question(
+    channel: str, user: str, team: str, text: str, reply_thread: str | None, history_thread: str | None, question_ts: str, collections: list[str]
+) -> SlackQuestion:
+    request = AnswerRequest(PLATFORM, text, tuple(collections), user=user, channel=channel, thread=reply_thread or "")
+    return SlackQuestion(request, team, reply_thread, history_thread, question_ts)
 
 
 @dataclass(frozen=True)
@@ -56,18 +65,17 @@ def is_from_a_bot(event: Mapping[str, Any], bot_user_id: str) -> bool:
     return bool(event.get("bot_id")) or event.get("subtype") == "bot_message" or event.get("user") == bot_user_id
 
 
-def question_from_message(event: Mapping[str, Any], team: str, settings: SlackSettings) -> Question:
+def question_from_message(event: Mapping[str, Any], team: str, settings: SlackSettings) -> SlackQuestion:
     """A mention, a thread follow-up or a direct message, as a question."""
     channel = event["channel"]
     is_dm = event.get("channel_type") == "im"
     thread = event.get("thread_ts")
-    reply_thread = None if is_dm and not thread else (thread or event["ts"])
-    return Question(
+    return slack_question(
         channel=channel,
         user=event.get("user", ""),
         team=event.get("team") or team,
         text=strip_mentions(event.get("text", "")),
-        reply_thread=reply_thread,
+        reply_thread=None if is_dm and not thread else (thread or event["ts"]),
         history_thread=thread,
         question_ts=event["ts"],
         collections=collections_for(channel, is_dm, settings),

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 from slack_sdk.errors import SlackApiError
 from slack_sdk.web.async_client import AsyncWebClient
@@ -38,6 +38,9 @@ class StreamSupport:
 
 @dataclass
 class AnswerMessage:
+    """One answer's message in Slack: an AnswerView (bot.answering)."""
+
+    platform_errors: ClassVar[tuple[type[Exception], ...]] = (SlackApiError,)
     client: AsyncWebClient
     channel: str
     thread_ts: str | None  # None: a top-level message (direct messages)

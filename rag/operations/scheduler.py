@@ -2,9 +2,9 @@
 every ``rag.reindex_interval`` minutes, and whenever someone asks.
 
 APScheduler fires the schedule (coalescing missed runs, never two at once); every trigger
-becomes a request in the run history's queue (rag.run_history), which is how `teambot index`
+becomes a request in the run history's queue (rag.operations.run_history), which is how `teambot index`
 in another process, the web console and `/kb reindex` join the same queue. Of several replicas
-only the holder of the index lease (rag.lease) runs the queue; the others keep trying to take
+only the holder of the index lease (rag.operations.lease) runs the queue; the others keep trying to take
 the lease, and one does within ``rag.lease_ttl_s`` of the holder's death.
 
 A run works in a thread, so questions are answered meanwhile; stopping the service stops a
@@ -16,7 +16,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
-import time
 from collections.abc import Callable
 from datetime import timezone
 from typing import Any
@@ -26,9 +25,10 @@ from apscheduler.triggers.interval import IntervalTrigger
 
 from config.errors import TeambotError
 from config.settings import Settings
-from rag.indexer import IndexCancelled, Indexer
-from rag.lease import IndexLease
-from rag.run_history import Request, Run, RunHistory, RunProgress
+from rag.ingest.indexer import IndexCancelled
+from rag.operations.index_runs import IndexRuns
+from rag.operations.lease import IndexLease
+from rag.operations.run_history import CollectionFailed, CollectionReport, Request, Run, RunProgress
 
 log = logging.getLogger(__name__)
 
@@ -36,27 +36,20 @@ POLL_S = 1.0  # how often the queue is checked for requests from other processes
 
 
 class IndexScheduler:
-    def __init__(
-        self,
-        settings: Settings,
-        indexer: Indexer,
-        history: RunHistory,
-        holder: str,
-        on_run: Callable[[Run], None] | None = None,
-    ) -> None:
+    def __init__(self, settings: Settings, runs: IndexRuns, info: Callable[[], dict[str, Any]] | None = None) -> None:
+        """``info()`` says what other processes see with the lease: pid, host, the HTTP address."""
         self._settings = settings
-        self._indexer = indexer
-        self.history = history
-        self.holder = holder
-        self._on_run = on_run
-        self._lease = IndexLease(history.path, holder, settings.rag.lease_ttl_s)
+        self._runs = runs
+        self.history = runs.history
+        self.holder = runs.holder
+        self._lease = IndexLease(self.history.path, self.holder, settings.rag.lease_ttl_s)
         self._aps = AsyncIOScheduler(timezone=timezone.utc)
         self._wake = asyncio.Event()
         self._cancel = threading.Event()
         self._stopping = False
         self._tasks: list[asyncio.Task[None]] = []
         self.leader = False
-        self.info: dict[str, Any] = {}  # shown to other processes with the lease (pid, host, HTTP address)
+        self._info = info or dict
 
     # --- lifecycle ------------------------------------------------------------------------
 
@@ -119,7 +112,7 @@ class IndexScheduler:
 
     async def _renew(self) -> None:
         job = self._aps.get_job("reindex") if self._aps.running else None
-        info = {**self.info, "next_run_at": job.next_run_time.timestamp() if job and job.next_run_time else None}
+        info = {**self._info(), "next_run_at": job.next_run_time.timestamp() if job and job.next_run_time else None}
         try:
             leader = await asyncio.to_thread(self._lease.acquire, info)
         except TeambotError as exc:
@@ -146,9 +139,7 @@ class IndexScheduler:
             try:
                 if await asyncio.to_thread(self.history.waiting):
                     self._cancel.clear()
-                    run = await asyncio.to_thread(self.run_all)
-                    if self._on_run is not None:
-                        self._on_run(run)
+                    await asyncio.to_thread(self.run_all)
             except TeambotError as exc:  # the run history's database, briefly unavailable
                 log.warning("index queue: %s", exc.message)
             except Exception:
@@ -156,91 +147,16 @@ class IndexScheduler:
 
     def run_all(self) -> Run:
         """One run over every collection, serving every waiting request. Blocking: call it in a thread."""
-        with self._indexer.exclusive():
-            dead = self.history.interrupt_dead(self.holder)
-            if dead:
-                log.warning("index runs %s were interrupted by a dead process; this run completes them", dead)
-            run = self.history.start_run(self.holder, "", claim=True)
-            log.info("index run %d started (%s)", run.id, run.trigger)
-            progress = RunProgress(self.history, run.id)
-            reports: list[dict[str, Any]] = []
-            state, error = "done", ""
+        return self._runs.run("", self._index_every_collection, serve_requests=True)
+
+    def _index_every_collection(self, progress: RunProgress) -> list[CollectionReport]:
+        reports: list[CollectionReport] = []
+        for collection, folder in self._settings.collection_dirs().items():
+            if self._cancel.is_set():
+                raise IndexCancelled("the index run was stopped before the end; the next run completes it")
+            progress.collection(collection)
             try:
-                for collection, folder in self._settings.collection_dirs().items():
-                    if self._cancel.is_set():
-                        raise IndexCancelled("the index run was stopped")
-                    progress.collection(collection)
-                    try:
-                        report = self._indexer.run([folder] if folder.is_dir() else None, collection, progress=progress, cancel=self._cancel)
-                    except IndexCancelled:
-                        raise
-                    except TeambotError as exc:
-                        reports.append({"collection": collection, "error": str(exc)})
-                    else:
-                        reports.append(report.to_json())
-            except IndexCancelled:
-                state, error = "interrupted", "stopped before the end (teambot was stopping, or another replica took over); the next run completes it"
-            except Exception as exc:
-                log.exception("index run %d failed", run.id)
-                state, error = "failed", f"{type(exc).__name__}: {exc}"
-            finally:
-                progress.flush()
-                self.history.finish(run.id, state, reports, error)  # type: ignore[arg-type]
-        finished = self.history.get(run.id)
-        assert finished is not None
-        log.info("index run %d %s in %.1f s", run.id, state, time.time() - run.started_at)
-        return finished
-
-
-def recorded_run(
-    indexer: Indexer,
-    history: RunHistory,
-    holder: str,
-    trigger: str,
-    run: Callable[[RunProgress], Any],
-) -> tuple[Run, Any]:
-    """Runs ``run(progress)`` (one Indexer.run) under the run lock, kept in the run history; returns the run and its result.
-
-    For index runs outside the service's queue (`teambot index` with no service running, or with
-    explicit paths); it serves no queued request. An exception is recorded, then raised again."""
-    with indexer.exclusive():
-        history.interrupt_dead(holder)
-        started = history.start_run(holder, trigger, claim=False)
-        progress = RunProgress(history, started.id)
-        try:
-            result = run(progress)
-        except BaseException as exc:
-            state = "interrupted" if isinstance(exc, (KeyboardInterrupt, IndexCancelled)) else "failed"
-            history.finish(started.id, state, [], str(exc) or type(exc).__name__)
-            raise
-        finally:
-            progress.flush()
-        history.finish(started.id, "done", [result.to_json()])
-    finished = history.get(started.id)
-    assert finished is not None
-    return finished, result
-
-
-def follow_request(
-    history: RunHistory,
-    request_id: int,
-    on_progress: Callable[[Run], None],
-    holder_alive: Callable[[], bool],
-    poll_s: float = 0.25,
-) -> Run | None:
-    """Waits until the run that serves a queued request ends, reporting its progress; None if the
-    queue's holder died before a run took the request (the caller may then index itself). A run
-    whose process dies gives its requests back to the queue, so they are followed into the next run."""
-    while True:
-        request = history.get_request(request_id)
-        if request is None:
-            return None
-        if request.run_id is not None:
-            run = history.get(request.run_id)
-            if run is not None:
-                on_progress(run)
-                if run.state != "running":
-                    return run
-        elif not holder_alive():
-            return None
-        time.sleep(poll_s)
+                reports.append(self._runs.indexer.run([folder] if folder.is_dir() else None, collection, progress=progress, cancel=self._cancel))
+            except TeambotError as exc:
+                reports.append(CollectionFailed(collection, str(exc)))
+        return reports

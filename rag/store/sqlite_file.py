@@ -12,7 +12,7 @@ from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from rag.store import StoreError
+from config.errors import StoreError
 
 
 class SqliteFile:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from rag.documents import ParsedDocument
+from rag.ingest.documents import ParsedDocument
 
 HEADING_SEPARATOR = " > "
 # Separates the heading path MarkdownNodeParser records; a character no heading contains.
@@ -36,7 +36,7 @@ class Chunker:
         from llama_index.core.node_parser import MarkdownNodeParser, SentenceSplitter
         from transformers import AutoTokenizer
 
-        from rag.embedder import model_location
+        from rag.ingest.embedder import model_location
 
         tokenizer = AutoTokenizer.from_pretrained(model_location(embed_model))
         tokenizer.model_max_length = 1 << 30  # counting only: no "longer than the model reads" warnings

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from rag.sqlite_file import SqliteFile
+from rag.store.sqlite_file import SqliteFile
 
 State = Literal["pending", "indexed", "failed"]
 

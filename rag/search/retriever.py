@@ -2,7 +2,7 @@
 
 Candidates come from both searches. Each gets
     score = vector_weight * cosine similarity + (1 - vector_weight) * keyword score
-(see rag.keyword for the keyword score), both on a 0-1 scale, so one threshold
+(see rag.search.keyword for the keyword score), both on a 0-1 scale, so one threshold
 (``rag.min_score``) can say "nothing relevant": a question in Chinese finds Chinese documents
 through their words even where the English-centric embedder is weak, and a paraphrase with
 no shared words still finds its passage through the vectors.
@@ -24,10 +24,10 @@ import numpy as np
 
 from config.errors import TeambotError
 from config.settings import RagSettings
-from rag.keyword import KeywordIndex, tokenize
-from rag.manifest import Manifest
-from rag.query_encoder import load_query_encoder
-from rag.store import ChromaStore, StoredChunk
+from rag.search.keyword import KeywordIndex, tokenize
+from rag.store.manifest import Manifest
+from rag.search.query_encoder import load_query_encoder
+from rag.store.chroma import ChromaStore, StoredChunk
 
 # Each search proposes this many candidates per wanted passage (at least CANDIDATES_MIN).
 CANDIDATES_PER_RESULT = 5

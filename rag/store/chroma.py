@@ -5,7 +5,7 @@ distances. Each collection records the embedding model its vectors came from, an
 vectors of another model.
 
 Chroma waits for as long as another process holds its SQLite database locked, even to read,
-and freezes the whole process meanwhile (see rag.sqlite_lock). So each call first waits, for
+and freezes the whole process meanwhile (see rag.store.sqlite_lock). So each call first waits, for
 at most ``rag.store_timeout_s``, until no other process's lock is in its way, and otherwise
 fails with a StoreError naming that process.
 """
@@ -22,8 +22,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import urlsplit
 
-from config.errors import ConfigError, TeambotError
-from rag.sqlite_lock import SqliteLockProbe
+from config.errors import ConfigError, StoreError
+from rag.store.sqlite_lock import SqliteLockProbe
 
 if TYPE_CHECKING:
     import chromadb
@@ -35,10 +35,6 @@ T = TypeVar("T")
 
 CHROMA_PREFIX = "kb-"
 EMBED_MODEL_KEY = "embed_model"
-
-
-class StoreError(TeambotError):
-    """The Chroma store cannot be read or written."""
 
 
 @dataclass(frozen=True)
@@ -111,7 +107,7 @@ class ChromaStore:
             if self.url and not isinstance(exc, ChromaError) and _unreachable(exc):
                 raise StoreError(
                     f"cannot reach the Chroma server at {self.url} to {action} ({type(exc).__name__})",
-                    f"start it (`chroma run --path DIR --host 127.0.0.1 --port PORT`) or fix rag.chroma_url",
+                    "start it (`chroma run --path DIR --host 127.0.0.1 --port PORT`) or fix rag.chroma_url",
                 ) from exc
             if not isinstance(exc, (ChromaError, sqlite3.Error, OSError)):
                 raise

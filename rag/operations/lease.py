@@ -19,8 +19,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from rag.sqlite_file import SqliteFile
-from rag.store import StoreError
+from rag.store.sqlite_file import SqliteFile
+from config.errors import StoreError
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS lease (

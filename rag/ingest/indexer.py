@@ -24,12 +24,12 @@ from typing import Protocol
 
 from config.errors import TeambotError
 from config.settings import DEFAULT_COLLECTION, Settings, check_collection_name
-from rag.chunking import Chunk, Chunker
-from rag.documents import DocumentError, ParsedDocument, read_document, supported
-from rag.embedder import load_embedder
-from rag.keyword import tokenize
-from rag.manifest import FileRecord, Manifest
-from rag.store import ChromaStore
+from rag.ingest.chunking import Chunk, Chunker
+from rag.ingest.documents import DocumentError, ParsedDocument, read_document, supported
+from rag.ingest.embedder import load_embedder
+from rag.search.keyword import tokenize
+from rag.store.manifest import FileRecord, Manifest
+from rag.store.chroma import ChromaStore
 
 log = logging.getLogger(__name__)
 
@@ -39,8 +39,10 @@ BATCH_CHUNKS = 512
 IGNORED_NAME_PREFIXES = (".", "~$")  # hidden files, editors' lock files
 
 
-class IndexCancelled(TeambotError):
-    """An index run was asked to stop; it stopped between two batches, leaving the index consistent."""
+class IndexCancelled(Exception):
+    """An index run was asked to stop; it stopped between two batches, leaving the index consistent.
+
+    Not a TeambotError: stopping is an outcome the caller asked for, not a problem to report."""
 
 
 class IndexProgress(Protocol):
@@ -127,7 +129,7 @@ class Indexer:
                 progress.planned(len(todo))
             for batch in _batches(todo):
                 if cancel is not None and cancel.is_set():
-                    raise IndexCancelled(f"the index run of collection {collection!r} was stopped", "the next run completes it")
+                    raise IndexCancelled(f"the index run of collection {collection!r} was stopped; the next run completes it")
                 self._index_batch(batch, collection, report, progress)
         report.total_chunks = sum(r.chunks for r in self._manifest.files(collection).values())
         report.seconds = round(time.monotonic() - started, 3)
@@ -135,6 +137,19 @@ class Indexer:
             "indexed collection %s: %d added, %d updated, %d deleted, %d unchanged, %d failed, %d chunks in %.1f s",
             collection, report.added, report.updated, report.deleted, report.unchanged, len(report.failed), report.chunks, report.seconds,
         )  # fmt: skip
+        return report
+
+    def remove(self, collection: str, records: Sequence[FileRecord]) -> IndexReport:
+        """Deletes these documents' chunks and manifest rows, and nothing else (no folder is scanned)."""
+        started = time.monotonic()
+        report = IndexReport(collection)
+        with self.exclusive():
+            doc_ids = [r.doc_id for r in records]
+            self._store.delete_documents(collection, doc_ids)
+            self._manifest.remove(collection, doc_ids)
+            report.deleted = len(doc_ids)
+        report.total_chunks = sum(r.chunks for r in self._manifest.files(collection).values())
+        report.seconds = round(time.monotonic() - started, 3)
         return report
 
     def _collection_dir(self, collection: str) -> Path:

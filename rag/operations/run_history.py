@@ -17,7 +17,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from rag.sqlite_file import SqliteFile
+from rag.ingest.indexer import IndexReport
+from rag.store.sqlite_file import SqliteFile
 
 RunState = Literal["running", "done", "failed", "interrupted"]
 
@@ -48,6 +49,24 @@ KEEP_RUNS = 500  # older runs are pruned
 
 
 @dataclass(frozen=True)
+class CollectionFailed:
+    """A collection a run could not index at all (its folder is missing, the store is down)."""
+
+    collection: str
+    error: str
+
+    def to_json(self) -> dict[str, object]:
+        return {"collection": self.collection, "error": self.error}
+
+
+CollectionReport = IndexReport | CollectionFailed
+
+
+def report_from_json(data: dict[str, Any]) -> CollectionReport:
+    return CollectionFailed(**data) if "error" in data else IndexReport(**data)
+
+
+@dataclass(frozen=True)
 class Run:
     id: int
     trigger: str
@@ -58,19 +77,30 @@ class Run:
     files_total: int
     files_done: int
     current: str
-    reports: list[dict[str, Any]]
+    reports: list[CollectionReport]
     error: str
 
     @property
+    def indexed(self) -> list[IndexReport]:
+        return [r for r in self.reports if isinstance(r, IndexReport)]
+
+    @property
+    def failed_collections(self) -> list[CollectionFailed]:
+        return [r for r in self.reports if isinstance(r, CollectionFailed)]
+
+    def report_for(self, collection: str) -> CollectionReport | None:
+        return next((r for r in self.reports if r.collection == collection), None)
+
+    @property
     def totals(self) -> dict[str, int]:
-        """Counts over every collection of the run."""
-        keys = ("added", "updated", "deleted", "unchanged", "chunks", "total_chunks")
-        sums = {k: sum(int(r.get(k, 0)) for r in self.reports) for k in keys}
-        sums["failed"] = sum(len(r.get("failed", [])) for r in self.reports)
+        """Counts over every collection of the run (``failed``: files)."""
+        reports = self.indexed
+        sums = {k: sum(getattr(r, k) for r in reports) for k in ("added", "updated", "deleted", "unchanged", "chunks", "total_chunks")}
+        sums["failed"] = sum(len(r.failed) for r in reports)
         return sums
 
     def to_json(self) -> dict[str, Any]:
-        return {**self.__dict__, "totals": self.totals}
+        return {**self.__dict__, "reports": [r.to_json() for r in self.reports], "totals": self.totals}
 
 
 @dataclass(frozen=True)
@@ -157,12 +187,12 @@ class RunHistory(SqliteFile):
         with self._write() as db:
             db.execute("UPDATE runs SET files_total = ?, files_done = ?, current = ? WHERE id = ?", (files_total, files_done, current, run_id))
 
-    def finish(self, run_id: int, state: RunState, reports: list[dict[str, Any]], error: str = "") -> None:
+    def finish(self, run_id: int, state: RunState, reports: list[CollectionReport], error: str = "") -> None:
         """Records how a run ended; the requests of an interrupted run wait for the next one."""
         with self._write() as db:
             db.execute(
                 "UPDATE runs SET state = ?, finished_at = ?, reports = ?, error = ?, current = '' WHERE id = ? AND state = 'running'",
-                (state, time.time(), json.dumps(reports, ensure_ascii=False), error, run_id),
+                (state, time.time(), json.dumps([r.to_json() for r in reports], ensure_ascii=False), error, run_id),
             )
             if state == "interrupted":
                 db.execute("UPDATE requests SET run_id = NULL WHERE run_id = ?", (run_id,))
@@ -195,4 +225,4 @@ class RunHistory(SqliteFile):
 
 
 def _run(row: sqlite3.Row) -> Run:
-    return Run(**{**dict(row), "reports": json.loads(row["reports"])})
+    return Run(**{**dict(row), "reports": [report_from_json(r) for r in json.loads(row["reports"])]})

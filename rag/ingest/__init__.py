@@ -1,0 +1,1 @@
+"""Ingestion: reading files, cutting them into chunks, embedding them, and the incremental indexer."""

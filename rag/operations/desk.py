@@ -1,0 +1,320 @@
+"""The knowledge desk: every admin action on the knowledge base, from any front end (Slack,
+Discord, the web console, the command line).
+
+Upload (the name, type and size checked before any download, the file parsed before it is
+saved, then saved into its collection's folder and indexed at once), list, remove (that
+document's chunks and nothing else), index, re-index (a request in the service's queue), and
+the index's status. Each action returns a typed result the front end renders. Every change to
+the index is an index run (rag.operations.index_runs): in the run history, `teambot status`
+and the metrics. A file that fails any step leaves the folder and the index as they were.
+
+Blocking: front ends call it from a thread.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from config.errors import TeambotError
+from config.settings import Settings, check_collection_name
+from rag.ingest.documents import SUPPORTED_SUFFIXES, DocumentError, read_document
+from rag.ingest.indexer import IndexProgress, IndexReport
+from rag.operations.index_runs import IndexRuns
+from rag.operations.lease import LeaseState, current_lease
+from rag.operations.run_history import Run, RunProgress
+from rag.store.manifest import FileRecord, Manifest
+
+MAX_NAME_CHARS = 120
+FOLLOW_POLL_S = 0.25
+_UNSAFE = re.compile(r"[^\w.\- ()\u3400-\u9fff]+")
+
+
+class UploadError(TeambotError):
+    """An uploaded file or an admin request was refused; nothing was changed."""
+
+
+@dataclass(frozen=True)
+class Added:
+    collection: str
+    name: str
+    chunks: int
+    replaced: bool  # a file of that name was there before
+    run_id: int
+
+
+@dataclass(frozen=True)
+class Document:
+    collection: str
+    path: str
+    title: str
+    chunks: int
+    size: int
+    state: str
+    error: str
+    indexed_at: float
+
+    @classmethod
+    def of(cls, record: FileRecord) -> Document:
+        return cls(record.collection, record.path, record.title, record.chunks, record.size, record.state, record.error, record.indexed_at)
+
+
+@dataclass(frozen=True)
+class Removed:
+    document: Document
+    run_id: int
+
+
+@dataclass(frozen=True)
+class ReindexRequested:
+    request_id: int
+    running: Run | None  # a run in progress, which the request waits for
+    runner: str  # "this process", "another process" (a replica holds the index lease) or "" (none now)
+
+    def text(self) -> str:
+        """What the person who asked is told, on any platform."""
+        if self.running is not None:
+            return (
+                f"Re-index queued (request {self.request_id}): it starts when the run in progress ends "
+                f"({self.running.files_done}/{self.running.files_total} files done)."
+            )
+        if self.runner == "another process":
+            return f"Re-index queued (request {self.request_id}): another teambot replica runs the index and picks it up within seconds."
+        if not self.runner:
+            return f"Re-index queued (request {self.request_id}): it runs as soon as a `teambot serve` takes over the index."
+        return f"Re-index started (request {self.request_id}): every collection's folder is checked; only changed files are embedded."
+
+
+@dataclass(frozen=True)
+class CollectionStatus:
+    collection: str
+    folder: str | None
+    documents: int
+    chunks: int
+    failed: list[dict[str, str]]  # {"path", "error"}
+    pending: int
+    last_indexed_at: float | None
+
+
+@dataclass(frozen=True)
+class IndexStatus:
+    service: LeaseState | None  # the `teambot serve` that runs the index, if any ever did
+    waiting_requests: int
+    running: Run | None
+    runs: list[Run]
+    collections: list[CollectionStatus]
+
+    def to_json(self) -> dict[str, Any]:
+        service = self.service
+        return {
+            "service": {"holder": service.holder, "alive": service.alive, **service.info} if service else None,
+            "waiting_requests": self.waiting_requests,
+            "running": self.running.to_json() if self.running else None,
+            "runs": [r.to_json() for r in self.runs],
+            "collections": [asdict(c) for c in self.collections],
+        }
+
+
+class KnowledgeDesk:
+    def __init__(self, settings: Settings, manifest: Manifest, runs: IndexRuns, on_upload: Callable[[bool], None] | None = None) -> None:
+        """``on_upload(added)`` is told of every upload: added (True) or refused (False)."""
+        self._settings = settings
+        self._manifest = manifest
+        self._runs = runs
+        self._indexer = runs.indexer
+        self._history = runs.history
+        self._on_upload = on_upload
+        self.max_bytes = int(settings.rag.max_file_mb * 1024 * 1024)
+
+    # --- uploads --------------------------------------------------------------------------
+
+    def check(self, filename: str, size: int | None) -> str:
+        """The name the file will be saved under; UploadError if its type or size is refused (before any download)."""
+        try:
+            return self._check(filename, size)
+        except UploadError:
+            self._count(False)
+            raise
+
+    def add(self, collection: str, filename: str, data: bytes, trigger: str) -> Added:
+        """Saves and indexes one file (replacing one of the same name); UploadError if it is refused.
+        ``trigger`` names who asked in the run history (e.g. "slack:upload")."""
+        check_collection_name(collection)
+        name = self.check(filename, len(data))
+        try:
+            added = self._add(collection, name, data, trigger)
+        except UploadError:
+            self._count(False)
+            raise
+        self._count(True)
+        return added
+
+    def _check(self, filename: str, size: int | None) -> str:
+        name = safe_name(filename)
+        suffix = Path(name).suffix.lower()
+        if suffix not in SUPPORTED_SUFFIXES:
+            raise UploadError(
+                f"{filename}: teambot cannot read '{suffix or 'files without an extension'}'",
+                f"upload one of: {', '.join(sorted(SUPPORTED_SUFFIXES))}",
+            )
+        if size is not None and size > self.max_bytes:
+            raise UploadError(
+                f"{filename} is {size / 1024 / 1024:.1f} MB, over the limit of {self._settings.rag.max_file_mb:g} MB",
+                "split it, or raise rag.max_file_mb",
+            )
+        return name
+
+    def _add(self, collection: str, name: str, data: bytes, trigger: str) -> Added:
+        folder = self._settings.collection_dir(collection)
+        folder.mkdir(parents=True, exist_ok=True)
+        final = folder / name
+        # A hidden name: index runs skip it while it is being checked.
+        staging = folder / f".upload-{os.getpid()}-{time.monotonic_ns()}{final.suffix}"
+        staging.write_bytes(data)
+        try:
+            read_document(staging)
+        except DocumentError as exc:
+            staging.unlink(missing_ok=True)
+            raise UploadError(str(exc.message).replace(staging.name, name), exc.hint) from None
+        except BaseException:
+            staging.unlink(missing_ok=True)
+            raise
+        replaced = final.exists()
+        os.replace(staging, final)
+        run = self._runs.run(trigger, lambda progress: [self._indexer.run([final], collection, progress=progress)])
+        report = run.report_for(collection)
+        if isinstance(report, IndexReport) and report.failed:
+            raise UploadError(f"{name} was saved but not indexed: {report.failed[0]['error']}")
+        record = self._record(collection, folder, name)
+        return Added(collection, name, record.chunks if record else 0, replaced, run.id)
+
+    def _count(self, added: bool) -> None:
+        if self._on_upload is not None:
+            self._on_upload(added)
+
+    # --- documents ------------------------------------------------------------------------
+
+    def collections(self) -> list[str]:
+        """Every configured collection and every collection with documents."""
+        return sorted(set(self._settings.collection_dirs()) | set(self._manifest.collections()))
+
+    def documents(self, collection: str) -> list[Document]:
+        check_collection_name(collection)
+        return sorted((Document.of(r) for r in self._manifest.files(collection).values()), key=lambda d: d.path)
+
+    def remove(self, collection: str, name: str, trigger: str) -> Removed:
+        """Deletes a file from the collection's folder and its chunks from the index (no other document is touched)."""
+        check_collection_name(collection)
+        folder = self._settings.collection_dir(collection)
+        record = self._record(collection, folder, name)
+        path = folder / name
+        if record is None or not path.resolve().is_relative_to(folder.resolve()):
+            known = ", ".join(d.path for d in self.documents(collection)[:20]) or "none"
+            raise UploadError(f"collection {collection!r} has no document {name!r}", f"its documents: {known}")
+        path.unlink(missing_ok=True)
+        run = self._runs.run(trigger, lambda progress: [self._indexer.remove(collection, [record])])
+        return Removed(Document.of(record), run.id)
+
+    def _record(self, collection: str, folder: Path, name: str) -> FileRecord | None:
+        root = str(folder.resolve())
+        return next((r for r in self._manifest.files(collection, root).values() if r.path == name), None)
+
+    # --- index runs -----------------------------------------------------------------------
+
+    def index(
+        self, paths: Sequence[Path] | None, collection: str, *, rebuild: bool = False, progress: IndexProgress | None = None, trigger: str = "cli"
+    ) -> IndexReport:
+        """Indexes files or folders (default: the collection's folder) at once, as one recorded run."""
+
+        def work(run_progress: RunProgress) -> list[IndexReport]:
+            shown = _BothProgress(progress, run_progress) if progress else run_progress
+            return [self._indexer.run(paths or None, collection, rebuild=rebuild, progress=shown)]
+
+        report = self._runs.run(trigger, work).report_for(collection)
+        assert isinstance(report, IndexReport)
+        return report
+
+    def index_service(self) -> LeaseState | None:
+        """The `teambot serve` that runs the index queue now (a live index lease), or None."""
+        lease = current_lease(self._history.path)
+        return lease if lease is not None and lease.alive else None
+
+    def request_reindex(self, trigger: str) -> ReindexRequested:
+        """Queues a re-index of every collection; the process holding the index lease runs it within a second."""
+        request = self._history.request(trigger)
+        lease = self.index_service()
+        runner = "" if lease is None else "this process" if lease.holder == self._runs.holder else "another process"
+        return ReindexRequested(request.id, self._history.running(), runner)
+
+    def follow(self, request_id: int, on_progress: Callable[[Run], None]) -> Run | None:
+        """Waits until the run that serves a queued request ends, reporting its progress; None if
+        the index service died before a run took the request (the caller may then index itself).
+        A run whose process dies gives its requests back to the queue, so they are followed into the next run."""
+        while True:
+            request = self._history.get_request(request_id)
+            if request is None:
+                return None
+            if request.run_id is not None:
+                run = self._history.get(request.run_id)
+                if run is not None:
+                    on_progress(run)
+                    if run.state != "running":
+                        return run
+            elif self.index_service() is None:
+                return None
+            time.sleep(FOLLOW_POLL_S)
+
+    def status(self, runs: int = 5) -> IndexStatus:
+        """Who runs the index, the run in progress, the last runs and each collection's documents (the data dir only, never Chroma)."""
+        collections = []
+        folders = self._settings.collection_dirs()
+        for name in self.collections():
+            files = list(self._manifest.files(name).values())
+            folder = folders.get(name)
+            collections.append(
+                CollectionStatus(
+                    collection=name,
+                    folder=str(folder) if folder else None,
+                    documents=sum(f.state != "failed" for f in files),
+                    chunks=sum(f.chunks for f in files),
+                    failed=[{"path": f.path, "error": f.error} for f in files if f.state == "failed"],
+                    pending=sum(f.state == "pending" for f in files),
+                    last_indexed_at=max((f.indexed_at for f in files), default=None),
+                )
+            )
+        return IndexStatus(
+            service=current_lease(self._history.path),
+            waiting_requests=len(self._history.waiting()),
+            running=self._history.running(),
+            runs=self._history.recent(runs),
+            collections=collections,
+        )
+
+
+class _BothProgress:
+    """Progress to the caller's display and to the run history."""
+
+    def __init__(self, *targets: IndexProgress) -> None:
+        self._targets = targets
+
+    def planned(self, files: int) -> None:
+        for target in self._targets:
+            target.planned(files)
+
+    def advance(self, path: str) -> None:
+        for target in self._targets:
+            target.advance(path)
+
+
+def safe_name(filename: str) -> str:
+    """A file name that stays inside its folder: no directories, no leading dots, tame characters."""
+    name = _UNSAFE.sub("_", Path(filename.replace("\\", "/")).name).strip(" .")
+    if not name:
+        raise UploadError(f"{filename!r} is not a usable file name", "rename the file and upload it again")
+    stem, suffix = os.path.splitext(name)
+    return stem[: MAX_NAME_CHARS - len(suffix)] + suffix

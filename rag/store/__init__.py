@@ -1,0 +1,1 @@
+"""Storage: the Chroma store of chunks, and the SQLite files beside it (the index manifest)."""
