@@ -34,7 +34,7 @@ from config.settings import DEFAULT_COLLECTION, Settings, load_settings
 from rag.ingest.indexer import IndexReport
 from rag.operations.desk import IndexStatus
 from rag.operations.run_history import Run
-from rag.search.retriever import Passage, Retrieval
+from rag.search.retriever import Retrieval
 
 T = TypeVar("T")
 
@@ -131,7 +131,7 @@ def search(
 
     retrieval = _guarded(run)
     if as_json:
-        _print_json({"sources": [_passage_json(p) for p in retrieval.passages], "timings_ms": retrieval.timings_ms})
+        _print_json({"sources": [p.to_json() for p in retrieval.passages], "timings_ms": retrieval.timings_ms})
         return
     if not retrieval.passages:
         out.print(f"nothing relevant (no passage scores {settings.rag.min_score:g} or more)")
@@ -158,15 +158,7 @@ def ask(
     if done is None:  # the view said why
         raise typer.Exit(1)
     if as_json:
-        _print_json(
-            {
-                "answer": done.answer,
-                "sources": [{"n": n, **_passage_json(p)} for n, p in enumerate(done.sources, start=1)],
-                "cited": done.cited,
-                "found": done.found,
-                "timings_ms": done.timings_ms,
-            }
-        )
+        _print_json(done.to_json())
 
 
 @app.command("chat")
@@ -312,20 +304,6 @@ async def _until_signalled() -> None:
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, stop.set)
     await stop.wait()
-
-
-def _passage_json(passage: Passage) -> dict[str, Any]:
-    return {
-        "path": passage.path,
-        "title": passage.title,
-        "heading": passage.heading,
-        "page": passage.page,
-        "collection": passage.collection,
-        "score": passage.score,
-        "vector_score": passage.vector_score,
-        "keyword_score": passage.keyword_score,
-        "text": passage.text,
-    }
 
 
 def _print_json(data: Any) -> None:

@@ -264,24 +264,10 @@ class _NdjsonView:
         self.lines.put_nowait(_line({"delta": text}))
 
     async def finish(self, done: AnswerDone, answer_id: str | None) -> None:
-        self.lines.put_nowait(_line({"done": _done_json(done)}))
+        self.lines.put_nowait(_line({"done": done.to_json()}))
 
     async def fail(self, message: str) -> None:
         self.lines.put_nowait(_line({"error": message}))
-
-
-def _done_json(done: AnswerDone) -> dict[str, Any]:
-    return {
-        "answer": done.answer,
-        "found": done.found,
-        "cited": done.cited,
-        "timings_ms": done.timings_ms,
-        "sources": [
-            {"n": n, "collection": p.collection, "path": p.path, "title": p.title, "heading": p.heading, "page": p.page,
-             "score": round(p.score, 3), "vector_score": round(p.vector_score, 3), "keyword_score": round(p.keyword_score, 3), "text": p.text}
-            for n, p in enumerate(done.sources, start=1)
-        ],
-    }  # fmt: skip
 
 
 def _line(data: dict[str, Any]) -> str:

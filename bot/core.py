@@ -13,9 +13,9 @@ import logging
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 
+from bot.prompt import Turn, build_messages, cited_numbers, not_found_answer
 from config.errors import TeambotError
 from config.settings import DEFAULT_COLLECTION, BotSettings
-from bot.prompt import Turn, build_messages, cited_numbers, not_found_answer
 from inference.client import ChatClient
 from rag.search.retriever import Passage, Retrieval, Retriever
 
@@ -39,8 +39,26 @@ class AnswerDone:
     found: bool  # False: nothing relevant was found and the bot said it does not know
     timings_ms: dict[str, float] = field(default_factory=dict)
 
+    def to_json(self) -> dict[str, object]:
+        return {
+            "answer": self.answer,
+            "sources": [{"n": n, **p.to_json()} for n, p in enumerate(self.sources, start=1)],
+            "cited": self.cited,
+            "found": self.found,
+            "timings_ms": self.timings_ms,
+        }
+
 
 AnswerEvent = AnswerDelta | AnswerDone
+
+
+def retrieve(retriever: Retriever, question: str, history: Sequence[Turn], collections: Sequence[str]) -> Retrieval:
+    """The passages a question is answered from, the conversation considered. Blocking."""
+    retrieval = retriever.search(question, collections)
+    if not retrieval.passages and history:
+        # A follow-up ("and on weekends?") may only make sense with the question before it.
+        retrieval = retriever.search(f"{history[-1].question}\n{question}", collections)
+    return retrieval
 
 
 class AnswerEngine:
@@ -83,7 +101,7 @@ class AnswerEngine:
             timings = {"queued": elapsed_ms()}
             try:
                 async with asyncio.timeout_at(deadline):
-                    retrieval = await self._retrieve(question, history, collections)
+                    retrieval = await asyncio.to_thread(retrieve, self._retriever, question, history, collections)
             except TimeoutError:
                 raise self._timeout("searching the knowledge base") from None
             timings["retrieve"] = elapsed_ms()
@@ -120,13 +138,6 @@ class AnswerEngine:
         finally:
             self._busy -= 1
             self._slots.release()
-
-    async def _retrieve(self, question: str, history: list[Turn], collections: Sequence[str]) -> Retrieval:
-        retrieval = await asyncio.to_thread(self._retriever.search, question, collections)
-        if not retrieval.passages and history:
-            # A follow-up ("and on weekends?") may only make sense with the question before it.
-            retrieval = await asyncio.to_thread(self._retriever.search, f"{history[-1].question}\n{question}", collections)
-        return retrieval
 
     def _timeout(self, stage: str) -> AnswerTimeout:
         return AnswerTimeout(

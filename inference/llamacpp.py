@@ -68,13 +68,13 @@ def server_command(settings: InferenceSettings, model: Path, port: int) -> list[
 class LlamaCppServer:
     def __init__(self, settings: InferenceSettings, log_dir: Path) -> None:
         self._settings = settings
-        self._process = ServerProcess("llama.cpp server", log_dir / "llama-server.log")
+        self.process = ServerProcess("llama.cpp server", log_dir / "llama-server.log")
         self.model_path = settings.model_path or shipped_model_path()
         self.description = f"llama.cpp with {self.model_path.name} (KV cache {settings.kv_cache_type})"
 
     @property
     def log_path(self) -> Path:
-        return self._process.log_path
+        return self.process.log_path
 
     async def start(self, progress: Progress | None = None) -> Endpoint:
         check_gguf(self.model_path)
@@ -88,11 +88,11 @@ class LlamaCppServer:
         if progress:
             progress(f"starting {self.description}")
         base_url = f"http://127.0.0.1:{port}/v1"
-        seconds = await self._process.start_until_ready(
+        seconds = await self.process.start_until_ready(
             command, shown=" ".join(command), ready_url=f"{base_url}/models", timeout_s=self._settings.start_timeout_s,
             what="the llama.cpp server", progress=progress,
         )  # fmt: skip
-        log.info("llama.cpp server ready on port %d in %.1f s (pid %d)", port, seconds, self._process.pid)
+        log.info("llama.cpp server ready on port %d in %.1f s (pid %d)", port, seconds, self.process.pid)
         if progress:
             progress(f"{self.description} ready in {seconds:.1f} s")
         return Endpoint(
@@ -102,4 +102,4 @@ class LlamaCppServer:
         )
 
     async def stop(self) -> None:
-        await self._process.stop()
+        await self.process.stop()

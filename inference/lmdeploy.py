@@ -138,7 +138,7 @@ class LMDeployServer:
     def __init__(self, settings: InferenceSettings, log_dir: Path, api_key: str | None = None) -> None:
         self._settings = settings.lmdeploy
         self._api_key = api_key or secrets.token_urlsafe(24)
-        self._process = ServerProcess("lmdeploy api_server", log_dir / "lmdeploy-server.log")
+        self.process = ServerProcess("lmdeploy api_server", log_dir / "lmdeploy-server.log")
         self.model_path = self._settings.model_path
         assert self.model_path is not None  # Settings fills in the default
         kv = {8: "KV cache int8", 4: "KV cache int4", 0: "KV cache unquantized"}[self._settings.quant_policy]
@@ -147,7 +147,7 @@ class LMDeployServer:
 
     @property
     def log_path(self) -> Path:
-        return self._process.log_path
+        return self.process.log_path
 
     async def start(self, progress: Progress | None = None) -> Endpoint:
         if not lmdeploy_installed():
@@ -162,14 +162,14 @@ class LMDeployServer:
         if progress:
             progress(f"starting {self.description}, {fmt} weights (lmdeploy takes a minute or two to start)")
         base_url = f"http://127.0.0.1:{port}/v1"
-        seconds = await self._process.start_until_ready(
+        seconds = await self.process.start_until_ready(
             command, shown=shown_command(command), ready_url=f"{base_url}/models", timeout_s=self._settings.start_timeout_s,
             what="the lmdeploy server", progress=progress, headers={"Authorization": f"Bearer {self._api_key}"},
             timeout_hint="raise inference.lmdeploy.start_timeout_s, or read the server log",
         )  # fmt: skip
-        self.engine, why = engine_in_use(self._settings.engine, self._process.output())
+        self.engine, why = engine_in_use(self._settings.engine, self.process.output())
         engine_note = f"{self.engine} engine" + (f" (TurboMind not used: {why})" if why else "")
-        log.info("lmdeploy server ready on port %d in %.1f s (pid %s), %s", port, seconds, self._process.pid, engine_note)
+        log.info("lmdeploy server ready on port %d in %.1f s (pid %s), %s", port, seconds, self.process.pid, engine_note)
         if progress:
             progress(f"{self.description} ready in {seconds:.1f} s on the {engine_note}")
         return Endpoint(
@@ -180,4 +180,4 @@ class LMDeployServer:
         )
 
     async def stop(self) -> None:
-        await self._process.stop()
+        await self.process.stop()

@@ -21,7 +21,17 @@ from config.settings import Settings
 from inference.client import Endpoint
 from rag.operations.run_history import RunHistory
 from tests.conftest import indexed_copy, make_settings, teambot
-from tests.fake_discord import ADMIN_PERMISSIONS, APP_ID, BOT_ID, BOT_TOKEN, CHANNEL_ID, EPHEMERAL, GUILD_ID, MEMBER_PERMISSIONS, FakeDiscord
+from tests.fake_discord import (
+    ADMIN_PERMISSIONS,
+    APP_ID,
+    BOT_ID,
+    BOT_TOKEN,
+    CHANNEL_ID,
+    EPHEMERAL,
+    GUILD_ID,
+    MEMBER_PERMISSIONS,
+    FakeDiscord,
+)
 from tests.fake_llm import FakeLLM, Reply
 from tests.proc import async_wait_for
 

@@ -13,9 +13,8 @@ from pathlib import Path
 import pytest
 
 from bot.runtime import Runtime, knowledge_runtime
-from config.errors import ConfigError, TeambotError
+from config.errors import ConfigError, StoreError, TeambotError
 from config.settings import Settings
-from config.errors import StoreError
 from rag.store.chroma import ChromaStore
 from tests.conftest import EXAMPLES, make_settings
 

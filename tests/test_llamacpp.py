@@ -59,7 +59,7 @@ async def test_a_configured_gguf_replaces_the_default_and_stop_frees_the_port(tm
     assert any("team-model.gguf" in m and "ready in" in m for m in messages)
     assert endpoint.model == "team-model"
     assert f"--model {custom}" in server.log_path.read_text()
-    pid = server._process.pid
+    pid = server.process.pid
     await server.stop()
     assert pid is not None and not _alive(pid)
     with pytest.raises(OSError):

@@ -14,9 +14,9 @@ import pytest
 
 from bot.runtime import Runtime, knowledge_runtime
 from config.settings import Settings
+from rag.operations.index_runs import IndexRuns
 from rag.operations.lease import IndexLease
 from rag.operations.run_history import CollectionFailed, Run, RunHistory
-from rag.operations.index_runs import IndexRuns
 from rag.operations.scheduler import IndexScheduler
 from tests.conftest import make_settings
 from tests.proc import async_wait_for

@@ -28,8 +28,8 @@ from rag.ingest.chunking import Chunk, Chunker
 from rag.ingest.documents import DocumentError, ParsedDocument, read_document, supported
 from rag.ingest.embedder import load_embedder
 from rag.search.keyword import tokenize
-from rag.store.manifest import FileRecord, Manifest
 from rag.store.chroma import ChromaStore
+from rag.store.manifest import FileRecord, Manifest
 
 log = logging.getLogger(__name__)
 

@@ -25,9 +25,9 @@ import numpy as np
 from config.errors import TeambotError
 from config.settings import RagSettings
 from rag.search.keyword import KeywordIndex, tokenize
-from rag.store.manifest import Manifest
 from rag.search.query_encoder import load_query_encoder
 from rag.store.chroma import ChromaStore, StoredChunk
+from rag.store.manifest import Manifest
 
 # Each search proposes this many candidates per wanted passage (at least CANDIDATES_MIN).
 CANDIDATES_PER_RESULT = 5
@@ -50,6 +50,11 @@ class Passage:
     vector_score: float
     keyword_score: float
     chunk_id: str
+
+    def to_json(self) -> dict[str, object]:
+        """What `--json` outputs and the console show of a passage."""
+        fields = ("path", "title", "heading", "page", "collection", "score", "vector_score", "keyword_score", "text")
+        return {name: getattr(self, name) for name in fields}
 
 
 @dataclass
@@ -97,9 +102,11 @@ class Retriever:
             if self._manifest.generation(collection):
                 self._cache(collection)
 
-    def search(self, query: str, collections: Sequence[str], top_k: int | None = None) -> Retrieval:
-        """The passages relevant to ``query``, best first; empty when nothing passes rag.min_score."""
+    def search(self, query: str, collections: Sequence[str], top_k: int | None = None, min_score: float | None = None) -> Retrieval:
+        """The passages relevant to ``query``, best first; empty when nothing passes the relevance
+        bar (``min_score``, default rag.min_score)."""
         top_k = top_k or self._settings.top_k
+        bar = self._settings.min_score if min_score is None else min_score
         limit = max(top_k * CANDIDATES_PER_RESULT, CANDIDATES_MIN)
         searchable = [c for c in collections if self._manifest.generation(c)]
         if not searchable:
@@ -123,7 +130,7 @@ class Retriever:
             candidates.extend(self._fuse(collection, query_vector, query_terms, vector_hits, limit))
             keyword_ms += _ms_since(mark)
 
-        relevant = sorted((c for c in candidates if c.score >= self._settings.min_score), key=lambda c: -c.score)[:top_k]
+        relevant = sorted((c for c in candidates if c.score >= bar), key=lambda c: -c.score)[:top_k]
         passages = self._passages(relevant)
         timings.update(vector=round(vector_ms, 2), keyword=round(keyword_ms, 2), total=_ms_since(started))
         return Retrieval(passages, timings)
