@@ -87,12 +87,12 @@ class AnswerLog(SqliteFile):
         query = "SELECT 1 FROM answers WHERE platform = ? AND channel = ? AND thread = ? LIMIT 1"
         return bool(self._read(query, (platform, channel, thread)))
 
-    def recent(self, limit: int = 50) -> list[LoggedAnswer]:
-        """The latest answers, newest first, with their vote counts."""
+    def recent(self, limit: int = 50, *, voted_down: bool = False) -> list[LoggedAnswer]:
+        """The latest answers, newest first, with their vote counts; ``voted_down``: only those with a 👎."""
         rows = self._read(
-            """SELECT a.*, COALESCE(SUM(v.vote = 'up'), 0) AS up, COALESCE(SUM(v.vote = 'down'), 0) AS down
+            f"""SELECT a.*, COALESCE(SUM(v.vote = 'up'), 0) AS up, COALESCE(SUM(v.vote = 'down'), 0) AS down
                FROM answers a LEFT JOIN votes v ON v.answer_id = a.id
-               GROUP BY a.id ORDER BY a.created_at DESC LIMIT ?""",
+               GROUP BY a.id {"HAVING down > 0" if voted_down else ""} ORDER BY a.created_at DESC LIMIT ?""",
             (limit,),
         )
         return [LoggedAnswer(**{**dict(row), "sources": json.loads(row["sources"]), "found": bool(row["found"])}) for row in rows]

@@ -1,4 +1,4 @@
-"""The `teambot` command line: index, search, ask, chat, serve, status, quantize, config.
+"""The `teambot` command line: index, search, ask, chat, serve, status, eval, quantize, config.
 
 Results go to stdout (``--json`` for machines); progress and errors go to stderr. A problem the
 user can fix ends the command with its message and hint, and exit code 1 (2 for bad
@@ -8,22 +8,20 @@ configuration), never a traceback.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import logging.handlers
 import os
 import signal
-import sys
-from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, Any
 
 import typer
-from rich.console import Console
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+from bot.cli_output import err, guarded, out, print_error, print_json, progress_line
 from bot.core import AnswerDone
+from bot.evaluation.commands import eval_app
 from bot.prompt import passage_label
 from bot.runtime import Runtime, knowledge_runtime, open_runtime
 from bot.service import Service
@@ -36,16 +34,12 @@ from rag.operations.desk import IndexStatus
 from rag.operations.run_history import Run
 from rag.search.retriever import Retrieval
 
-T = TypeVar("T")
-
 app = typer.Typer(
     help="teambot: answers from your team's documents, with a local LLM.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     add_completion=False,
 )
-out = Console(highlight=False, soft_wrap=True)
-err = Console(stderr=True, highlight=False, soft_wrap=True)
 
 LOG_FILE_BYTES = 5 * 1024 * 1024
 NO_PLATFORM_HELP = """No chat platform is configured.
@@ -64,7 +58,7 @@ def main_options(
     try:
         settings = load_settings(config)
     except ConfigError as exc:
-        _print_error(exc)
+        print_error(exc)
         raise typer.Exit(2) from None
     _setup_logging(settings)
     ctx.obj = settings
@@ -101,9 +95,9 @@ def index(
             with _IndexBar() as bar:
                 return runtime.desk.index(paths, collection, rebuild=rebuild, progress=bar)
 
-    report = _guarded(run)
+    report = guarded(run)
     if as_json:
-        _print_json(report.to_json())
+        print_json(report.to_json())
         return
     out.print(
         f"collection {report.collection}: {report.added} added, {report.updated} updated, {report.deleted} deleted, "
@@ -129,9 +123,9 @@ def search(
         with knowledge_runtime(settings) as runtime:
             return runtime.retriever.search(question, collection, top_k)
 
-    retrieval = _guarded(run)
+    retrieval = guarded(run)
     if as_json:
-        _print_json({"sources": [p.to_json() for p in retrieval.passages], "timings_ms": retrieval.timings_ms})
+        print_json({"sources": [p.to_json() for p in retrieval.passages], "timings_ms": retrieval.timings_ms})
         return
     if not retrieval.passages:
         out.print(f"nothing relevant (no passage scores {settings.rag.min_score:g} or more)")
@@ -151,14 +145,14 @@ def ask(
     settings: Settings = ctx.obj
 
     async def run() -> AnswerDone | None:
-        async with open_runtime(settings, with_llm=True, progress=_progress_line) as runtime:
+        async with open_runtime(settings, with_llm=True, progress=progress_line) as runtime:
             return await runtime.require_flow().answer(terminal_request(question, collection), TerminalView(out, err, quiet=as_json))
 
-    done = _guarded(lambda: asyncio.run(run()))
+    done = guarded(lambda: asyncio.run(run()))
     if done is None:  # the view said why
         raise typer.Exit(1)
     if as_json:
-        _print_json(done.to_json())
+        print_json(done.to_json())
 
 
 @app.command("chat")
@@ -167,10 +161,10 @@ def chat_command(ctx: typer.Context, collection: CollectionOption = [DEFAULT_COL
     settings: Settings = ctx.obj
 
     async def run() -> None:
-        async with open_runtime(settings, with_llm=True, progress=_progress_line) as runtime:
+        async with open_runtime(settings, with_llm=True, progress=progress_line) as runtime:
             await chat(runtime.require_flow(), collection, out, err)
 
-    _guarded(lambda: asyncio.run(run()))
+    guarded(lambda: asyncio.run(run()))
 
 
 @app.command()
@@ -179,7 +173,7 @@ def serve(ctx: typer.Context, collection: CollectionOption = [DEFAULT_COLLECTION
     settings: Settings = ctx.obj
 
     async def run() -> None:
-        async with open_runtime(settings, with_llm=True, serving=True, progress=_progress_line) as runtime:
+        async with open_runtime(settings, with_llm=True, serving=True, progress=progress_line) as runtime:
             assert runtime.server is not None and runtime.endpoint is not None
             service = Service(runtime)
             await service.start()
@@ -205,7 +199,7 @@ def serve(ctx: typer.Context, collection: CollectionOption = [DEFAULT_COLLECTION
             finally:
                 await service.stop()
 
-    _guarded(lambda: asyncio.run(run()))
+    guarded(lambda: asyncio.run(run()))
 
 
 @app.command()
@@ -227,10 +221,10 @@ def quantize(
     from inference.quantize import quantize as run_quantize
 
     target = (out_dir or default_output(settings, model)).expanduser().resolve()
-    result = _guarded(
+    result = guarded(
         lambda: run_quantize(
             settings, model, target, group_size=group_size, calib_samples=calib_samples, calib_seqlen=calib_seqlen,
-            calib_dataset=calib_dataset, batch_size=batch_size, progress=_progress_line,
+            calib_dataset=calib_dataset, batch_size=batch_size, progress=progress_line,
         )
     )  # fmt: skip
     gb = 1024**3
@@ -251,12 +245,14 @@ def status(ctx: typer.Context, runs: Annotated[int, typer.Option("--runs", min=1
         with knowledge_runtime(settings) as runtime:
             return runtime.desk.status(runs)
 
-    report = _guarded(read)
+    report = guarded(read)
     if as_json:
-        _print_json(report.to_json())
+        print_json(report.to_json())
         return
     out.print(render_status(report))
 
+
+app.add_typer(eval_app, name="eval")
 
 discord_app = typer.Typer(help="Discord helpers.", no_args_is_help=True)
 app.add_typer(discord_app, name="discord")
@@ -272,7 +268,7 @@ def discord_invite_url(
     from bot.discord.adapter import application_id, invite_url
 
     if client_id is None:
-        client_id = _guarded(lambda: asyncio.run(application_id(settings)))
+        client_id = guarded(lambda: asyncio.run(application_id(settings)))
     out.print(invite_url(client_id))
 
 
@@ -280,22 +276,10 @@ def discord_invite_url(
 def config_command(ctx: typer.Context) -> None:
     """Print the effective settings (secrets hidden)."""
     settings: Settings = ctx.obj
-    _print_json(settings.redacted())
+    print_json(settings.redacted())
 
 
 # --- helpers -------------------------------------------------------------------------------
-
-
-def _guarded(work: Callable[[], T]) -> T:
-    """Runs a command's work; a TeambotError ends the command with its message, not a traceback."""
-    try:
-        return work()
-    except TeambotError as exc:
-        _print_error(exc)
-        raise typer.Exit(2 if isinstance(exc, ConfigError) else 1) from None
-    except KeyboardInterrupt:
-        err.print("interrupted")
-        raise typer.Exit(130) from None
 
 
 async def _until_signalled() -> None:
@@ -304,21 +288,6 @@ async def _until_signalled() -> None:
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, stop.set)
     await stop.wait()
-
-
-def _print_json(data: Any) -> None:
-    sys.stdout.write(json.dumps(data, ensure_ascii=False, indent=2) + "\n")
-    sys.stdout.flush()
-
-
-def _print_error(exc: TeambotError) -> None:
-    err.print(f"[red]error:[/red] {escape(exc.message)}")
-    if exc.hint:
-        err.print(f"  [dim]hint:[/dim] {escape(exc.hint)}")
-
-
-def _progress_line(message: str) -> None:
-    err.print(f"[dim]{escape(message)}[/dim]")
 
 
 def _setup_logging(settings: Settings) -> None:

@@ -350,6 +350,39 @@ def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings
     return loaded
 
 
+def with_values(settings: Settings, values: dict[str, str]) -> Settings:
+    """A copy of ``settings`` with dotted keys set (``{"inference.kv_cache_type": "f16"}``), each
+    checked like the file's; ConfigError names the key at fault."""
+    for key, value in values.items():
+        *sections, leaf = key.split(".")
+        try:
+            settings = _replaced(settings, sections, leaf, value)
+        except (ValidationError, AttributeError, ValueError) as exc:
+            detail = exc.errors()[0]["msg"] if isinstance(exc, ValidationError) else str(exc)
+            raise ConfigError(f"setting {key!r} = {value!r} is not allowed: {detail}", "name a setting as `teambot config` prints it, e.g. inference.kv_cache_type") from None
+    return settings
+
+
+def _replaced(model: BaseModel, sections: list[str], leaf: str, value: str) -> Any:
+    if sections:
+        head, *rest = sections
+        child = getattr(model, head)
+        if not isinstance(child, BaseModel):
+            raise ValueError(f"{head} is not a section")
+        return model.model_copy(update={head: _replaced(child, rest, leaf, value)})
+    if leaf not in type(model).model_fields or not isinstance(model, _Section):
+        raise ValueError(f"no such setting in this section: {leaf}")
+    return type(model).model_validate({**model.model_dump(), leaf: _literal(value)})
+
+
+def _literal(value: str) -> Any:
+    """A value as TOML would read it (8, 0.5, true, ["a"]); anything else is a string."""
+    try:
+        return tomllib.loads(f"v = {value}")["v"]
+    except tomllib.TOMLDecodeError:
+        return value
+
+
 def _config_path(explicit: Path | None) -> Path | None:
     if explicit is None and os.environ.get(CONFIG_FILE_ENV):
         explicit = Path(os.environ[CONFIG_FILE_ENV])

@@ -1,0 +1,113 @@
+"""Answer quality on the two question sets, with `teambot eval`'s own code, in a fresh data dir.
+
+    python -m bench.eval --set knowledge                       # examples/eval/knowledge.yaml over examples/knowledge
+    python -m bench.eval --set lmdeploy-docs --corpus PATH     # examples/eval/lmdeploy-docs.yaml over lmdeploy's docs
+    options: --retrieval-only, --calibrate, --variants, --label NAME, --set-value KEY=VALUE (repeatable)
+
+The lmdeploy corpus is third-party and never committed: PATH is a clone of
+https://github.com/InternLM/lmdeploy (its docs/en and docs/zh_cn are read at the commit the
+question set names, with `git archive`) or a folder that already holds en/ and zh_cn/. Only
+.md and .rst files are indexed, into one collection.
+
+Results: bench/results/eval-<set>[-<label>].json (every question included).
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import shutil
+import subprocess
+import sys
+import tarfile
+import tempfile
+import time
+from pathlib import Path
+
+import yaml
+
+from bench.common import bench_settings, save
+from bot.evaluation.commands import evaluate
+from bot.evaluation.questions import load_question_set
+from bot.evaluation.report import render
+from bot.evaluation.variants import kv_variants
+from bot.runtime import knowledge_runtime
+from config.settings import with_values
+
+REPO = Path(__file__).resolve().parent.parent
+SETS = {"knowledge": REPO / "examples" / "eval" / "knowledge.yaml", "lmdeploy-docs": REPO / "examples" / "eval" / "lmdeploy-docs.yaml"}
+CORPUS_SUFFIXES = {".md", ".rst"}
+
+
+def lmdeploy_corpus(source: Path, commit: str, folders: dict[str, str], target: Path) -> Path:
+    """The docs as one folder of en/ and zh_cn/, .md and .rst only."""
+    target.mkdir(parents=True, exist_ok=True)
+    if all((source / name).is_dir() for name in folders):  # already extracted
+        for name in folders:
+            _copy_docs(source / name, target / name)
+        return target
+    git_dir = source / ".git" if (source / ".git").exists() else source
+    archive = subprocess.run(["git", "--git-dir", str(git_dir), "archive", commit, *folders.values()], capture_output=True, check=False)
+    if archive.returncode != 0:
+        sys.exit(f"cannot read {', '.join(folders.values())} at {commit} from {source}: {archive.stderr.decode().strip()}\n"
+                 "give --corpus a clone of https://github.com/InternLM/lmdeploy (with that commit), or a folder holding en/ and zh_cn/")
+    with tempfile.TemporaryDirectory() as raw, tarfile.open(fileobj=io.BytesIO(archive.stdout)) as tar:
+        tar.extractall(raw, filter="data")
+        for name, folder in folders.items():
+            _copy_docs(Path(raw) / folder, target / name)
+    return target
+
+
+def _copy_docs(source: Path, target: Path) -> None:
+    for path in source.rglob("*"):
+        if path.is_file() and path.suffix.lower() in CORPUS_SUFFIXES:
+            destination = target / path.relative_to(source)
+            destination.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(path, destination)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--set", choices=sorted(SETS), default="knowledge")
+    parser.add_argument("--corpus", type=Path, help="lmdeploy-docs: a clone of InternLM/lmdeploy, or a folder with en/ and zh_cn/")
+    parser.add_argument("--retrieval-only", action="store_true")
+    parser.add_argument("--calibrate", action="store_true")
+    parser.add_argument("--variants", action="store_true", help="answer with each KV cache precision too")
+    parser.add_argument("--label", default="", help="a name for this run's result file")
+    parser.add_argument("--set-value", action="append", default=[], help="a setting for this run, e.g. rag.min_score=0.45")
+    parser.add_argument("--limit", type=int)
+    args = parser.parse_args()
+
+    question_set = load_question_set(SETS[args.set])
+    with tempfile.TemporaryDirectory(prefix="teambot-eval-") as tmp:
+        work = Path(tmp)
+        if args.set == "knowledge":
+            knowledge = REPO / "examples" / "knowledge"
+        else:
+            if args.corpus is None:
+                sys.exit("--set lmdeploy-docs needs --corpus (a clone of https://github.com/InternLM/lmdeploy)")
+            corpus = yaml.safe_load(SETS[args.set].read_text(encoding="utf-8"))["corpus"]
+            knowledge = lmdeploy_corpus(args.corpus, corpus["commit"], corpus["folders"], work / "corpus")
+        settings = bench_settings(work, knowledge)
+        settings = with_values(settings, dict(v.split("=", 1) for v in args.set_value))
+        started = time.perf_counter()
+        with knowledge_runtime(settings) as runtime:
+            indexed = runtime.indexer.run()
+        print(f"indexed {indexed.added} files ({indexed.chunks} chunks, {len(indexed.failed)} failed) in {time.perf_counter() - started:.0f} s",
+              file=sys.stderr)
+        items = question_set.items[: args.limit]
+        variants = kv_variants(settings) if args.variants else []
+        report = evaluate(settings, question_set, items, retrieval_only=args.retrieval_only, calibrate=args.calibrate, variants=variants)
+    print(render(report))
+    name = f"eval-{args.set}" + (f"-{args.label}" if args.label else "")
+    data = report.to_json()
+    data["corpus"] = {"files": indexed.added, "chunks": indexed.chunks, "failed": len(indexed.failed)}
+    data["settings"] = {"set_value": args.set_value, "min_score": settings.rag.min_score, "top_k": settings.rag.top_k,
+                        "embed_model": settings.rag.embed_model or "all-MiniLM-L6-v2 (shipped)", "kv_cache_type": settings.inference.kv_cache_type}
+    shown = ["CLONE_OF_LMDEPLOY" if previous == "--corpus" else arg for previous, arg in zip(["", *sys.argv[1:]], sys.argv[1:], strict=False)]
+    data["command"] = "python -m bench.eval " + " ".join(shown)
+    print(f"saved {save(name, data)}", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()
