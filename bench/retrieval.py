@@ -50,7 +50,7 @@ def measure(runtime, settings, queries: list[str]) -> dict:  # type: ignore[no-u
 
     collection = runtime.store.collection("default")
     assert collection is not None and collection.name == CHROMA_PREFIX + "default"
-    embed_model = load_embedder(settings.rag.embed_model, settings.rag.embed_batch_size)
+    embed_model = load_embedder(settings.rag.embed_model, settings.rag.embed_batch_size).model  # type: ignore[attr-defined]
     baseline = VectorStoreIndex.from_vector_store(ChromaVectorStore(chroma_collection=collection), embed_model=embed_model).as_retriever(
         similarity_top_k=settings.rag.top_k
     )

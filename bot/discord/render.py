@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from bot.core import AnswerDone
+from bot.evidence import shorten
 from bot.prompt import passage_label
 from bot.splitting import split_text
 
@@ -19,6 +20,8 @@ def sources_text(done: AnswerDone) -> str:
     for n, passage in enumerate(done.sources, start=1):
         mark = " ✓" if n in done.cited else ""
         lines.append(f"[{n}] {passage_label(passage)} · {passage.score:.2f}{mark}")
+        if done.quote(n):
+            lines.append(f"> {shorten(done.quote(n))}")
     return "\n".join(lines)
 
 

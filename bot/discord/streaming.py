@@ -15,9 +15,10 @@ from typing import Any, Protocol
 
 import discord
 
-from bot.core import AnswerDone
+from bot.core import AnswerDone, AnswerEvidence
 from bot.discord.feedback import feedback_view
 from bot.discord.render import PLACEHOLDER, answer_pages, error_text, progress_pages
+from bot.evidence import evidence_preview
 from bot.progress import ProgressPump
 
 log = logging.getLogger(__name__)
@@ -107,6 +108,9 @@ class DiscordAnswer:
 
     async def open(self) -> None:
         self._pages = [(await self._destination.first(), PLACEHOLDER)]
+
+    def evidence(self, found: AnswerEvidence) -> None:
+        self._pump.append(evidence_preview(found.evidence, found.sources))
 
     def append(self, delta: str) -> None:
         self._pump.append(delta)

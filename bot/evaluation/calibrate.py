@@ -1,9 +1,9 @@
 """`teambot eval --calibrate`: the relevance bar (rag.min_score) that best separates the
 questions the knowledge base answers from those it must refuse, fitted on a question set.
 
-Each question is searched once with no bar; then every candidate bar is replayed on those
-scores the way the core applies it (a passage passes when its score reaches the bar; a
-follow-up with nothing passing is searched again together with the question before it). The
+Each question is searched once with no bar, as the core searches it (a follow-up together
+with the question before it); then every candidate bar is replayed on those scores (a passage
+passes when its score reaches the bar). The
 bar with the best refusal F1 wins; among equals the one that keeps the most right passages
 in the top k, then the middle of the range. HuixiangDou fits its reject threshold from good
 and bad examples the same way. Fitted for all questions and for each language.
@@ -14,6 +14,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
+from bot.core import ground
 from bot.evaluation.questions import EvalItem
 from bot.evaluation.scoring import Refusals, same_path
 from rag.search.retriever import Retriever
@@ -24,14 +25,10 @@ Scored = list[tuple[str, float]]  # (path, score), best first
 @dataclass(frozen=True)
 class Searched:
     item: EvalItem
-    alone: Scored  # the question on its own
-    with_history: Scored | None  # the question after the last earlier one, for follow-ups
+    scored: Scored  # what the search found with no bar
 
     def passing(self, bar: float) -> Scored:
-        passed = [(p, s) for p, s in self.alone if s >= bar]
-        if not passed and self.with_history is not None:
-            passed = [(p, s) for p, s in self.with_history if s >= bar]
-        return passed
+        return [(p, s) for p, s in self.scored if s >= bar]
 
 
 @dataclass(frozen=True)
@@ -60,12 +57,9 @@ class Fit:
 def search_all(retriever: Retriever, items: Sequence[EvalItem], progress: Callable[[EvalItem], None] | None = None) -> list[Searched]:
     out = []
     for item in items:
-        alone = retriever.search(item.question, [item.collection], min_score=0.0).passages
-        with_history = None
-        if item.history:
-            joined = f"{item.history[-1].question}\n{item.question}"
-            with_history = [(p.path, p.score) for p in retriever.search(joined, [item.collection], min_score=0.0).passages]
-        out.append(Searched(item, [(p.path, p.score) for p in alone], with_history))
+        query = ground(retriever, item.question, item.history, [item.collection]).query
+        found = retriever.search(query, [item.collection], min_score=0.0).passages
+        out.append(Searched(item, [(p.path, p.score) for p in found]))
         if progress:
             progress(item)
     return out
@@ -87,7 +81,7 @@ def score_bar(searched: Sequence[Searched], bar: float) -> BarScore:
 
 
 def fit(searched: Sequence[Searched], current: float, scope: str = "all") -> Fit:
-    scores = sorted({round(score, 4) for s in searched for _, score in [*s.alone[:1], *(s.with_history or [])[:1]]} | {0.0, 1.0})
+    scores = sorted({round(score, 4) for s in searched for _, score in s.scored} | {0.0, 1.0})
     candidates = [round((a + b) / 2, 4) for a, b in zip(scores, scores[1:], strict=False)] or [current]
     scored = [score_bar(searched, bar) for bar in candidates]
 

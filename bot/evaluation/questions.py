@@ -21,18 +21,16 @@ admin has not completed yet) is skipped with a warning.
 from __future__ import annotations
 
 import json
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from bot.prompt import Turn
+from bot.prompt import Turn, language_of
 from config.errors import TeambotError
 from config.settings import DEFAULT_COLLECTION, check_collection_name
 
 ITEM_KEYS = {"id", "kind", "question", "expect_sources", "expect_facts", "facts", "refuse", "history", "collection", "notes"}
 SET_KEYS = {"name", "collection", "items", "corpus", "notes"}
-_CJK = re.compile(r"[\u3400-\u4dbf\u4e00-\u9fff]")
 
 
 class QuestionSetError(TeambotError):
@@ -67,10 +65,6 @@ class QuestionSet:
     path: Path
     items: list[EvalItem]
     skipped: list[str] = field(default_factory=list)  # ids of items with nothing to check
-
-
-def language_of(text: str) -> str:
-    return "zh" if _CJK.search(text) else "en"
 
 
 def load_question_set(path: Path) -> QuestionSet:

@@ -7,7 +7,7 @@ import time
 from collections.abc import Callable, Sequence
 
 from bot.answering import AnswerFlow, AnswerRequest
-from bot.core import AnswerDone, retrieve
+from bot.core import AnswerDone, AnswerEvidence, ground
 from bot.evaluation.questions import EvalItem
 from bot.evaluation.scoring import ItemResult, says_it_does_not_know
 from config.errors import TeambotError
@@ -19,13 +19,14 @@ Progress = Callable[[EvalItem], None]  # told after each question
 
 def retrieval_result(retriever: Retriever, item: EvalItem) -> ItemResult:
     """What the bot would answer from: the passages passing the relevance bar, the conversation
-    considered as the core does (bot.core.retrieve). Blocking."""
+    considered as the core does (bot.core.ground). Blocking."""
     result = ItemResult(item)
     started = time.perf_counter()
     try:
-        retrieval = retrieve(retriever, item.question, item.history, [item.collection])
+        grounding = ground(retriever, item.question, item.history, [item.collection])
+        retrieval = grounding.retrieval
         result.timings_ms["retrieve"] = round((time.perf_counter() - started) * 1000, 1)
-        unfiltered = retriever.search(item.question, [item.collection], min_score=0.0)
+        unfiltered = retriever.search(grounding.query, [item.collection], min_score=0.0)
     except TeambotError as exc:
         result.error = exc.message
         return result
@@ -64,6 +65,9 @@ class _CollectingView:
     async def open(self) -> None:
         return None
 
+    def evidence(self, found: AnswerEvidence) -> None:
+        self._mark()  # the quotes are the first text a user sees
+
     def append(self, text: str) -> None:
         self._mark()
         self.deltas += 1
@@ -92,6 +96,8 @@ async def answer_result(flow: AnswerFlow, item: EvalItem) -> ItemResult:
     result.answer = done.answer
     result.cited = list(done.cited)
     result.refused = not done.found or says_it_does_not_know(done.answer)
+    result.mode = done.mode
+    result.guard_ok = None if done.guard is None else done.guard.ok
     result.timings_ms = {"retrieve": done.timings_ms.get("retrieve", 0.0), "first_text": view.first_text_ms or total, "total": total}
     return result
 

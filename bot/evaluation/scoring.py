@@ -21,7 +21,8 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from bot.evaluation.questions import EvalItem, language_of
+from bot.evaluation.questions import EvalItem
+from bot.prompt import language_of
 
 _CITATION = re.compile(r"\[\d{1,3}\]")
 _SPACE = re.compile(r"\s+")
@@ -133,10 +134,9 @@ class Refusals:
 
     @property
     def f1(self) -> float | None:
-        p, r = self.precision, self.recall
-        if p is None or r is None:
-            return None
-        return 2 * p * r / (p + r) if p + r else 0.0
+        """2TP / (2TP + FP + FN): 0 when nothing is refused right, undefined when there is nothing to refuse or refused."""
+        denominator = 2 * self.true_positive + self.false_positive + self.false_negative
+        return 2 * self.true_positive / denominator if denominator else None
 
 
 def refusals(results: Iterable[ItemResult], refused: Callable[[ItemResult], bool] = lambda r: r.refused) -> Refusals:

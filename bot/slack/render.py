@@ -6,6 +6,7 @@ import re
 from typing import Any
 
 from bot.core import AnswerDone
+from bot.evidence import shorten
 from bot.prompt import passage_label
 from bot.splitting import split_text
 
@@ -74,6 +75,8 @@ def sources_text(done: AnswerDone) -> str:
     for n, passage in enumerate(done.sources, start=1):
         mark = " ✓" if n in done.cited else ""
         lines.append(f"[{n}] {escape(passage_label(passage))} · {passage.score:.2f}{mark}")
+        if done.quote(n):
+            lines.append(f"> {escape(shorten(done.quote(n)))}")
     text = "\n".join(lines)
     return text if len(text) <= SECTION_TEXT_LIMIT else text[: SECTION_TEXT_LIMIT - 1] + "…"
 

@@ -17,7 +17,8 @@ from typing import Any, ClassVar
 from slack_sdk.errors import SlackApiError
 from slack_sdk.web.async_client import AsyncWebClient
 
-from bot.core import AnswerDone
+from bot.core import AnswerDone, AnswerEvidence
+from bot.evidence import evidence_preview
 from bot.progress import ProgressPump
 from bot.slack.messages import slack_error
 from bot.slack.render import PLACEHOLDER, TRUNCATED, answer_blocks, error_text, footer_blocks, notification_text, progress_text
@@ -61,6 +62,9 @@ class AnswerMessage:
         response = await self.client.chat_postMessage(channel=self.channel, thread_ts=self.thread_ts, text=PLACEHOLDER)
         self.ts = response["ts"]
 
+    def evidence(self, found: AnswerEvidence) -> None:
+        self._pump.append(evidence_preview(found.evidence, found.sources))
+
     def append(self, delta: str) -> None:
         self._pump.append(delta)
 
@@ -68,13 +72,17 @@ class AnswerMessage:
         """Replaces whatever is shown with the whole answer, its sources and the feedback buttons."""
         await self._pump.stop()
         if self._stream_ts:
-            tail = done.answer[self._sent : STREAM_TEXT_LIMIT]
-            if len(done.answer) > STREAM_TEXT_LIMIT:
-                tail += TRUNCATED
-            await self.client.chat_stopStream(
-                channel=self.channel, ts=self._stream_ts, markdown_text=tail or None, blocks=footer_blocks(done, answer_id)
-            )
-            return
+            if done.answer.startswith(self._pump.text):  # the stream shows the start of this very answer: finish it
+                tail = done.answer[self._sent : STREAM_TEXT_LIMIT]
+                if len(done.answer) > STREAM_TEXT_LIMIT:
+                    tail += TRUNCATED
+                await self.client.chat_stopStream(
+                    channel=self.channel, ts=self._stream_ts, markdown_text=tail or None, blocks=footer_blocks(done, answer_id)
+                )
+                return
+            # The stream shows something else (the evidence preview, or text the guard rejected): end it, then replace it whole.
+            await self.client.chat_stopStream(channel=self.channel, ts=self._stream_ts)
+            self.ts = self._stream_ts
         await self.client.chat_update(channel=self.channel, ts=self.ts, text=notification_text(done), blocks=answer_blocks(done, answer_id))
 
     async def fail(self, message: str) -> None:

@@ -34,15 +34,13 @@ class Chunk:
 class Chunker:
     def __init__(self, chunk_size: int, chunk_overlap: int, embed_model: str) -> None:
         from llama_index.core.node_parser import MarkdownNodeParser, SentenceSplitter
-        from transformers import AutoTokenizer
 
-        from rag.ingest.embedder import model_location
+        from rag.ingest.embedder import token_counter
 
-        tokenizer = AutoTokenizer.from_pretrained(model_location(embed_model))
-        tokenizer.model_max_length = 1 << 30  # counting only: no "longer than the model reads" warnings
+        count = token_counter(embed_model)
 
         def tokenize(text: str) -> list[int]:
-            return tokenizer.encode(text, add_special_tokens=False)
+            return [0] * count(text)  # the splitter only counts them
 
         self._sections = MarkdownNodeParser(header_path_separator=_PATH_SEPARATOR)
         self._splitter = SentenceSplitter(chunk_size=chunk_size, chunk_overlap=chunk_overlap, tokenizer=tokenize)

@@ -306,7 +306,7 @@ class Indexer:
         rag = self._settings.rag
         embedder = load_embedder(rag.embed_model, rag.embed_batch_size)
         texts = [chunk.embedding_text(doc.title) for _, doc, chunks in parsed for chunk in chunks]
-        vectors = iter(embedder.get_text_embedding_batch(texts))
+        vectors = iter(embedder.passages(texts))
         nodes = []
         for item, doc, chunks in parsed:
             for chunk in chunks:

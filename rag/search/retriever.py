@@ -139,6 +139,14 @@ class Retriever:
         rag = self._settings
         return load_query_encoder(rag.embed_model, rag.embed_batch_size, self._models_dir)(text)
 
+    def similarity(self, query: str, texts: Sequence[str]) -> list[float]:
+        """Cosine similarity of ``query`` to each of ``texts`` (short ones: sentences), by the query encoder."""
+        if not texts:
+            return []
+        rag = self._settings
+        encoder = load_query_encoder(rag.embed_model, rag.embed_batch_size, self._models_dir)
+        return (encoder.many(texts) @ np.asarray(encoder(query), dtype=np.float32)).tolist()
+
     def _fuse(
         self,
         collection: str,

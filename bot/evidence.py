@@ -1,0 +1,149 @@
+"""Evidence: for each retrieved passage, the sentence (or two) that best answers the question.
+
+Ready right after retrieval, so every front end can show it before the model writes a word,
+and the extractive answer is built from it. A sentence scores by meaning (the query
+encoder's cosine similarity between the question and the sentence) and by words (the share of
+the question's keywords the sentence contains, jieba-segmented and stemmed like the keyword
+search), plus a little of its passage's retrieval score. Sentences are cut at Chinese and
+Latin sentence ends, semicolons, and line breaks (list items are sentences).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from bot.prompt import language_of
+from rag.search.keyword import tokenize
+from rag.search.retriever import Passage
+
+# The weights of a sentence's score: meaning, words, and the passage it comes from.
+SIMILARITY_WEIGHT = 0.5
+COVERAGE_WEIGHT = 0.4
+PASSAGE_WEIGHT = 0.1
+SHORT_QUOTE = 40  # characters: a quote shorter than this (or ending in ':') takes the next sentence too
+MAX_QUOTE = 400  # characters shown of one quote
+REPEATED = 0.6  # a sentence whose words are mostly in the previous answer was already said
+
+# After 。！？；!?; (and a closing quote or bracket), or after . followed by space and a capital, digit or CJK.
+_SENTENCE_END = re.compile(r"(?<=[。！？；!?;])[”’」』)）\]]*\s*|(?<=[^0-9]\.)[”’)\]]*\s+(?=[A-Z0-9\"“(\[\u3400-\u9fff])")
+_LIST_MARK = re.compile(r"^\s*(?:[-*+•]|\d{1,3}[.)、]|#{1,6})\s+")
+_MARKDOWN = re.compile(r"\*\*|__|`")
+_CJK_END = re.compile(r"[\u3000-\u303f\u3400-\u9fff\uff00-\uffef]$")
+_CJK_START = re.compile(r"^[\u3000-\u303f\u3400-\u9fff\uff00-\uffef]")
+
+EXTRACTIVE_LEAD = "Here is what the documents say:"
+EXTRACTIVE_LEAD_ZH = "知识库文档中的相关内容："
+
+Similarity = Callable[[str, Sequence[str]], Sequence[float]]  # cosine similarity of the question to each text
+
+
+@dataclass(frozen=True)
+class Evidence:
+    n: int  # the passage's number (as the answer cites it), from 1
+    quote: str
+    score: float
+
+
+def sentences(text: str) -> list[str]:
+    """The sentences of a passage, cut at Chinese and Latin sentence ends; a heading or list item
+    starts a new one, and a line wrapped inside a paragraph is joined again."""
+    out: list[str] = []
+    for segment in _segments(text):
+        out.extend(part.strip() for part in _SENTENCE_END.split(segment) if part and part.strip())
+    return out
+
+
+def _segments(text: str) -> list[str]:
+    segments: list[str] = []
+    joinable = False  # whether the next plain line continues the last segment
+    for raw in text.splitlines():
+        starts_item = bool(_LIST_MARK.match(raw))
+        line = _MARKDOWN.sub("", _LIST_MARK.sub("", raw)).strip()
+        if not line or set(line) <= set("|-: "):  # a blank line or a table rule ends the paragraph
+            joinable = False
+            continue
+        if joinable and not starts_item and segments:
+            glue = "" if _CJK_END.search(segments[-1]) or _CJK_START.match(line) else " "
+            segments[-1] += glue + line
+        else:
+            segments.append(line)
+        joinable = not raw.lstrip().startswith("#") and not line.endswith(("。", "！", "？", ":", "："))
+    return segments
+
+
+def coverage(question_terms: set[str], text: str) -> float:
+    """The share of the question's keywords found in ``text``."""
+    if not question_terms:
+        return 0.0
+    return len(question_terms & set(tokenize(text))) / len(question_terms)
+
+
+def pick_evidence(
+    question: str, passages: Sequence[Passage], similarity: Similarity | None, *, previous: str = "", already_said: str = ""
+) -> list[Evidence]:
+    """One quote per passage (its best sentence, with the next one when it is short), best first.
+    For a follow-up, ``previous`` is the question before it (its words count less than the
+    follow-up's own) and sentences ``already_said`` (in the previous answer) count half."""
+    terms = set(tokenize(question))
+    earlier = set(tokenize(previous)) - terms
+    candidates: list[tuple[int, list[str], int]] = []  # (passage number, its sentences, index of one)
+    for n, passage in enumerate(passages, start=1):
+        parts = sentences(passage.text)
+        candidates.extend((n, parts, k) for k in range(len(parts)))
+    if not candidates:
+        return []
+    texts = [parts[k] for _, parts, k in candidates]
+    asked = f"{previous}\n{question}" if previous else question
+    meaning = np.asarray(similarity(asked, texts), dtype=np.float32) if similarity else np.zeros(len(texts), dtype=np.float32)
+    best: dict[int, Evidence] = {}
+    for (n, parts, k), text, cosine in zip(candidates, texts, meaning, strict=True):
+        words = coverage(terms, text) if not earlier else 0.7 * coverage(terms, text) + 0.3 * coverage(earlier, text)
+        score = SIMILARITY_WEIGHT * float(cosine) + COVERAGE_WEIGHT * words + PASSAGE_WEIGHT * passages[n - 1].score
+        if already_said and coverage(set(tokenize(text)), already_said) >= REPEATED:
+            score *= 0.5
+        if n not in best or score > best[n].score:
+            best[n] = Evidence(n, _quote(parts, k), round(score, 4))
+    return sorted(best.values(), key=lambda e: -e.score)
+
+
+def _quote(parts: list[str], k: int) -> str:
+    quote = parts[k]
+    if (len(quote) < SHORT_QUOTE or quote.endswith((":", "："))) and k + 1 < len(parts):
+        quote = f"{quote} {parts[k + 1]}"
+    return quote if len(quote) <= MAX_QUOTE else quote[: MAX_QUOTE - 1] + "…"
+
+
+def answer_quotes(evidence: Sequence[Evidence], close: float = 0.9) -> list[Evidence]:
+    """The quotes an extractive answer gives: the best, and the next when it scores nearly as well."""
+    if not evidence:
+        return []
+    best = evidence[0]
+    return [best, *(e for e in evidence[1:2] if e.score >= close * best.score)]
+
+
+def extractive_answer(question: str, evidence: Sequence[Evidence], passages: Sequence[Passage]) -> str:
+    """The answer built from the evidence alone: each quote with its source and number, framed in the question's language."""
+    chinese = language_of(question) == "zh"
+    lines = []
+    for e in answer_quotes(evidence):
+        source = passages[e.n - 1].title or passages[e.n - 1].path
+        lines.append(f"{source} [{e.n}]：“{e.quote}”" if chinese else f"{source} [{e.n}]: “{e.quote}”")
+    lead = EXTRACTIVE_LEAD_ZH if chinese else EXTRACTIVE_LEAD
+    return lead + "\n\n" + "\n\n".join(lines)
+
+
+def shorten(quote: str, limit: int = 200) -> str:
+    return quote if len(quote) <= limit else quote[: limit - 1] + "…"
+
+
+def evidence_preview(evidence: Sequence[Evidence], passages: Sequence[Passage]) -> str:
+    """What a chat message shows while the answer is written: the best quote and its source."""
+    if not evidence:
+        return ""
+    best = evidence[0]
+    source = passages[best.n - 1].title or passages[best.n - 1].path
+    return f"📄 {source} [{best.n}]: “{shorten(best.quote)}”\n\n"
