@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from bot.core import AnswerDelta, AnswerDone, AnswerEngine, AnswerTimeout
+from bot.core import AnswerDelta, AnswerDone, AnswerEngine, AnswerEvidence, AnswerTimeout
 from bot.prompt import NOT_FOUND_ANSWER, NOT_FOUND_ANSWER_ZH, Turn
 from bot.runtime import knowledge_runtime
 from config.settings import BotSettings, Settings
@@ -46,7 +46,7 @@ async def collect(engine: AnswerEngine, question: str, history: list[Turn] | Non
         async for event in events:
             if isinstance(event, AnswerDelta):
                 deltas.append(event.text)
-            else:
+            elif isinstance(event, AnswerDone):
                 return deltas, event
     raise AssertionError("no AnswerDone")
 
@@ -62,7 +62,7 @@ async def wait_for(condition, what: str, timeout_s: float = 10.0) -> None:  # ty
 
 
 async def test_streamed_answer_from_the_real_model_cites_the_right_file(make_engine, llamacpp_endpoint: Endpoint) -> None:  # type: ignore[no-untyped-def]
-    engine = make_engine(llamacpp_endpoint)
+    engine = make_engine(llamacpp_endpoint, answer_mode="generative")
     deltas, done = await collect(engine, ON_CALL_QUESTION)
     assert len(deltas) > 3, "the answer should arrive in pieces"
     assert done.found and done.answer == "".join(deltas) and done.answer.strip()
@@ -83,13 +83,14 @@ async def test_nothing_relevant_means_i_dont_know_without_asking_the_llm(make_en
 
 
 async def test_prompt_numbers_passages_and_keeps_the_last_turns(make_engine, fake_llm: FakeLLM) -> None:  # type: ignore[no-untyped-def]
-    engine = make_engine(fake_endpoint(fake_llm), history_turns=2)
+    engine = make_engine(fake_endpoint(fake_llm), history_turns=2, answer_mode="generative")
     history = [Turn(f"question {k}", f"answer {k}") for k in range(5)]
-    _, done = await collect(engine, ON_CALL_QUESTION, history)
+    follow_up = "And who gets paged if the primary on-call does not acknowledge a page?"
+    _, done = await collect(engine, follow_up, history)
     messages = fake_llm.requests[0]["messages"]
     assert [m["role"] for m in messages] == ["system", "user", "assistant", "user", "assistant", "user"]
     assert [m["content"] for m in messages[1:5]] == ["question 3", "answer 3", "question 4", "answer 4"]
-    assert messages[-1]["content"] == ON_CALL_QUESTION
+    assert messages[-1]["content"] == follow_up
     system = messages[0]["content"]
     for n, passage in enumerate(done.sources, start=1):
         assert f"[{n}] {passage.title} ({passage.path}" in system
@@ -129,7 +130,8 @@ async def test_cancelling_a_question_frees_its_slot_and_closes_the_stream(make_e
     async def ask() -> None:
         async with aclosing(engine.answer(ON_CALL_QUESTION)) as events:
             async for event in events:
-                first_delta.set()
+                if isinstance(event, AnswerDelta):
+                    first_delta.set()
 
     task = asyncio.create_task(ask())
     await first_delta.wait()
@@ -158,3 +160,64 @@ async def test_llm_server_down_is_a_clear_error(make_engine) -> None:  # type: i
         await collect(engine, ON_CALL_QUESTION)
     assert "is not reachable" in str(caught.value) and caught.value.hint == "start it"
     assert engine.busy == 0
+
+
+# --- what reaches the user: evidence, the guard, the answer modes, the conversation ----------
+
+FAITHFUL = ["If the primary does not acknowledge within 15 minutes,", " PagerDuty escalates the page", " to the secondary on-call engineer [1]."]
+INVENTED = ["Bob from accounting", " is paged after", " 45 minutes."]
+
+
+async def events_of(engine: AnswerEngine, question: str, history: list[Turn] | None = None) -> list[object]:
+    async with aclosing(engine.answer(question, history or [])) as events:
+        return [event async for event in events]
+
+
+async def test_evidence_comes_before_the_first_token(make_engine, fake_llm: FakeLLM) -> None:  # type: ignore[no-untyped-def]
+    fake_llm.script.append(Reply(tokens=FAITHFUL))
+    events = await events_of(make_engine(fake_endpoint(fake_llm)), ON_CALL_QUESTION)
+    assert isinstance(events[0], AnswerEvidence) and isinstance(events[1], AnswerDelta) and isinstance(events[-1], AnswerDone)
+    evidence = events[0]
+    assert evidence.sources[0].path == "oncall-guide.md" and "secondary on-call engineer" in evidence.evidence[0].quote
+    assert {e.n for e in evidence.evidence} == set(range(1, len(evidence.sources) + 1))  # a quote for every source
+
+
+async def test_auto_mode_keeps_an_answer_the_guard_accepts(make_engine, fake_llm: FakeLLM) -> None:  # type: ignore[no-untyped-def]
+    fake_llm.script.append(Reply(tokens=FAITHFUL))
+    deltas, done = await collect(make_engine(fake_endpoint(fake_llm)), ON_CALL_QUESTION)
+    assert done.mode == "generative" and not done.replaced and done.guard is not None and done.guard.ok
+    assert done.answer == "".join(deltas) and done.cited == [1] and "accepted" in done.reason
+
+
+async def test_auto_mode_replaces_an_answer_the_guard_rejects(make_engine, fake_llm: FakeLLM) -> None:  # type: ignore[no-untyped-def]
+    fake_llm.script.append(Reply(tokens=INVENTED))
+    deltas, done = await collect(make_engine(fake_endpoint(fake_llm)), ON_CALL_QUESTION)
+    assert "".join(deltas) == "".join(INVENTED)  # streamed as it was written...
+    assert done.mode == "extractive" and done.replaced and done.guard is not None and not done.guard.ok  # ...then replaced
+    assert done.answer.startswith("Here is what the documents say:") and "secondary on-call engineer" in done.answer and "Bob" not in done.answer
+    assert "45" in done.reason and "cites no source" in done.reason and done.cited
+
+
+async def test_generative_mode_keeps_the_models_answer_with_the_verdict(make_engine, fake_llm: FakeLLM) -> None:  # type: ignore[no-untyped-def]
+    fake_llm.script.append(Reply(tokens=INVENTED))
+    _, done = await collect(make_engine(fake_endpoint(fake_llm), answer_mode="generative"), ON_CALL_QUESTION)
+    assert done.answer == "".join(INVENTED) and done.mode == "generative" and not done.replaced
+    assert done.guard is not None and not done.guard.ok and "rejected" in done.reason
+
+
+async def test_extractive_mode_never_asks_the_model(make_engine, fake_llm: FakeLLM) -> None:  # type: ignore[no-untyped-def]
+    _, done = await collect(make_engine(fake_endpoint(fake_llm), answer_mode="extractive"), "出差住宿每晚可以报销多少钱？")
+    assert fake_llm.requests == [] and done.mode == "extractive" and done.guard is None
+    assert done.answer.startswith("知识库文档中的相关内容：") and "600 元" in done.answer and done.cited
+
+
+async def test_a_topic_switch_starts_clean_and_a_follow_up_keeps_the_conversation(make_engine, fake_llm: FakeLLM) -> None:  # type: ignore[no-untyped-def]
+    engine = make_engine(fake_endpoint(fake_llm), answer_mode="generative")
+    on_call = [Turn(ON_CALL_QUESTION, "The secondary on-call engineer [1].")]
+    _, hotel = await collect(engine, "出差住宿每晚可以报销多少钱？", on_call)
+    assert [m["role"] for m in fake_llm.requests[-1]["messages"]] == ["system", "user"]  # no on-call turn in the prompt
+    assert hotel.sources[0].path == "expense-policy-zh.md"
+    _, weather = await collect(engine, "What will the weather be like in Paris tomorrow?", on_call)
+    assert not weather.found and len(fake_llm.requests) == 1  # not answered from the on-call passages
+    await collect(engine, "And if they don't acknowledge either?", on_call)
+    assert [m["role"] for m in fake_llm.requests[-1]["messages"]] == ["system", "user", "assistant", "user"]

@@ -6,6 +6,7 @@ import asyncio
 import datetime as dt
 import os
 import sys
+import threading
 from collections.abc import AsyncIterator
 from functools import partial
 from pathlib import Path
@@ -300,3 +301,24 @@ async def test_invite_url_asks_discord_for_the_application(fake_discord: FakeDis
     assert process.returncode == 0, stderr.decode()
     assert stdout.decode().strip() == f"https://discord.com/oauth2/authorize?client_id={APP_ID}&scope=bot+applications.commands&permissions=309237713920"
 
+
+
+async def test_an_answer_the_guard_rejects_ends_as_the_extractive_answer(
+    fake_discord: FakeDiscord, fake_llm: FakeLLM, indexed_settings: Settings, tmp_path: Path
+) -> None:
+    data, knowledge = indexed_copy(indexed_settings, tmp_path)
+    release = threading.Event()
+    fake_llm.script.append(Reply(tokens=["Bob from", " accounting is", " paged after", " 45 minutes."], hold=release))
+    try:
+        async with teambot(discord_settings(data, knowledge, fake_llm.base_url, fake_discord)):
+            payload = await fake_discord.slash_command("ask", question(ON_CALL_QUESTION), user_id=USER, permissions=MEMBER_PERMISSIONS)
+            edits = lambda: fake_discord.called("PATCH", f"/webhooks/{APP_ID}/{payload['token']}/messages/@original")  # noqa: E731
+            await until(lambda: any("Bob" in c.json["content"] for c in edits()), "the model's first words in the answer")
+            release.set()
+            answer = await until(lambda: finished(fake_discord, payload["token"]), "the answer")
+    finally:
+        release.set()
+    assert "Bob" not in answer["content"] and "45" not in answer["content"]
+    assert answer["content"].startswith("Here is what the documents say:") and "On-call guide [1]: “" in answer["content"]
+    sources = answer["content"].split("**Sources**")[1]
+    assert "oncall-guide.md" in sources and "\n> " in sources  # each source with its quote

@@ -9,6 +9,7 @@ import json
 import os
 import signal
 import sys
+import threading
 import time
 from collections.abc import AsyncIterator
 from functools import partial
@@ -18,6 +19,7 @@ from typing import Any
 import httpx
 import pytest
 
+from bot.answer_log import AnswerLog
 from bot.runtime import knowledge_runtime
 from bot.slack.render import PLACEHOLDER
 from config.settings import Settings
@@ -419,3 +421,38 @@ async def test_teambot_serve_with_a_refused_token_says_so(fake_slack: FakeSlack,
     _, stderr = await asyncio.wait_for(process.communicate(), 120)
     assert process.returncode == 2
     assert "Slack refused SLACK_BOT_TOKEN (invalid_auth)" in stderr.decode() and "Traceback" not in stderr.decode()
+
+
+@pytest.mark.parametrize("streaming", [False, True], ids=["chat.update", "chat streaming API"])
+async def test_an_answer_the_guard_rejects_ends_as_the_extractive_answer(
+    fake_llm: FakeLLM, indexed_settings: Settings, tmp_path: Path, streaming: bool
+) -> None:
+    fake_slack = await FakeSlack(streaming=streaming).start()
+    try:
+        data, knowledge = indexed_copy(indexed_settings, tmp_path)
+        invented = ["Bob from", " accounting is", " paged after", " 45 minutes", " and he", " fixes everything."]
+        release = threading.Event()
+        fake_llm.script.append(Reply(tokens=invented, hold=release))
+
+        def shown() -> bool:
+            calls = fake_slack.called("chat.startStream") + fake_slack.called("chat.appendStream") + fake_slack.called("chat.update")
+            return any("Bob" in (c.params.get("markdown_text") or c.params.get("text") or "") for c in calls)
+
+        async with teambot(slack_settings(data, knowledge, fake_llm.base_url, fake_slack)):
+            event = await mention(fake_slack, ON_CALL_QUESTION)
+            await until(shown, "the model's first words in the message")  # the model's text is shown while it is written...
+            release.set()
+            [answer] = await until(lambda: final_answers(fake_slack, CHANNEL, event["ts"]), "the answer")
+    finally:
+        release.set()
+        await fake_slack.stop()
+    text = block_text(answer)
+    assert "Bob" not in text and "45" not in answer["text"]  # ...and is gone from the message that stays
+    assert answer["text"].startswith("Here is what the documents say:") and "secondary on-call engineer" in answer["text"]
+    assert "On-call guide [1]:" in text and "> " in text.split("*Sources*")[1]  # each source with its quote
+    log = AnswerLog(data / "answers.sqlite")
+    try:
+        [logged] = log.recent(5)
+    finally:
+        log.close()
+    assert logged.answer == answer["text"]  # the log keeps what the user was left with

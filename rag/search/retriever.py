@@ -26,12 +26,15 @@ from config.errors import TeambotError
 from config.settings import RagSettings
 from rag.search.keyword import KeywordIndex, tokenize
 from rag.search.query_encoder import load_query_encoder
-from rag.store.chroma import ChromaStore, StoredChunk
+from rag.store.chroma import ChromaStore
 from rag.store.manifest import Manifest
 
 # Each search proposes this many candidates per wanted passage (at least CANDIDATES_MIN).
 CANDIDATES_PER_RESULT = 5
 CANDIDATES_MIN = 20
+KEYWORD_RANK_WEIGHT = 1.0  # how much the keyword score adds to a candidate's z-score when ranking
+MIN_LANGUAGE_GROUP = 3  # a language with fewer chunks is ranked against the whole collection
+MIN_SPREAD = 0.02  # floor of a group's standard deviation of similarities
 
 
 class NothingIndexed(TeambotError):
@@ -69,6 +72,7 @@ class _CollectionCache:
     ids: list[str]
     keyword: KeywordIndex
     vectors: np.ndarray  # one normalised row per chunk, in the order of ids
+    chinese: np.ndarray  # per chunk: mostly Chinese (True) or not
     position: dict[str, int] = field(init=False)
 
     def __post_init__(self) -> None:
@@ -81,8 +85,8 @@ class _Candidate:
     chunk_id: str
     vector_score: float
     keyword_score: float
-    score: float
-    chunk: StoredChunk | None  # None for keyword-only candidates until they are fetched
+    score: float  # relevance, against the bar
+    rank: float  # order among the relevant ones
 
 
 class Retriever:
@@ -123,14 +127,16 @@ class Retriever:
         candidates: list[_Candidate] = []
         vector_ms = keyword_ms = 0.0
         for collection in searchable:
+            cache = self._cache(collection)
             mark = time.perf_counter()
-            vector_hits = self._store.query(collection, query_vector.tolist(), limit)
+            similarity = cache.vectors @ query_vector if len(cache.ids) else np.zeros(0, dtype=np.float32)
+            z = _language_z(similarity, cache.chinese)
             vector_ms += _ms_since(mark)
             mark = time.perf_counter()
-            candidates.extend(self._fuse(collection, query_vector, query_terms, vector_hits, limit))
+            candidates.extend(self._fuse(collection, cache, similarity, z, query_terms, limit))
             keyword_ms += _ms_since(mark)
 
-        relevant = sorted((c for c in candidates if c.score >= bar), key=lambda c: -c.score)[:top_k]
+        relevant = sorted((c for c in candidates if c.score >= bar), key=lambda c: -c.rank)[:top_k]
         passages = self._passages(relevant)
         timings.update(vector=round(vector_ms, 2), keyword=round(keyword_ms, 2), total=_ms_since(started))
         return Retrieval(passages, timings)
@@ -148,43 +154,29 @@ class Retriever:
         return (encoder.many(texts) @ np.asarray(encoder(query), dtype=np.float32)).tolist()
 
     def _fuse(
-        self,
-        collection: str,
-        query_vector: np.ndarray,
-        query_terms: list[str],
-        vector_hits: list[StoredChunk],
-        limit: int,
+        self, collection: str, cache: _CollectionCache, similarity: np.ndarray, z: np.ndarray, query_terms: list[str], limit: int
     ) -> list[_Candidate]:
-        cache = self._cache(collection)
-        keyword_hits = {cache.ids[hit.index]: hit.score for hit in cache.keyword.search(query_terms, limit)}
+        keyword_hits = {hit.index: hit.score for hit in cache.keyword.search(query_terms, limit)}
+        count = min(limit, len(cache.ids))
+        by_vector = np.argpartition(-z, count - 1)[:count] if count else []
         w = self._settings.vector_weight
         candidates = []
-        for hit in vector_hits:
-            vec = max(hit.similarity or 0.0, 0.0)
-            if hit.id in keyword_hits:
-                kw = keyword_hits[hit.id]
-            elif hit.id in cache.position:
-                kw = cache.keyword.coverage(query_terms, cache.position[hit.id])
-            else:
-                kw = 0.0  # indexed after the cache was built
-            candidates.append(_Candidate(collection, hit.id, vec, kw, w * vec + (1 - w) * kw, hit))
-        seen = {hit.id for hit in vector_hits}
-        for chunk_id, kw in keyword_hits.items():
-            if chunk_id not in seen:
-                vec = max(float(cache.vectors[cache.position[chunk_id]] @ query_vector), 0.0)
-                candidates.append(_Candidate(collection, chunk_id, vec, kw, w * vec + (1 - w) * kw, None))
+        for index in {int(i) for i in by_vector} | set(keyword_hits):
+            vec = max(float(similarity[index]), 0.0)
+            kw = keyword_hits[index] if index in keyword_hits else cache.keyword.coverage(query_terms, index)
+            rank = float(z[index]) + KEYWORD_RANK_WEIGHT * kw
+            candidates.append(_Candidate(collection, cache.ids[index], vec, kw, w * vec + (1 - w) * kw, rank))
         return candidates
 
     def _passages(self, chosen: list[_Candidate]) -> list[Passage]:
-        """The chosen candidates as passages, fetching the text of keyword-only ones."""
-        missing: dict[str, list[str]] = {}
+        """The chosen candidates as passages, their text fetched from the store."""
+        wanted: dict[str, list[str]] = {}
         for c in chosen:
-            if c.chunk is None:
-                missing.setdefault(c.collection, []).append(c.chunk_id)
-        fetched = {(name, chunk.id): chunk for name, ids in missing.items() for chunk in self._store.get(name, ids)}
+            wanted.setdefault(c.collection, []).append(c.chunk_id)
+        fetched = {(name, chunk.id): chunk for name, ids in wanted.items() for chunk in self._store.get(name, ids)}
         passages = []
         for c in chosen:
-            chunk = c.chunk or fetched.get((c.collection, c.chunk_id))
+            chunk = fetched.get((c.collection, c.chunk_id))
             if chunk is None:
                 continue  # deleted by an index run since the cache was built
             meta = chunk.metadata
@@ -212,14 +204,30 @@ class Retriever:
             if cache is None or cache.generation != generation:
                 stored = self._store.get(collection, texts=False, embeddings=True)
                 vectors = np.asarray([chunk.embedding for chunk in stored], dtype=np.float32).reshape(len(stored), -1)
+                keywords = [str(chunk.metadata.get("keywords", "")).split() for chunk in stored]
                 cache = _CollectionCache(
-                    generation,
-                    [chunk.id for chunk in stored],
-                    KeywordIndex([str(chunk.metadata.get("keywords", "")).split() for chunk in stored]),
-                    vectors,
+                    generation, [chunk.id for chunk in stored], KeywordIndex(keywords), vectors, np.asarray([_mostly_chinese(k) for k in keywords], dtype=bool)
                 )
                 self._caches[collection] = cache
             return cache
+
+
+def _language_z(similarity: np.ndarray, chinese: np.ndarray) -> np.ndarray:
+    """Each chunk's similarity as a z-score among the chunks of its language (or of the whole
+    collection, where a language has too few chunks to say what is usual for it)."""
+    z = np.zeros_like(similarity)
+    if not len(similarity):
+        return z
+    groups = [chinese, ~chinese] if min(chinese.sum(), (~chinese).sum()) >= MIN_LANGUAGE_GROUP else [np.ones_like(chinese)]
+    for group in groups:
+        values = similarity[group]
+        z[group] = (values - values.mean()) / max(float(values.std()), MIN_SPREAD)
+    return z
+
+
+def _mostly_chinese(tokens: list[str]) -> bool:
+    chinese = sum(1 for t in tokens if "\u3400" <= t[0] <= "\u9fff")
+    return chinese > len(tokens) - chinese
 
 
 def _ms_since(start: float) -> float:
