@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from bot.prompt import language_of
 from config.settings import Settings
 from inference.client import Endpoint
 from tests.conftest import closed_port
@@ -147,3 +148,18 @@ def _read_until(process: subprocess.Popen[str], marker: str, timeout_s: float) -
             raise AssertionError(f"no {marker!r} from teambot serve; stderr so far:\n{''.join(lines)}")
         time.sleep(0.05)
     return "".join(lines)
+
+
+def test_the_readmes_two_questions_in_one_chat_get_right_cited_answers(indexed_settings: Settings, llamacpp_endpoint: Endpoint) -> None:
+    """The README's example: the on-call question, then the Chinese hotel question, in one conversation."""
+    stdin = "Who gets paged if the primary on-call does not acknowledge?\n出差住宿每晚可以报销多少钱？\n/exit\n"
+    result = run(["chat"], teambot_env(indexed_settings, **external(llamacpp_endpoint)), stdin=stdin, timeout=600)
+    assert result.returncode == 0, result.stderr
+    first, second = result.stdout.split("teambot> ")[1:3]
+    first_answer, first_sources = first.split("\nSources\n")
+    assert "secondary on-call engineer" in first_answer and "15 minutes" in first_answer and "[1]" in first_answer
+    assert "*[1] On-call guide (oncall-guide.md" in first_sources
+    second_answer, second_sources = second.split("\nSources\n")
+    assert "600" in second_answer and "[1]" in second_answer and language_of(second_answer) == "zh"
+    assert "*[1] 差旅与报销政策 (expense-policy-zh.md" in second_sources
+    assert "on-call" not in second_answer.lower()  # the earlier topic does not leak into the answer

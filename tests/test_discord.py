@@ -59,7 +59,7 @@ def discord_settings(data_dir: Path, knowledge: Path, llm_url: str, fake: FakeDi
     )  # fmt: skip
 
 
-until = partial(async_wait_for, timeout=60, every=0.02)  # polls until truthy; fails naming what it waited for
+until = partial(async_wait_for, timeout=300, every=0.02)  # polls until truthy; fails naming what it waited for
 
 
 def buttons(message: dict[str, Any] | None) -> list[str]:

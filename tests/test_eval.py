@@ -202,7 +202,7 @@ def test_eval_answers_with_the_real_model(indexed_settings: Settings, tmp_path: 
         encoding="utf-8",
     )  # fmt: skip
     env = teambot_env(indexed_settings, **external(llamacpp_endpoint), TEAMBOT_INFERENCE__MAX_TOKENS="96")
-    result = run(["eval", str(questions), "--json"], env)
+    result = run(["eval", str(questions), "--json"], env, timeout=900)
     assert result.returncode == 0, result.stderr
     report = json.loads(result.stdout)
     items = {i["id"]: i for i in report["items"]}

@@ -50,7 +50,7 @@ def slack_settings(data_dir: Path, knowledge: Path, llm_url: str, fake: FakeSlac
     return make_settings(data_dir, knowledge, inference={"backend": "external", "base_url": llm_url}, slack=slack, http_port=0, **secrets, **extra)
 
 
-until = partial(async_wait_for, timeout=60, every=0.02)  # polls until truthy; fails naming what it waited for
+until = partial(async_wait_for, timeout=300, every=0.02)  # polls until truthy; fails naming what it waited for
 
 
 def final_answers(fake: FakeSlack, channel: str, thread: str | None) -> list[dict[str, Any]]:

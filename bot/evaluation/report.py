@@ -107,7 +107,11 @@ def what_went_wrong(result: ItemResult) -> list[str]:
 
 def render(report: EvalReport, show_all: bool = False) -> str:
     answers = report.mode != "retrieval only"
+    summary = report.summary
     lines = [f"{report.name}: {len(report.results)} questions, {report.mode}, k = {report.k}"]
+    if answers:
+        modes = ", ".join(f"{sum(r.mode == m for r in report.results)} {m}" for m in ("generative", "extractive", "not-found"))
+        lines.append(f"answers: {modes}; rejected by the guard and shown all the same: {summary.rejected_shown}; errors: {summary.errors}")
     if report.skipped:
         lines.append(f"skipped {len(report.skipped)} item(s) with nothing to check: {', '.join(report.skipped[:10])}")
     lines.append("")

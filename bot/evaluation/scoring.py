@@ -10,6 +10,8 @@ numbers of the report.
 - Citations: of the passages an answer cites, the share that contain an expected fact
   (citation precision); and the share of answers that cite at least one passage.
 - Language: the share of answers written in the question's language.
+- Guard: the share of the model's answers the grounding guard accepted, and how many it
+  rejected were shown all the same (only ``bot.answer_mode = "generative"`` shows them).
 - Latency: p50 / p90 of retrieval, the first visible text, and the whole answer.
 """
 
@@ -177,6 +179,7 @@ class Summary:
     latency_ms: dict[str, dict[str, float | None]]
     errors: int
     k: int
+    rejected_shown: int = 0  # answers the guard rejected that were shown all the same (generative mode)
 
     def metric(self, name: str) -> float | None:
         """A number by the name the report and the --min-* floors use."""
@@ -200,7 +203,7 @@ class Summary:
                         "false_negative": self.refusal.false_negative},
             "fact_accuracy": r(self.fact_accuracy), "citation_precision": r(self.citation_precision), "cited_share": r(self.cited_share),
             "guard_accepted": r(self.guard_accepted), "language_match": r(self.language_match),
-            "latency_ms": self.latency_ms, "errors": self.errors,
+            "latency_ms": self.latency_ms, "errors": self.errors, "rejected_shown": self.rejected_shown,
         }  # fmt: skip
 
 
@@ -231,6 +234,7 @@ def summarize(results: Sequence[ItemResult], k: int) -> Summary:
         latency_ms=latency,
         errors=sum(bool(r.error) for r in results),
         k=k,
+        rejected_shown=sum(r.mode == "generative" and r.guard_ok is False for r in results),
     )
 
 

@@ -57,6 +57,11 @@ def embed_model_id(setting: str) -> str:
     return setting or SHIPPED_MODEL_ID
 
 
+def setting_for(model_id: str) -> str:
+    """The rag.embed_model value that gives vectors of ``model_id`` (what a collection records)."""
+    return {SHIPPED_MODEL_ID: "", E5_MODEL_ID: E5_SETTING}.get(model_id, model_id)
+
+
 def model_location(setting: str) -> str:
     """Where a sentence-transformers model is: a local folder, or a name for the Hugging Face cache."""
     if setting:

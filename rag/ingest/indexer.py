@@ -64,6 +64,7 @@ class IndexReport:
     chunks: int = 0  # chunks embedded and written by this run
     total_chunks: int = 0  # chunks in the collection afterwards
     seconds: float = 0.0
+    reembedded: int = 0  # files embedded again because rag.embed_model changed
 
     def to_json(self) -> dict[str, object]:
         return asdict(self)
@@ -121,9 +122,12 @@ class Indexer:
         if not paths:
             paths = [self._collection_dir(collection)]
         with self.exclusive():
+            self._store.recover(collection)
             if rebuild:
                 self._store.drop(collection)
                 self._manifest.drop_collection(collection)
+            elif self._store.model_of(collection) not in (None, self._store.embed_model):
+                self._reembed(collection, report, progress, cancel)
             todo = self._reconcile(paths, collection, report)
             if progress:
                 progress.planned(len(todo))
@@ -138,6 +142,45 @@ class Indexer:
             collection, report.added, report.updated, report.deleted, report.unchanged, len(report.failed), report.chunks, report.seconds,
         )  # fmt: skip
         return report
+
+    def _reembed(self, collection: str, report: IndexReport, progress: IndexProgress | None, cancel: threading.Event | None) -> None:
+        """Every indexed file of the collection embedded again with rag.embed_model, into a staging
+        collection, then swapped in. Until the swap, searches use the live collection with the model
+        it was made with; a run stopped on the way starts the staging collection again."""
+        was = self._store.model_of(collection)
+        log.info("collection %s was embedded with %s; embedding it again with %s", collection, was, self._store.embed_model)
+        staging = self._store.start_staging(collection)
+        records = [r for r in self._manifest.files(collection).values() if r.state == "indexed"]
+        if progress:
+            progress.planned(len(records))
+        done: list[FileRecord] = []
+        for batch in _batches([_Todo(Path(r.root) / r.path, r, is_new=False, known=True) for r in records]):
+            if cancel is not None and cancel.is_set():
+                raise IndexCancelled(f"re-embedding collection {collection!r} was stopped; the next run starts it again")
+            parsed = []
+            for item in batch:
+                try:
+                    data = item.path.read_bytes()
+                    doc = read_document(item.path)
+                    parsed.append((item, doc, self._chunks(doc), hashlib.sha256(data).hexdigest()))
+                except (OSError, DocumentError):
+                    pass  # gone or broken now: the scan that follows removes or reports it
+            if parsed:
+                self._store.add(staging, self._nodes([(item, doc, chunks) for item, doc, chunks, _ in parsed], collection))
+                now = time.time()
+                done.extend(
+                    FileRecord(**{**item.record.__dict__, "sha256": sha, "title": doc.title, "chunks": len(chunks), "indexed_at": now})
+                    for item, doc, chunks, sha in parsed
+                )
+            if progress:
+                for item in batch:
+                    progress.advance(item.record.path)
+        self._store.swap_in(collection)
+        self._manifest.remove(collection, [r.doc_id for r in records if r.doc_id not in {d.doc_id for d in done}])
+        self._manifest.save(done)
+        report.reembedded = len(done)
+        report.chunks += sum(r.chunks for r in done)
+        log.info("collection %s now holds %d files embedded with %s", collection, len(done), self._store.embed_model)
 
     def remove(self, collection: str, records: Sequence[FileRecord]) -> IndexReport:
         """Deletes these documents' chunks and manifest rows, and nothing else (no folder is scanned)."""

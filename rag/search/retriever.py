@@ -24,6 +24,7 @@ import numpy as np
 
 from config.errors import TeambotError
 from config.settings import RagSettings
+from rag.ingest.embedder import setting_for
 from rag.search.keyword import KeywordIndex, tokenize
 from rag.search.query_encoder import load_query_encoder
 from rag.store.chroma import ChromaStore
@@ -73,6 +74,7 @@ class _CollectionCache:
     keyword: KeywordIndex
     vectors: np.ndarray  # one normalised row per chunk, in the order of ids
     chinese: np.ndarray  # per chunk: mostly Chinese (True) or not
+    model: str  # the embedding model the vectors came from (questions are embedded with it too)
     position: dict[str, int] = field(init=False)
 
     def __post_init__(self) -> None:
@@ -120,14 +122,16 @@ class Retriever:
             )
         timings: dict[str, float] = {}
         started = time.perf_counter()
-        query_vector = np.asarray(self._embed(query), dtype=np.float32)
+        caches = {collection: self._cache(collection) for collection in searchable}
+        # Each collection is searched with its own model's vector (during a re-embedding, the old one).
+        query_vectors = {model: np.asarray(self._embed(query, model), dtype=np.float32) for model in {c.model for c in caches.values()}}
         timings["embed"] = _ms_since(started)
 
         query_terms = tokenize(query)
         candidates: list[_Candidate] = []
         vector_ms = keyword_ms = 0.0
-        for collection in searchable:
-            cache = self._cache(collection)
+        for collection, cache in caches.items():
+            query_vector = query_vectors[cache.model]
             mark = time.perf_counter()
             similarity = cache.vectors @ query_vector if len(cache.ids) else np.zeros(0, dtype=np.float32)
             z = _language_z(similarity, cache.chinese)
@@ -141,9 +145,10 @@ class Retriever:
         timings.update(vector=round(vector_ms, 2), keyword=round(keyword_ms, 2), total=_ms_since(started))
         return Retrieval(passages, timings)
 
-    def _embed(self, text: str) -> list[float]:
+    def _embed(self, text: str, model_id: str | None = None) -> list[float]:
         rag = self._settings
-        return load_query_encoder(rag.embed_model, rag.embed_batch_size, self._models_dir)(text)
+        setting = rag.embed_model if model_id is None else setting_for(model_id)
+        return load_query_encoder(setting, rag.embed_batch_size, self._models_dir)(text)
 
     def similarity(self, query: str, texts: Sequence[str]) -> list[float]:
         """Cosine similarity of ``query`` to each of ``texts`` (short ones: sentences), by the query encoder."""
@@ -205,9 +210,9 @@ class Retriever:
                 stored = self._store.get(collection, texts=False, embeddings=True)
                 vectors = np.asarray([chunk.embedding for chunk in stored], dtype=np.float32).reshape(len(stored), -1)
                 keywords = [str(chunk.metadata.get("keywords", "")).split() for chunk in stored]
-                cache = _CollectionCache(
-                    generation, [chunk.id for chunk in stored], KeywordIndex(keywords), vectors, np.asarray([_mostly_chinese(k) for k in keywords], dtype=bool)
-                )
+                chinese = np.asarray([_mostly_chinese(k) for k in keywords], dtype=bool)
+                model = self._store.model_of(collection) or self._store.embed_model
+                cache = _CollectionCache(generation, [chunk.id for chunk in stored], KeywordIndex(keywords), vectors, chinese, model)
                 self._caches[collection] = cache
             return cache
 

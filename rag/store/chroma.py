@@ -1,8 +1,10 @@
 """The Chroma store: one Chroma collection per teambot collection, in ``<data_dir>/chroma``.
 
-Writes go through llama-index's ChromaVectorStore; reads ask Chroma directly for the cosine
-distances. Each collection records the embedding model its vectors came from, and refuses
-vectors of another model.
+Writes go through llama-index's ChromaVectorStore; reads ask Chroma directly. Each collection
+records the embedding model its vectors came from, and refuses vectors of another model. When
+``rag.embed_model`` changes, the indexer re-embeds a collection into a staging collection
+(``NAME.next``) while the live one keeps answering with its own model, then swaps it in
+(``swap_in``); a swap cut short is finished or undone by ``recover``.
 
 Chroma waits for as long as another process holds its SQLite database locked, even to read,
 and freezes the whole process meanwhile (see rag.store.sqlite_lock). So each call first waits, for
@@ -35,6 +37,9 @@ T = TypeVar("T")
 
 CHROMA_PREFIX = "kb-"
 EMBED_MODEL_KEY = "embed_model"
+COMPLETE_KEY = "complete"  # a staging collection that holds every document
+STAGING = ".next"  # suffixes of the collections a re-embedding uses (teambot's own names have no ".")
+RETIRED = ".old"
 
 
 @dataclass(frozen=True)
@@ -146,20 +151,59 @@ class ChromaStore:
                     collection = client.get_collection(chroma_name, embedding_function=None)
                 except NotFoundError:
                     return None
-        recorded = (collection.metadata or {}).get(EMBED_MODEL_KEY)
-        if recorded and recorded != self.embed_model:
-            raise ConfigError(
-                f"collection {name!r} was embedded with {recorded}, but rag.embed_model is now {self.embed_model}",
-                f"rebuild it with `teambot index --collection {name} --rebuild`, or set rag.embed_model back",
-            )
         self._collections[name] = collection
         return collection
+
+    def model_of(self, name: str) -> str | None:
+        """The embedding model the collection's vectors came from; None if it does not exist."""
+        collection = self.collection(name)
+        return None if collection is None else str((collection.metadata or {}).get(EMBED_MODEL_KEY) or self.embed_model)
+
+    def start_staging(self, name: str) -> str:
+        """An empty staging collection for re-embedding ``name`` with rag.embed_model (a leftover one is dropped); its name."""
+        staging = name + STAGING
+        self.drop(staging)
+        self.collection(staging, create=True)
+        return staging
+
+    def swap_in(self, name: str) -> None:
+        """Makes the complete staging collection the live ``name``; the old one is dropped."""
+        staging = self.collection(name + STAGING)
+        assert staging is not None, "no staging collection"
+        with self._guard(f"finish re-embedding collection {name!r}"):
+            staging.modify(metadata={EMBED_MODEL_KEY: self.embed_model, COMPLETE_KEY: True})
+        self._rename(name, name + RETIRED)
+        self._rename(name + STAGING, name)
+        self.drop(name + RETIRED)
+
+    def recover(self, name: str) -> None:
+        """Finishes a swap that a crash cut short (or undoes it, when the staging collection was not complete)."""
+        if self.collection(name) is not None or self.collection(name + RETIRED) is None:
+            return
+        staging = self.collection(name + STAGING)
+        if staging is not None and (staging.metadata or {}).get(COMPLETE_KEY):
+            log.warning("finishing the re-embedding of collection %s that was cut short", name)
+            self._rename(name + STAGING, name)
+            self.drop(name + RETIRED)
+        else:
+            log.warning("undoing the re-embedding of collection %s that was cut short", name)
+            self._rename(name + RETIRED, name)
+
+    def _rename(self, old: str, new: str) -> None:
+        collection = self.collection(old)
+        if collection is None:
+            return
+        self._unlocked(f"rename collection {old!r}", writing=True)
+        with self._guard(f"rename collection {old!r} to {new!r}"):
+            collection.modify(name=CHROMA_PREFIX + new)
+        self._collections.pop(old, None)
+        self._collections.pop(new, None)
 
     def collections(self) -> list[str]:
         self._unlocked("list collections", writing=False)
         with self._guard("list collections"):
             names = [c.name for c in self._chroma().list_collections()]
-        return sorted(n[len(CHROMA_PREFIX):] for n in names if n.startswith(CHROMA_PREFIX))
+        return sorted(n[len(CHROMA_PREFIX):] for n in names if n.startswith(CHROMA_PREFIX) and "." not in n)
 
     def _on(
         self, name: str, action: str, work: Callable[[chromadb.Collection], T], *, missing: T, writing: bool = False, create: bool = False
@@ -185,6 +229,12 @@ class ChromaStore:
     def add(self, name: str, nodes: Sequence[TextNode]) -> None:
         from llama_index.vector_stores.chroma import ChromaVectorStore
 
+        recorded = self.model_of(name)
+        if recorded is not None and recorded != self.embed_model:
+            raise ConfigError(
+                f"collection {name!r} was embedded with {recorded}, not with rag.embed_model = {self.embed_model}",
+                f"run `teambot index --collection {name}`: it re-embeds the collection first",
+            )
         self._on(name, "write to", lambda c: ChromaVectorStore(chroma_collection=c).add(list(nodes)), missing=None, writing=True, create=True)
 
     def delete_documents(self, name: str, doc_ids: Sequence[str]) -> None:
