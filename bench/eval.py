@@ -102,7 +102,7 @@ def main() -> None:
     name = f"eval-{args.set}" + (f"-{args.label}" if args.label else "")
     data = report.to_json()
     data["corpus"] = {"files": indexed.added, "chunks": indexed.chunks, "failed": len(indexed.failed)}
-    data["settings"] = {"set_value": args.set_value, "min_score": settings.rag.min_score, "top_k": settings.rag.top_k,
+    data["settings"] = {"set_value": args.set_value, "min_score": settings.rag.bar, "vector_weight": settings.rag.weight, "top_k": settings.rag.top_k,
                         "embed_model": settings.rag.embed_model or "all-MiniLM-L6-v2 (shipped)", "kv_cache_type": settings.inference.kv_cache_type}
     shown = ["CLONE_OF_LMDEPLOY" if previous == "--corpus" else arg for previous, arg in zip(["", *sys.argv[1:]], sys.argv[1:], strict=False)]
     data["command"] = "python -m bench.eval " + " ".join(shown)

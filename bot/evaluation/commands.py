@@ -91,7 +91,7 @@ def evaluate(
                 runtime.retriever.warm_up([])
                 report = EvalReport(question_set.name, "retrieval only", run_retrieval(runtime.retriever, items, bar.step), k, question_set.skipped)
                 if calibrate:
-                    report.calibration = fits(search_all(runtime.retriever, items, bar.step), settings.rag.min_score)
+                    report.calibration = fits(search_all(runtime.retriever, items, bar.step), settings.rag.bar)
         else:
 
             async def answers() -> EvalReport:
@@ -100,7 +100,7 @@ def evaluate(
                     results = await run_answers(runtime.require_flow(), items, bar.step)
                     report = EvalReport(question_set.name, f"answers by {runtime.server.description}", results, k, question_set.skipped)
                     if calibrate:
-                        report.calibration = fits(await asyncio.to_thread(search_all, runtime.retriever, items, bar.step), settings.rag.min_score)
+                        report.calibration = fits(await asyncio.to_thread(search_all, runtime.retriever, items, bar.step), settings.rag.bar)
                 return report
 
             report = asyncio.run(answers())

@@ -1,15 +1,19 @@
-"""Hybrid retrieval: Chroma's vector search fused with BM25 keyword search, and the relevance bar.
+"""Hybrid retrieval: vector search fused with BM25 keyword search, and the relevance bar.
 
-Candidates come from both searches. Each gets
+Per collection, a cache built from the Chroma store holds every chunk's vector, its language
+and the BM25 index; it is rebuilt when the manifest's generation for the collection changes,
+also when another process indexed. A question is compared with every chunk vector (one matrix
+product, with the model the collection was embedded with); candidates come from the best of
+those and from BM25. Each candidate gets
     score = vector_weight * cosine similarity + (1 - vector_weight) * keyword score
 (see rag.search.keyword for the keyword score), both on a 0-1 scale, so one threshold
-(``rag.min_score``) can say "nothing relevant": a question in Chinese finds Chinese documents
-through their words even where the English-centric embedder is weak, and a paraphrase with
-no shared words still finds its passage through the vectors.
-
-Per collection, a cache built from the store holds the BM25 index and the chunk vectors (to
-score keyword-only candidates without a round trip to Chroma). It is rebuilt when the
-manifest's generation for the collection changes, also when another process indexed.
+(``rag.min_score``) can say "nothing relevant": passages below it are dropped, and none left
+means "I don't know". The passages are the best of the rest, ranked by their score plus, for a
+multilingual embedder, a little of their vector similarity as a z-score among the chunks of
+the same language: such a model rates any two texts of one language as closer than a question
+and its answer in the other, so without it an English question is drawn to English chunks over
+the Chinese page that answers it (measured in docs/benchmarks.md). An English-centric model's
+Chinese vectors are too alike for the z-score to help, so it ranks by the score alone.
 """
 
 from __future__ import annotations
@@ -24,7 +28,7 @@ import numpy as np
 
 from config.errors import TeambotError
 from config.settings import RagSettings
-from rag.ingest.embedder import setting_for
+from rag.ingest.embedder import is_multilingual, setting_for
 from rag.search.keyword import KeywordIndex, tokenize
 from rag.search.query_encoder import load_query_encoder
 from rag.store.chroma import ChromaStore
@@ -33,7 +37,7 @@ from rag.store.manifest import Manifest
 # Each search proposes this many candidates per wanted passage (at least CANDIDATES_MIN).
 CANDIDATES_PER_RESULT = 5
 CANDIDATES_MIN = 20
-KEYWORD_RANK_WEIGHT = 1.0  # how much the keyword score adds to a candidate's z-score when ranking
+LANGUAGE_Z_WEIGHT = 0.1  # how much the same-language z-score adds to the score when ranking (multilingual embedders)
 MIN_LANGUAGE_GROUP = 3  # a language with fewer chunks is ranked against the whole collection
 MIN_SPREAD = 0.02  # floor of a group's standard deviation of similarities
 
@@ -75,6 +79,10 @@ class _CollectionCache:
     vectors: np.ndarray  # one normalised row per chunk, in the order of ids
     chinese: np.ndarray  # per chunk: mostly Chinese (True) or not
     model: str  # the embedding model the vectors came from (questions are embedded with it too)
+
+    @property
+    def z_weight(self) -> float:
+        return LANGUAGE_Z_WEIGHT if is_multilingual(self.model) else 0.0
     position: dict[str, int] = field(init=False)
 
     def __post_init__(self) -> None:
@@ -112,7 +120,7 @@ class Retriever:
         """The passages relevant to ``query``, best first; empty when nothing passes the relevance
         bar (``min_score``, default rag.min_score)."""
         top_k = top_k or self._settings.top_k
-        bar = self._settings.min_score if min_score is None else min_score
+        bar = self._settings.bar if min_score is None else min_score
         limit = max(top_k * CANDIDATES_PER_RESULT, CANDIDATES_MIN)
         searchable = [c for c in collections if self._manifest.generation(c)]
         if not searchable:
@@ -163,14 +171,16 @@ class Retriever:
     ) -> list[_Candidate]:
         keyword_hits = {hit.index: hit.score for hit in cache.keyword.search(query_terms, limit)}
         count = min(limit, len(cache.ids))
-        by_vector = np.argpartition(-z, count - 1)[:count] if count else []
-        w = self._settings.vector_weight
+        indexes = set(keyword_hits)
+        for values in (similarity, z) if count else ():
+            indexes.update(int(i) for i in np.argpartition(-values, count - 1)[:count])
+        w = self._settings.weight
         candidates = []
-        for index in {int(i) for i in by_vector} | set(keyword_hits):
+        for index in indexes:
             vec = max(float(similarity[index]), 0.0)
             kw = keyword_hits[index] if index in keyword_hits else cache.keyword.coverage(query_terms, index)
-            rank = float(z[index]) + KEYWORD_RANK_WEIGHT * kw
-            candidates.append(_Candidate(collection, cache.ids[index], vec, kw, w * vec + (1 - w) * kw, rank))
+            score = w * vec + (1 - w) * kw
+            candidates.append(_Candidate(collection, cache.ids[index], vec, kw, score, score + cache.z_weight * float(z[index])))
         return candidates
 
     def _passages(self, chosen: list[_Candidate]) -> list[Passage]:
