@@ -61,6 +61,7 @@ class AnswerDone:
     reason: str = ""  # why this answer: the guard's verdict, or the setting that chose the mode
     guard: Verdict | None = None  # the guard's verdict on the model's text (None when the model was not asked)
     replaced: bool = False  # the model's streamed text was rejected and replaced by this answer
+    generated: str = ""  # what the model wrote ("" when it was not asked); the answer itself unless replaced
 
     def quote(self, n: int) -> str:
         """The evidence quote of source ``n`` ("" if none)."""
@@ -76,6 +77,7 @@ class AnswerDone:
             "reason": self.reason,
             "guard": None if self.guard is None else {"ok": self.guard.ok, "problems": self.guard.problems},
             "replaced": self.replaced,
+            "generated": self.generated,
             "timings_ms": self.timings_ms,
         }
 
@@ -190,11 +192,15 @@ class AnswerEngine:
             timings["total"] = elapsed_ms()
             if verdict.ok or mode == "generative":
                 reason = f"the grounding guard {'accepted' if verdict.ok else 'rejected'} it: {verdict.reason}"
-                yield AnswerDone(generated, passages, cited_numbers(generated, len(passages)), True, timings, evidence, "generative", reason, verdict)
+                yield AnswerDone(
+                    generated, passages, cited_numbers(generated, len(passages)), True, timings, evidence, "generative", reason, verdict, generated=generated
+                )
                 return
             text = extractive_answer(question, evidence, passages)
             reason = f"the model's answer was replaced: {verdict.reason}"
-            yield AnswerDone(text, passages, cited_numbers(text, len(passages)), True, timings, evidence, "extractive", reason, verdict, replaced=True)
+            yield AnswerDone(
+                text, passages, cited_numbers(text, len(passages)), True, timings, evidence, "extractive", reason, verdict, replaced=True, generated=generated
+            )
         finally:
             self._busy -= 1
             self._slots.release()

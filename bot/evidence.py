@@ -27,11 +27,13 @@ PASSAGE_WEIGHT = 0.1
 SHORT_QUOTE = 40  # characters: a quote shorter than this (or ending in ':') takes the next sentence too
 MAX_QUOTE = 400  # characters shown of one quote
 REPEATED = 0.6  # a sentence whose words are mostly in the previous answer was already said
+MAX_EMBEDDED = 8  # sentences compared with the question by meaning, at most, of each language (embedding is the slow part)
 
 # After 。！？；!?; (and a closing quote or bracket), or after . followed by space and a capital, digit or CJK.
 _SENTENCE_END = re.compile(r"(?<=[。！？；!?;])[”’」』)）\]]*\s*|(?<=[^0-9]\.)[”’)\]]*\s+(?=[A-Z0-9\"“(\[\u3400-\u9fff])")
 _LIST_MARK = re.compile(r"^\s*(?:[-*+•]|\d{1,3}[.)、]|#{1,6})\s+")
 _MARKDOWN = re.compile(r"\*\*|__|`")
+_FENCE = re.compile(r"(```[\s\S]*?(?:```|$))")  # fenced code blocks (an unclosed one runs to the end of the chunk)
 _CJK_END = re.compile(r"[\u3000-\u303f\u3400-\u9fff\uff00-\uffef]$")
 _CJK_START = re.compile(r"^[\u3000-\u303f\u3400-\u9fff\uff00-\uffef]")
 
@@ -50,14 +52,28 @@ class Evidence:
 
 def sentences(text: str) -> list[str]:
     """The sentences of a passage, cut at Chinese and Latin sentence ends; a heading or list item
-    starts a new one, and a line wrapped inside a paragraph is joined again."""
+    starts a new one, a line wrapped inside a paragraph is joined again, and a code block is one
+    "sentence" (its lines joined), not cut."""
     out: list[str] = []
-    for segment in _segments(text):
-        out.extend(part.strip() for part in _SENTENCE_END.split(segment) if part and part.strip())
+    for segment, code in _segments(text):
+        out.extend([segment] if code else (part.strip() for part in _SENTENCE_END.split(segment) if part and part.strip()))
     return out
 
 
-def _segments(text: str) -> list[str]:
+def _segments(text: str) -> list[tuple[str, bool]]:
+    """Paragraphs, list items and code blocks, each with whether it is code."""
+    segments: list[tuple[str, bool]] = []
+    for block in _FENCE.split(text):
+        if block.startswith("```"):
+            lines = [line.strip() for line in block.strip("`").splitlines()[1:] if line.strip()]
+            if lines:
+                segments.append((" ".join(lines), True))
+            continue
+        segments.extend((segment, False) for segment in _prose(block))
+    return segments
+
+
+def _prose(text: str) -> list[str]:
     segments: list[str] = []
     joinable = False  # whether the next plain line continues the last segment
     for raw in text.splitlines():
@@ -97,20 +113,35 @@ def pick_evidence(
     if not candidates:
         return []
     texts = [parts[k] for _, parts, k in candidates]
-    asked = f"{previous}\n{question}" if previous else question
-    meaning = np.asarray(similarity(asked, texts), dtype=np.float32) if similarity else np.zeros(len(texts), dtype=np.float32)
-    if len(meaning) > 1 and float(meaning.max() - meaning.min()) > 1e-6:
-        # Spread over 0-1 for this question: embedders differ in the band their cosines use (e5's is narrow and high).
-        meaning = (meaning - meaning.min()) / (meaning.max() - meaning.min())
+    words = [coverage(terms, t) if not earlier else 0.7 * coverage(terms, t) + 0.3 * coverage(earlier, t) for t in texts]
+    meaning = np.zeros(len(texts), dtype=np.float32)
+    if similarity is not None:
+        asked = f"{previous}\n{question}" if previous else question
+        chosen = _worth_embedding(question, passages, candidates, words)
+        meaning[chosen] = np.asarray(similarity(asked, [texts[i] for i in chosen]), dtype=np.float32)
+        spread = meaning[chosen]
+        if len(chosen) > 1 and float(spread.max() - spread.min()) > 1e-6:
+            # Spread over 0-1 for this question: embedders differ in the band their cosines use (e5's is narrow and high).
+            meaning[chosen] = (spread - spread.min()) / (spread.max() - spread.min())
     best: dict[int, Evidence] = {}
-    for (n, parts, k), text, cosine in zip(candidates, texts, meaning, strict=True):
-        words = coverage(terms, text) if not earlier else 0.7 * coverage(terms, text) + 0.3 * coverage(earlier, text)
-        score = SIMILARITY_WEIGHT * float(cosine) + COVERAGE_WEIGHT * words + PASSAGE_WEIGHT * passages[n - 1].score
+    for (n, parts, k), text, cosine, share in zip(candidates, texts, meaning, words, strict=True):
+        score = SIMILARITY_WEIGHT * float(cosine) + COVERAGE_WEIGHT * share + PASSAGE_WEIGHT * passages[n - 1].score
         if already_said and coverage(set(tokenize(text)), already_said) >= REPEATED:
             score *= 0.5
         if n not in best or score > best[n].score:
             best[n] = Evidence(n, _quote(parts, k), round(score, 4))
     return sorted(best.values(), key=lambda e: -e.score)
+
+
+def _worth_embedding(question: str, passages: Sequence[Passage], candidates: list[tuple[int, list[str], int]], words: list[float]) -> list[int]:
+    """The sentences compared by meaning: of the passages in the question's language, the
+    MAX_EMBEDDED that share the most words with it; of passages in another language (which share
+    none), the first MAX_EMBEDDED, best passage first."""
+    language = language_of(question)
+    other = {n for n, p in enumerate(passages, start=1) if language_of(p.text) != language}
+    same = sorted((i for i, c in enumerate(candidates) if c[0] not in other), key=lambda i: (-words[i], i))
+    foreign = [i for i, c in enumerate(candidates) if c[0] in other]
+    return sorted(same[:MAX_EMBEDDED] + foreign[:MAX_EMBEDDED])
 
 
 def _quote(parts: list[str], k: int) -> str:

@@ -67,7 +67,7 @@ def _ms(latency: dict[str, dict[str, float | None]], key: str) -> str:
 def summary_table(rows: dict[str, Summary], answers: bool) -> list[str]:
     head = f"{'':16} {'n':>4} {'hit@1':>6} {'hit@k':>6} {'MRR':>5}  {'refusal P / R / F1':<18}"
     if answers:
-        head += f" {'facts':>6} {'cite-P':>6} {'cited':>6} {'lang':>5} {'guard':>6}  {'retrieve ms':<13} {'first text ms':<15} {'total ms':<15}"
+        head += f" {'facts':>6} {'model':>6} {'cite-P':>6} {'cited':>6} {'lang':>5} {'guard':>6}  {'retrieve ms':<13} {'first text ms':<15} {'total ms':<15}"
     else:
         head += f"  {'retrieve ms p50 / p90'}"
     lines = [head]
@@ -79,7 +79,7 @@ def summary_table(rows: dict[str, Summary], answers: bool) -> list[str]:
         )
         if answers:
             line += (
-                f" {_num(s.fact_accuracy):>6} {_num(s.citation_precision):>6} {_num(s.cited_share):>6} {_num(s.language_match):>5} "
+                f" {_num(s.fact_accuracy):>6} {_num(s.model_fact_accuracy):>6} {_num(s.citation_precision):>6} {_num(s.cited_share):>6} {_num(s.language_match):>5} "
                 f"{_num(s.guard_accepted):>6}  {_ms(s.latency_ms, 'retrieve'):<13} {_ms(s.latency_ms, 'first_text'):<15} {_ms(s.latency_ms, 'total'):<15}"
             )
         else:
@@ -147,12 +147,12 @@ def calibration_lines(fits: Sequence[Fit]) -> list[str]:
 
 
 def variant_lines(variants: Sequence[VariantResult]) -> list[str]:
-    lines = [f"  {'variant':<16} {'facts':>6} {'refusal F1':>10} {'hit@k':>6} {'pieces/s':>9} {'first text p50':>15} {'peak RSS MiB':>13} {'KV MiB':>7}"]
+    lines = [f"  {'variant':<16} {'facts':>6} {'model':>6} {'refusal F1':>10} {'hit@k':>6} {'pieces/s':>9} {'first text p50':>15} {'peak RSS MiB':>13} {'KV MiB':>7}"]
     for v in variants:
         s = v.summary
         first = s.latency_ms.get("first_text", {}).get("p50")
         lines.append(
-            f"  {v.variant.name:<16} {_num(s.fact_accuracy):>6} {_num(s.refusal.f1):>10} {_num(s.hit_at_k):>6} {_num(v.pieces_per_s, 1):>9} "
+            f"  {v.variant.name:<16} {_num(s.fact_accuracy):>6} {_num(s.model_fact_accuracy):>6} {_num(s.refusal.f1):>10} {_num(s.hit_at_k):>6} {_num(v.pieces_per_s, 1):>9} "
             f"{_num(first, 0):>15} {_num(v.peak_rss_mib, 0):>13} {_num(v.kv_cache_mib, 1):>7}"
         )
     return lines

@@ -97,6 +97,7 @@ async def answer_result(flow: AnswerFlow, item: EvalItem) -> ItemResult:
     result.cited = list(done.cited)
     result.refused = not done.found or says_it_does_not_know(done.answer)
     result.mode = done.mode
+    result.generated = done.generated
     result.guard_ok = None if done.guard is None else done.guard.ok
     result.timings_ms = {"retrieve": done.timings_ms.get("retrieve", 0.0), "first_text": view.first_text_ms or total, "total": total}
     return result

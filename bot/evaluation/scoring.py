@@ -74,6 +74,7 @@ class ItemResult:
     cited: list[int] = field(default_factory=list)
     mode: str = ""  # which answer mode produced the answer (generative, extractive, ...), when the core says
     guard_ok: bool | None = None  # the grounding guard's verdict, when the core has one
+    generated: str = ""  # what the model wrote (the answer itself in generative mode; replaced in auto mode when rejected)
     timings_ms: dict[str, float] = field(default_factory=dict)  # retrieve, first_text, total
     deltas: int = 0  # streamed pieces (about one token each on llama.cpp and lmdeploy)
     error: str = ""
@@ -91,6 +92,14 @@ class ItemResult:
         if not self.item.expect_facts or self.answer is None:
             return None
         return not self.refused and has_facts(self.answer, self.item.expect_facts, self.item.facts)
+
+    @property
+    def model_fact_ok(self) -> bool | None:
+        """Whether the model's own text had the facts (what `generative` mode would have shown); a question the
+        model was never asked (nothing relevant found, or extractive mode) counts as a miss."""
+        if not self.item.expect_facts or self.answer is None:
+            return None
+        return bool(self.generated) and not says_it_does_not_know(self.generated) and has_facts(self.generated, self.item.expect_facts, self.item.facts)
 
     @property
     def cited_with_fact(self) -> tuple[int, int]:
@@ -114,7 +123,8 @@ class ItemResult:
             "refuse_expected": self.item.refuse, "refused": self.refused, "rank": self.rank, "sources": self.paths,
             "top_score": round(self.top_score, 4), "answer": self.answer, "cited": self.cited, "fact_ok": self.fact_ok,
             "cited_with_fact": good, "cited_passages": cited, "language_ok": self.language_ok, "mode": self.mode,
-            "guard_ok": self.guard_ok, "timings_ms": self.timings_ms, "error": self.error,
+            "guard_ok": self.guard_ok, "generated": self.generated, "model_fact_ok": self.model_fact_ok,
+            "timings_ms": self.timings_ms, "error": self.error,
         }  # fmt: skip
 
 
@@ -180,6 +190,7 @@ class Summary:
     errors: int
     k: int
     rejected_shown: int = 0  # answers the guard rejected that were shown all the same (generative mode)
+    model_fact_accuracy: float | None = None  # the facts in the model's own text: what `generative` mode would give
 
     def metric(self, name: str) -> float | None:
         """A number by the name the report and the --min-* floors use."""
@@ -187,7 +198,7 @@ class Summary:
             "hit_at_1": self.hit_at_1, "hit_at_k": self.hit_at_k, "mrr": self.mrr, "refusal_precision": self.refusal.precision,
             "refusal_recall": self.refusal.recall, "refusal_f1": self.refusal.f1, "fact_accuracy": self.fact_accuracy,
             "citation_precision": self.citation_precision, "cited_share": self.cited_share, "guard_accepted": self.guard_accepted,
-            "language_match": self.language_match,
+            "language_match": self.language_match, "model_fact_accuracy": self.model_fact_accuracy,
         }  # fmt: skip
         return values[name]
 
@@ -204,6 +215,7 @@ class Summary:
             "fact_accuracy": r(self.fact_accuracy), "citation_precision": r(self.citation_precision), "cited_share": r(self.cited_share),
             "guard_accepted": r(self.guard_accepted), "language_match": r(self.language_match),
             "latency_ms": self.latency_ms, "errors": self.errors, "rejected_shown": self.rejected_shown,
+            "model_fact_accuracy": r(self.model_fact_accuracy),
         }  # fmt: skip
 
 
@@ -231,6 +243,7 @@ def summarize(results: Sequence[ItemResult], k: int) -> Summary:
         cited_share=_share(bool(r.cited) for r in answered) if answered else None,
         guard_accepted=_share(r.guard_ok for r in results),
         language_match=_share(r.language_ok for r in results),
+        model_fact_accuracy=_share(r.model_fact_ok for r in results),
         latency_ms=latency,
         errors=sum(bool(r.error) for r in results),
         k=k,

@@ -37,6 +37,8 @@ from rag.store.manifest import Manifest
 # Each search proposes this many candidates per wanted passage (at least CANDIDATES_MIN).
 CANDIDATES_PER_RESULT = 5
 CANDIDATES_MIN = 20
+SIMILARITY_TEXT_CHARS = 240  # of a sentence compared by meaning (a long code block: its start)
+RECENT_QUESTIONS = 64  # question vectors kept
 LANGUAGE_Z_WEIGHT = 0.1  # how much the same-language z-score adds to the score when ranking (multilingual embedders)
 MIN_LANGUAGE_GROUP = 3  # a language with fewer chunks is ranked against the whole collection
 MIN_SPREAD = 0.02  # floor of a group's standard deviation of similarities
@@ -107,6 +109,7 @@ class Retriever:
         self._models_dir = models_dir
         self._caches: dict[str, _CollectionCache] = {}
         self._cache_lock = threading.Lock()
+        self._recent: dict[tuple[str, str], list[float]] = {}
 
     def warm_up(self, collections: Sequence[str]) -> None:
         """Loads the embedder, the tokenizer and the collections' caches now, not at the first question."""
@@ -154,17 +157,29 @@ class Retriever:
         return Retrieval(passages, timings)
 
     def _embed(self, text: str, model_id: str | None = None) -> list[float]:
+        """The question's vector (the last few are kept: the evidence asks again for the one just searched)."""
         rag = self._settings
         setting = rag.embed_model if model_id is None else setting_for(model_id)
-        return load_query_encoder(setting, rag.embed_batch_size, self._models_dir)(text)
+        key = (setting, text)
+        with self._cache_lock:
+            if key in self._recent:
+                return self._recent[key]
+        vector = load_query_encoder(setting, rag.embed_batch_size, self._models_dir)(text)
+        with self._cache_lock:
+            self._recent[key] = vector
+            while len(self._recent) > RECENT_QUESTIONS:
+                self._recent.pop(next(iter(self._recent)))
+        return vector
 
     def similarity(self, query: str, texts: Sequence[str]) -> list[float]:
-        """Cosine similarity of ``query`` to each of ``texts`` (short ones: sentences), by the query encoder."""
+        """Cosine similarity of ``query`` to each of ``texts`` (short ones: sentences, cut at
+        SIMILARITY_TEXT_CHARS), by rag.embed_model's query encoder."""
         if not texts:
             return []
         rag = self._settings
         encoder = load_query_encoder(rag.embed_model, rag.embed_batch_size, self._models_dir)
-        return (encoder.many(texts) @ np.asarray(encoder(query), dtype=np.float32)).tolist()
+        vectors = encoder.many([text[:SIMILARITY_TEXT_CHARS] for text in texts])
+        return (vectors @ np.asarray(self._embed(query), dtype=np.float32)).tolist()
 
     def _fuse(
         self, collection: str, cache: _CollectionCache, similarity: np.ndarray, z: np.ndarray, query_terms: list[str], limit: int
