@@ -32,7 +32,7 @@ from bot.evaluation.questions import load_question_set
 from bot.evaluation.report import render
 from bot.evaluation.variants import kv_variants
 from bot.runtime import knowledge_runtime
-from config.settings import with_values
+from config.settings import literal
 
 REPO = Path(__file__).resolve().parent.parent
 SETS = {"knowledge": REPO / "examples" / "eval" / "knowledge.yaml", "lmdeploy-docs": REPO / "examples" / "eval" / "lmdeploy-docs.yaml"}
@@ -66,6 +66,20 @@ def _copy_docs(source: Path, target: Path) -> None:
             shutil.copyfile(path, destination)
 
 
+def nested(values: list[str]) -> dict:
+    """["rag.embed_model=", "bot.answer_mode=extractive"] as settings overrides ({"rag": {"embed_model": ""}, ...}),
+    so that what depends on them (the embedder's relevance bar) is worked out again."""
+    out: dict = {}
+    for value in values:
+        key, _, raw = value.partition("=")
+        *sections, leaf = key.split(".")
+        target = out
+        for section in sections:
+            target = target.setdefault(section, {})
+        target[leaf] = literal(raw) if raw else raw
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--set", choices=sorted(SETS), default="knowledge")
@@ -88,8 +102,7 @@ def main() -> None:
                 sys.exit("--set lmdeploy-docs needs --corpus (a clone of https://github.com/InternLM/lmdeploy)")
             corpus = yaml.safe_load(SETS[args.set].read_text(encoding="utf-8"))["corpus"]
             knowledge = lmdeploy_corpus(args.corpus, corpus["commit"], corpus["folders"], work / "corpus")
-        settings = bench_settings(work, knowledge)
-        settings = with_values(settings, dict(v.split("=", 1) for v in args.set_value))
+        settings = bench_settings(work, knowledge, **nested(args.set_value))
         started = time.perf_counter()
         with knowledge_runtime(settings) as runtime:
             indexed = runtime.indexer.run()

@@ -386,7 +386,8 @@ def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings
 
 def with_values(settings: Settings, values: dict[str, str]) -> Settings:
     """A copy of ``settings`` with dotted keys set (``{"inference.kv_cache_type": "f16"}``), each
-    checked like the file's; ConfigError names the key at fault."""
+    checked like the file's; ConfigError names the key at fault. Values that depend on another
+    (rag.min_score on rag.embed_model) are not worked out again: set both."""
     for key, value in values.items():
         *sections, leaf = key.split(".")
         try:
@@ -406,10 +407,10 @@ def _replaced(model: BaseModel, sections: list[str], leaf: str, value: str) -> A
         return model.model_copy(update={head: _replaced(child, rest, leaf, value)})
     if leaf not in type(model).model_fields or not isinstance(model, _Section):
         raise ValueError(f"no such setting in this section: {leaf}")
-    return type(model).model_validate({**model.model_dump(), leaf: _literal(value)})
+    return type(model).model_validate({**model.model_dump(), leaf: literal(value)})
 
 
-def _literal(value: str) -> Any:
+def literal(value: str) -> Any:
     """A value as TOML would read it (8, 0.5, true, ["a"]); anything else is a string."""
     try:
         return tomllib.loads(f"v = {value}")["v"]
