@@ -48,7 +48,14 @@ $(CHROMIUM):
 test: install-dev $(CHROMIUM)
 	$(BIN)/python -m pytest
 
+# LMDEPLOY_CLONE=path/to/a/clone/of/InternLM/lmdeploy adds the second question set.
+LMDEPLOY_CLONE ?=
+
 bench: install-dev
+	$(BIN)/python -m bench.eval --set knowledge --calibrate
+	$(if $(LMDEPLOY_CLONE),$(BIN)/python -m bench.eval --set lmdeploy-docs --corpus $(LMDEPLOY_CLONE) --calibrate)
+	$(BIN)/python -m bench.eval --set knowledge --variants --label variants
+	$(BIN)/python -m bench.embedders
 	$(BIN)/python -m bench.indexing
 	$(BIN)/python -m bench.retrieval
 	$(BIN)/python -m bench.ttft

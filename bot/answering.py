@@ -15,6 +15,8 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
 from bot.core import AnswerDelta, AnswerDone, AnswerEngine, AnswerEvidence
+from bot.evidence import evidence_preview
+from bot.progress import ProgressPump
 from bot.prompt import Turn
 from config.errors import TeambotError
 from config.settings import DEFAULT_COLLECTION
@@ -62,6 +64,19 @@ class AnswerView(Protocol):
 
     async def fail(self, message: str) -> None:
         """Shows ``message`` instead of the answer."""
+
+
+class GrowingMessage:
+    """For views whose message grows through a ProgressPump (Slack, Discord): the evidence
+    preview is shown first, then the answer as it is written."""
+
+    _pump: ProgressPump
+
+    def evidence(self, found: AnswerEvidence) -> None:
+        self._pump.append(evidence_preview(found.evidence, found.sources))
+
+    def append(self, text: str) -> None:
+        self._pump.append(text)
 
 
 def error_text(error: BaseException) -> str:

@@ -17,9 +17,8 @@ from typing import Annotated, Any
 
 import typer
 from rich.markup import escape
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from bot.cli_output import err, guarded, out, print_error, print_json, progress_line
+from bot.cli_output import ProgressBar, err, guarded, out, print_error, print_json, progress_line
 from bot.core import AnswerDone
 from bot.evaluation.commands import eval_app
 from bot.prompt import passage_label
@@ -326,22 +325,12 @@ def _join_service_queue(runtime: Runtime, collection: str) -> IndexReport | None
     return report
 
 
-class _IndexBar:
+class _IndexBar(ProgressBar):
     """A progress bar on stderr for the files an index run parses and embeds."""
 
     def __init__(self) -> None:
-        self._progress = Progress(
-            TextColumn("indexing"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), TextColumn("{task.description}"),
-            console=err, transient=True,
-        )  # fmt: skip
+        super().__init__("indexing")
         self._task: Any = None
-
-    def __enter__(self) -> _IndexBar:
-        self._progress.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._progress.stop()
 
     def planned(self, files: int) -> None:
         self._task = self._progress.add_task("", total=files)

@@ -11,6 +11,7 @@ from typing import Any, TypeVar
 import typer
 from rich.console import Console
 from rich.markup import escape
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from config.errors import ConfigError, TeambotError
 
@@ -45,3 +46,20 @@ def print_error(exc: TeambotError) -> None:
 
 def progress_line(message: str) -> None:
     err.print(f"[dim]{escape(message)}[/dim]")
+
+
+class ProgressBar:
+    """A progress bar on stderr (``label``, bar, done/total, time, what it is at), gone when it ends."""
+
+    def __init__(self, label: str) -> None:
+        self._progress = Progress(
+            TextColumn(label), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), TextColumn("{task.description}"),
+            console=err, transient=True,
+        )  # fmt: skip
+
+    def __enter__(self) -> ProgressBar:
+        self._progress.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._progress.stop()

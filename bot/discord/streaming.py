@@ -15,10 +15,10 @@ from typing import Any, Protocol
 
 import discord
 
-from bot.core import AnswerDone, AnswerEvidence
+from bot.answering import GrowingMessage
+from bot.core import AnswerDone
 from bot.discord.feedback import feedback_view
 from bot.discord.render import PLACEHOLDER, answer_pages, error_text, progress_pages
-from bot.evidence import evidence_preview
 from bot.progress import ProgressPump
 
 log = logging.getLogger(__name__)
@@ -96,7 +96,7 @@ class InteractionDestination:
         return await handle.edit(content=content, view=_or_missing(view), allowed_mentions=NO_MENTIONS)
 
 
-class DiscordAnswer:
+class DiscordAnswer(GrowingMessage):
     """One answer on Discord: an AnswerView (bot.answering)."""
 
     platform_errors = (discord.HTTPException,)
@@ -108,12 +108,6 @@ class DiscordAnswer:
 
     async def open(self) -> None:
         self._pages = [(await self._destination.first(), PLACEHOLDER)]
-
-    def evidence(self, found: AnswerEvidence) -> None:
-        self._pump.append(evidence_preview(found.evidence, found.sources))
-
-    def append(self, delta: str) -> None:
-        self._pump.append(delta)
 
     async def finish(self, done: AnswerDone, answer_id: str | None) -> None:
         await self._pump.stop()

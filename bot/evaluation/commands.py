@@ -9,10 +9,9 @@ from typing import Annotated, Any
 
 import typer
 from rich.markup import escape
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from bot.answer_log import AnswerLog
-from bot.cli_output import err, guarded, out, print_json, progress_line
+from bot.cli_output import ProgressBar, err, guarded, out, print_json, progress_line
 from bot.evaluation.calibrate import fits, search_all
 from bot.evaluation.feedback import feedback_yaml
 from bot.evaluation.questions import EvalItem, QuestionSet, load_question_set
@@ -137,22 +136,12 @@ def export_feedback(
     progress_line(f"wrote {count} voted-down answer(s) to {out_file}: complete expect_sources / expect_facts (or refuse: true) in each")
 
 
-class _Bar:
+class _Bar(ProgressBar):
     """A progress bar on stderr over the questions asked."""
 
     def __init__(self, total: int) -> None:
-        self._progress = Progress(
-            TextColumn("evaluating"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), TextColumn("{task.description}"),
-            console=err, transient=True,
-        )  # fmt: skip
+        super().__init__("evaluating")
         self._task = self._progress.add_task("", total=total)
-
-    def __enter__(self) -> _Bar:
-        self._progress.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._progress.stop()
 
     def step(self, item: EvalItem) -> None:
         self._progress.update(self._task, advance=1, description=item.id)

@@ -17,8 +17,8 @@ from typing import Any, ClassVar
 from slack_sdk.errors import SlackApiError
 from slack_sdk.web.async_client import AsyncWebClient
 
-from bot.core import AnswerDone, AnswerEvidence
-from bot.evidence import evidence_preview
+from bot.answering import GrowingMessage
+from bot.core import AnswerDone
 from bot.progress import ProgressPump
 from bot.slack.messages import slack_error
 from bot.slack.render import PLACEHOLDER, TRUNCATED, answer_blocks, error_text, footer_blocks, notification_text, progress_text
@@ -38,7 +38,7 @@ class StreamSupport:
 
 
 @dataclass
-class AnswerMessage:
+class AnswerMessage(GrowingMessage):
     """One answer's message in Slack: an AnswerView (bot.answering)."""
 
     platform_errors: ClassVar[tuple[type[Exception], ...]] = (SlackApiError,)
@@ -61,12 +61,6 @@ class AnswerMessage:
         """Posts the placeholder."""
         response = await self.client.chat_postMessage(channel=self.channel, thread_ts=self.thread_ts, text=PLACEHOLDER)
         self.ts = response["ts"]
-
-    def evidence(self, found: AnswerEvidence) -> None:
-        self._pump.append(evidence_preview(found.evidence, found.sources))
-
-    def append(self, delta: str) -> None:
-        self._pump.append(delta)
 
     async def finish(self, done: AnswerDone, answer_id: str | None) -> None:
         """Replaces whatever is shown with the whole answer, its sources and the feedback buttons."""
