@@ -145,11 +145,11 @@ class AnswerEngine:
             try:
                 async with asyncio.timeout_at(deadline):
                     grounding = await asyncio.to_thread(ground, self._retriever, question, history, collections)
+                    timings["retrieve"] = elapsed_ms()
                     passages = grounding.retrieval.passages
                     evidence = await asyncio.to_thread(self._evidence, question, grounding) if passages else []
             except TimeoutError:
                 raise self._timeout("searching the knowledge base") from None
-            timings["retrieve"] = elapsed_ms()
 
             if not passages:
                 text = not_found_answer(question)

@@ -102,7 +102,7 @@ async def test_a_follow_up_is_searched_with_the_question_before_it(make_engine, 
     engine = make_engine(fake_endpoint(fake_llm))
     follow_up = "And who comes after that person?"
     _, alone = await collect(engine, follow_up)
-    assert not alone.found
+    assert not alone.found or alone.sources[0].path != "oncall-guide.md"  # alone, it is not about on-call
     _, done = await collect(engine, follow_up, [Turn(ON_CALL_QUESTION, "The secondary on-call engineer [1].")])
     assert done.found and done.sources[0].path == "oncall-guide.md"
 

@@ -12,6 +12,8 @@ from pathlib import Path
 
 import pytest
 
+from llama_index.core.schema import TextNode
+
 from bot.runtime import Runtime, knowledge_runtime
 from config.errors import ConfigError, StoreError, TeambotError
 from config.settings import Settings
@@ -173,9 +175,12 @@ def test_rebuild_and_embedding_model_change(runtime: Runtime, settings: Settings
     rebuilt = runtime.indexer.run(rebuild=True)
     assert rebuilt.added == SAMPLE_FILES and rebuilt.chunks == first.chunks
     assert_consistent(runtime)
+    # Vectors of another model never join a collection (the indexer re-embeds it first).
     other_model = ChromaStore(runtime.store.path, "some/other-model")
-    with pytest.raises(ConfigError, match="rebuild"):
-        other_model.query("default", [0.0] * 384, 3)
+    with pytest.raises(ConfigError, match="re-embeds the collection") as caught:
+        other_model.add("default", [TextNode(text="a chunk embedded by another model", embedding=[0.0] * 384)])
+    assert "some/other-model" in str(caught.value)
+    assert runtime.store.count("default") == first.chunks
 
 
 def test_missing_knowledge_folder_is_explained(tmp_path: Path) -> None:

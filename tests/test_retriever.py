@@ -17,6 +17,11 @@ def retriever(indexed_settings: Settings):  # type: ignore[no-untyped-def]
         yield runtime.retriever
 
 
+@pytest.fixture
+def weight(indexed_settings: Settings) -> float:
+    return indexed_settings.rag.weight
+
+
 @pytest.mark.parametrize(
     ("question", "path", "heading"),
     [
@@ -29,12 +34,12 @@ def retriever(indexed_settings: Settings):  # type: ignore[no-untyped-def]
         ("Who is my onboarding buddy?", "onboarding.html", "Your onboarding buddy"),
     ],
 )
-def test_the_right_passage_comes_first(retriever, question: str, path: str, heading: str) -> None:  # type: ignore[no-untyped-def]
+def test_the_right_passage_comes_first(retriever, weight: float, question: str, path: str, heading: str) -> None:  # type: ignore[no-untyped-def]
     result = retriever.search(question, ["default"])
     assert result.passages, question
     best = result.passages[0]
     assert (best.path, best.heading) == (path, heading)
-    assert 0 < best.score <= 1 and best.score == pytest.approx(0.5 * best.vector_score + 0.5 * best.keyword_score, abs=1e-3)
+    assert 0 < best.score <= 1 and best.score == pytest.approx(weight * best.vector_score + (1 - weight) * best.keyword_score, abs=1e-3)
     assert {"embed", "vector", "keyword", "total"} <= result.timings_ms.keys()
 
 
