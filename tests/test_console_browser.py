@@ -23,7 +23,8 @@ CHROMIUM = Path("/usr/bin/chromium")
 ADMIN_TOKEN = "browser-test-token-7c1d"
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking",
                  "--disable-component-update", "--disable-sync"]  # fmt: skip
-TIMEOUT_MS = 120_000
+TIMEOUT_MS = 120_000  # every wait: Playwright actions and `expect` (whose own default is 5 s)
+expect.set_options(timeout=TIMEOUT_MS)
 
 
 @pytest.fixture
