@@ -15,7 +15,7 @@ from bot.core import AnswerDone
 from bot.evaluation.calibrate import Searched, fit, score_bar
 from bot.evaluation.questions import EvalItem, QuestionSetError, load_question_set
 from bot.evaluation.scoring import ItemResult, contains, has_facts, refusals, says_it_does_not_know, summarize
-from bot.evaluation.variants import parse_variant
+from bot.evaluation.variants import _kv_cache_mib, parse_variant
 from config.errors import ConfigError
 from config.settings import Settings
 from inference.client import Endpoint
@@ -172,6 +172,16 @@ def test_variant_specs() -> None:
     assert variant.name == "int4" and variant.values == {"inference.lmdeploy.quant_policy": "4", "inference.lmdeploy.model_path": "/models/x"}
     with pytest.raises(ConfigError, match="is not NAME:key=value"):
         parse_variant("just-a-name")
+
+
+def test_the_kv_cache_size_is_read_once_from_the_server_log() -> None:
+    start = (
+        "llama_kv_cache:        CPU KV buffer size =    47.81 MiB\n"
+        "llama_kv_cache: size =   47.81 MiB (  4096 cells,  30 layers,  1/1 seqs), K (q8_0):   23.91 MiB, V (q8_0):   23.91 MiB\n"
+    )
+    assert _kv_cache_mib(start) == 47.81  # the total, not the total plus its buffer
+    assert _kv_cache_mib("llama_kv_cache: CUDA0 KV buffer size = 10.00 MiB\nllama_kv_cache: CPU KV buffer size = 2.50 MiB\n") == 12.5
+    assert _kv_cache_mib("no such line") is None
 
 
 # --- the command ----------------------------------------------------------------------------

@@ -23,7 +23,10 @@ from config.errors import ConfigError
 from config.settings import Settings, with_values
 from inference.lmdeploy import resolve_backend
 
-KV_SIZE = re.compile(r"KV (?:self )?(?:buffer |cache )?size\s*=\s*([\d.]+)\s*MiB|llama_kv_cache\w*:.*?size\s*=\s*([\d.]+)\s*MiB", re.IGNORECASE)
+# llama.cpp logs the KV cache's buffer per device ("CPU KV buffer size = 47.81 MiB") and then its
+# total ("llama_kv_cache: size = 47.81 MiB (4096 cells, ...)"): the total when there is one, else the buffers.
+KV_TOTAL = re.compile(r"llama_kv_cache\w*:\s+size\s*=\s*([\d.]+)\s*MiB")
+KV_BUFFER = re.compile(r"KV (?:self )?buffer size\s*=\s*([\d.]+)\s*MiB", re.IGNORECASE)
 
 
 @dataclass(frozen=True)
@@ -113,5 +116,9 @@ def _peak_rss_mib(pid: int | None) -> float | None:
 
 
 def _kv_cache_mib(output: str) -> float | None:
-    sizes = [float(a or b) for a, b in KV_SIZE.findall(output)]
-    return round(sum(sizes), 2) if sizes else None
+    """The KV cache's size from the server's start-up log (one start)."""
+    totals = KV_TOTAL.findall(output)
+    if totals:
+        return round(float(totals[-1]), 2)
+    buffers = [float(size) for size in KV_BUFFER.findall(output)]
+    return round(sum(buffers), 2) if buffers else None
