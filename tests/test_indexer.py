@@ -11,7 +11,6 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
-
 from llama_index.core.schema import TextNode
 
 from bot.runtime import Runtime, knowledge_runtime
