@@ -28,6 +28,7 @@ from bot.status import render_status
 from bot.terminal import TerminalView, chat, stdin_is_terminal, terminal_request
 from config.errors import ConfigError, TeambotError
 from config.settings import DEFAULT_COLLECTION, Settings, load_settings
+from inference.supervisor import ServerSupervisor
 from rag.ingest.indexer import IndexReport
 from rag.operations.desk import IndexStatus
 from rag.operations.run_history import Run
@@ -194,7 +195,7 @@ def serve(ctx: typer.Context, collection: CollectionOption = [DEFAULT_COLLECTION
                 else:
                     if not service.platforms:
                         err.print("stdin is not a terminal: waiting for SIGTERM or Ctrl-C.")
-                    await _until_signalled()
+                    await _until_signalled(runtime.supervisor)
             finally:
                 await service.stop()
 
@@ -281,12 +282,18 @@ def config_command(ctx: typer.Context) -> None:
 # --- helpers -------------------------------------------------------------------------------
 
 
-async def _until_signalled() -> None:
+async def _until_signalled(supervisor: ServerSupervisor | None = None) -> None:
+    """Returns at SIGINT or SIGTERM; raises LLMGaveUp when the LLM server's supervisor gives up."""
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, stop.set)
-    await stop.wait()
+    waits = [asyncio.create_task(stop.wait())] + ([asyncio.create_task(supervisor.wait())] if supervisor else [])
+    done, pending = await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+    for task in pending:
+        task.cancel()
+    for task in done:
+        task.result()
 
 
 def _setup_logging(settings: Settings) -> None:

@@ -27,6 +27,8 @@ async def check_llm(runtime: Runtime) -> dict[str, Any]:
     endpoint = runtime.endpoint
     if endpoint is None:
         return {"ok": False, "detail": "no LLM server was started"}
+    if runtime.supervisor is not None and (down := runtime.supervisor.status()) is not None:
+        return {"ok": False, "detail": down}
     headers = {"Authorization": f"Bearer {endpoint.api_key}"} if endpoint.api_key else {}
     try:
         async with httpx.AsyncClient(timeout=CHECK_TIMEOUT_S) as client:

@@ -1,7 +1,8 @@
 """Builds a running teambot from its settings, in one place: each part gets what it needs in its
 constructor. The knowledge parts (store, manifest, run history, indexer, retriever, index
 runs, knowledge desk) always; the LLM server, its client, the answer engine and the answer
-flow when asked for; the metrics and the answer log when serving. Stops what it started on exit.
+flow when asked for; the metrics, the answer log and the LLM server's supervisor (which restarts
+it when it dies) when serving. Stops what it started on exit.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from config.settings import Settings
 from inference.client import ChatClient, Endpoint
 from inference.process import Progress
 from inference.server import LLMServer, make_server
+from inference.supervisor import ServerSupervisor, SupervisedServer
 from rag.ingest.embedder import embed_model_id
 from rag.ingest.indexer import Indexer
 from rag.operations.desk import KnowledgeDesk
@@ -46,6 +48,7 @@ class Runtime:
     metrics: Metrics | None = None  # serving only
     answers: AnswerLog | None = None  # serving only
     server: LLMServer | None = None
+    supervisor: ServerSupervisor | None = None  # serving with a server teambot started
     endpoint: Endpoint | None = None
     engine: AnswerEngine | None = None
     flow: AnswerFlow | None = None
@@ -107,12 +110,16 @@ async def open_runtime(settings: Settings, *, with_llm: bool, serving: bool = Fa
             runtime.endpoint = await runtime.server.start(progress)
             await warm_up
             inference = settings.inference
+            if serving and isinstance(runtime.server, SupervisedServer):
+                runtime.supervisor = ServerSupervisor(runtime.server, inference)
+                runtime.supervisor.start()
             client = ChatClient(
                 runtime.endpoint,
                 timeout_s=inference.request_timeout_s,
                 max_retries=inference.max_retries,
                 temperature=inference.temperature,
                 max_tokens=inference.max_tokens,
+                unavailable=runtime.supervisor.unavailable if runtime.supervisor else None,
             )
             runtime.engine = AnswerEngine(runtime.retriever, client, settings.bot)
             runtime.flow = AnswerFlow(runtime.engine, runtime.answers, runtime.metrics)
@@ -123,4 +130,6 @@ async def open_runtime(settings: Settings, *, with_llm: bool, serving: bool = Fa
         finally:
             if not warm_up.done():
                 await asyncio.gather(warm_up, return_exceptions=True)  # its thread cannot be stopped; let it finish
+            if runtime.supervisor is not None:
+                await runtime.supervisor.stop()
             await runtime.server.stop()

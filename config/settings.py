@@ -106,6 +106,15 @@ class InferenceSettings(_Section):
     max_retries: int = Field(3, ge=0, le=10)
     temperature: float = Field(0.2, ge=0.0, le=2.0)
     max_tokens: int = Field(512, ge=16, le=32768)
+    max_restarts: int = Field(5, ge=0, le=100)
+    """Failed restarts in a row of a crashed llama.cpp or lmdeploy server before `teambot serve`
+    exits non-zero (so that systemd or Docker restarts all of it); 0: exit when it first dies."""
+    restart_backoff_s: float = Field(1.0, gt=0, le=600)
+    """Wait before restarting a crashed server; doubled after each failed restart in a row (at most 60 s)."""
+    server_log_max_bytes: int = Field(10 * 1024 * 1024, ge=16 * 1024)
+    """llama-server.log and lmdeploy-server.log are rotated when they would grow past this."""
+    server_log_backups: int = Field(3, ge=1, le=100)
+    """Rotated server logs kept (llama-server.log.1, .2, ...)."""
     lmdeploy: LMDeploySettings = LMDeploySettings()
 
     @field_validator("base_url")

@@ -8,7 +8,7 @@ errors that say which server failed and what to do.
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 
 import openai
@@ -53,8 +53,11 @@ class ChatClient:
         max_retries: int,
         temperature: float,
         max_tokens: int,
+        unavailable: Callable[[], TeambotError | None] | None = None,
     ) -> None:
+        """``unavailable`` says why the server cannot answer now (e.g. it is being restarted), or None."""
         self.endpoint = endpoint
+        self._unavailable = unavailable
         self._temperature = temperature
         self._max_tokens = max_tokens
         self._max_retries = max_retries
@@ -68,6 +71,7 @@ class ChatClient:
 
     async def model(self) -> str:
         """The model to ask for: the configured one, else the server's first."""
+        self._check_available()
         if self._model is None:
             try:
                 models = await self._client.models.list()
@@ -99,7 +103,13 @@ class ChatClient:
     async def aclose(self) -> None:
         await self._client.close()
 
+    def _check_available(self) -> None:
+        if self._unavailable is not None and (problem := self._unavailable()) is not None:
+            raise problem
+
     def _translate(self, exc: openai.OpenAIError) -> TeambotError:
+        if self._unavailable is not None and (problem := self._unavailable()) is not None:
+            return problem  # the server died under the request: say that, not what the request saw
         url = self.endpoint.base_url
         if isinstance(exc, openai.APITimeoutError):
             return LLMUnavailable(f"the LLM server at {url} did not answer in time", "raise inference.request_timeout_s, or " + self.endpoint.down_hint)

@@ -2,7 +2,8 @@
 
 4-bit weights (the shipped SmolLM2-135M-Instruct Q4_1 GGUF) and an int8 (q8_0) KV cache: the
 CPU counterpart of lmdeploy's W4A16 + KV int8. The server runs as a child process on
-127.0.0.1 and a free port; its output goes to ``<data_dir>/logs/llama-server.log``.
+127.0.0.1 and a free port (the same one again when it is restarted); its output goes to
+``<data_dir>/logs/llama-server.log``.
 """
 
 from __future__ import annotations
@@ -68,7 +69,10 @@ def server_command(settings: InferenceSettings, model: Path, port: int) -> list[
 class LlamaCppServer:
     def __init__(self, settings: InferenceSettings, log_dir: Path) -> None:
         self._settings = settings
-        self.process = ServerProcess("llama.cpp server", log_dir / "llama-server.log")
+        self.process = ServerProcess(
+            "llama.cpp server", log_dir / "llama-server.log", log_max_bytes=settings.server_log_max_bytes, log_backups=settings.server_log_backups
+        )
+        self._port: int | None = None  # chosen at the first start; a restart keeps it, so the endpoint stays the same
         self.model_path = settings.model_path or shipped_model_path()
         self.description = f"llama.cpp with {self.model_path.name} (KV cache {settings.kv_cache_type})"
 
@@ -83,7 +87,7 @@ class LlamaCppServer:
                 "llama-cpp-python is not installed",
                 "run `make install` (or `pip install 'llama-cpp-python[server]'`), or use inference.backend = \"external\"",
             )
-        port = free_port()
+        port = self._port = self._port or free_port()
         command = server_command(self._settings, self.model_path, port)
         if progress:
             progress(f"starting {self.description}")

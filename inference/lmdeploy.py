@@ -1,8 +1,9 @@
 """The GPU LLM server: an lmdeploy api_server with W4A16 (AWQ) weights and an int8 KV cache.
 
-teambot starts ``python -m lmdeploy serve api_server`` as a child process on 127.0.0.1 and a
-free port, with an API key of its own (``TEAMBOT_LLM_API_KEY``, else a fresh random one), so
-other local users cannot use the model. Output goes to ``<data_dir>/logs/lmdeploy-server.log``.
+teambot starts ``lmdeploy serve api_server`` as a child process on 127.0.0.1 and a free port
+(the same one again when it is restarted), with an API key of its own (``TEAMBOT_LLM_API_KEY``,
+else a fresh random one), so other local users cannot use the model; the key reaches lmdeploy
+through a pipe, never on its command line. Output goes to ``<data_dir>/logs/lmdeploy-server.log``.
 lmdeploy runs one of two engines: TurboMind (its fastest, CUDA 12 builds) or PyTorch;
 ``--backend auto`` falls back to PyTorch where TurboMind is not built or does not support the
 model, and teambot reads the log to say which one runs.
@@ -13,6 +14,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import logging
+import os
 import re
 import secrets
 import sys
@@ -91,37 +93,52 @@ def model_format(path: Path, setting: str) -> str:
     return "awq" if str(quantization.get("quant_method", "")).lower() == "awq" else "hf"
 
 
-def server_command(settings: LMDeploySettings, model: Path, fmt: str, port: int, api_key: str) -> list[str]:
-    command = [
-        sys.executable, "-m", "lmdeploy", "serve", "api_server", str(model),
+# The child's program: lmdeploy's own command line, with the API key read from the pipe whose file
+# descriptor is its first argument. The key is on no command line (any local user can read those
+# in /proc/<pid>/cmdline) and in no environment; only lmdeploy's process holds it, in memory.
+# "--api-keys=KEY": a key that starts with "-" would otherwise read as an option.
+KEY_LAUNCHER = (
+    "import sys; key = open(int(sys.argv[1]), encoding='utf-8').read(); "
+    "sys.argv = ['lmdeploy', *sys.argv[2:], '--api-keys=' + key]; "
+    "from lmdeploy.cli import run; run()"
+)
+
+
+def server_args(settings: LMDeploySettings, model: Path, fmt: str, port: int) -> list[str]:
+    """The `lmdeploy` arguments that start the server (the API key is added by KEY_LAUNCHER)."""
+    args = [
+        "serve", "api_server", str(model),
         "--server-name", "127.0.0.1",
         "--server-port", str(port),
         "--model-name", model.name,
         "--quant-policy", str(settings.quant_policy),
         "--cache-max-entry-count", str(settings.cache_max_entry_count),
         "--tp", str(settings.tp),
-        "--api-keys", api_key,
     ]  # fmt: skip
     if fmt != "hf":  # lmdeploy reads unquantized weights without a format; its PyTorch engine refuses "hf"
-        command += ["--model-format", fmt]
+        args += ["--model-format", fmt]
     if settings.engine != "auto":  # lmdeploy's own default, turbomind, already falls back to pytorch where it must
-        command += ["--backend", settings.engine]
+        args += ["--backend", settings.engine]
     if settings.session_len:
-        command += ["--session-len", str(settings.session_len)]
+        args += ["--session-len", str(settings.session_len)]
     if settings.max_batch_size:
-        command += ["--max-batch-size", str(settings.max_batch_size)]
+        args += ["--max-batch-size", str(settings.max_batch_size)]
     if settings.trust_remote_code:
-        command.append("--trust-remote-code")
-    return command + settings.extra_args
+        args.append("--trust-remote-code")
+    return args + settings.extra_args
 
 
-def shown_command(command: list[str]) -> str:
-    """The command line for logs and messages, with the API key left out."""
-    shown = list(command)
-    for k, arg in enumerate(shown[:-1]):
-        if arg == "--api-keys":
-            shown[k + 1] = "***"
-    return " ".join(shown)
+def launch_command(args: list[str], key_fd: int) -> list[str]:
+    """The child's command line: ``args`` for lmdeploy, the API key to be read from ``key_fd``."""
+    return [sys.executable, "-c", KEY_LAUNCHER, str(key_fd), *args]
+
+
+def key_pipe(api_key: str) -> int:
+    """A pipe holding ``api_key``; returns its read end, for the child to inherit (close it after the start)."""
+    read_fd, write_fd = os.pipe()  # the key is far below a pipe's buffer, so the write does not block
+    with os.fdopen(write_fd, "w", encoding="utf-8") as writer:
+        writer.write(api_key)
+    return read_fd
 
 
 def engine_in_use(requested: str, output: str) -> tuple[Engine, str]:
@@ -138,7 +155,10 @@ class LMDeployServer:
     def __init__(self, settings: InferenceSettings, log_dir: Path, api_key: str | None = None) -> None:
         self._settings = settings.lmdeploy
         self._api_key = api_key or secrets.token_urlsafe(24)
-        self.process = ServerProcess("lmdeploy api_server", log_dir / "lmdeploy-server.log")
+        self.process = ServerProcess(
+            "lmdeploy api_server", log_dir / "lmdeploy-server.log", log_max_bytes=settings.server_log_max_bytes, log_backups=settings.server_log_backups
+        )
+        self._port: int | None = None  # chosen at the first start; a restart keeps it, so the endpoint stays the same
         self.model_path = self._settings.model_path
         assert self.model_path is not None  # Settings fills in the default
         kv = {8: "KV cache int8", 4: "KV cache int4", 0: "KV cache unquantized"}[self._settings.quant_policy]
@@ -157,16 +177,20 @@ class LMDeployServer:
         assert self.model_path is not None
         check_model(self.model_path)
         fmt = model_format(self.model_path, self._settings.model_format)
-        port = free_port()
-        command = server_command(self._settings, self.model_path, fmt, port, self._api_key)
+        port = self._port = self._port or free_port()
+        args = server_args(self._settings, self.model_path, fmt, port)
         if progress:
             progress(f"starting {self.description}, {fmt} weights (lmdeploy takes a minute or two to start)")
         base_url = f"http://127.0.0.1:{port}/v1"
-        seconds = await self.process.start_until_ready(
-            command, shown=shown_command(command), ready_url=f"{base_url}/models", timeout_s=self._settings.start_timeout_s,
-            what="the lmdeploy server", progress=progress, headers={"Authorization": f"Bearer {self._api_key}"},
-            timeout_hint="raise inference.lmdeploy.start_timeout_s, or read the server log",
-        )  # fmt: skip
+        key_fd = key_pipe(self._api_key)
+        try:
+            seconds = await self.process.start_until_ready(
+                launch_command(args, key_fd), shown="lmdeploy " + " ".join(args) + " (API key from a pipe)", pass_fds=[key_fd],
+                ready_url=f"{base_url}/models", timeout_s=self._settings.start_timeout_s, what="the lmdeploy server", progress=progress,
+                headers={"Authorization": f"Bearer {self._api_key}"}, timeout_hint="raise inference.lmdeploy.start_timeout_s, or read the server log",
+            )  # fmt: skip
+        finally:
+            os.close(key_fd)
         self.engine, why = engine_in_use(self._settings.engine, self.process.output())
         engine_note = f"{self.engine} engine" + (f" (TurboMind not used: {why})" if why else "")
         log.info("lmdeploy server ready on port %d in %.1f s (pid %s), %s", port, seconds, self.process.pid, engine_note)

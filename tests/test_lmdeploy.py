@@ -4,6 +4,7 @@ backend choice, and the clear errors. (It runs for real on the GPU: bench/gpu/, 
 from __future__ import annotations
 
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -21,8 +22,9 @@ from inference.lmdeploy import (
     model_format,
     pick_backend,
     resolve_backend,
-    server_command,
-    shown_command,
+    key_pipe,
+    launch_command,
+    server_args,
 )
 from inference.process import ServerProcess, group_alive
 from inference.server import make_server
@@ -57,14 +59,14 @@ def args_of(command: list[str]) -> dict[str, str]:
 def test_the_default_command_serves_w4a16_with_an_int8_kv_cache_on_loopback(tmp_path: Path) -> None:
     settings = settings_with(tmp_path)
     model = awq_model(settings.inference.lmdeploy.model_path)  # type: ignore[arg-type]
-    command = server_command(settings.inference.lmdeploy, model, model_format(model, "auto"), 23333, KEY)
-    assert command[:6] == [sys.executable, "-m", "lmdeploy", "serve", "api_server", str(model)]
+    command = server_args(settings.inference.lmdeploy, model, model_format(model, "auto"), 23333)
+    assert command[:3] == ["serve", "api_server", str(model)]
     args = args_of(command)
     assert args["--model-format"] == "awq" and args["--quant-policy"] == "8"
     assert args["--server-name"] == "127.0.0.1" and args["--server-port"] == "23333"
     assert "--backend" not in args  # lmdeploy's default picks TurboMind where it can, else PyTorch
     assert args["--cache-max-entry-count"] == "0.8" and args["--tp"] == "1"
-    assert args["--api-keys"] == KEY and "--trust-remote-code" in args
+    assert "--api-keys" not in args and "--trust-remote-code" in args  # the key comes through a pipe
     assert "--session-len" not in args and "--max-batch-size" not in args  # lmdeploy's own defaults
 
 
@@ -82,7 +84,7 @@ def test_each_setting_reaches_the_command_line(tmp_path: Path, lmdeploy: dict[st
     settings = settings_with(tmp_path, **lmdeploy)
     model = awq_model(tmp_path / "m")
     fmt = model_format(model, settings.inference.lmdeploy.model_format)
-    args = args_of(server_command(settings.inference.lmdeploy, model, fmt, 1234, KEY))
+    args = args_of(server_args(settings.inference.lmdeploy, model, fmt, 1234))
     assert {flag: args.get(flag) for flag in expected} == expected
 
 
@@ -98,17 +100,43 @@ def test_the_model_format_follows_the_model(tmp_path: Path) -> None:
     assert model_format(awq_model(tmp_path / "x", quantized=False), "awq") == "awq"  # an explicit setting wins
 
 
-def test_the_api_key_never_reaches_the_log(tmp_path: Path) -> None:
-    command = [sys.executable, "-c", "import sys; print('started with', len(sys.argv), 'arguments')", "--api-keys", KEY]
-    assert KEY not in shown_command(command) and "--api-keys ***" in shown_command(command)
+# Stands in for lmdeploy's entry point (lmdeploy needs a GPU): shows the arguments it was given, then serves on.
+FAKE_LMDEPLOY_CLI = "import json, sys, time\n\ndef run():\n    print('argv', json.dumps(sys.argv), flush=True)\n    time.sleep(600)\n"
+
+
+async def test_the_api_key_reaches_lmdeploy_through_a_pipe_not_the_command_line_or_environment(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    site = tmp_path / "site"
+    (site / "lmdeploy" / "cli").mkdir(parents=True)
+    (site / "lmdeploy" / "__init__.py").write_text("")
+    (site / "lmdeploy" / "cli" / "__init__.py").write_text(FAKE_LMDEPLOY_CLI)
+    secrets = {"TEAMBOT_ADMIN_TOKEN": "admin-6c1f9e0b7d2a", "SLACK_BOT_TOKEN": "xoxb-44e1", "TEAMBOT_LLM_API_KEY": KEY, "HF_TOKEN": "hf_91c"}
+    for name, value in secrets.items():
+        monkeypatch.setenv(name, value)
+    key = "-" + KEY  # a key that starts like an option still reaches lmdeploy as the key
+    args = server_args(settings_with(tmp_path).inference.lmdeploy, awq_model(tmp_path / "m"), "awq", 23333)
+    fd = key_pipe(key)
     process = ServerProcess("probe", tmp_path / "logs" / "probe.log")
-    process.start(command, shown=shown_command(command))
-    deadline = time.monotonic() + 30
-    while process.exit_reason() is None:  # it exits at once
-        assert time.monotonic() < deadline, "the probe process did not exit"
-        time.sleep(0.01)
-    log = process.log_path.read_text()
-    assert "started with 3 arguments" in log and KEY not in log
+    try:
+        process.start(launch_command(args, fd), shown="lmdeploy " + " ".join(args), pass_fds=[fd], env={"PYTHONPATH": str(site)})
+        os.close(fd)
+        deadline = time.monotonic() + 60
+        while "argv" not in process.output():
+            assert process.exit_reason() is None, process.exit_reason()
+            assert time.monotonic() < deadline, "the launcher did not reach lmdeploy's entry point"
+            time.sleep(0.05)
+        seen = json.loads(process.output().split("argv", 1)[1].splitlines()[0])
+        assert seen == ["lmdeploy", *args, f"--api-keys={key}"]  # what lmdeploy's argparse reads
+        cmdline = Path(f"/proc/{process.pid}/cmdline").read_bytes()
+        environ = Path(f"/proc/{process.pid}/environ").read_bytes()
+        assert b"serve\x00api_server" in cmdline
+        for value in [key, *secrets.values()]:
+            assert value.encode() not in cmdline and value.encode() not in environ
+        started_line = next(line for line in process.log_path.read_text().splitlines() if "starting:" in line)
+        assert "--server-port 23333" in started_line and key not in started_line
+    finally:
+        await process.stop()
 
 
 def test_bad_model_paths_say_what_is_wrong(tmp_path: Path) -> None:
