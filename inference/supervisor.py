@@ -102,7 +102,7 @@ class ServerSupervisor:
             while self._server.process.running:
                 await asyncio.sleep(WATCH_INTERVAL_S)
             self.state = "restarting"
-            reason = self._server.process.exit_reason() or "it stopped"
+            reason = await asyncio.to_thread(self._server.process.exit_reason) or "it stopped"  # waits a moment for its last output
             self.last_exit = reason.split(";", 1)[0]
             lived = time.monotonic() - up_since
             if restarted and lived < STABLE_AFTER_S:

@@ -3,6 +3,7 @@ backend choice, and the clear errors. (It runs for real on the GPU: bench/gpu/, 
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import sys
@@ -18,12 +19,12 @@ from inference.lmdeploy import (
     check_model,
     engine_in_use,
     gpu_problem,
+    key_pipe,
+    launch_command,
     lmdeploy_installed,
     model_format,
     pick_backend,
     resolve_backend,
-    key_pipe,
-    launch_command,
     server_args,
 )
 from inference.process import ServerProcess, group_alive
@@ -125,7 +126,7 @@ async def test_the_api_key_reaches_lmdeploy_through_a_pipe_not_the_command_line_
         while "argv" not in process.output():
             assert process.exit_reason() is None, process.exit_reason()
             assert time.monotonic() < deadline, "the launcher did not reach lmdeploy's entry point"
-            time.sleep(0.05)
+            await asyncio.sleep(0.05)
         seen = json.loads(process.output().split("argv", 1)[1].splitlines()[0])
         assert seen == ["lmdeploy", *args, f"--api-keys={key}"]  # what lmdeploy's argparse reads
         cmdline = Path(f"/proc/{process.pid}/cmdline").read_bytes()

@@ -1,0 +1,207 @@
+"""The LLM server teambot starts, watched: a real `teambot serve` with the real llama.cpp server
+and the shipped SmolLM2 model. Killed, the server is reaped, logged and restarted, questions
+asked meanwhile hear that it is restarting, and the next one is answered; when restarts keep
+failing, serve exits non-zero. The child sees none of teambot's secrets, and its log is rotated."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import shutil
+import signal
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from config.settings import Settings
+from inference.client import ChatMessage
+from inference.llamacpp import LlamaCppServer, shipped_model_path
+from inference.process import ServerProcess, child_env
+from tests.conftest import client_for, indexed_copy, make_settings
+from tests.proc import async_wait_for, process_env, start_serve
+
+ADMIN_TOKEN = "supervision-test-token-5d0e"
+ON_CALL_QUESTION = "Who gets paged if the primary on-call does not acknowledge a page?"
+RESTARTING = "the language model is restarting"
+SECRETS = {
+    "TEAMBOT_ADMIN_TOKEN": ADMIN_TOKEN,
+    "SLACK_SIGNING_SECRET": "signing-secret-a41c",
+    "SLACK_APP_TOKEN": "xapp-1-b7e2",
+    "TEAMBOT_LLM_API_KEY": "llm-key-0f3d",
+    "HF_TOKEN": "hf_c2d9",
+}
+
+
+def test_children_get_an_allow_listed_environment_without_secrets() -> None:
+    environ = {
+        "PATH": "/usr/bin", "HOME": "/home/t", "LANG": "C.UTF-8", "LC_ALL": "C", "TMPDIR": "/tmp", "PYTHONPATH": "/src",
+        "LD_LIBRARY_PATH": "/opt/lib", "CUDA_VISIBLE_DEVICES": "0", "OMP_NUM_THREADS": "4", "HF_HUB_OFFLINE": "1",
+        "TEAMBOT_ADMIN_TOKEN": "a", "TEAMBOT_DATA_DIR": "/d", "SLACK_BOT_TOKEN": "b", "SLACK_SIGNING_SECRET": "c", "DISCORD_BOT_TOKEN": "d",
+        "HF_TOKEN": "e", "NVIDIA_API_KEY": "f", "OMP_PASSWORD": "g", "AWS_SECRET_ACCESS_KEY": "h", "DATABASE_URL": "i", "LD_PRELOAD": "j",
+    }  # fmt: skip
+    env = child_env(environ, {"EXTRA": "1"})
+    assert env == {
+        "PATH": "/usr/bin", "HOME": "/home/t", "LANG": "C.UTF-8", "LC_ALL": "C", "TMPDIR": "/tmp", "PYTHONPATH": "/src",
+        "LD_LIBRARY_PATH": "/opt/lib", "CUDA_VISIBLE_DEVICES": "0", "OMP_NUM_THREADS": "4", "HF_HUB_OFFLINE": "1",
+        "PYTHONUNBUFFERED": "1", "EXTRA": "1",
+    }  # fmt: skip
+
+
+def test_a_server_log_is_rotated_while_the_child_writes(tmp_path: Path) -> None:
+    log = tmp_path / "logs" / "child.log"
+    limit = 16 * 1024
+    writer = "import sys\nfor n in range(20000):\n    print(f'line {n:05d} ' + 'x' * 40)\nprint('last line', flush=True)\n"
+    process = ServerProcess("writer", log, log_max_bytes=limit, log_backups=2)
+    process.start([sys.executable, "-c", writer], shown="writer")
+    deadline = time.monotonic() + 120
+    while process.exit_reason() is None:
+        assert time.monotonic() < deadline, "the writer did not finish"
+        time.sleep(0.05)
+    asyncio.run(process.stop())
+    files = sorted(log.parent.iterdir())
+    assert [f.name for f in files] == ["child.log", "child.log.1", "child.log.2"]  # ~1 MB written, 2 old files kept
+    assert all(f.stat().st_size <= limit for f in files), [(f.name, f.stat().st_size) for f in files]
+    assert log.read_text().rstrip().endswith("last line")
+
+
+async def test_the_real_llamacpp_server_sees_no_secrets_and_its_log_stays_under_the_limit(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    for name, value in {**SECRETS, "SLACK_BOT_TOKEN": "xoxb-9a7c", "DISCORD_BOT_TOKEN": "discord-33f0"}.items():
+        monkeypatch.setenv(name, value)
+    limit = 16 * 1024
+    settings = make_settings(tmp_path / "data", tmp_path / "knowledge", inference={"context_size": 512, "server_log_max_bytes": limit, "server_log_backups": 2})
+    server = LlamaCppServer(settings.inference, log_dir=settings.logs_dir)
+    endpoint = await server.start()
+    try:
+        environ = Path(f"/proc/{server.process.pid}/environ").read_bytes().split(b"\0")
+        names = {entry.split(b"=", 1)[0].decode() for entry in environ if entry}
+        assert "PATH" in names and not names & {*SECRETS, "SLACK_BOT_TOKEN", "DISCORD_BOT_TOKEN"}, names
+        async with httpx.AsyncClient(base_url=endpoint.base_url, timeout=60) as http:
+            for _ in range(300):  # each request adds a line to the server's log
+                assert (await http.get("/models")).status_code == 200
+        client = client_for(endpoint, max_tokens=8)
+        assert "".join([t async for t in client.stream_chat([ChatMessage("user", "Say hi")])]).strip()
+        await client.aclose()
+    finally:
+        await server.stop()
+    logs = sorted(settings.logs_dir.glob("llama-server.log*"))
+    assert len(logs) == 3 and all(f.stat().st_size <= limit for f in logs), [(f.name, f.stat().st_size) for f in logs]
+
+
+# --- a real `teambot serve` ------------------------------------------------------------------
+
+
+def llm_child(serve_pid: int) -> int:
+    """The pid of the llama.cpp server `teambot serve` (``serve_pid``) runs, or 0."""
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+            cmdline = (stat.parent / "cmdline").read_bytes()
+        except (OSError, IndexError):
+            continue
+        if int(fields[1]) == serve_pid and fields[0] != "Z" and b"llama_cpp.server" in cmdline:
+            return int(stat.parent.name)
+    return 0
+
+
+def place_model(path: Path) -> Path:
+    """The shipped model at ``path``, a file of its own (settings resolve symlinks): a hard link, else a copy."""
+    try:
+        os.link(shipped_model_path(), path)
+    except OSError:
+        shutil.copyfile(shipped_model_path(), path)
+    return path
+
+
+def serve_env(settings: Settings, model: Path, **extra: str) -> dict[str, str]:
+    return process_env(
+        settings, TEAMBOT_INFERENCE__BACKEND="llamacpp", TEAMBOT_INFERENCE__MODEL_PATH=str(model), TEAMBOT_INFERENCE__CONTEXT_SIZE="2048",
+        **SECRETS, **extra,
+    )  # fmt: skip
+
+
+async def ask(client: httpx.AsyncClient, question: str = ON_CALL_QUESTION) -> dict[str, Any]:
+    """The console's last event for a question: {"done": ...} or {"error": ...}."""
+    response = await client.post("/admin/api/ask", json={"question": question, "collections": ["default"]})
+    assert response.status_code == 200, response.text
+    return json.loads(response.text.splitlines()[-1])
+
+
+async def answered(client: httpx.AsyncClient) -> dict[str, Any] | None:
+    event = await ask(client)
+    return event.get("done")
+
+
+async def stop_serve(process: asyncio.subprocess.Process) -> int:
+    if process.returncode is None:
+        process.send_signal(signal.SIGTERM)
+        try:
+            await asyncio.wait_for(process.wait(), 120)
+        except TimeoutError:
+            process.kill()
+    return await process.wait()
+
+
+async def test_serve_restarts_a_killed_llamacpp_server_and_answers_again(indexed_settings: Settings, tmp_path: Path) -> None:
+    data, knowledge = indexed_copy(indexed_settings, tmp_path)
+    settings = make_settings(data, knowledge)
+    model = place_model(tmp_path / "model.gguf")
+    serve, url, stderr = await start_serve(serve_env(settings, model))
+    try:
+        async with httpx.AsyncClient(base_url=url, timeout=180) as client:
+            assert (await client.post("/admin/api/login", json={"password": ADMIN_TOKEN})).status_code == 200
+            assert await answered(client)
+            first = llm_child(serve.pid)
+            assert first
+            environ = Path(f"/proc/{first}/environ").read_bytes()
+            assert not [name for name, value in SECRETS.items() if value.encode() in environ or name.encode() + b"=" in environ]
+
+            model.unlink()  # restarts fail until it is back: the restarting state lasts as long as the test needs
+            os.kill(first, signal.SIGKILL)
+            log = settings.logs_dir / "teambot.log"
+            await async_wait_for(lambda: "restart 1 of" in log.read_text(), "a failed restart in teambot.log")
+            assert not Path(f"/proc/{first}").exists()  # reaped: no zombie left
+            assert RESTARTING in (await ask(client)).get("error", "")
+            health = await client.get("/healthz")
+            assert health.status_code == 503 and "restarting" in health.json()["checks"]["llm"]["detail"]
+
+            place_model(model)
+            killed = time.monotonic()
+            while not (done := await answered(client)):
+                assert time.monotonic() - killed < 120, "no answer within 120 s of the model's return"
+                await asyncio.sleep(0.2)
+            assert done["found"] and done["sources"][0]["path"] == "oncall-guide.md"
+            assert (await client.get("/healthz")).status_code == 200
+            assert llm_child(serve.pid) not in (0, first)
+            text = log.read_text()
+            assert "stopped after" in text and "killed by SIGKILL" in text and "restarted in" in text
+            assert ADMIN_TOKEN not in text and SECRETS["TEAMBOT_LLM_API_KEY"] not in text
+    finally:
+        code = await stop_serve(serve)
+    assert code == 0, "".join(stderr)
+
+
+async def test_serve_exits_non_zero_when_restarts_keep_failing(indexed_settings: Settings, tmp_path: Path) -> None:
+    data, knowledge = indexed_copy(indexed_settings, tmp_path)
+    settings = make_settings(data, knowledge)
+    model = place_model(tmp_path / "model.gguf")
+    env = serve_env(settings, model, TEAMBOT_INFERENCE__MAX_RESTARTS="2", TEAMBOT_INFERENCE__RESTART_BACKOFF_S="0.1")
+    serve, _, stderr = await start_serve(env)
+    try:
+        child = await async_wait_for(lambda: llm_child(serve.pid), "the llama.cpp server")
+        model.unlink()
+        model.write_bytes(b"GGUF" + bytes(64))  # a model llama.cpp cannot load: each restart dies at once
+        os.kill(child, signal.SIGKILL)
+        code = await asyncio.wait_for(serve.wait(), 180)
+    finally:
+        await stop_serve(serve)
+    await serve._teambot_drain  # type: ignore[attr-defined]
+    output = "".join(stderr)
+    assert code == 1, output
+    assert "2 restarts in a row failed (inference.max_restarts = 2)" in output
+    assert "stopped while starting" in (settings.logs_dir / "teambot.log").read_text()
+    assert not llm_child(serve.pid)
