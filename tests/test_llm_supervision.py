@@ -18,10 +18,13 @@ from typing import Any
 import httpx
 import pytest
 
-from config.settings import Settings
-from inference.client import ChatMessage
+import inference.supervisor
+from config.errors import TeambotError
+from config.settings import InferenceSettings, Settings
+from inference.client import ChatMessage, Endpoint
 from inference.llamacpp import LlamaCppServer, shipped_model_path
 from inference.process import ServerProcess, child_env
+from inference.supervisor import LLMGaveUp, LLMRestarting, ServerSupervisor
 from tests.conftest import client_for, indexed_copy, make_settings
 from tests.proc import async_wait_for, process_env, start_serve
 
@@ -90,6 +93,76 @@ async def test_the_real_llamacpp_server_sees_no_secrets_and_its_log_stays_under_
         await server.stop()
     logs = sorted(settings.logs_dir.glob("llama-server.log*"))
     assert len(logs) == 3 and all(f.stat().st_size <= limit for f in logs), [(f.name, f.stat().st_size) for f in logs]
+
+
+# --- the supervisor, with real processes standing in for the server ------------------------
+
+
+class SleeperServer:
+    """A server manager whose server is a real process that only sleeps; its first ``failing_starts`` restarts fail."""
+
+    description = "sleeper"
+
+    def __init__(self, log_dir: Path, failing_starts: int = 0) -> None:
+        self.process = ServerProcess("sleeper", log_dir / "sleeper.log")
+        self.failing_starts = failing_starts
+        self.starts = 0
+
+    async def start(self, progress: Any = None) -> Endpoint:
+        self.starts += 1
+        if self.starts > 1 and self.failing_starts:
+            self.failing_starts -= 1
+            raise TeambotError("the sleeper cannot start")
+        self.process.start([sys.executable, "-c", "import time; time.sleep(600)"], shown="sleeper")
+        return Endpoint("http://127.0.0.1:9/v1")
+
+    async def stop(self) -> None:
+        await self.process.stop()
+
+
+async def killed(server: SleeperServer) -> None:
+    pid = server.process.pid
+    assert pid is not None
+    os.kill(pid, signal.SIGKILL)
+    await async_wait_for(lambda: not server.process.running, "the sleeper to die")
+
+
+async def test_the_supervisor_restarts_with_backoff_and_gives_up_after_max_restarts_failures(tmp_path: Path) -> None:
+    server = SleeperServer(tmp_path, failing_starts=10)
+    await server.start()
+    supervisor = ServerSupervisor(server, InferenceSettings(max_restarts=3, restart_backoff_s=0.05))
+    supervisor.start()
+    try:
+        assert supervisor.unavailable() is None and supervisor.status() is None
+        await killed(server)
+        assert isinstance(supervisor.unavailable(), LLMRestarting)  # at once, before the supervisor looks
+        with pytest.raises(LLMGaveUp, match=r"killed by SIGKILL\) and 3 restarts in a row failed \(inference.max_restarts = 3\)"):
+            await asyncio.wait_for(supervisor.wait(), 60)
+        assert server.starts == 1 + 3 and supervisor.state == "failed"
+    finally:
+        await supervisor.stop()
+        await server.stop()
+
+
+async def test_a_restart_that_dies_soon_counts_as_failed_and_one_that_lasts_does_not(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    server = SleeperServer(tmp_path)
+    await server.start()
+    supervisor = ServerSupervisor(server, InferenceSettings(max_restarts=1, restart_backoff_s=0.05))
+    supervisor.start()
+    try:
+        for n in (1, 2):  # restarts that last (STABLE_AFTER_S = 0): every death starts a new streak
+            monkeypatch.setattr(inference.supervisor, "STABLE_AFTER_S", 0.0)
+            await killed(server)
+            await async_wait_for(lambda n=n: supervisor.restarts == n and supervisor.unavailable() is None, f"restart {n}")
+            assert supervisor.status() is None and supervisor.failures == 0
+        monkeypatch.setattr(inference.supervisor, "STABLE_AFTER_S", 600.0)
+        await killed(server)  # dies right after its restart: the restart failed, and max_restarts = 1 is spent
+        with pytest.raises(LLMGaveUp, match="1 restarts in a row failed"):
+            await asyncio.wait_for(supervisor.wait(), 60)
+        assert server.starts == 3
+    finally:
+        await supervisor.stop()
+        await server.stop()
 
 
 # --- a real `teambot serve` ------------------------------------------------------------------
