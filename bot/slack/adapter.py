@@ -118,7 +118,7 @@ class SlackAdapter:
         """The Events API endpoint for teambot's HTTP server (when SLACK_SIGNING_SECRET is set)."""
         if self._settings.slack_signing_secret is None:
             return []
-        return [Route(EVENTS_PATH, EventsEndpoint(self.app, self._settings.slack_signing_secret.get_secret_value()), methods=["POST"])]
+        return [Route(EVENTS_PATH, EventsEndpoint(self.app, self._settings.slack_signing_secret.get_secret_value()).handle, methods=["POST"])]
 
     # --- listeners ------------------------------------------------------------------------
 

@@ -34,7 +34,7 @@ class EventsEndpoint:
         self._verifier = SignatureVerifier(signing_secret)
         self._seen: OrderedDict[str, float] = OrderedDict()  # sha256 of timestamp and body -> when it may be forgotten
 
-    async def __call__(self, request: Request) -> Response:
+    async def handle(self, request: Request) -> Response:
         timestamp = request.headers.get("x-slack-request-timestamp", "")
         if not (timestamp.isascii() and timestamp.isdigit() and len(timestamp) <= 12):
             return _refused(401, "invalid request: X-Slack-Request-Timestamp must be a Unix time in seconds")
