@@ -65,7 +65,9 @@ class RequestCheck:
         host = request.headers.get("host", "")
         name = _host_name(host)
         if "*" not in self.hosts and name not in self.hosts:
-            raise Refused(403, f"this console does not answer to the host name {name or '(none)'!r}: add it to console.allowed_hosts if it is yours")
+            raise Refused(
+                403, f"this console does not answer to the host name {name or '(none)'!r}: add it to console.allowed_hosts if it is yours"
+            )
         if request.method not in STATE_CHANGING:
             return
         origin = request.headers.get("origin") or request.headers.get("referer")

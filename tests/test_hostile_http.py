@@ -11,8 +11,6 @@ import asyncio
 import hashlib
 import hmac
 import json
-import select
-import socket
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -27,12 +25,12 @@ from tests.conftest import indexed_copy, make_settings
 from tests.fake_llm import FakeLLM
 from tests.fake_slack import BOT_TOKEN, TEAM, FakeSlack
 from tests.proc import async_wait_for, process_env, start_serve
+from tests.raw_http import post_lazily, proc_status_kb
 
 ADMIN_TOKEN = "hostile-test-admin-token-5b2e9"
 SIGNING_SECRET = "hostile-test-signing-secret"
 CHANNEL = "C0GENERAL"
 MiB = 1024 * 1024
-BLOCK = b"x" * MiB
 MEMORY_GROWTH_ALLOWED_KB = 40 * 1024  # the server's peak may grow this much (buffers), not by the body
 
 
@@ -51,59 +49,6 @@ class Served:
     def log(self) -> str:
         log = self.data_dir / "logs" / "teambot.log"
         return "".join(self.stderr) + (log.read_text(errors="replace") if log.exists() else "")
-
-
-def proc_status_kb(pid: int, field: str) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith(f"{field}:"):
-            return int(line.split()[1])
-    raise AssertionError(f"no {field} in /proc/{pid}/status")
-
-
-async def lazy_body(total: int) -> AsyncIterator[bytes]:
-    """``total`` bytes, made as they are sent."""
-    sent = 0
-    while sent < total:
-        block = BLOCK[: min(MiB, total - sent)]
-        sent += len(block)
-        yield block
-
-
-@dataclass
-class Answer:
-    status: int
-    body: bytes
-    sent: int  # body bytes written before the answer came or the server closed the connection
-
-
-def post_lazily(url: str, path: str, total: int, *, declared: bool, headers: dict[str, str]) -> Answer:
-    """POSTs ``total`` lazily made bytes (with Content-Length when ``declared``, else chunked), and
-    stops writing as soon as an answer is there to read, as a careful client does (a plain socket:
-    asyncio's transports drop what was received when a write fails)."""
-    parts = urlsplit(url)
-    head_lines = [f"POST {path} HTTP/1.1", f"Host: {parts.netloc}", *(f"{k}: {v}" for k, v in headers.items())]
-    head_lines.append(f"Content-Length: {total}" if declared else "Transfer-Encoding: chunked")
-    sent = 0
-    with socket.create_connection((parts.hostname, parts.port), timeout=120) as sock:
-        sock.sendall(("\r\n".join(head_lines) + "\r\n\r\n").encode())
-        try:
-            while sent < total and not select.select([sock], [], [], 0)[0]:
-                block = BLOCK[: min(MiB, total - sent)]
-                sock.sendall(block if declared else b"%x\r\n%b\r\n" % (len(block), block))
-                sent += len(block)
-            if sent == total and not declared:
-                sock.sendall(b"0\r\n\r\n")
-        except (BrokenPipeError, ConnectionResetError):
-            pass  # the server closed the connection: its answer is read below
-        received = b""
-        while b"\r\n\r\n" not in received and (data := sock.recv(65536)):
-            received += data
-        head, _, body = received.partition(b"\r\n\r\n")
-        lines = head.decode("latin-1").split("\r\n")
-        headers = {k.strip().lower(): v.strip() for k, _, v in (line.partition(":") for line in lines[1:])}
-        while len(body) < int(headers.get("content-length", "0")) and (data := sock.recv(65536)):
-            body += data
-    return Answer(int(lines[0].split()[1]), body, sent)
 
 
 @pytest.fixture(scope="module")
@@ -153,8 +98,12 @@ def slack_headers(body: bytes, timestamp: str, content_type: str = "application/
 # --- request bodies ---------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(("path", "declared"), [("/admin/api/login", False), ("/admin/api/login", True), ("/slack/events", False), ("/slack/events", True)])
-async def test_an_oversized_body_is_refused_413_before_it_is_read(served: Served, client: httpx.AsyncClient, path: str, declared: bool) -> None:
+@pytest.mark.parametrize(
+    ("path", "declared"), [("/admin/api/login", False), ("/admin/api/login", True), ("/slack/events", False), ("/slack/events", True)]
+)
+async def test_an_oversized_body_is_refused_413_before_it_is_read(
+    served: Served, client: httpx.AsyncClient, path: str, declared: bool
+) -> None:
     size = 512 * MiB if declared else 64 * MiB  # a declared length is refused at once; a chunked body as it passes the limit
     peak_before = served.peak_kb()
     # For Slack a well-formed (wrongly signed) request: the signature can only be checked once the body is read.
@@ -252,7 +201,9 @@ async def test_a_malformed_slack_timestamp_is_refused_without_a_traceback(served
     transport = httpx.AsyncHTTPTransport(local_address="127.0.0.3")
     async with httpx.AsyncClient(base_url=served.url, transport=transport, timeout=120) as marker:
         assert (await marker.post("/admin/api/login", json={"password": "marker-guess"})).status_code == 401
-    log = await async_wait_for(lambda: (text := served.log()) and "wrong admin token was given from 127.0.0.3" in text and text, "the marker in the log")
+    log = await async_wait_for(
+        lambda: (text := served.log()) and "wrong admin token was given from 127.0.0.3" in text and text, "the marker in the log"
+    )
     assert "Traceback" not in log and "Exception in ASGI application" not in log
 
 
@@ -287,7 +238,9 @@ async def test_a_retried_event_whose_first_delivery_was_lost_is_answered(served:
     body = json.dumps(slack.event_body({**event, "type": "app_mention"}, event_id="Ev0LOSTFIRST")).encode()
     retry_headers = {**slack_headers(body, str(int(time.time()))), "X-Slack-Retry-Num": "1", "X-Slack-Retry-Reason": "http_timeout"}
     assert (await client.post("/slack/events", content=body, headers=retry_headers)).status_code == 200
-    await async_wait_for(lambda: any(m.get("thread_ts") == event["ts"] for m in slack.messages[CHANNEL]), "the answer to the retried event", timeout=120)
+    await async_wait_for(
+        lambda: any(m.get("thread_ts") == event["ts"] for m in slack.messages[CHANNEL]), "the answer to the retried event", timeout=120
+    )
 
 
 # --- /healthz ---------------------------------------------------------------------------------

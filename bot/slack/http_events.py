@@ -47,7 +47,9 @@ class EventsEndpoint:
             return _refused(401, "invalid request")
         key = hashlib.sha256(timestamp.encode() + b":" + body).hexdigest()
         if not self._remember(key, int(timestamp)):
-            log.info("a signed Slack request was delivered again (retry %s): answered once", request.headers.get("x-slack-retry-num", "none"))
+            log.info(
+                "a signed Slack request was delivered again (retry %s): answered once", request.headers.get("x-slack-retry-num", "none")
+            )
             return Response(status_code=200)
         response = await self._bolt.handle(request)
         if not 200 <= response.status_code < 300:
