@@ -11,6 +11,9 @@ import asyncio
 import hashlib
 import hmac
 import json
+import os
+import re
+import sys
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -21,7 +24,7 @@ import httpx
 import pytest
 
 from config.settings import Settings
-from tests.conftest import indexed_copy, make_settings
+from tests.conftest import closed_port, indexed_copy, make_settings
 from tests.fake_llm import FakeLLM
 from tests.fake_slack import BOT_TOKEN, TEAM, FakeSlack
 from tests.proc import async_wait_for, process_env, start_serve
@@ -252,3 +255,27 @@ async def test_healthz_shows_no_paths_or_addresses(served: Served, client: httpx
     text = health.text
     for internal in (str(served.data_dir), "/", served.fake_llm.base_url, "127.0.0.1"):
         assert internal not in text.replace("\\/", "/"), internal
+
+
+# --- the Docker image -------------------------------------------------------------------------
+
+
+def dockerfile_instruction(name: str) -> str:
+    """An instruction of the Dockerfile with its continuation lines joined."""
+    text = (Path(__file__).resolve().parent.parent / "Dockerfile").read_text().replace("\\\n", " ")
+    found = [line.strip() for line in text.splitlines() if line.strip().startswith(f"{name} ")]
+    assert found, f"the Dockerfile has no {name}"
+    return " ".join(found)
+
+
+async def test_the_image_listens_on_all_interfaces_and_its_healthcheck_probes_healthz(served: Served) -> None:
+    assert re.search(r"\bTEAMBOT_HTTP_HOST=0\.0\.0\.0\b", dockerfile_instruction("ENV"))
+    command = json.loads(dockerfile_instruction("HEALTHCHECK").split(" CMD ", 1)[1])
+    assert command[0] == "python"  # the image has no curl
+    port = str(urlsplit(served.url).port)
+    probe = await asyncio.create_subprocess_exec(sys.executable, *command[1:], env={**os.environ, "TEAMBOT_HTTP_PORT": port})
+    assert await asyncio.wait_for(probe.wait(), 120) == 0
+    down = await asyncio.create_subprocess_exec(
+        sys.executable, *command[1:], env={**os.environ, "TEAMBOT_HTTP_PORT": str(closed_port())}, stderr=asyncio.subprocess.DEVNULL
+    )
+    assert await asyncio.wait_for(down.wait(), 120) != 0
