@@ -22,9 +22,11 @@ def proc_status_kb(pid: int, field: str) -> int:
     raise AssertionError(f"no {field} in /proc/{pid}/status")
 
 
-def lazy_body(total: int) -> Iterator[bytes]:
-    """``total`` bytes, made as they are sent."""
-    sent = 0
+def lazy_body(total: int, prefix: bytes = b"") -> Iterator[bytes]:
+    """``total`` bytes, ``prefix`` and then filler, made as they are sent."""
+    sent = len(prefix)
+    if prefix:
+        yield prefix
     while sent < total:
         block = BLOCK[: min(MiB, total - sent)]
         sent += len(block)
@@ -38,8 +40,8 @@ class Answer:
     sent: int  # body bytes written before the answer came or the server closed the connection
 
 
-def post_lazily(url: str, path: str, total: int, *, declared: bool, headers: dict[str, str]) -> Answer:
-    """POSTs ``total`` lazily made bytes (with Content-Length when ``declared``, else chunked), and
+def post_lazily(url: str, path: str, total: int, *, declared: bool, headers: dict[str, str], prefix: bytes = b"") -> Answer:
+    """POSTs ``total`` lazily made bytes starting with ``prefix`` (with Content-Length when ``declared``, else chunked), and
     stops writing as soon as an answer is there to read, as a careful client does (a plain socket:
     asyncio's transports drop what was received when a write fails)."""
     parts = urlsplit(url)
@@ -49,7 +51,7 @@ def post_lazily(url: str, path: str, total: int, *, declared: bool, headers: dic
     with socket.create_connection((parts.hostname, parts.port), timeout=120) as sock:
         sock.sendall(("\r\n".join(head_lines) + "\r\n\r\n").encode())
         try:
-            for block in lazy_body(total):
+            for block in lazy_body(total, prefix):
                 if select.select([sock], [], [], 0)[0]:
                     break  # the server answered (or closed the connection)
                 sock.sendall(block if declared else b"%x\r\n%b\r\n" % (len(block), block))

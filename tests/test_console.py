@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import shutil
 from collections.abc import AsyncIterator
@@ -22,6 +23,7 @@ from inference.client import Endpoint
 from tests.conftest import make_settings
 from tests.fake_llm import FakeLLM
 from tests.proc import async_wait_for
+from tests.raw_http import MiB, post_lazily
 
 ADMIN_TOKEN = "console-test-token-1f8e2"
 ON_CALL_QUESTION = "Who gets paged if the primary on-call does not acknowledge a page?"
@@ -216,3 +218,17 @@ async def test_the_console_can_listen_on_its_own_port(settings: Settings, fake_l
             await sign_in(console)
             assert (await console.get("/admin/api/documents")).status_code == 200
         assert service.console_url == f"{service.console_http.url}/admin"
+
+
+async def test_an_upload_past_its_limit_is_refused_413_while_it_streams(settings: Settings, fake_llm: FakeLLM) -> None:
+    """rag.max_file_mb = 0.05 here: an upload may carry 20 such files (about 2 MB); a chunked one of 32 MB is cut off."""
+    async with serving(console_settings(settings.data_dir, settings.rag.knowledge_dir, fake_llm.base_url)) as (service, client):
+        await sign_in(client)
+        boundary = "teambot-test-boundary"
+        prefix = f'--{boundary}\r\nContent-Disposition: form-data; name="files"; filename="big.md"\r\nContent-Type: text/markdown\r\n\r\n'.encode()
+        headers = {"Content-Type": f"multipart/form-data; boundary={boundary}", "Cookie": f"teambot_console={client.cookies['teambot_console']}"}
+        answer = await asyncio.to_thread(post_lazily, service.http.url, "/admin/api/upload", 32 * MiB, declared=False, headers=headers, prefix=prefix)
+        assert answer.status == 413, answer
+        assert "upload fewer or smaller files" in json.loads(answer.body)["error"] and answer.sent < 32 * MiB
+        assert not (settings.data_dir / "knowledge" / "default" / "big.md").exists()
+        assert (await client.get("/admin/api/documents")).status_code == 200  # the session and the server carry on
