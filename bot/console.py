@@ -78,7 +78,7 @@ def console_body_limits(settings: Settings) -> dict[str, Limit]:
     """The largest request bodies the console takes, by path: uploads (every file at rag.max_file_mb), the rest small."""
     file_bytes = int(settings.rag.max_file_mb * 1024 * 1024)
     return {
-        "/admin": Limit(settings.console.max_request_kb * 1024, "console.max_request_kb"),
+        "/admin": Limit(settings.console.max_request_kb * 1024, "raise console.max_request_kb (TEAMBOT_CONSOLE__MAX_REQUEST_KB)"),
         UPLOAD_PATH: Limit(
             MAX_FILES_PER_UPLOAD * file_bytes + 1024 * 1024,
             f"upload fewer or smaller files at a time ({MAX_FILES_PER_UPLOAD} files of rag.max_file_mb = {settings.rag.max_file_mb:g} MB at most)",
