@@ -183,8 +183,8 @@ def serve(ctx: typer.Context, collection: CollectionOption = [DEFAULT_COLLECTION
                     err.print(f"HTTP server at {service.http.url}: /healthz, /metrics" + (", Slack events at /slack/events" if service.slack else ""))
                     if service.console_off:
                         err.print(f"[yellow]{escape(service.console_off)}[/yellow]")
-                    elif settings.console.enabled:
-                        err.print(f"Admin console at {service.http.url}/admin")
+                    elif service.console_url:
+                        err.print(f"Admin console at {service.console_url}")
                 if service.platforms:
                     err.print(f"Answering on {', '.join(service.platforms)}. Stop with SIGTERM or Ctrl-C.")
                 else:

@@ -7,7 +7,8 @@ and scores), and read recent questions with their 👍/👎 votes. Without the t
 does not start: /admin says how to turn it on.
 
 Sessions: a random id in an HttpOnly, SameSite=Strict cookie, kept in memory for
-``console.session_hours``. Repeated wrong passwords from one address are slowed down.
+``console.session_hours``. Every request is checked first (bot.console_guard): its Host, and for
+changes its Origin and Content-Type; sign-in attempts are throttled per address.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import asyncio
 import hmac
 import json
 import logging
+import math
 import secrets
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -30,7 +32,9 @@ from starlette.routing import BaseRoute, Route
 
 from bot.answer_log import AnswerLog
 from bot.answering import AnswerFlow, AnswerRequest, error_text
+from bot.console_guard import Refused, RequestCheck, SignInThrottle, allowed_hosts, check_admin_token
 from bot.core import AnswerDone, AnswerEvidence
+from bot.http_server import Limit
 from config.errors import ConfigError, TeambotError
 from config.settings import DEFAULT_COLLECTION, SECRET_ENV, Settings, check_collection_name
 from rag.operations.desk import KnowledgeDesk, UploadError
@@ -42,8 +46,9 @@ COOKIE = "teambot_console"
 PLATFORM = "console"
 MAX_FILES_PER_UPLOAD = 20
 MAX_QUESTION_CHARS = 2000
-FAILED_SIGN_INS_BEFORE_DELAY = 5  # per client address; after that each attempt waits
-SIGN_IN_DELAY_S = 2.0
+UPLOAD_PATH = "/admin/api/upload"
+JSON = "application/json"
+MULTIPART = "multipart/form-data"
 DISABLED = (
     "The teambot admin console is off: no admin token is set.\n"
     f"Set {SECRET_ENV['admin_token']} in teambot's environment (a long random string) and restart `teambot serve`; "
@@ -69,6 +74,18 @@ def console_routes(
     return Console(settings, flow, desk, scheduler, answers).routes(), None
 
 
+def console_body_limits(settings: Settings) -> dict[str, Limit]:
+    """The largest request bodies the console takes, by path: uploads (every file at rag.max_file_mb), the rest small."""
+    file_bytes = int(settings.rag.max_file_mb * 1024 * 1024)
+    return {
+        "/admin": Limit(settings.console.max_request_kb * 1024, "raise console.max_request_kb (TEAMBOT_CONSOLE__MAX_REQUEST_KB)"),
+        UPLOAD_PATH: Limit(
+            MAX_FILES_PER_UPLOAD * file_bytes + 1024 * 1024,
+            f"upload fewer or smaller files at a time ({MAX_FILES_PER_UPLOAD} files of rag.max_file_mb = {settings.rag.max_file_mb:g} MB at most)",
+        ),
+    }
+
+
 class Console:
     def __init__(self, settings: Settings, flow: AnswerFlow, desk: KnowledgeDesk, scheduler: IndexScheduler, answers: AnswerLog) -> None:
         self._settings = settings
@@ -76,28 +93,28 @@ class Console:
         self._desk = desk
         self._scheduler = scheduler
         self._answers = answers
-        assert self._settings.admin_token is not None
-        self._token = self._settings.admin_token.get_secret_value().encode()
+        self._token = check_admin_token(settings)
         self._sessions: dict[str, float] = {}  # session id -> expiry (time.time())
-        self._failures: dict[str, int] = {}  # client address -> wrong passwords in a row
+        self._throttle = SignInThrottle()
+        self._check = RequestCheck(allowed_hosts(settings))
         self._page = files("bot").joinpath("console.html").read_text(encoding="utf-8")
 
     def routes(self) -> list[BaseRoute]:
-        api = [
-            ("/admin/api/session", self.session, ["GET"]),
-            ("/admin/api/documents", self.documents, ["GET"]),
-            ("/admin/api/documents", self.delete_document, ["DELETE"]),
-            ("/admin/api/upload", self.upload, ["POST"]),
-            ("/admin/api/reindex", self.reindex, ["POST"]),
-            ("/admin/api/runs", self.runs, ["GET"]),
-            ("/admin/api/ask", self.ask, ["POST"]),
-            ("/admin/api/answers", self.recent_answers, ["GET"]),
-            ("/admin/api/logout", self.logout, ["POST"]),
+        api = [  # path, handler, methods, the body's media type
+            ("/admin/api/session", self.session, ["GET"], None),
+            ("/admin/api/documents", self.documents, ["GET"], None),
+            ("/admin/api/documents", self.delete_document, ["DELETE"], None),
+            (UPLOAD_PATH, self.upload, ["POST"], MULTIPART),
+            ("/admin/api/reindex", self.reindex, ["POST"], None),
+            ("/admin/api/runs", self.runs, ["GET"], None),
+            ("/admin/api/ask", self.ask, ["POST"], JSON),
+            ("/admin/api/answers", self.recent_answers, ["GET"], None),
+            ("/admin/api/logout", self.logout, ["POST"], None),
         ]
         return [
-            Route("/admin", self.page, methods=["GET"]),
-            Route("/admin/api/login", self.login, methods=["POST"]),
-            *(Route(path, self._signed_in(handler), methods=methods) for path, handler, methods in api),
+            Route("/admin", self._checked(self.page, None), methods=["GET"]),
+            Route("/admin/api/login", self._checked(self.login, JSON), methods=["POST"]),
+            *(Route(path, self._checked(self._signed_in(handler), body), methods=methods) for path, handler, methods, body in api),
         ]
 
     # --- sign-in --------------------------------------------------------------------------
@@ -107,17 +124,15 @@ class Console:
 
     async def login(self, request: Request) -> Response:
         client = request.client.host if request.client else "?"
-        if self._failures.get(client, 0) >= FAILED_SIGN_INS_BEFORE_DELAY:
-            await asyncio.sleep(SIGN_IN_DELAY_S)
+        self._throttle.take(client)  # before the body is read
         try:
             password = str((await request.json()).get("password", ""))
         except (ValueError, AttributeError):
             return _error("send {\"password\": \"...\"} as JSON", 400)
         if not hmac.compare_digest(password.encode(), self._token):
-            self._failures[client] = self._failures.get(client, 0) + 1
             log.warning("console: a wrong admin token was given from %s", client)
             return _error(f"wrong admin token: use the value of {SECRET_ENV['admin_token']} that teambot was started with", 401)
-        self._failures.pop(client, None)
+        self._throttle.succeeded(client)
         session = secrets.token_urlsafe(32)
         now = time.time()
         self._sessions = {s: t for s, t in self._sessions.items() if t > now}
@@ -134,6 +149,19 @@ class Console:
         response = JSONResponse({"ok": True})
         response.delete_cookie(COOKIE, path="/admin")
         return response
+
+    def _checked(self, handler: Handler, body: str | None) -> Handler:
+        """``handler`` behind the Host, Origin and Content-Type checks (``body``: the media type it reads)."""
+
+        async def checked(request: Request) -> Response:
+            try:
+                self._check.check(request, body)
+                return await handler(request)
+            except Refused as refused:
+                headers = {"Retry-After": str(math.ceil(refused.retry_after_s))} if refused.retry_after_s is not None else None
+                return JSONResponse({"error": refused.message}, status_code=refused.status, headers=headers)
+
+        return checked
 
     def _signed_in(self, handler: Handler) -> Handler:
         async def guarded(request: Request) -> Response:

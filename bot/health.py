@@ -4,11 +4,15 @@ Checks, each with a deadline: the LLM server (its OpenAI-compatible /models answ
 Chroma store (its collections can be listed), and the index scheduler (its tasks run; the last
 run's state and age). 200 with ``"status": "ok"`` when all pass, else 503 naming what failed;
 a re-index in progress or a failed document does not make teambot unhealthy.
+
+/healthz is not signed in, so it says what failed but not where: no paths, URLs or error texts.
+Those go to the log (teambot.log) when a check fails.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from typing import Any
 
@@ -19,6 +23,8 @@ from starlette.routing import Route
 
 from bot.runtime import Runtime
 from rag.operations.scheduler import IndexScheduler
+
+log = logging.getLogger(__name__)
 
 CHECK_TIMEOUT_S = 5.0
 
@@ -34,20 +40,24 @@ async def check_llm(runtime: Runtime) -> dict[str, Any]:
         async with httpx.AsyncClient(timeout=CHECK_TIMEOUT_S) as client:
             response = await client.get(f"{endpoint.base_url}/models", headers=headers)
     except httpx.HTTPError as exc:
-        return {"ok": False, "detail": f"{endpoint.base_url} does not answer ({type(exc).__name__}): {endpoint.down_hint}"}
+        log.warning("health: the LLM server at %s does not answer (%s): %s", endpoint.base_url, type(exc).__name__, endpoint.down_hint)
+        return {"ok": False, "detail": f"the LLM server does not answer ({type(exc).__name__})"}
     if response.status_code != 200:
-        return {"ok": False, "detail": f"{endpoint.base_url}/models answered HTTP {response.status_code}"}
-    return {"ok": True, "detail": endpoint.base_url}
+        log.warning("health: the LLM server's %s/models answered HTTP %d", endpoint.base_url, response.status_code)
+        return {"ok": False, "detail": f"the LLM server answered HTTP {response.status_code}"}
+    return {"ok": True, "detail": "answers"}
 
 
 async def check_chroma(runtime: Runtime) -> dict[str, Any]:
     try:
         names = await asyncio.wait_for(asyncio.to_thread(runtime.store.collections), CHECK_TIMEOUT_S)
     except TimeoutError:
-        return {"ok": False, "detail": f"{runtime.store.location} did not answer within {CHECK_TIMEOUT_S:g} s"}
+        log.warning("health: the Chroma store at %s did not answer within %g s", runtime.store.location, CHECK_TIMEOUT_S)
+        return {"ok": False, "detail": f"the store did not answer within {CHECK_TIMEOUT_S:g} s"}
     except Exception as exc:  # a StoreError, or the Chroma client's own
-        return {"ok": False, "detail": str(exc)}
-    return {"ok": True, "detail": f"{runtime.store.location}: {len(names)} collections"}
+        log.warning("health: the Chroma store at %s failed: %s", runtime.store.location, exc)
+        return {"ok": False, "detail": f"the store failed ({type(exc).__name__}): see teambot.log"}
+    return {"ok": True, "detail": f"{len(names)} collections"}
 
 
 async def check_scheduler(scheduler: IndexScheduler) -> dict[str, Any]:

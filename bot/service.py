@@ -10,9 +10,9 @@ import os
 import socket
 from typing import TYPE_CHECKING, Any
 
-from bot.console import console_routes
+from bot.console import console_body_limits, console_routes
 from bot.health import health_route
-from bot.http_server import HttpServer
+from bot.http_server import BodyLimits, HttpServer, Limit
 from bot.runtime import Runtime
 from rag.operations.scheduler import IndexScheduler
 
@@ -31,12 +31,19 @@ class Service:
         self.slack: SlackAdapter | None = None
         self.discord: DiscordAdapter | None = None
         self.http: HttpServer | None = None
+        self.console_http: HttpServer | None = None  # the console's own listener, when console.port is set
         self.console_off: str | None = None  # why the admin console is not served, if it is not
         self.scheduler = IndexScheduler(runtime.settings, runtime.runs, info=self._lease_info)
 
     def _lease_info(self) -> dict[str, Any]:
         """What other processes see of this one with the index lease."""
         return {"pid": os.getpid(), "host": socket.gethostname(), **({"http": self.http.url} if self.http and self.http.listening else {})}
+
+    @property
+    def console_url(self) -> str | None:
+        """Where the admin console is served, when it is."""
+        server = self.console_http or self.http
+        return f"{server.url}/admin" if server is not None and server.listening and self._runtime.settings.console.enabled else None
 
     @property
     def platforms(self) -> list[str]:
@@ -49,7 +56,14 @@ class Service:
         try:
             await self.scheduler.start()
             console, self.console_off = console_routes(settings, self.flow, runtime.desk, self.scheduler, self.answers)
-            routes += console
+            limits = BodyLimits(Limit(settings.http_max_body_kb * 1024, "raise http_max_body_kb (TEAMBOT_HTTP_MAX_BODY_KB)"), console_body_limits(settings))
+            if settings.console.port is None:
+                routes += console
+            elif console:
+                self.console_http = HttpServer(
+                    settings.console.host, settings.console.port, console, limits, where="console.host/console.port (TEAMBOT_CONSOLE__PORT)"
+                )
+                await self.console_http.start()
             if self.console_off:
                 log.warning(self.console_off)
             if settings.slack_bot_token is not None:
@@ -63,7 +77,7 @@ class Service:
 
                 self.discord = DiscordAdapter(settings, self.flow, runtime.desk, self.answers)
                 await self.discord.start()
-            self.http = HttpServer(settings.http_host, settings.http_port, routes)
+            self.http = HttpServer(settings.http_host, settings.http_port, routes, limits)
             await self.http.start()
         except BaseException:
             await self.stop()
@@ -72,6 +86,8 @@ class Service:
     async def stop(self) -> None:
         if self.http is not None:
             await self.http.stop()
+        if self.console_http is not None:
+            await self.console_http.stop()
         if self.slack is not None:
             await self.slack.stop()
         if self.discord is not None:

@@ -258,11 +258,32 @@ class DiscordSettings(_PlatformSettings):
     """Answer a mention in a new thread (true) or as a reply (false). Follow-ups need the Message Content intent."""
 
 
+MIN_ADMIN_TOKEN_CHARS = 16
+
+
 class ConsoleSettings(_Section):
     enabled: bool = True
     """Serve the admin web console at /admin on http_host:http_port (it also needs TEAMBOT_ADMIN_TOKEN)."""
     session_hours: float = Field(12.0, gt=0, le=24 * 30)
     """How long a console sign-in lasts."""
+    host: str = "127.0.0.1"
+    """Where the console listens when console.port is set."""
+    port: int | None = Field(None, ge=0, le=65535)
+    """Serve the console on its own listener (console.host:console.port) instead of http_host:http_port,
+    so that /slack/events can be exposed alone. Empty: the console shares http_host:http_port."""
+    allowed_hosts: list[str] = []
+    """Host names the console answers to (the Host header), beside localhost, 127.0.0.1, ::1, this
+    machine's name and the host it listens on: add the public name a proxy serves it under ("*": any)."""
+    max_request_kb: int = Field(64, ge=1, le=1024 * 1024)
+    """The largest console request body (sign-in, questions) but uploads, which rag.max_file_mb limits."""
+
+    @field_validator("allowed_hosts")
+    @classmethod
+    def _host_names(cls, value: list[str]) -> list[str]:
+        for host in value:
+            if not re.match(r"^(\*|[A-Za-z0-9.:\[\]-]+)$", host):
+                raise ValueError(f"{host!r} is not a host name: write the name alone, e.g. teambot.example.com (no scheme, path or port)")
+        return [host.lower() for host in value]
 
 
 class Settings(BaseSettings):
@@ -286,6 +307,8 @@ class Settings(BaseSettings):
     """Where teambot's HTTP server (Slack's Events API at /slack/events) listens. (env: TEAMBOT_HTTP_HOST)"""
     http_port: int = Field(8080, ge=0, le=65535)
     """(env: TEAMBOT_HTTP_PORT; 0 picks a free port)"""
+    http_max_body_kb: int = Field(1024, ge=1, le=1024 * 1024)
+    """The largest request body the HTTP server reads (Slack events; the console has its own limits). (env: TEAMBOT_HTTP_MAX_BODY_KB)"""
     slack_api_url: str = Field("https://slack.com/api/", validation_alias=AliasChoices("SLACK_API_URL", "slack_api_url"))
     """Slack's Web API base URL (env: SLACK_API_URL), e.g. an Enterprise Grid proxy."""
     discord_api_url: str = Field("https://discord.com/api/v10", validation_alias=AliasChoices("DISCORD_API_URL", "discord_api_url"))
@@ -358,7 +381,21 @@ class Settings(BaseSettings):
         for field, env in SECRET_ENV.items():
             data[env] = "(set, hidden)" if getattr(self, field) else "(not set)"
         data["config_file"] = str(self.config_file) if self.config_file else None
-        return data
+        return _without_userinfo(data)
+
+
+_URL_USERINFO = re.compile(r"(?<=://)[^/@\s]+@")
+
+
+def _without_userinfo(value: Any) -> Any:
+    """``value`` with the credentials in any URL (``http://user:pass@host``) hidden."""
+    if isinstance(value, dict):
+        return {k: _without_userinfo(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_without_userinfo(v) for v in value]
+    if isinstance(value, str):
+        return _URL_USERINFO.sub("(hidden)@", value)
+    return value
 
 
 class _TomlData(PydanticBaseSettingsSource):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import shutil
 from collections.abc import AsyncIterator
@@ -16,11 +17,13 @@ from prometheus_client.parser import text_string_to_metric_families
 from bot.core import AnswerDone
 from bot.runtime import open_runtime
 from bot.service import Service
+from config.errors import ConfigError
 from config.settings import Settings
 from inference.client import Endpoint
 from tests.conftest import make_settings
 from tests.fake_llm import FakeLLM
 from tests.proc import async_wait_for
+from tests.raw_http import MiB, post_lazily
 
 ADMIN_TOKEN = "console-test-token-1f8e2"
 ON_CALL_QUESTION = "Who gets paged if the primary on-call does not acknowledge a page?"
@@ -162,7 +165,7 @@ async def test_console_api_health_and_metrics(indexed_settings: Settings, llamac
     assert ADMIN_TOKEN not in log
 
 
-async def test_healthz_names_a_dead_llm_server(indexed_settings: Settings, fake_llm: FakeLLM, tmp_path: Path) -> None:
+async def test_healthz_names_a_dead_llm_server(indexed_settings: Settings, fake_llm: FakeLLM, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     data, knowledge = indexed_copy(indexed_settings, tmp_path)
     async with serving(console_settings(data, knowledge, fake_llm.base_url)) as (_, client):
         assert (await client.get("/healthz")).status_code == 200
@@ -171,7 +174,9 @@ async def test_healthz_names_a_dead_llm_server(indexed_settings: Settings, fake_
         assert health.status_code == 503
         body = health.json()
         assert body["status"] == "fail" and not body["checks"]["llm"]["ok"] and body["checks"]["chroma"]["ok"]
-        assert fake_llm.base_url in body["checks"]["llm"]["detail"]
+        assert "does not answer" in body["checks"]["llm"]["detail"]
+        assert fake_llm.base_url not in health.text and str(data) not in health.text  # unauthenticated: no addresses or paths
+    assert f"the LLM server at {fake_llm.base_url} does not answer" in caplog.text  # the details go to the log
 
 
 async def test_without_an_admin_token_the_console_is_off_and_says_so(settings: Settings, fake_llm: FakeLLM) -> None:
@@ -188,3 +193,42 @@ async def test_a_bad_question_request_is_refused_clearly(settings: Settings, fak
         await sign_in(client)
         response = await client.post("/admin/api/ask", content=body, headers={"Content-Type": "application/json"})
         assert response.status_code == 400 and response.json()["error"]
+
+
+async def test_a_short_admin_token_is_refused_at_start(settings: Settings, fake_llm: FakeLLM) -> None:
+    short = make_settings(
+        settings.data_dir, settings.rag.knowledge_dir, inference={"backend": "external", "base_url": fake_llm.base_url}, http_port=0,
+        TEAMBOT_ADMIN_TOKEN="hunter2-abc",
+    )  # fmt: skip
+    with pytest.raises(ConfigError) as refused:
+        async with serving(short):
+            pass
+    assert "TEAMBOT_ADMIN_TOKEN is 11 characters long" in str(refused.value) and "at least 16" in str(refused.value)
+    assert "hunter2" not in str(refused.value) + (refused.value.hint or "")
+
+
+async def test_the_console_can_listen_on_its_own_port(settings: Settings, fake_llm: FakeLLM) -> None:
+    own_port = console_settings(settings.data_dir, settings.rag.knowledge_dir, fake_llm.base_url, console={"port": 0})
+    async with serving(own_port) as (service, client):
+        assert service.console_http is not None and service.console_http.port != service.http.port
+        assert (await client.get("/healthz")).status_code == 200
+        assert (await client.get("/admin")).status_code == 404  # not on the main listener, the one Slack's events reach
+        async with httpx.AsyncClient(base_url=service.console_http.url, timeout=120) as console:
+            assert (await console.get("/admin")).status_code == 200
+            await sign_in(console)
+            assert (await console.get("/admin/api/documents")).status_code == 200
+        assert service.console_url == f"{service.console_http.url}/admin"
+
+
+async def test_an_upload_past_its_limit_is_refused_413_while_it_streams(settings: Settings, fake_llm: FakeLLM) -> None:
+    """rag.max_file_mb = 0.05 here: an upload may carry 20 such files (about 2 MB); a chunked one of 32 MB is cut off."""
+    async with serving(console_settings(settings.data_dir, settings.rag.knowledge_dir, fake_llm.base_url)) as (service, client):
+        await sign_in(client)
+        boundary = "teambot-test-boundary"
+        prefix = f'--{boundary}\r\nContent-Disposition: form-data; name="files"; filename="big.md"\r\nContent-Type: text/markdown\r\n\r\n'.encode()
+        headers = {"Content-Type": f"multipart/form-data; boundary={boundary}", "Cookie": f"teambot_console={client.cookies['teambot_console']}"}
+        answer = await asyncio.to_thread(post_lazily, service.http.url, "/admin/api/upload", 32 * MiB, declared=False, headers=headers, prefix=prefix)
+        assert answer.status == 413, answer
+        assert "upload fewer or smaller files" in json.loads(answer.body)["error"] and answer.sent < 32 * MiB
+        assert not (settings.data_dir / "knowledge" / "default" / "big.md").exists()
+        assert (await client.get("/admin/api/documents")).status_code == 200  # the session and the server carry on

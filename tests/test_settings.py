@@ -115,6 +115,21 @@ def test_config_command_hides_secrets(monkeypatch: pytest.MonkeyPatch) -> None:
     assert shown["rag"]["top_k"] == 4
 
 
+def test_config_command_hides_credentials_in_urls(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SLACK_API_URL", "https://proxy-user:proxy-pass@slack-proxy.example/api/")
+    monkeypatch.setenv("TEAMBOT_RAG__CHROMA_URL", "http://chroma-user:chroma-pass@chroma.example:8000")
+    monkeypatch.setenv("TEAMBOT_INFERENCE__BACKEND", "external")
+    monkeypatch.setenv("TEAMBOT_INFERENCE__BASE_URL", "http://llm-key@llm.example:23333/v1")
+    result = CliRunner().invoke(app, ["config"])
+    assert result.exit_code == 0, result.output
+    for secret in ("proxy-pass", "proxy-user", "chroma-pass", "chroma-user", "llm-key"):
+        assert secret not in result.output
+    shown = json.loads(result.stdout)
+    assert shown["slack_api_url"] == "https://(hidden)@slack-proxy.example/api/"
+    assert shown["rag"]["chroma_url"] == "http://(hidden)@chroma.example:8000"
+    assert shown["inference"]["base_url"] == "http://(hidden)@llm.example:23333/v1"
+
+
 def test_cli_bad_config_exits_2_with_the_key(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("TEAMBOT_RAG__TOP_K", "many")
     result = CliRunner().invoke(app, ["search", "anything"])

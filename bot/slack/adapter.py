@@ -18,18 +18,17 @@ from urllib.parse import urlsplit
 
 import httpx
 from slack_bolt.adapter.socket_mode.async_handler import AsyncSocketModeHandler
-from slack_bolt.adapter.starlette.async_handler import AsyncSlackRequestHandler
 from slack_bolt.async_app import AsyncApp
 from slack_sdk.errors import SlackApiError
 from slack_sdk.http_retry.builtin_async_handlers import AsyncRateLimitErrorRetryHandler, async_default_handlers
 from slack_sdk.web.async_client import AsyncWebClient
-from starlette.requests import Request
 from starlette.routing import Route
 
 from bot.answer_log import AnswerLog
 from bot.answering import AnswerFlow
 from bot.desk_replies import NOT_ADMIN, Markup, added_text, documents_text, failure_text, removed_text
 from bot.slack import messages as msg
+from bot.slack.http_events import EventsEndpoint
 from bot.slack.messages import PLATFORM, slack_error
 from bot.slack.render import FEEDBACK_ACTION_DOWN, FEEDBACK_ACTION_UP, SECTION_TEXT_LIMIT, escape
 from bot.slack.streaming import AnswerMessage, StreamSupport
@@ -119,12 +118,7 @@ class SlackAdapter:
         """The Events API endpoint for teambot's HTTP server (when SLACK_SIGNING_SECRET is set)."""
         if self._settings.slack_signing_secret is None:
             return []
-        handler = AsyncSlackRequestHandler(self.app)
-
-        async def events(request: Request):  # type: ignore[no-untyped-def]
-            return await handler.handle(request)
-
-        return [Route(EVENTS_PATH, events, methods=["POST"])]
+        return [Route(EVENTS_PATH, EventsEndpoint(self.app, self._settings.slack_signing_secret.get_secret_value()).handle, methods=["POST"])]
 
     # --- listeners ------------------------------------------------------------------------
 
