@@ -54,3 +54,21 @@ def many_page_pdf(path: Path, pages: int) -> Path:
     with path.open("wb") as out:
         writer.write(out)
     return path
+
+
+def slow_pdf(path: Path, content_mb: int) -> Path:
+    """One page whose text is ``content_mb`` MB of drawing operators, compressed to a few KB: text
+    extraction works through every operator (seconds of CPU per MB)."""
+    from pypdf.generic import DictionaryObject, NameObject, StreamObject
+
+    writer = pypdf.PdfWriter()
+    page = writer.add_blank_page(612, 792)
+    font = DictionaryObject({NameObject("/Type"): NameObject("/Font"), NameObject("/Subtype"): NameObject("/Type1"), NameObject("/BaseFont"): NameObject("/Helvetica")})
+    page[NameObject("/Resources")] = DictionaryObject({NameObject("/Font"): DictionaryObject({NameObject("/F1"): writer._add_object(font)})})
+    operators = b"BT /F1 12 Tf 72 712 Td (slow) Tj ET\n"
+    stream = StreamObject()
+    stream.set_data(operators * (content_mb * 1024 * 1024 // len(operators)))
+    page[NameObject("/Contents")] = writer._add_object(stream.flate_encode())
+    with path.open("wb") as out:
+        writer.write(out)
+    return path
