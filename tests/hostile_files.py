@@ -20,7 +20,9 @@ def docx_bomb(path: Path, part_mb: int) -> Path:
         for item in sample.infolist():
             data = sample.read(item.filename)
             if item.filename == "word/_rels/document.xml.rels":
-                data = data.replace(b"</Relationships>", f'<Relationship Id="rIdBomb" Type="{_IMAGE}" Target="media/bomb.png"/></Relationships>'.encode())
+                data = data.replace(
+                    b"</Relationships>", f'<Relationship Id="rIdBomb" Type="{_IMAGE}" Target="media/bomb.png"/></Relationships>'.encode()
+                )
             if item.filename == "[Content_Types].xml" and b'Extension="png"' not in data:
                 data = data.replace(b"<Default ", b'<Default Extension="png" ContentType="image/png"/><Default ', 1)
             out.writestr(item, data)
@@ -63,8 +65,16 @@ def slow_pdf(path: Path, content_mb: int) -> Path:
 
     writer = pypdf.PdfWriter()
     page = writer.add_blank_page(612, 792)
-    font = DictionaryObject({NameObject("/Type"): NameObject("/Font"), NameObject("/Subtype"): NameObject("/Type1"), NameObject("/BaseFont"): NameObject("/Helvetica")})
-    page[NameObject("/Resources")] = DictionaryObject({NameObject("/Font"): DictionaryObject({NameObject("/F1"): writer._add_object(font)})})
+    font = DictionaryObject(
+        {
+            NameObject("/Type"): NameObject("/Font"),
+            NameObject("/Subtype"): NameObject("/Type1"),
+            NameObject("/BaseFont"): NameObject("/Helvetica"),
+        }
+    )
+    page[NameObject("/Resources")] = DictionaryObject(
+        {NameObject("/Font"): DictionaryObject({NameObject("/F1"): writer._add_object(font)})}
+    )
     operators = b"BT /F1 12 Tf 72 712 Td (slow) Tj ET\n"
     stream = StreamObject()
     stream.set_data(operators * (content_mb * 1024 * 1024 // len(operators)))

@@ -249,7 +249,8 @@ def test_an_emptied_folder_keeps_its_chunks_until_mass_deletes_are_allowed(runti
     to delete the collection; `teambot index --allow-mass-delete` deletes it."""
     from rag.operations.run_history import CollectionFailed
     from rag.operations.scheduler import IndexScheduler
-    from tests.test_cli import run as teambot, teambot_env
+    from tests.test_cli import run as teambot
+    from tests.test_cli import teambot_env
 
     first = runtime.indexer.run()
     files = sorted(p.name for p in knowledge.iterdir())

@@ -38,7 +38,9 @@ async def test_a_batch_of_hostile_files_gets_one_result_per_file(settings: Setti
     folder = configured.rag.knowledge_dir
     async with serving(configured) as (_, client):
         await sign_in(client)
-        upload = await client.post("/admin/api/upload", data={"collection": "default"}, files=[("files", (n, d, "application/octet-stream")) for n, d in files])
+        upload = await client.post(
+            "/admin/api/upload", data={"collection": "default"}, files=[("files", (n, d, "application/octet-stream")) for n, d in files]
+        )
         assert upload.status_code == 200, upload.text
         results = {r["file"]: r for r in upload.json()["results"]}
         assert list(results) == [name for name, _ in files]  # every file, in order
@@ -67,7 +69,9 @@ async def test_a_replaced_upload_is_kept_as_a_version(settings: Settings, fake_l
         previous = []
         for k in range(3):
             text = f"# Parking\n\nVersion {k}: park in row {k}.\n".encode()
-            upload = await client.post("/admin/api/upload", data={"collection": "default"}, files=[("files", ("parking.md", text, "text/markdown"))])
+            upload = await client.post(
+                "/admin/api/upload", data={"collection": "default"}, files=[("files", ("parking.md", text, "text/markdown"))]
+            )
             [result] = upload.json()["results"]
             assert result["ok"] and result["replaced"] == (k > 0), result
             previous.append(result["previous"])

@@ -152,7 +152,9 @@ def check_zip(path: Path, limits: ParseLimits) -> None:
         with zipfile.ZipFile(path) as archive:
             entries = archive.infolist()
     except (zipfile.BadZipFile, OSError, ValueError) as exc:
-        raise DocumentError(f"{path.name}: not a readable {path.suffix.lower()} file ({exc})", "open and re-save it in Word or LibreOffice") from None
+        raise DocumentError(
+            f"{path.name}: not a readable {path.suffix.lower()} file ({exc})", "open and re-save it in Word or LibreOffice"
+        ) from None
     if len(entries) > limits.max_zip_entries:
         raise DocumentError(
             f"{path.name}: {len(entries):,} parts inside, more than the {limits.max_zip_entries:,} a document may have",

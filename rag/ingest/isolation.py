@@ -23,6 +23,7 @@ import subprocess
 import sys
 import threading
 import time
+import weakref
 from dataclasses import asdict
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
@@ -51,6 +52,7 @@ class DocumentReader:
         self._cpu_s = cpu_s
         self._idle: list[_Worker] = []
         self._lock = threading.Lock()
+        weakref.finalize(self, _stop_all, self._idle)  # for a reader dropped without close()
 
     @classmethod
     def of(cls, settings: Settings) -> DocumentReader:
@@ -64,7 +66,9 @@ class DocumentReader:
             return read_document(path, self.limits)
         worker = self._take()
         try:
-            reply = worker.ask({"path": str(path), "limits": asdict(self.limits), "cpu_s": self._cpu_s}, self._cpu_s * WALL_FACTOR + WALL_EXTRA_S)
+            reply = worker.ask(
+                {"path": str(path), "limits": asdict(self.limits), "cpu_s": self._cpu_s}, self._cpu_s * WALL_FACTOR + WALL_EXTRA_S
+            )
         except _WorkerLost as exc:
             worker.stop()
             raise DocumentError(f"{path.name}: {exc}", "split the file or save it in a simpler form; or raise the limit named") from None
@@ -78,9 +82,9 @@ class DocumentReader:
 
     def close(self) -> None:
         with self._lock:
-            idle, self._idle = self._idle, []
-        for worker in idle:
-            worker.stop()
+            idle = self._idle[:]
+            self._idle.clear()
+        _stop_all(idle)
 
     def _take(self) -> _Worker:
         with self._lock:
@@ -93,6 +97,11 @@ class DocumentReader:
             if len(self._idle) < MAX_IDLE_WORKERS:
                 self._idle.append(worker)
                 return
+        worker.stop()
+
+
+def _stop_all(workers: list[_Worker]) -> None:
+    for worker in workers:
         worker.stop()
 
 
@@ -139,7 +148,9 @@ class _Worker:
             return "the parser process stopped answering"
         if code in (-signal.SIGXCPU, -signal.SIGKILL):
             return f"reading it took more than rag.parse_cpu_s = {self._cpu_s:g} s of CPU"
-        return f"the parser process ended (exit code {code}) while reading it; it may need more than rag.parse_memory_mb = {self._memory_mb}"
+        return (
+            f"the parser process ended (exit code {code}) while reading it; it may need more than rag.parse_memory_mb = {self._memory_mb}"
+        )
 
     def stop(self) -> None:
         process = self._process
@@ -213,7 +224,7 @@ def _parse(path: Path, limits: ParseLimits, cpu_s: float, memory_mb: int) -> dic
             "hint": "split the file or save it in a simpler form, or raise rag.parse_cpu_s",
             "restart": True,
         }
-    except Exception as exc:  # a parser library's own bug: this file's failure, nothing more
+    except Exception as exc:  # noqa: BLE001 (a parser library's own bug: this file's failure, nothing more)
         return {
             "error": f"{path.name}: unexpected error while reading ({type(exc).__name__}: {str(exc)[:300]})",
             "hint": "check that the file opens in its usual program, then save it again",

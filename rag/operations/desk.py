@@ -24,7 +24,7 @@ import shutil
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -228,7 +228,7 @@ class KnowledgeDesk:
             return None
         versions = folder / VERSIONS_DIR / name
         versions.mkdir(parents=True, exist_ok=True)
-        kept = versions / (datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S.%fZ") + Path(name).suffix)
+        kept = versions / (datetime.now(UTC).strftime("%Y%m%dT%H%M%S.%fZ") + Path(name).suffix)
         current = folder / name
         if move:
             os.replace(current, kept)
