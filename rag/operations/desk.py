@@ -208,8 +208,14 @@ class KnowledgeDesk:
             except DocumentError as exc:
                 raise UploadError(str(exc.message).replace(staging.name, name), exc.hint) from None
             replaced = final.exists()
-            previous = self._keep_version(folder, name, move=False) if replaced else None
-            os.replace(staging, final)
+            try:
+                previous = self._keep_version(folder, name, move=False) if replaced else None
+                os.replace(staging, final)
+            except OSError as exc:
+                raise TeambotError(
+                    f"{name} was not added: it could not be saved in {folder} ({exc.strerror or exc})",
+                    "check the folder's free space and permissions; the file there before is unchanged",
+                ) from None
         finally:
             staging.unlink(missing_ok=True)
         run = self._runs.run(trigger, lambda progress: [self._indexer.run([final], collection, progress=progress)])
