@@ -81,6 +81,9 @@ def index(
     paths: Annotated[list[Path] | None, typer.Argument(help="Files or folders (default: the collection's knowledge folder).")] = None,
     collection: Annotated[str, typer.Option("--collection", "-c", help="Collection to index into.")] = DEFAULT_COLLECTION,
     rebuild: Annotated[bool, typer.Option("--rebuild", help="Drop the collection first and embed everything again.")] = False,
+    allow_mass_delete: Annotated[
+        bool, typer.Option("--allow-mass-delete", help="Delete the documents of removed files even when that is most or all of the collection.")
+    ] = False,
     as_json: JsonOption = False,
 ) -> None:
     """Index knowledge files: new ones are added, changed ones replaced, removed ones deleted."""
@@ -88,12 +91,12 @@ def index(
 
     def run() -> IndexReport:
         with knowledge_runtime(settings) as runtime:
-            if not paths and not rebuild:
+            if not paths and not rebuild and not allow_mass_delete:  # the service's runs never delete most of a collection
                 joined = _join_service_queue(runtime, collection)
                 if joined is not None:
                     return joined
             with _IndexBar() as bar:
-                return runtime.desk.index(paths, collection, rebuild=rebuild, progress=bar)
+                return runtime.desk.index(paths, collection, rebuild=rebuild, progress=bar, allow_mass_delete=allow_mass_delete)
 
     report = guarded(run)
     if as_json:

@@ -192,7 +192,7 @@ class Console:
         collection = check_collection_name(request.query_params.get("collection", DEFAULT_COLLECTION))
         path = request.query_params.get("path", "")
         removed = await asyncio.to_thread(self._desk.remove, collection, path, f"{PLATFORM}:remove")
-        return JSONResponse({"removed": asdict(removed.document)})
+        return JSONResponse({"removed": asdict(removed.document), "kept": removed.kept})
 
     async def upload(self, request: Request) -> Response:
         desk = self._desk
@@ -216,10 +216,15 @@ class Console:
                     await asyncio.to_thread(desk.check, name, upload.size)
                     data = await upload.read(limit + 1)
                     added = await asyncio.to_thread(desk.add, collection, name, data, f"{PLATFORM}:upload")
-                except UploadError as exc:
+                except TeambotError as exc:  # refused, or failed on teambot's side: this file's result either way
                     results.append({"file": name, "ok": False, "error": error_text(exc)})
+                except Exception as exc:  # never the batch's failure: the files before and after are reported
+                    log.exception("console: uploading %s failed", name)
+                    results.append({"file": name, "ok": False, "error": f"unexpected error ({type(exc).__name__}); it is in teambot's log"})
                 else:
-                    results.append({"file": name, "ok": True, "name": added.name, "chunks": added.chunks, "replaced": added.replaced})
+                    results.append(
+                        {"file": name, "ok": True, "name": added.name, "chunks": added.chunks, "replaced": added.replaced, "previous": added.previous}
+                    )
         finally:
             await form.close()
         return JSONResponse({"collection": collection, "results": results})

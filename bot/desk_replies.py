@@ -25,12 +25,18 @@ class Markup:
 
 def added_text(added: Added, m: Markup) -> str:
     verb = "Replaced" if added.replaced else "Added"
-    return f"{verb} {m.bold(m.escape(added.name))} in `{added.collection}`: {added.chunks} chunks indexed. I can answer from it now."
+    text = f"{verb} {m.bold(m.escape(added.name))} in `{added.collection}`: {added.chunks} chunks indexed. I can answer from it now."
+    if added.previous:
+        text += f" The previous version is kept as `{m.escape(added.previous)}` (not indexed)."
+    return text
 
 
 def removed_text(removed: Removed, m: Markup) -> str:
     doc = removed.document
-    return f"Removed {m.bold(m.escape(doc.path))} from `{doc.collection}` ({doc.chunks} chunks)."
+    text = f"Removed {m.bold(m.escape(doc.path))} from `{doc.collection}` ({doc.chunks} chunks)."
+    if removed.kept:
+        text += f" The file is kept as `{m.escape(removed.kept)}` (not indexed)."
+    return text
 
 
 def documents_text(collection: str, documents: Sequence[Document], m: Markup) -> str:

@@ -65,6 +65,7 @@ class Runtime:
         return self
 
     def __exit__(self, *exc: object) -> None:
+        self.indexer.reader.close()
         self.manifest.close()
         self.history.close()
         if self.answers is not None:

@@ -153,6 +153,22 @@ class RagSettings(_Section):
     """Hybrid score = vector_weight * cosine similarity + (1 - vector_weight) * keyword match.
     Empty: the embedder's own (0.8 for multilingual-e5-small, 0.5 otherwise)."""
     max_file_mb: float = Field(25.0, gt=0)
+    max_unpacked_mb: float = Field(200.0, gt=0)
+    """A .docx whose parts unpack to more than this is refused before it is parsed (a zip bomb)."""
+    max_pdf_pages: int = Field(5000, ge=1)
+    """PDFs with more pages are refused (the page count is read first; 100,000 pages took 47 s to parse)."""
+    parse_memory_mb: int = Field(1024, ge=256, le=65536)
+    """Memory (address space) of the process that parses PDF, .docx and HTML files; a file that needs more fails."""
+    parse_cpu_s: float = Field(60.0, gt=0, le=3600)
+    """CPU seconds one file may take to parse; a file that takes longer fails."""
+    allow_mass_delete: bool = False
+    """Let an index run delete more than max_delete_share of a collection's documents (or all of them)
+    because their files are gone. Off: such a run stops and says so, since an emptied folder is
+    usually an unmounted share. `teambot index --allow-mass-delete` allows it for one run."""
+    max_delete_share: float = Field(0.5, gt=0, le=1)
+    """The share of a collection's documents one run may delete when their files are gone (more than 3 files)."""
+    keep_versions: int = Field(5, ge=0, le=1000)
+    """Previous versions of an uploaded file kept when an upload replaces it (in the folder's .versions/, never indexed); 0: none."""
     store_timeout_s: float = Field(30.0, gt=0)
     """How long to wait for the Chroma store when another process holds it locked."""
     reindex_interval: float = Field(15.0, ge=0, le=7 * 24 * 60)

@@ -125,3 +125,63 @@ def test_keyword_coverage_is_low_for_unknown_words() -> None:
     unrelated = index.search(tokenize("tungsten boiling point train"), limit=3)
     assert unrelated[0].index == 0 and unrelated[0].score < 0.3  # one shared word among unknown ones
     assert index.search(tokenize("quantum chromodynamics"), limit=3) == []
+
+
+# --- hostile files ------------------------------------------------------------------------
+
+
+def test_a_docx_zip_bomb_is_refused_before_it_is_unpacked(tmp_path: Path) -> None:
+    from tests.hostile_files import docx_bomb
+
+    bomb = docx_bomb(tmp_path / "bomb.docx", part_mb=256)  # 256 MB inside, 0.3 MB on disk
+    assert bomb.stat().st_size < 1024 * 1024
+    with pytest.raises(DocumentError) as caught:
+        read_document(bomb)
+    assert str(caught.value).startswith("bomb.docx: unpacks to 257 MB, over the limit of rag.max_unpacked_mb = 200")
+    assert "rag.max_unpacked_mb" in caught.value.hint
+
+
+def test_a_malformed_docx_and_deeply_nested_html_are_clear_errors(tmp_path: Path) -> None:
+    from tests.hostile_files import malformed_docx, nested_html
+
+    with pytest.raises(DocumentError, match=r"^broken\.docx: not a readable \.docx file"):
+        read_document(malformed_docx(tmp_path / "broken.docx"))
+    with pytest.raises(DocumentError, match=r"^deep\.html: the HTML is nested too deeply to read"):
+        read_document(nested_html(tmp_path / "deep.html"))
+
+
+def test_a_pdf_over_the_page_limit_is_refused_from_its_page_count(tmp_path: Path) -> None:
+    from rag.ingest.documents import ParseLimits
+    from tests.hostile_files import many_page_pdf
+
+    pdf = many_page_pdf(tmp_path / "manual.pdf", pages=3000)
+    with pytest.raises(DocumentError) as caught:
+        read_document(pdf, ParseLimits(max_pdf_pages=1000))
+    assert str(caught.value).startswith("manual.pdf: 3,000 pages, over the limit of rag.max_pdf_pages = 1,000")
+    with pytest.raises(DocumentError, match="no text found"):  # within the limit it is read (blank pages)
+        read_document(pdf, ParseLimits(max_pdf_pages=3000))
+
+
+def test_the_worker_process_reads_files_within_memory_and_cpu_limits(tmp_path: Path) -> None:
+    """Files are parsed in a child process: a file that needs more memory or CPU than allowed fails
+    alone with an error naming the setting, and the next file is read by a fresh worker."""
+    from rag.ingest.documents import ParseLimits
+    from rag.ingest.isolation import DocumentReader
+    from tests.hostile_files import docx_bomb, slow_pdf
+
+    no_unpack_limit = ParseLimits(max_unpacked_bytes=1 << 40)
+    small = DocumentReader(no_unpack_limit, memory_mb=256, cpu_s=60)
+    quick = DocumentReader(ParseLimits(), memory_mb=2048, cpu_s=1)
+    try:
+        with pytest.raises(DocumentError) as caught:
+            small.read(docx_bomb(tmp_path / "bomb.docx", part_mb=300))
+        assert str(caught.value).startswith("bomb.docx: reading it needs more memory than rag.parse_memory_mb = 256 allows")
+        with pytest.raises(DocumentError) as caught:
+            quick.read(slow_pdf(tmp_path / "slow.pdf", content_mb=8))  # tens of seconds of CPU to read
+        assert str(caught.value).startswith("slow.pdf: reading it took more than rag.parse_cpu_s = 1 s of CPU")
+        for reader in (small, quick):
+            assert reader.read(EXAMPLES / "code-review.docx").title == "Code review guidelines"
+            assert reader.read(EXAMPLES / "security-policy.pdf").title == "Security policy"
+    finally:
+        small.close()
+        quick.close()

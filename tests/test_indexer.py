@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 import subprocess
 import sys
@@ -238,3 +239,61 @@ print("locked", flush=True)
 sys.stdin.read()
 db.execute("ROLLBACK")
 """
+
+
+# --- an emptied folder ----------------------------------------------------------------------
+
+
+def test_an_emptied_folder_keeps_its_chunks_until_mass_deletes_are_allowed(runtime: Runtime, knowledge: Path) -> None:
+    """An unmounted share looks like an empty folder: the service's run and `teambot index` refuse
+    to delete the collection; `teambot index --allow-mass-delete` deletes it."""
+    from rag.operations.run_history import CollectionFailed
+    from rag.operations.scheduler import IndexScheduler
+    from tests.test_cli import run as teambot
+    from tests.test_cli import teambot_env
+
+    first = runtime.indexer.run()
+    files = sorted(p.name for p in knowledge.iterdir())
+    for path in knowledge.iterdir():
+        path.unlink()
+
+    done = IndexScheduler(runtime.settings, runtime.runs).run_all()  # what `teambot serve` runs
+    [failed] = done.reports
+    assert isinstance(failed, CollectionFailed) and failed.collection == "default"
+    assert f"would delete {SAMPLE_FILES} of its {SAMPLE_FILES} documents because their files are gone from {knowledge}" in failed.error
+    assert runtime.store.count("default") == first.total_chunks
+    assert sorted(r.path for r in runtime.manifest.files("default").values()) == files
+    assert_consistent(runtime)
+
+    env = teambot_env(runtime.settings)
+    refused = teambot(["index"], env)
+    assert refused.returncode != 0 and "nothing was deleted" in refused.stderr and "--allow-mass-delete" in refused.stderr
+    assert runtime.store.count("default") == first.total_chunks
+
+    allowed = teambot(["index", "--allow-mass-delete", "--json"], env)
+    assert allowed.returncode == 0, allowed.stderr
+    assert json.loads(allowed.stdout)["deleted"] == SAMPLE_FILES
+    assert runtime.store.count("default") == 0 and not runtime.manifest.files("default")
+
+
+def test_most_of_a_collection_is_not_deleted_unless_the_setting_allows_it(tmp_path: Path, knowledge: Path) -> None:
+    settings = make_settings(tmp_path / "data", knowledge)
+    with knowledge_runtime(settings) as runtime:
+        runtime.indexer.run()
+        gone = sorted(p.name for p in knowledge.iterdir())[:4]  # 4 of 7: more than half, more than a few
+        for name in gone:
+            (knowledge / name).unlink()
+        with pytest.raises(TeambotError, match="would delete 4 of its 7 documents") as caught:
+            runtime.indexer.run()
+        assert "rag.max_delete_share = 0.5" in caught.value.message and "rag.allow_mass_delete" in caught.value.hint
+        assert len(runtime.manifest.files("default")) == SAMPLE_FILES
+        (knowledge / gone[0]).write_bytes((EXAMPLES / gone[0]).read_bytes())  # 3 gone: a few, allowed
+        assert runtime.indexer.run().deleted == 3
+        assert_consistent(runtime)
+
+    for path in knowledge.iterdir():
+        path.unlink()
+    allowing = make_settings(tmp_path / "data", knowledge, rag={"allow_mass_delete": True})
+    with knowledge_runtime(allowing) as runtime:
+        assert runtime.indexer.run().deleted == 4  # all that was left, allowed by the setting
+        assert_consistent(runtime)

@@ -23,10 +23,22 @@ SUPPORTED_SUFFIXES = frozenset(MARKDOWN_SUFFIXES | TEXT_SUFFIXES | RST_SUFFIXES 
 TITLE_MAX_CHARS = 120
 # Legacy Chinese documents are often GB18030 (a superset of GBK/GB2312) rather than UTF-8.
 TEXT_ENCODINGS = ("utf-8-sig", "gb18030")
+ZIP_SUFFIXES = frozenset({".docx"})  # formats that are zip archives, checked before they are unpacked
+# A .docx has a dozen or two parts, a few hundred with many images; tens of thousands are a zip bomb's.
+MAX_ZIP_ENTRIES = 10_000
 
 
 class DocumentError(TeambotError):
     """A file cannot be read as a knowledge document."""
+
+
+@dataclass(frozen=True)
+class ParseLimits:
+    """What one file may make the parser do; over a limit, the file is refused before it is parsed."""
+
+    max_pdf_pages: int = 5000  # rag.max_pdf_pages
+    max_unpacked_bytes: int = 200 * 1024 * 1024  # rag.max_unpacked_mb: the parts of a .docx together, uncompressed
+    max_zip_entries: int = MAX_ZIP_ENTRIES
 
 
 @dataclass(frozen=True)
@@ -45,16 +57,21 @@ def supported(path: Path) -> bool:
     return path.suffix.lower() in SUPPORTED_SUFFIXES
 
 
-def read_document(path: Path) -> ParsedDocument:
-    """Reads one file; raises DocumentError naming the file and what is wrong with it."""
+def read_document(path: Path, limits: ParseLimits = ParseLimits()) -> ParsedDocument:
+    """Reads one file in this process; raises DocumentError naming the file and what is wrong with it.
+
+    For files from outside (uploads, shared folders), rag.ingest.isolation reads them in a child
+    process with memory and CPU limits."""
     suffix = path.suffix.lower()
     if suffix not in SUPPORTED_SUFFIXES:
         raise DocumentError(
             f"{path.name}: unsupported file type '{suffix or '(none)'}'",
             f"teambot reads {', '.join(sorted(SUPPORTED_SUFFIXES))}",
         )
+    if suffix in ZIP_SUFFIXES:
+        check_zip(path, limits)
     if suffix == ".pdf":
-        doc = _read_pdf(path)
+        doc = _read_pdf(path, limits)
     elif suffix == ".docx":
         doc = _read_docx(path)
     elif suffix in HTML_SUFFIXES:
@@ -128,6 +145,29 @@ def _is_adornment(line: str) -> bool:
     return len(stripped) >= 3 and len(set(stripped)) == 1 and not stripped[0].isalnum() and not stripped[0].isspace()
 
 
+def check_zip(path: Path, limits: ParseLimits) -> None:
+    """Refuses a zip-based file whose parts would unpack to more than the limits (a zip bomb), from
+    its directory alone. Python's zipfile never inflates a part past the size its directory gives."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            entries = archive.infolist()
+    except (zipfile.BadZipFile, OSError, ValueError) as exc:
+        raise DocumentError(
+            f"{path.name}: not a readable {path.suffix.lower()} file ({exc})", "open and re-save it in Word or LibreOffice"
+        ) from None
+    if len(entries) > limits.max_zip_entries:
+        raise DocumentError(
+            f"{path.name}: {len(entries):,} parts inside, more than the {limits.max_zip_entries:,} a document may have",
+            "this is not an ordinary document (a zip bomb?); open and re-save it in Word or LibreOffice",
+        )
+    unpacked = sum(entry.file_size for entry in entries)
+    if unpacked > limits.max_unpacked_bytes:
+        raise DocumentError(
+            f"{path.name}: unpacks to {unpacked / 1024 / 1024:,.0f} MB, over the limit of rag.max_unpacked_mb = {limits.max_unpacked_bytes / 1024 / 1024:g}",
+            "remove large embedded files from it, split it, or raise rag.max_unpacked_mb",
+        )
+
+
 def _read_html(path: Path) -> ParsedDocument:
     from bs4 import BeautifulSoup
     from markdownify import MarkdownConverter
@@ -137,7 +177,10 @@ def _read_html(path: Path) -> ParsedDocument:
     for tag in soup(["head", "script", "style", "nav", "noscript", "template"]):
         tag.decompose()
     body = soup.body or soup
-    text = MarkdownConverter(heading_style="ATX", strip=["a", "img"]).convert_soup(body)
+    try:
+        text = MarkdownConverter(heading_style="ATX", strip=["a", "img"]).convert_soup(body)
+    except RecursionError:
+        raise DocumentError(f"{path.name}: the HTML is nested too deeply to read", "save it as simpler HTML, Markdown or PDF") from None
     text = re.sub(r"\n{3,}", "\n\n", text).strip()
     title = title_tag.get_text(strip=True) if title_tag and title_tag.get_text(strip=True) else _title_of(text, path)
     return ParsedDocument(title, [Part(text)])
@@ -147,10 +190,11 @@ def _read_docx(path: Path) -> ParsedDocument:
     import docx
     from docx.opc.exceptions import PackageNotFoundError
     from docx.table import Table
+    from lxml.etree import XMLSyntaxError
 
     try:
         document = docx.Document(str(path))
-    except (PackageNotFoundError, zipfile.BadZipFile, KeyError, ValueError) as exc:
+    except (PackageNotFoundError, zipfile.BadZipFile, KeyError, ValueError, XMLSyntaxError) as exc:
         raise DocumentError(f"{path.name}: not a readable .docx file ({exc})", "open and re-save it in Word or LibreOffice") from None
     lines = []
     for block in document.iter_inner_content():  # paragraphs and tables, in document order
@@ -177,7 +221,7 @@ def _docx_paragraph_markdown(paragraph: Any) -> str:
     return text
 
 
-def _read_pdf(path: Path) -> ParsedDocument:
+def _read_pdf(path: Path, limits: ParseLimits) -> ParsedDocument:
     import pypdf
     from pypdf.errors import PyPdfError
 
@@ -185,6 +229,9 @@ def _read_pdf(path: Path) -> ParsedDocument:
         reader = pypdf.PdfReader(str(path))
         if reader.is_encrypted:
             raise DocumentError(f"{path.name}: the PDF is encrypted", "upload a copy without a password")
+        # The page tree's own count, before any page is read. Were it to lie, pages past it are never read.
+        declared = reader.root_object["/Pages"].get_object().get("/Count")
+        _check_pages(path, int(declared.get_object()) if declared is not None else 0, limits)
         parts = [Part(page.extract_text() or "", page=label) for page, label in zip(reader.pages, reader.page_labels)]
         metadata_title = (reader.metadata.title if reader.metadata else None) or ""
     except DocumentError:
@@ -194,3 +241,11 @@ def _read_pdf(path: Path) -> ParsedDocument:
     first_page = parts[0].text if parts else ""
     title = metadata_title.strip() or _title_of(first_page, path)
     return ParsedDocument(title, parts)
+
+
+def _check_pages(path: Path, pages: int, limits: ParseLimits) -> None:
+    if pages > limits.max_pdf_pages:
+        raise DocumentError(
+            f"{path.name}: {pages:,} pages, over the limit of rag.max_pdf_pages = {limits.max_pdf_pages:,}",
+            "split it into smaller PDFs, or raise rag.max_pdf_pages",
+        )

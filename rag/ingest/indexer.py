@@ -5,7 +5,10 @@ their chunks replaced, files gone from a scanned folder lose their chunks, and u
 cost only the hash. Files are parsed, embedded and written in batches; each batch is marked
 pending in the manifest first, so a run that dies leaves nothing the next run cannot finish.
 A file that cannot be read is reported and skipped, and whatever it had in the index before
-stays there until the file is fixed or removed.
+stays there until the file is fixed or removed. Files are read through rag.ingest.isolation,
+with memory and CPU limits. A run that would delete most of a collection because its files are
+gone (an emptied folder is what an unmounted share looks like) stops before deleting anything,
+unless mass deletes are allowed (rag.allow_mass_delete, `teambot index --allow-mass-delete`).
 """
 
 from __future__ import annotations
@@ -25,8 +28,9 @@ from typing import Protocol
 from config.errors import TeambotError
 from config.settings import DEFAULT_COLLECTION, Settings, check_collection_name
 from rag.ingest.chunking import Chunk, Chunker
-from rag.ingest.documents import DocumentError, ParsedDocument, read_document, supported
+from rag.ingest.documents import DocumentError, ParsedDocument, supported
 from rag.ingest.embedder import load_embedder
+from rag.ingest.isolation import DocumentReader
 from rag.search.keyword import tokenize
 from rag.store.chroma import ChromaStore
 from rag.store.manifest import FileRecord, Manifest
@@ -36,13 +40,18 @@ log = logging.getLogger(__name__)
 # A batch ends at whichever comes first; bigger batches embed faster, smaller ones show progress sooner.
 BATCH_FILES = 32
 BATCH_CHUNKS = 512
-IGNORED_NAME_PREFIXES = (".", "~$")  # hidden files, editors' lock files
+IGNORED_NAME_PREFIXES = (".", "~$")  # hidden files, editors' lock files (and .versions/ of replaced uploads)
+MASS_DELETE_FEW_FILES = 3  # a run may delete this many gone files of a collection whatever its share (unless that is all of them)
 
 
 class IndexCancelled(Exception):
     """An index run was asked to stop; it stopped between two batches, leaving the index consistent.
 
     Not a TeambotError: stopping is an outcome the caller asked for, not a problem to report."""
+
+
+class MassDeleteRefused(TeambotError):
+    """A run would delete most of a collection because its files are gone; nothing was deleted."""
 
 
 class IndexProgress(Protocol):
@@ -102,6 +111,7 @@ class Indexer:
         self._manifest = manifest
         self._max_bytes = int(settings.rag.max_file_mb * 1024 * 1024)
         self._chunker: Chunker | None = None
+        self.reader = DocumentReader.of(settings)  # close() it when done
         self._held = threading.local()  # how deeply this thread holds the run lock
 
     def run(
@@ -112,23 +122,27 @@ class Indexer:
         rebuild: bool = False,
         progress: IndexProgress | None = None,
         cancel: threading.Event | None = None,
+        allow_mass_delete: bool = False,
     ) -> IndexReport:
         """Indexes ``paths`` (default: the collection's configured folder) into ``collection``.
 
-        When ``cancel`` is set the run stops before its next batch and raises IndexCancelled."""
+        When ``cancel`` is set the run stops before its next batch and raises IndexCancelled.
+        MassDeleteRefused when it would delete most of the collection, unless ``allow_mass_delete``
+        or rag.allow_mass_delete."""
         check_collection_name(collection)
         started = time.monotonic()
         report = IndexReport(collection)
         if not paths:
             paths = [self._collection_dir(collection)]
+        allow_mass_delete = allow_mass_delete or self._settings.rag.allow_mass_delete
         with self.exclusive():
             self._store.recover(collection)
             if rebuild:
                 self._store.drop(collection)
                 self._manifest.drop_collection(collection)
             elif self._store.model_of(collection) not in (None, self._store.embed_model):
-                self._reembed(collection, report, progress, cancel)
-            todo = self._reconcile(paths, collection, report)
+                self._reembed(collection, report, progress, cancel, allow_mass_delete)
+            todo = self._reconcile(paths, collection, report, allow_mass_delete)
             if progress:
                 progress.planned(len(todo))
             for batch in _batches(todo):
@@ -143,7 +157,9 @@ class Indexer:
         )  # fmt: skip
         return report
 
-    def _reembed(self, collection: str, report: IndexReport, progress: IndexProgress | None, cancel: threading.Event | None) -> None:
+    def _reembed(
+        self, collection: str, report: IndexReport, progress: IndexProgress | None, cancel: threading.Event | None, allow_mass_delete: bool
+    ) -> None:
         """Every indexed file of the collection embedded again with rag.embed_model, into a staging
         collection, then swapped in. Until the swap, searches use the live collection with the model
         it was made with; a run stopped on the way starts the staging collection again."""
@@ -161,7 +177,7 @@ class Indexer:
             for item in batch:
                 try:
                     data = item.path.read_bytes()
-                    doc = read_document(item.path)
+                    doc = self.reader.read(item.path)
                     parsed.append((item, doc, self._chunks(doc), hashlib.sha256(data).hexdigest()))
                 except (OSError, DocumentError):
                     pass  # gone or broken now: the scan that follows removes or reports it
@@ -175,8 +191,11 @@ class Indexer:
             if progress:
                 for item in batch:
                     progress.advance(item.record.path)
+        lost = [r for r in records if r.doc_id not in {d.doc_id for d in done}]
+        if not allow_mass_delete:
+            self._check_mass_delete(collection, len(lost), sorted({r.root for r in lost}))
         self._store.swap_in(collection)
-        self._manifest.remove(collection, [r.doc_id for r in records if r.doc_id not in {d.doc_id for d in done}])
+        self._manifest.remove(collection, [r.doc_id for r in lost])
         self._manifest.save(done)
         report.reembedded = len(done)
         report.chunks += sum(r.chunks for r in done)
@@ -242,9 +261,10 @@ class Indexer:
             finally:
                 fcntl.flock(lock, fcntl.LOCK_UN)
 
-    def _reconcile(self, paths: Sequence[Path], collection: str, report: IndexReport) -> list[_Todo]:
+    def _reconcile(self, paths: Sequence[Path], collection: str, report: IndexReport, allow_mass_delete: bool) -> list[_Todo]:
         """Sorts every file into added / updated / unchanged / failed, and deletes what is gone."""
         todo: list[_Todo] = []
+        gone: dict[str, list[str]] = {}  # scanned folder -> doc ids of its files that are gone
         for given in paths:
             target = _scan(given)
             if target is None:
@@ -260,15 +280,31 @@ class Indexer:
                 item = self._classify(path, relpath, doc_id, collection, root, known.get(doc_id), report)
                 if item is not None:
                     todo.append(item)
-            if target.single_file:
-                gone = []
-            else:
-                gone = [doc_id for doc_id in known if doc_id not in seen]
-            if gone:
-                self._store.delete_documents(collection, gone)
-                self._manifest.remove(collection, gone)
-                report.deleted += len(gone)
+            if not target.single_file:
+                gone[root] = [doc_id for doc_id in known if doc_id not in seen]
+        deleted = [doc_id for doc_ids in gone.values() for doc_id in doc_ids]
+        if deleted and not allow_mass_delete:
+            self._check_mass_delete(collection, len(deleted), [root for root, doc_ids in gone.items() if doc_ids])
+        if deleted:
+            self._store.delete_documents(collection, deleted)
+            self._manifest.remove(collection, deleted)
+            report.deleted += len(deleted)
         return todo
+
+    def _check_mass_delete(self, collection: str, deleting: int, folders: list[str]) -> None:
+        """MassDeleteRefused if deleting this many of the collection's documents is all or most of them."""
+        documents = len(self._manifest.files(collection))
+        share = self._settings.rag.max_delete_share
+        if deleting < documents and (deleting <= MASS_DELETE_FEW_FILES or deleting <= share * documents):
+            return
+        where = ", ".join(folders)
+        log.warning("collection %s: refusing to delete %d of its %d documents (files gone from %s)", collection, deleting, documents, where)
+        raise MassDeleteRefused(
+            f"collection {collection!r}: this run would delete {deleting} of its {documents} documents because their files are gone "
+            f"from {where}; nothing was deleted (more than rag.max_delete_share = {share:g} of a collection, or all of it, is refused)",
+            "if that folder is an unmounted share or volume, mount it again; if the files were removed on purpose, "
+            "run `teambot index --allow-mass-delete` once (or set rag.allow_mass_delete = true)",
+        )
 
     def _classify(
         self, path: Path, relpath: str, doc_id: str, collection: str, root: str, known: FileRecord | None, report: IndexReport
@@ -302,7 +338,7 @@ class Indexer:
         failures: list[FileRecord] = []
         for item in batch:
             try:
-                doc = read_document(item.path)
+                doc = self.reader.read(item.path)
                 chunks = self._chunks(doc)
             except DocumentError as exc:
                 failures.append(_failed(item.record, str(exc)))

@@ -6,32 +6,45 @@ saved, then saved into its collection's folder and indexed at once), list, remov
 document's chunks and nothing else), index, re-index (a request in the service's queue), and
 the index's status. Each action returns a typed result the front end renders. Every change to
 the index is an index run (rag.operations.index_runs): in the run history, `teambot status`
-and the metrics. A file that fails any step leaves the folder and the index as they were.
+and the metrics. A file that fails any step leaves the folder and the index as they were, and
+fails alone: whatever went wrong becomes a TeambotError naming it. A file replaced by an upload
+or removed is kept in the folder's ``.versions/NAME/`` (the newest rag.keep_versions of each
+name), which index runs never read.
 
 Blocking: front ends call it from a thread.
 """
 
 from __future__ import annotations
 
+import hashlib
+import logging
 import os
 import re
+import shutil
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from config.errors import TeambotError
 from config.settings import Settings, check_collection_name
-from rag.ingest.documents import SUPPORTED_SUFFIXES, DocumentError, read_document
+from rag.ingest.documents import SUPPORTED_SUFFIXES, DocumentError
 from rag.ingest.indexer import IndexProgress, IndexReport
 from rag.operations.index_runs import IndexRuns
 from rag.operations.lease import LeaseState, current_lease
 from rag.operations.run_history import Run, RunProgress
 from rag.store.manifest import FileRecord, Manifest
 
-MAX_NAME_CHARS = 120
+log = logging.getLogger(__name__)
+
+# File systems allow 255 bytes a name (ext4, XFS, APFS, NTFS's 255 UTF-16 units), and UTF-8 takes 3 a
+# Chinese character. Longer names are cut to this, with a tag of the full name's hash so that two
+# long names stay two files.
+MAX_NAME_BYTES = 200
 FOLLOW_POLL_S = 0.25
+VERSIONS_DIR = ".versions"  # hidden: index runs skip it
 _UNSAFE = re.compile(r"[^\w.\- ()\u3400-\u9fff]+")
 
 
@@ -46,6 +59,7 @@ class Added:
     chunks: int
     replaced: bool  # a file of that name was there before
     run_id: int
+    previous: str | None = None  # where the replaced file was kept, relative to the collection's folder
 
 
 @dataclass(frozen=True)
@@ -68,6 +82,7 @@ class Document:
 class Removed:
     document: Document
     run_id: int
+    kept: str | None = None  # where the file was kept, relative to the collection's folder
 
 
 @dataclass(frozen=True)
@@ -142,15 +157,20 @@ class KnowledgeDesk:
             raise
 
     def add(self, collection: str, filename: str, data: bytes, trigger: str) -> Added:
-        """Saves and indexes one file (replacing one of the same name); UploadError if it is refused.
+        """Saves and indexes one file (one of the same name is replaced, and kept in .versions/);
+        UploadError if it is refused, another TeambotError if teambot failed; nothing else.
         ``trigger`` names who asked in the run history (e.g. "slack:upload")."""
         check_collection_name(collection)
         name = self.check(filename, len(data))
         try:
             added = self._add(collection, name, data, trigger)
-        except UploadError:
+        except TeambotError:
             self._count(False)
             raise
+        except Exception as exc:  # a bug of teambot's or a library's: this file fails, not the caller
+            self._count(False)
+            log.exception("adding %s to collection %s failed", name, collection)
+            raise TeambotError(f"{name} was not added: unexpected error ({type(exc).__name__}: {exc})", "it is in teambot's log") from None
         self._count(True)
         return added
 
@@ -171,27 +191,61 @@ class KnowledgeDesk:
 
     def _add(self, collection: str, name: str, data: bytes, trigger: str) -> Added:
         folder = self._settings.collection_dir(collection)
-        folder.mkdir(parents=True, exist_ok=True)
         final = folder / name
         # A hidden name: index runs skip it while it is being checked.
         staging = folder / f".upload-{os.getpid()}-{time.monotonic_ns()}{final.suffix}"
-        staging.write_bytes(data)
         try:
-            read_document(staging)
-        except DocumentError as exc:
+            try:
+                folder.mkdir(parents=True, exist_ok=True)
+                staging.write_bytes(data)
+            except OSError as exc:
+                raise TeambotError(
+                    f"{name} was not added: it could not be saved in {folder} ({exc.strerror or exc})",
+                    "check the folder's free space and permissions; nothing was changed",
+                ) from None
+            try:
+                self._indexer.reader.read(staging)
+            except DocumentError as exc:
+                raise UploadError(str(exc.message).replace(staging.name, name), exc.hint) from None
+            replaced = final.exists()
+            try:
+                previous = self._keep_version(folder, name, move=False) if replaced else None
+                os.replace(staging, final)
+            except OSError as exc:
+                raise TeambotError(
+                    f"{name} was not added: it could not be saved in {folder} ({exc.strerror or exc})",
+                    "check the folder's free space and permissions; the file there before is unchanged",
+                ) from None
+        finally:
             staging.unlink(missing_ok=True)
-            raise UploadError(str(exc.message).replace(staging.name, name), exc.hint) from None
-        except BaseException:
-            staging.unlink(missing_ok=True)
-            raise
-        replaced = final.exists()
-        os.replace(staging, final)
         run = self._runs.run(trigger, lambda progress: [self._indexer.run([final], collection, progress=progress)])
         report = run.report_for(collection)
         if isinstance(report, IndexReport) and report.failed:
             raise UploadError(f"{name} was saved but not indexed: {report.failed[0]['error']}")
         record = self._record(collection, folder, name)
-        return Added(collection, name, record.chunks if record else 0, replaced, run.id)
+        return Added(collection, name, record.chunks if record else 0, replaced, run.id, previous)
+
+    def _keep_version(self, folder: Path, name: str, *, move: bool) -> str | None:
+        """Keeps the file ``name`` of ``folder`` as ``.versions/NAME/<UTC time><suffix>`` (moved, or
+        copied so that the name never goes missing) and drops all but the newest rag.keep_versions
+        there; the kept path relative to ``folder``, or None when no version is kept."""
+        keep = self._settings.rag.keep_versions
+        if keep == 0:
+            return None
+        versions = folder / VERSIONS_DIR / name
+        versions.mkdir(parents=True, exist_ok=True)
+        kept = versions / (datetime.now(UTC).strftime("%Y%m%dT%H%M%S.%fZ") + Path(name).suffix)
+        current = folder / name
+        if move:
+            os.replace(current, kept)
+        else:
+            try:
+                os.link(current, kept)  # the new file replaces the name; the old content stays here
+            except OSError:  # a file system without hard links
+                shutil.copy2(current, kept)
+        for old in sorted(versions.iterdir())[:-keep]:
+            old.unlink(missing_ok=True)
+        return kept.relative_to(folder).as_posix()
 
     def _count(self, added: bool) -> None:
         if self._on_upload is not None:
@@ -216,9 +270,10 @@ class KnowledgeDesk:
         if record is None or not path.resolve().is_relative_to(folder.resolve()):
             known = ", ".join(d.path for d in self.documents(collection)[:20]) or "none"
             raise UploadError(f"collection {collection!r} has no document {name!r}", f"its documents: {known}")
+        kept = self._keep_version(folder, name, move=True) if path.is_file() else None
         path.unlink(missing_ok=True)
         run = self._runs.run(trigger, lambda progress: [self._indexer.remove(collection, [record])])
-        return Removed(Document.of(record), run.id)
+        return Removed(Document.of(record), run.id, kept)
 
     def _record(self, collection: str, folder: Path, name: str) -> FileRecord | None:
         root = str(folder.resolve())
@@ -227,13 +282,20 @@ class KnowledgeDesk:
     # --- index runs -----------------------------------------------------------------------
 
     def index(
-        self, paths: Sequence[Path] | None, collection: str, *, rebuild: bool = False, progress: IndexProgress | None = None, trigger: str = "cli"
+        self,
+        paths: Sequence[Path] | None,
+        collection: str,
+        *,
+        rebuild: bool = False,
+        progress: IndexProgress | None = None,
+        trigger: str = "cli",
+        allow_mass_delete: bool = False,
     ) -> IndexReport:
         """Indexes files or folders (default: the collection's folder) at once, as one recorded run."""
 
         def work(run_progress: RunProgress) -> list[IndexReport]:
             shown = _BothProgress(progress, run_progress) if progress else run_progress
-            return [self._indexer.run(paths or None, collection, rebuild=rebuild, progress=shown)]
+            return [self._indexer.run(paths or None, collection, rebuild=rebuild, progress=shown, allow_mass_delete=allow_mass_delete)]
 
         report = self._runs.run(trigger, work).report_for(collection)
         assert isinstance(report, IndexReport)
@@ -312,9 +374,15 @@ class _BothProgress:
 
 
 def safe_name(filename: str) -> str:
-    """A file name that stays inside its folder: no directories, no leading dots, tame characters."""
+    """A file name that stays inside its folder: no directories, no leading dots, tame characters,
+    at most MAX_NAME_BYTES in UTF-8 (cut at a character, the extension kept, a hash tag added)."""
     name = _UNSAFE.sub("_", Path(filename.replace("\\", "/")).name).strip(" .")
     if not name:
         raise UploadError(f"{filename!r} is not a usable file name", "rename the file and upload it again")
+    if len(name.encode()) <= MAX_NAME_BYTES:
+        return name
     stem, suffix = os.path.splitext(name)
-    return stem[: MAX_NAME_CHARS - len(suffix)] + suffix
+    suffix = suffix[:16]  # a longer one is no type teambot reads, and is refused as such
+    tag = "~" + hashlib.sha256(name.encode()).hexdigest()[:8]
+    room = MAX_NAME_BYTES - len(suffix.encode()) - len(tag)
+    return stem.encode()[:room].decode(errors="ignore").rstrip(" .") + tag + suffix
