@@ -203,6 +203,8 @@ class BotSettings(_Section):
     max_concurrent: int = Field(4, ge=1, le=1024)
     """Questions answered at once; more wait for a free slot."""
     answer_timeout_s: float = Field(180.0, gt=0)
+    answer_retention_days: int = Field(90, ge=0)
+    """Days answers (questions, answers, sources, votes) stay in <data_dir>/answers.sqlite; 0 keeps them forever."""
     answer_mode: Literal["auto", "generative", "extractive"] = "auto"
     """auto: the model's answer when the grounding guard accepts it, else an answer quoted from the
     passages; generative: always the model's answer (with the guard's verdict); extractive: quotes
