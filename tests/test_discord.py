@@ -322,3 +322,25 @@ async def test_an_answer_the_guard_rejects_ends_as_the_extractive_answer(
     assert answer["content"].startswith("Here is what the documents say:") and "On-call guide [1]: “" in answer["content"]
     sources = answer["content"].split("**Sources**")[1]
     assert "oncall-guide.md" in sources and "\n> " in sources  # each source with its quote
+
+
+async def test_a_hostile_answer_shows_its_link_targets_and_pings_no_one(
+    fake_discord: FakeDiscord, fake_llm: FakeLLM, indexed_settings: Settings, tmp_path: Path
+) -> None:
+    data, knowledge = indexed_copy(indexed_settings, tmp_path)
+    release = threading.Event()
+    tokens = ["See [click](http://ev", "il.example) <!channel> <http://x|y> @every", "one @here <@310000000000000001>: a < b & c [1]."]
+    fake_llm.script.append(Reply(tokens=tokens, hold=release))
+    try:
+        async with teambot(discord_settings(data, knowledge, fake_llm.base_url, fake_discord, bot={"answer_mode": "generative"})):
+            payload = await fake_discord.slash_command("ask", question(ON_CALL_QUESTION), user_id=USER, permissions=MEMBER_PERMISSIONS)
+            edits = lambda: fake_discord.called("PATCH", f"/webhooks/{APP_ID}/{payload['token']}/messages/@original")  # noqa: E731
+            await until(lambda: any("See" in c.json["content"] for c in edits()), "the first words")
+            release.set()
+            answer = await until(lambda: finished(fake_discord, payload["token"]), "the answer")
+    finally:
+        release.set()
+    text = answer["content"].split("\n\n**Sources**")[0]
+    assert text == "See click (<http://evil.example>) <!channel> <http://x|y> @\u200beveryone @\u200bhere <@\u200b310000000000000001>: a < b & c [1]."
+    assert not any("[click](" in c.json["content"] or "@everyone" in c.json["content"] for c in edits())
+    assert (answer["mention_everyone"], answer["mentions"], answer["mention_roles"]) == (False, [], [])

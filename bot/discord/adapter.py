@@ -25,7 +25,7 @@ from bot.desk_replies import NOT_ADMIN, Markup, added_text, documents_text, fail
 from bot.discord import messages as msg
 from bot.discord.feedback import FeedbackButton
 from bot.discord.messages import PLATFORM
-from bot.discord.render import MESSAGE_LIMIT, thread_name
+from bot.discord.render import MESSAGE_LIMIT, defused, thread_name
 from bot.discord.streaming import ChannelDestination, Destination, DiscordAnswer, InteractionDestination
 from bot.prompt import Turn
 from config.errors import ConfigError, TeambotError
@@ -37,7 +37,7 @@ log = logging.getLogger(__name__)
 READY_TIMEOUT_S = 60.0
 HISTORY_MESSAGES = 50
 SEEN_MESSAGES_MAX = 10_000
-MARKUP = Markup(bold=lambda text: f"**{text}**", escape=lambda text: text, refused="⛔", warning="⚠️", limit=MESSAGE_LIMIT)
+MARKUP = Markup(bold=lambda text: f"**{text}**", escape=defused, refused="⛔", warning="⚠️", limit=MESSAGE_LIMIT)
 # What the bot needs in a server: read and answer, in channels and threads (docs: Permissions).
 BOT_PERMISSIONS = discord.Permissions(
     view_channel=True,
