@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import logging
 import os
 import sys
 import threading
@@ -11,8 +12,6 @@ from collections.abc import AsyncIterator
 from functools import partial
 from pathlib import Path
 from typing import Any
-
-import logging
 
 import discord
 import discord.gateway
@@ -337,7 +336,7 @@ async def test_a_hostile_answer_shows_its_link_targets_and_pings_no_one(
     try:
         async with teambot(discord_settings(data, knowledge, fake_llm.base_url, fake_discord, bot={"answer_mode": "generative"})):
             payload = await fake_discord.slash_command("ask", question(ON_CALL_QUESTION), user_id=USER, permissions=MEMBER_PERMISSIONS)
-            edits = lambda: fake_discord.called("PATCH", f"/webhooks/{APP_ID}/{payload['token']}/messages/@original")  # noqa: E731
+            edits = lambda: fake_discord.called("PATCH", f"/webhooks/{APP_ID}/{payload['token']}/messages/@original")
             await until(lambda: any("See" in c.json["content"] for c in edits()), "the first words")
             release.set()
             answer = await until(lambda: finished(fake_discord, payload["token"]), "the answer")
@@ -378,7 +377,7 @@ async def test_a_strangers_server_is_refused_and_its_owner_is_no_admin(
                                   ("kb", [{"type": 1, "name": "list", "options": []}], None),
                                   ("ask", question(SECRET_QUESTION), None)]:  # fmt: skip
             payload = await fake_discord.slash_command(name, opts, user_id=STRANGER, permissions=ADMIN_PERMISSIONS, channel_id=lobby, resolved=extra)
-            refused.append(await until(lambda: fake_discord.interaction(payload["token"])["original"], f"/{name}'s refusal"))
+            refused.append(await until(lambda token=payload["token"]: fake_discord.interaction(token)["original"], f"/{name}'s refusal"))
         await fake_discord.user_message(SECRET_QUESTION, user_id=STRANGER, channel_id=lobby, mention_bot=True)
         await until(lambda: len(refusals(caplog)) == 4, "four refusals in the log")
         listing = await kb(fake_discord, "list", [], user=ADMIN, permissions=ADMIN_PERMISSIONS)  # the team's server is served as before

@@ -474,7 +474,7 @@ async def test_a_hostile_answer_is_escaped_and_its_links_show_their_targets(
         settings = slack_settings(data, knowledge, fake_llm.base_url, fake_slack, bot={"answer_mode": "generative"})
         async with teambot(settings):
             event = await mention(fake_slack, ON_CALL_QUESTION)
-            calls = lambda: fake_slack.called("chat.startStream") + fake_slack.called("chat.appendStream") + fake_slack.called("chat.update")  # noqa: E731
+            calls = lambda: fake_slack.called("chat.startStream") + fake_slack.called("chat.appendStream") + fake_slack.called("chat.update")
             await until(lambda: any("See" in (c.params.get("markdown_text") or c.params.get("text") or "") for c in calls()), "the first words")
             release.set()
             [answer] = await until(lambda: final_answers(fake_slack, CHANNEL, event["ts"]), "the answer")

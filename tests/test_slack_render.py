@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 import pytest
 
 from bot.core import AnswerDone
@@ -91,7 +93,7 @@ def test_hostile_text_is_escaped_and_links_show_their_targets_everywhere() -> No
 
 def test_the_stream_only_grows_and_never_shows_half_a_link() -> None:
     shown = [stream_markdown(HOSTILE[:k]) for k in range(len(HOSTILE) + 1)]
-    assert all(b.startswith(a) for a, b in zip(shown, shown[1:]))  # appendable: what was sent stays right
+    assert all(b.startswith(a) for a, b in itertools.pairwise(shown))  # appendable: what was sent stays right
     assert not any("[click" in s or "](" in s or "<" in s for s in shown)
     assert shown[HOSTILE.index("(http") + 5] == "See "  # "[click](http" is held back until it is known
 

@@ -47,14 +47,20 @@ class GuildPolicy:
         if guild_id is None:
             log.warning("Discord: refused a %s in a direct message from user %s: discord.allow_dms is off", what, user_id)
         else:
-            log.warning("Discord: refused a %s in server %s (%r) from user %s: not in discord.guild_ids", what, guild_id, _name(guild), user_id)
+            log.warning(
+                "Discord: refused a %s in server %s (%r) from user %s: not in discord.guild_ids", what, guild_id, _name(guild), user_id
+            )
 
     async def check_membership(self, guild: discord.Guild) -> None:
         """Called for every server the bot is in (at start) or is added to: leaves one that is not allowed."""
         if guild.id in self.allowed:
             return
         if not self._leave:
-            log.warning("Discord: the bot is in server %s (%r), which is not in discord.guild_ids: its requests will be refused", guild.id, guild.name)
+            log.warning(
+                "Discord: the bot is in server %s (%r), which is not in discord.guild_ids: its requests will be refused",
+                guild.id,
+                guild.name,
+            )
             return
         log.warning("Discord: leaving server %s (%r): not in discord.guild_ids (discord.leave_other_guilds is on)", guild.id, guild.name)
         try:
