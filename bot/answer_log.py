@@ -3,7 +3,8 @@
 An SQLite database in the data dir (``answers.sqlite``). It is what feedback buttons refer to,
 how teambot knows which threads it answered in (to follow up without a new mention), and what
 admins read to see recent questions. Questions and answers are stored here on purpose, and
-never written to the logs.
+never written to the logs. Answers older than the retention (``bot.answer_retention_days``)
+are deleted, with their votes, when the log is opened and with every new answer.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from bot.core import AnswerDone
 from rag.store.sqlite_file import SqliteFile
 
 Vote = Literal["up", "down"]
+DAY_S = 86_400.0
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS answers (
@@ -34,6 +36,7 @@ CREATE TABLE IF NOT EXISTS answers (
     created_at REAL NOT NULL
 );
 CREATE INDEX IF NOT EXISTS answers_by_thread ON answers (platform, channel, thread);
+CREATE INDEX IF NOT EXISTS answers_by_time ON answers (created_at);
 CREATE TABLE IF NOT EXISTS votes (
     answer_id  TEXT NOT NULL REFERENCES answers (id),
     user       TEXT NOT NULL,
@@ -61,8 +64,20 @@ class LoggedAnswer:
 
 
 class AnswerLog(SqliteFile):
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, retention_days: int = 0) -> None:
+        """``retention_days``: answers older than this are deleted (0: kept forever, as readers of the log want)."""
         super().__init__(path, SCHEMA, "the answer log")
+        self._retention_s = retention_days * DAY_S
+        self.prune()
+
+    def prune(self, now: float | None = None) -> int:
+        """Deletes the answers older than the retention, and their votes; returns how many answers went."""
+        if not self._retention_s:
+            return 0
+        cutoff = (time.time() if now is None else now) - self._retention_s
+        with self._write() as db:
+            db.execute("DELETE FROM votes WHERE answer_id IN (SELECT id FROM answers WHERE created_at < ?)", (cutoff,))
+            return db.execute("DELETE FROM answers WHERE created_at < ?", (cutoff,)).rowcount
 
     def record(self, platform: str, channel: str, thread: str, user: str, question: str, done: AnswerDone) -> str:
         """Keeps one answer; returns its id (what feedback buttons carry)."""
@@ -73,6 +88,7 @@ class AnswerLog(SqliteFile):
                 "INSERT INTO answers VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (answer_id, platform, channel, thread, user, question, done.answer, json.dumps(sources, ensure_ascii=False), int(done.found), time.time()),
             )
+        self.prune()  # the retention holds however long teambot runs; a range scan of the time index, usually empty
         return answer_id
 
     def vote(self, answer_id: str, user: str, vote: Vote) -> bool:

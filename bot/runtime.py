@@ -94,7 +94,7 @@ def knowledge_runtime(settings: Settings, *, serving: bool = False) -> Runtime:
         runs=runs,
         desk=KnowledgeDesk(settings, manifest, runs, on_upload=metrics.observe_upload if metrics else None),
         metrics=metrics,
-        answers=AnswerLog(settings.data_dir / "answers.sqlite") if serving else None,
+        answers=AnswerLog(settings.data_dir / "answers.sqlite", settings.bot.answer_retention_days) if serving else None,
     )
 
 

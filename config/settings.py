@@ -12,7 +12,7 @@ import os
 import re
 import tomllib
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field, PrivateAttr, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
@@ -228,6 +228,8 @@ class BotSettings(_Section):
     max_concurrent: int = Field(4, ge=1, le=1024)
     """Questions answered at once; more wait for a free slot."""
     answer_timeout_s: float = Field(180.0, gt=0)
+    answer_retention_days: int = Field(90, ge=0)
+    """Days answers (questions, answers, sources, votes) stay in <data_dir>/answers.sqlite; 0 keeps them forever."""
     answer_mode: Literal["auto", "generative", "extractive"] = "auto"
     """auto: the model's answer when the grounding guard accepts it, else an answer quoted from the
     passages; generative: always the model's answer (with the guard's verdict); extractive: quotes
@@ -264,10 +266,15 @@ class SlackSettings(_PlatformSettings):
 
 
 class DiscordSettings(_PlatformSettings):
-    guild_ids: list[int] = []
-    """Guilds to sync the slash commands to (at once); empty: globally (Discord may take up to an hour)."""
+    guild_ids: list[Annotated[int, Field(gt=0)]] = []
+    """The servers (guild IDs) teambot serves, and the only ones: required when DISCORD_BOT_TOKEN is set.
+    Slash commands are synced to them; questions, commands and uploads from any other server are refused."""
+    allow_dms: bool = False
+    """Answer direct messages (any Discord user who shares a server with the bot can send one); off: a short refusal."""
+    leave_other_guilds: bool = True
+    """Leave a server not in guild_ids as soon as the bot is found in it (at start, or when someone adds it)."""
     admin_users: list[int] = []
-    """User IDs allowed to change the knowledge base; members with Manage Server always are."""
+    """User IDs allowed to change the knowledge base; members with Manage Server in a server of guild_ids always are."""
     admin_roles: list[int] = []
     """Role IDs whose members are allowed to change the knowledge base."""
     reply_in_thread: bool = False

@@ -8,7 +8,7 @@ The real discord.py 2.x client runs against it end to end once pointed at it::
 What it fakes, modelled on discord.py's source and Discord's documented payloads:
 
 * Gateway (``/gateway``, plain-text JSON frames): HELLO, heartbeat ACKs, IDENTIFY answered with
-  READY then GUILD_CREATE for one guild, RESUME answered with the missed dispatches (those with a
+  READY then GUILD_CREATE for each guild (one, plus those ``add_guild`` adds), RESUME answered with the missed dispatches (those with a
   sequence number above the client's) and RESUMED, an unknown session with INVALID_SESSION, and
   privileged intents not in ``privileged_intents`` ("enabled in the portal") with close code 4014.
   Dispatches honour the intents sent in IDENTIFY: no MESSAGE_CREATE without GUILD_MESSAGES /
@@ -16,7 +16,7 @@ What it fakes, modelled on discord.py's source and Discord's documented payloads
   content unless it mentions the bot (as Discord does). The bot's own messages come back as
   MESSAGE_CREATE / MESSAGE_UPDATE / MESSAGE_DELETE, as on Discord; ephemeral ones never do.
 * REST (``/api/v10``): login (``/users/@me``, ``/oauth2/applications/@me``), command sync,
-  channel messages (send, reply, edit, delete, history newest first, reactions, typing), threads
+  leaving a server (GUILD_DELETE follows), channel messages (send, reply, edit, delete, history newest first, reactions, typing), threads
   from a message (with THREAD_CREATE, and a THREAD_STARTER_MESSAGE, type 21, as the thread's
   first message), DMs, and interactions: the callback (``with_response``), the original
   response and follow-ups on ``/webhooks/{application}/{token}``. Bot routes need
@@ -207,6 +207,8 @@ class FakeDiscord:
             _role(ADMIN_ROLE_ID, "Admins", ADMIN_PERMISSIONS, 2),
         ]
         self.member_roles: dict[int, list[str]] = {BOT_ID: [str(BOT_ROLE_ID)]}  # user id -> role ids (none: just @everyone)
+        self.other_guilds: dict[int, JSON] = {}  # more servers the bot is in (add_guild): id -> {"name", "owner_id"}
+        self.left_guilds: list[int] = []  # servers the bot left (DELETE /users/@me/guilds/{id})
         self._files: dict[int, tuple[bytes, str]] = {}
         self._interactions: dict[str, _Interaction] = {}
         self._rate_limits: list[_RateLimit] = []
@@ -272,6 +274,17 @@ class FakeDiscord:
         self.member_roles[user_id] = self._roles_granting(permissions)
         return self.users[user_id]
 
+    async def add_guild(self, guild_id: int, name: str, *, owner_id: int) -> int:
+        """Someone adds the bot to another server: in READY's guilds when added before the bot connects,
+        else a GUILD_CREATE (a join) at once. The server has one text channel, whose id is returned;
+        ``owner_id`` owns it, so discord.py gives them every permission there (Manage Server included)."""
+        channel_id = self._snowflake()
+        self.channels[channel_id] = _text_channel(channel_id, "lobby") | {"guild_id": str(guild_id)}
+        self.other_guilds[guild_id] = {"name": name, "owner_id": owner_id}
+        if self._live.is_set():
+            await self._dispatch("GUILD_CREATE", self._guild_create(guild_id), wait=False)
+        return channel_id
+
     def interaction(self, token: str) -> JSON:
         record = self._interactions[token]
         return {"callbacks": record.callbacks, "original": record.original, "followups": record.followups}
@@ -283,7 +296,7 @@ class FakeDiscord:
         self, name: str, options: list[JSON], *, user_id: int, permissions: int, channel_id: int = CHANNEL_ID, resolved: JSON | None = None
     ) -> JSON:
         """A person runs /name: INTERACTION_CREATE type 2. Returns the interaction payload."""
-        scope, command = self._registered(name)
+        scope, command = self._registered(name, self._guild_of(channel_id))
         data: JSON = {
             "id": command["id"] if command else str(self._snowflake()),
             "name": name,
@@ -331,8 +344,8 @@ class FakeDiscord:
             content = f"<@{BOT_ID}> {content}"
         if dm:
             channel_id = int(self._dm_channel(user_id)["id"])
-        elif channel_id not in self.channels:
-            raise ValueError(f"unknown channel {channel_id}")
+        else:
+            self._guild_of(channel_id)  # a known channel of a server the bot is in
         message = self._compose(channel_id, self._user(user_id), {"content": content}, [])
         message["attachments"] = [{k: v for k, v in a.items() if k != "ephemeral"} for a in attachments or []]
         self._store(message)
@@ -422,7 +435,7 @@ class FakeDiscord:
             ready: JSON = {
                 "v": 10,
                 "user": self._me(),
-                "guilds": [{"id": str(GUILD_ID), "unavailable": True}],  # the guild follows as GUILD_CREATE
+                "guilds": [{"id": str(g), "unavailable": True} for g in [GUILD_ID, *self.other_guilds]],  # each follows as GUILD_CREATE
                 "session_id": self._session.id,
                 "session_type": "normal",
                 "resume_gateway_url": self.gateway_url,  # discord.py RESUMEs here (it adds ?v=&encoding=&compress=)
@@ -438,7 +451,8 @@ class FakeDiscord:
             if "shard" in data:
                 ready["shard"] = data["shard"]
             await self._send(socket, "READY", ready)
-            await self._send(socket, "GUILD_CREATE", self._guild_create())
+            for guild_id in [GUILD_ID, *self.other_guilds]:
+                await self._send(socket, "GUILD_CREATE", self._guild_create(guild_id))
             self._live.set()
         self.ready.set()
 
@@ -517,6 +531,7 @@ class FakeDiscord:
             ("GET", r"/users/@me", self._get_me, True),
             ("GET", r"/users/(\d+)", self._get_user, True),
             ("POST", r"/users/@me/channels", self._open_dm, True),
+            ("DELETE", r"/users/@me/guilds/(\d+)", self._leave_guild, True),
             ("GET", r"/oauth2/applications/@me", self._get_application, True),
             ("GET", r"/applications/@me", self._get_application, True),
             ("GET", r"/gateway", self._get_gateway, False),
@@ -628,6 +643,14 @@ class FakeDiscord:
             })  # fmt: skip
         self.commands[scope] = registered
         return _ok(registered)
+
+    async def _leave_guild(self, req: _Request) -> web.Response:
+        guild_id = req.id(1)
+        if guild_id not in self.other_guilds and guild_id != GUILD_ID or guild_id in self.left_guilds:
+            return _error(404, 10004, "Unknown Guild")
+        self.left_guilds.append(guild_id)
+        await self._dispatch("GUILD_DELETE", {"id": str(guild_id)}, wait=False)
+        return _no_content()
 
     async def _get_guild(self, req: _Request) -> web.Response:
         if req.id(1) != GUILD_ID:
@@ -907,27 +930,31 @@ class FakeDiscord:
             "premium_since": None, "communication_disabled_until": None,
         }  # fmt: skip
 
-    def _guild(self) -> JSON:
+    def _guild(self, guild_id: int = GUILD_ID) -> JSON:
+        other = self.other_guilds.get(guild_id)
+        name, owner = (other["name"], other["owner_id"]) if other else ("Test guild", OWNER_ID)
+        roles = [_role(guild_id, "@everyone", MEMBER_PERMISSIONS, 0)] if other else self.roles
         return {
-            "id": str(GUILD_ID), "name": "Test guild", "icon": None, "splash": None, "discovery_splash": None, "banner": None,
-            "description": None, "owner_id": str(OWNER_ID), "afk_channel_id": None, "afk_timeout": 300, "verification_level": 1,
+            "id": str(guild_id), "name": name, "icon": None, "splash": None, "discovery_splash": None, "banner": None,
+            "description": None, "owner_id": str(owner), "afk_channel_id": None, "afk_timeout": 300, "verification_level": 1,
             "default_message_notifications": 1, "explicit_content_filter": 2, "mfa_level": 0, "nsfw_level": 0, "features": [],
-            "roles": self.roles,
-            "emojis": [], "stickers": [], "application_id": None, "system_channel_id": str(CHANNEL_ID), "system_channel_flags": 0,
+            "roles": roles,
+            "emojis": [], "stickers": [], "application_id": None, "system_channel_id": None, "system_channel_flags": 0,
             "rules_channel_id": None, "public_updates_channel_id": None, "safety_alerts_channel_id": None, "max_members": 500_000,
             "vanity_url_code": None, "premium_tier": 0, "premium_subscription_count": 0, "preferred_locale": "en-US",
             "premium_progress_bar_enabled": False, "max_video_channel_users": 25, "max_stage_video_channel_users": 50,
         }  # fmt: skip
 
-    def _guild_create(self) -> JSON:
+    def _guild_create(self, guild_id: int = GUILD_ID) -> JSON:
         """GUILD_CREATE: the guild with its channels, active threads and (no members intent) just the bot as member."""
-        return self._guild() | {
+        channels = [c for c in self.channels.values() if c.get("guild_id") == str(guild_id)]
+        return self._guild(guild_id) | {
             "joined_at": "2023-11-14T22:13:20.000000+00:00", "large": False, "unavailable": False, "lazy": True,
             "member_count": len(self.users),
             "members": [self._member(BOT_ID)], "voice_states": [], "presences": [], "stage_instances": [],
             "guild_scheduled_events": [], "soundboard_sounds": [],
-            "channels": [c for c in self.channels.values() if c["type"] == GUILD_TEXT],
-            "threads": [c for c in self.channels.values() if c["type"] == PUBLIC_THREAD and not c["thread_metadata"]["archived"]],
+            "channels": [c for c in channels if c["type"] == GUILD_TEXT],
+            "threads": [c for c in channels if c["type"] == PUBLIC_THREAD and not c["thread_metadata"]["archived"]],
         }  # fmt: skip
 
     def _dm_channel(self, user_id: int) -> JSON:
@@ -973,16 +1000,27 @@ class FakeDiscord:
             payload |= {"user": record.user, "context": 1, "authorizing_integration_owners": {"0": "0"}}  # bot DM, guild install
         else:
             member = self._member(user_id) | {"permissions": str(permissions)}  # the member's permissions in that channel
-            payload |= {"guild_id": str(GUILD_ID), "guild": {"id": str(GUILD_ID), "locale": "en-US", "features": []},
+            guild = channel["guild_id"]
+            payload |= {"guild_id": guild, "guild": {"id": guild, "locale": "en-US", "features": []},
                         "guild_locale": "en-US", "member": member, "context": 0,
-                        "authorizing_integration_owners": {"0": str(GUILD_ID)}}  # fmt: skip
+                        "authorizing_integration_owners": {"0": guild}}  # fmt: skip
         if message is not None:
             payload["message"] = _public(message)
         return payload
 
-    def _registered(self, name: str) -> tuple[int | None, JSON | None]:
+    def _guild_of(self, channel_id: int) -> int | None:
+        """The server a channel is in (None for a DM); a server the bot left delivers nothing."""
+        channel = self.channels.get(channel_id)
+        if channel is None:
+            raise ValueError(f"unknown channel {channel_id}")
+        guild_id = int(channel["guild_id"]) if channel.get("guild_id") else None
+        if guild_id in self.left_guilds:
+            raise ValueError(f"the bot left guild {guild_id}: Discord would deliver nothing from it")
+        return guild_id
+
+    def _registered(self, name: str, guild_id: int | None) -> tuple[int | None, JSON | None]:
         """Which synced command a name is: a guild command wins over a global one, as in Discord's client."""
-        for scope in (GUILD_ID, None):
+        for scope in (guild_id, None):
             command = next((c for c in self.commands.get(scope, []) if c["name"] == name), None)
             if command is not None:
                 return scope, command
@@ -1001,7 +1039,7 @@ class FakeDiscord:
             "flags": int(body.get("flags") or 0) & (SUPPRESS_EMBEDS | (1 << 12)),  # SUPPRESS_NOTIFICATIONS
         }  # fmt: skip
         if channel["type"] != DM:
-            message["guild_id"] = str(GUILD_ID)
+            message["guild_id"] = channel["guild_id"]
         if body.get("nonce") is not None:
             message["nonce"] = body["nonce"]
         if replied is not None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import logging
 import os
 import sys
 import threading
@@ -18,6 +19,7 @@ import discord.http
 import pytest
 
 from bot.runtime import knowledge_runtime
+from config.errors import ConfigError
 from config.settings import Settings
 from inference.client import Endpoint
 from rag.operations.run_history import RunHistory
@@ -120,11 +122,11 @@ async def test_a_mention_gets_a_reply_and_a_thread_follow_up_uses_the_thread(
     assert len(fake_llm.requests) == 2
 
 
-async def test_a_mention_is_answered_as_a_reply_by_default_and_dms_are_answered(
+async def test_a_mention_is_answered_as_a_reply_by_default_and_dms_are_answered_where_allowed(
     fake_discord: FakeDiscord, fake_llm: FakeLLM, indexed_settings: Settings, tmp_path: Path
 ) -> None:
     data, knowledge = indexed_copy(indexed_settings, tmp_path)
-    async with teambot(discord_settings(data, knowledge, fake_llm.base_url, fake_discord)):
+    async with teambot(discord_settings(data, knowledge, fake_llm.base_url, fake_discord, discord={"allow_dms": True})):
         asked = await fake_discord.user_message("How many approvals does a pull request need?", user_id=USER, mention_bot=True)
         [reply] = await until(lambda: [m for m in bot_messages(fake_discord, CHANNEL_ID) if buttons(m)], "the reply")
         dm = await fake_discord.user_message("When does the release train leave?", user_id=USER, dm=True)
@@ -322,3 +324,105 @@ async def test_an_answer_the_guard_rejects_ends_as_the_extractive_answer(
     assert answer["content"].startswith("Here is what the documents say:") and "On-call guide [1]: “" in answer["content"]
     sources = answer["content"].split("**Sources**")[1]
     assert "oncall-guide.md" in sources and "\n> " in sources  # each source with its quote
+
+
+async def test_a_hostile_answer_shows_its_link_targets_and_pings_no_one(
+    fake_discord: FakeDiscord, fake_llm: FakeLLM, indexed_settings: Settings, tmp_path: Path
+) -> None:
+    data, knowledge = indexed_copy(indexed_settings, tmp_path)
+    release = threading.Event()
+    tokens = ["See [click](http://ev", "il.example) <!channel> <http://x|y> @every", "one @here <@310000000000000001>: a < b & c [1]."]
+    fake_llm.script.append(Reply(tokens=tokens, hold=release))
+    try:
+        async with teambot(discord_settings(data, knowledge, fake_llm.base_url, fake_discord, bot={"answer_mode": "generative"})):
+            payload = await fake_discord.slash_command("ask", question(ON_CALL_QUESTION), user_id=USER, permissions=MEMBER_PERMISSIONS)
+            edits = lambda: fake_discord.called("PATCH", f"/webhooks/{APP_ID}/{payload['token']}/messages/@original")
+            await until(lambda: any("See" in c.json["content"] for c in edits()), "the first words")
+            release.set()
+            answer = await until(lambda: finished(fake_discord, payload["token"]), "the answer")
+    finally:
+        release.set()
+    text = answer["content"].split("\n\n**Sources**")[0]
+    assert text == "See click (<http://evil.example>) <!channel> <http://x|y> @\u200beveryone @\u200bhere <@\u200b310000000000000001>: a < b & c [1]."
+    assert not any("[click](" in c.json["content"] or "@everyone" in c.json["content"] for c in edits())
+    assert (answer["mention_everyone"], answer["mentions"], answer["mention_roles"]) == (False, [], [])
+
+
+# --- servers teambot does not serve ---------------------------------------------------
+
+
+STRANGER_GUILD = 320_000_000_000_000_001
+STRANGER = 320_000_000_000_000_002  # owns that server: Manage Server and every other permission there
+STRANGER_NAME = "Stranger's server"
+SECRET_QUESTION = "What is in the salary spreadsheet?"
+
+
+def refusals(caplog: pytest.LogCaptureFixture) -> list[str]:
+    return [r.getMessage() for r in caplog.records if r.getMessage().startswith("Discord: refused")]
+
+
+async def test_a_strangers_server_is_refused_and_its_owner_is_no_admin(
+    fake_discord: FakeDiscord, fake_llm: FakeLLM, settings: Settings, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO)
+    with knowledge_runtime(settings) as runtime:
+        runtime.indexer.run()
+    before = snapshot(settings.rag.knowledge_dir)
+    lobby = await fake_discord.add_guild(STRANGER_GUILD, STRANGER_NAME, owner_id=STRANGER)
+    configured = discord_settings(settings.data_dir, settings.rag.knowledge_dir, fake_llm.base_url, fake_discord, discord={"leave_other_guilds": False})
+    async with teambot(configured):
+        refused = []
+        options, resolved = upload(fake_discord, "takeover.md", b"# Takeover\n\nAll your base.\n", "text/markdown")
+        for name, opts, extra in [("kb", [{"type": 1, "name": "upload", "options": options}], resolved),
+                                  ("kb", [{"type": 1, "name": "list", "options": []}], None),
+                                  ("ask", question(SECRET_QUESTION), None)]:  # fmt: skip
+            payload = await fake_discord.slash_command(name, opts, user_id=STRANGER, permissions=ADMIN_PERMISSIONS, channel_id=lobby, resolved=extra)
+            refused.append(await until(lambda token=payload["token"]: fake_discord.interaction(token)["original"], f"/{name}'s refusal"))
+        await fake_discord.user_message(SECRET_QUESTION, user_id=STRANGER, channel_id=lobby, mention_bot=True)
+        await until(lambda: len(refusals(caplog)) == 4, "four refusals in the log")
+        listing = await kb(fake_discord, "list", [], user=ADMIN, permissions=ADMIN_PERMISSIONS)  # the team's server is served as before
+    assert [(r["content"], bool(r["flags"] & EPHEMERAL)) for r in refused] == [("Sorry, teambot does not serve this server.", True)] * 3
+    assert bot_messages(fake_discord, lobby) == [] and fake_llm.requests == [] and fake_discord.downloads == []
+    assert snapshot(settings.rag.knowledge_dir) == before and listing.startswith("**7 documents in `default`**")
+    lines = refusals(caplog)
+    assert all(f"server {STRANGER_GUILD} ({STRANGER_NAME!r}) from user {STRANGER}: not in discord.guild_ids" in line for line in lines)
+    assert [line.split(" in server")[0] for line in lines] == ["Discord: refused a /kb command", "Discord: refused a /kb command",
+                                                                "Discord: refused a /ask command", "Discord: refused a message"]  # fmt: skip
+    assert not any("salary" in r.getMessage() or "Takeover" in r.getMessage() for r in caplog.records)  # where, never what
+
+
+async def test_the_bot_leaves_servers_that_are_not_allowed(
+    fake_discord: FakeDiscord, fake_llm: FakeLLM, indexed_settings: Settings, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    data, knowledge = indexed_copy(indexed_settings, tmp_path)
+    await fake_discord.add_guild(STRANGER_GUILD, STRANGER_NAME, owner_id=STRANGER)  # added while teambot was down
+    async with teambot(discord_settings(data, knowledge, fake_llm.base_url, fake_discord)):
+        await until(lambda: fake_discord.left_guilds == [STRANGER_GUILD], "leaving the server it found at start")
+        await fake_discord.add_guild(STRANGER_GUILD + 1, "Another one", owner_id=STRANGER)  # someone adds it now
+        await until(lambda: fake_discord.left_guilds == [STRANGER_GUILD, STRANGER_GUILD + 1], "leaving the server it was added to")
+        payload = await fake_discord.slash_command("ask", question(ON_CALL_QUESTION), user_id=USER, permissions=MEMBER_PERMISSIONS)
+        await until(lambda: finished(fake_discord, payload["token"]), "an answer in the team's server")
+    leaving = [r.getMessage() for r in caplog.records if r.getMessage().startswith("Discord: leaving server")]
+    assert leaving == [f"Discord: leaving server {STRANGER_GUILD} ({STRANGER_NAME!r}): not in discord.guild_ids (discord.leave_other_guilds is on)",
+                       f"Discord: leaving server {STRANGER_GUILD + 1} ('Another one'): not in discord.guild_ids (discord.leave_other_guilds is on)"]  # fmt: skip
+    assert fake_discord.commands.get(None) is None and STRANGER_GUILD not in fake_discord.commands  # commands live only in the team's server
+
+
+async def test_direct_messages_get_a_short_refusal_unless_allowed(
+    fake_discord: FakeDiscord, fake_llm: FakeLLM, indexed_settings: Settings, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    data, knowledge = indexed_copy(indexed_settings, tmp_path)
+    async with teambot(discord_settings(data, knowledge, fake_llm.base_url, fake_discord)):
+        dm = await fake_discord.user_message(SECRET_QUESTION, user_id=USER, dm=True)
+        [reply] = await until(lambda: bot_messages(fake_discord, int(dm["channel_id"])), "the refusal")
+    assert reply["content"] == "Sorry, I answer only in my team's Discord server: direct messages are off."
+    assert fake_llm.requests == []
+    assert refusals(caplog) == [f"Discord: refused a message in a direct message from user {USER}: discord.allow_dms is off"]
+
+
+async def test_discord_without_guild_ids_is_a_clear_config_error(fake_discord: FakeDiscord, fake_llm: FakeLLM, settings: Settings) -> None:
+    configured = discord_settings(settings.data_dir, settings.rag.knowledge_dir, fake_llm.base_url, fake_discord, discord={"guild_ids": []})
+    with pytest.raises(ConfigError, match=r"discord\.guild_ids is empty") as error:
+        async with teambot(configured):
+            pass
+    assert "Copy Server ID" in str(error.value.hint) and fake_discord.identifies == 0

@@ -5,7 +5,7 @@ from __future__ import annotations
 from bot.core import AnswerDone
 from bot.discord import messages as msg
 from bot.discord.adapter import invite_url
-from bot.discord.render import MESSAGE_LIMIT, PLACEHOLDER, answer_pages, progress_pages, thread_name
+from bot.discord.render import MESSAGE_LIMIT, PLACEHOLDER, answer_pages, error_text, progress_pages, thread_name
 from bot.prompt import Turn
 from config.settings import DiscordSettings
 from rag.search.retriever import Passage
@@ -29,6 +29,22 @@ def test_long_answers_continue_in_more_messages_never_cut_mid_citation() -> None
     assert pages[-1].endswith("· 0.60 ✓")
     assert " ".join(pages).split() == (answer.strip() + " **Sources** [1] On-call guide (oncall-guide.md, Paging) · 0.60 ✓").split()
     assert all(len(p) <= MESSAGE_LIMIT for p in progress_pages(answer))
+
+
+HOSTILE = "See [click](http://evil.example) <!channel> <http://x|y> @everyone @here <@310000000000000001> <@&310000000000000002>: a < b & c [1]."
+SAFE = (
+    "See click (<http://evil.example>) <!channel> <http://x|y> @\u200beveryone @\u200bhere <@\u200b310000000000000001>"
+    " <@\u200b&310000000000000002>: a < b & c [1]."
+)
+
+
+def test_links_show_their_targets_and_mentions_ping_no_one() -> None:
+    sources = [Passage("default", "evil.md", "[Handbook](http://evil.example) @everyone", "", "", "t", 0.6, 0.6, 0.6, "x:0")]
+    [page] = answer_pages(AnswerDone(HOSTILE, sources, [1], True))
+    assert page == SAFE + "\n\n**Sources**\n[1] Handbook (<http://evil.example>) @\u200beveryone (evil.md) · 0.60 ✓"
+    assert progress_pages(HOSTILE) == [SAFE + " ▌"]
+    assert "@\u200beveryone" in error_text("@everyone [x](http://evil.example)") and "[x](" not in error_text("[x](http://evil.example)")
+    assert answer_pages(done("[[1]](http://evil.example) and [a](<http://x.example> \"t\")"))[0].startswith("[1] (<http://evil.example>) and a (<http://x.example>)")
 
 
 def test_history_pairs_questions_with_the_bots_pages_without_sources() -> None:

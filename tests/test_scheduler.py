@@ -4,8 +4,11 @@ a time; manual triggers join the queue; the run history; the lease between repli
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
+import sqlite3
 import threading
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -168,3 +171,77 @@ def test_a_bad_interval_is_refused(settings: Settings, knowledge: Path, interval
 
     with pytest.raises(ConfigError, match="rag.reindex_interval"):
         make_settings(settings.data_dir, knowledge, rag={"reindex_interval": interval})
+
+
+def hold_write_lock(path: Path, seconds: float, taken: threading.Event) -> None:
+    """Another process's long write (a backup, a slow `teambot index`): the database's write lock, held."""
+    db = sqlite3.connect(path, timeout=60, isolation_level=None)
+    try:
+        db.execute("BEGIN IMMEDIATE")
+        taken.set()
+        time.sleep(seconds)  # holding the lock: the point of the test, not a wait for readiness
+        db.execute("ROLLBACK")
+    finally:
+        db.close()
+
+
+async def test_a_long_write_lock_costs_the_holder_neither_its_lease_nor_its_run(
+    settings: Settings, knowledge: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The only replica runs (held mid-scan by a named pipe) while another connection holds index-runs.sqlite's
+    write lock for 40 s: longer than a renewal interval (25 s) and SQLite's 30 s busy wait, shorter than the TTL (75 s)."""
+    settings = make_settings(settings.data_dir, knowledge, rag={"lease_ttl_s": 75})
+    pipe = knowledge / "slow.md"
+    os.mkfifo(pipe)
+    taken = threading.Event()
+
+    def release() -> None:
+        with pipe.open("w") as writer:
+            writer.write(SLOW_DOC)
+            (knowledge / ".slow.tmp").write_text(SLOW_DOC)
+            os.replace(knowledge / ".slow.tmp", pipe)
+
+    async with scheduler_for(settings) as (scheduler, runtime):
+        renewed_at = time.monotonic()  # start() took the lease; the next renewal comes 25 s later
+        try:
+            first = await async_wait_for(lambda: runtime.history.running(), "the run at start to begin")
+            await asyncio.sleep(max(renewed_at + 20 - time.monotonic(), 0))  # lock 5 s before that renewal: it meets 35 s of lock
+            await asyncio.to_thread(hold_write_lock, runtime.history.path, 40, taken)
+            kept = scheduler.leader
+        finally:
+            await asyncio.to_thread(release)  # the run reads on (also when the test fails: stop() waits for the run)
+        assert taken.is_set() and kept, "the holder gave its lease up during the lock"
+        runs = await async_wait_for(lambda: finished(runtime.history), "the run to end")
+        assert scheduler.leader and runtime.history.waiting() == []  # no second "start": it never lost the lease
+    assert [(r.id, r.state) for r in runs] == [(first.id, "done")] and runs[0].reports[0].added == 8
+    assert not [r for r in caplog.records if "lease" in r.getMessage() and r.levelno >= logging.WARNING and "yet" not in r.getMessage()]
+
+
+async def test_a_live_holder_is_not_overtaken_whatever_its_clock_says(settings: Settings, knowledge: Path) -> None:
+    """Another replica keeps renewing, but its clock is an hour behind: its expires_at always looks past.
+    Only a row left unchanged for a TTL (by this process's clock) is taken over."""
+    settings = make_settings(settings.data_dir, knowledge, rag={"lease_ttl_s": 1.5})
+    path = settings.data_dir / "index-runs.sqlite"
+    other = IndexLease(path, "other-host:99:x", ttl_s=1.5)
+    assert other.acquire()
+    alive = threading.Event()
+    alive.set()
+
+    def renew_an_hour_behind() -> None:
+        with sqlite3.connect(path, timeout=30) as db:
+            while alive.is_set():
+                db.execute("UPDATE lease SET expires_at = ? WHERE holder = ?", (time.time() - 3600 + 1.5, "other-host:99:x"))
+                db.commit()
+                time.sleep(0.3)  # the other replica's renewal interval (a fifth of the TTL)
+
+    renewing = asyncio.create_task(asyncio.to_thread(renew_an_hour_behind))
+    try:
+        async with scheduler_for(settings) as (scheduler, runtime):
+            await asyncio.sleep(3 * 1.5)  # three TTLs of a live holder: nothing may change hands
+            assert not scheduler.leader and finished(runtime.history) == []
+            alive.clear()  # the other replica dies
+            await renewing
+            await async_wait_for(lambda: scheduler.leader, "the takeover once the row stopped changing", timeout=60)
+    finally:
+        alive.clear()
+        other.close()

@@ -456,3 +456,32 @@ async def test_an_answer_the_guard_rejects_ends_as_the_extractive_answer(
     finally:
         log.close()
     assert logged.answer == answer["text"]  # the log keeps what the user was left with
+
+
+HOSTILE_TOKENS = ["See [click](http://ev", "il.example) <!chan", "nel> <http://x|y> @every", "one: a < b & c [1]."]
+SAFE_TEXT = "See click (http://evil.example) &lt;!channel&gt; &lt;http://x|y&gt; @everyone: a &lt; b &amp; c [1]."
+
+
+@pytest.mark.parametrize("streaming", [False, True], ids=["chat.update", "chat streaming API"])
+async def test_a_hostile_answer_is_escaped_and_its_links_show_their_targets(
+    fake_llm: FakeLLM, indexed_settings: Settings, tmp_path: Path, streaming: bool
+) -> None:
+    fake_slack = await FakeSlack(streaming=streaming).start()
+    release = threading.Event()
+    fake_llm.script.append(Reply(tokens=HOSTILE_TOKENS, hold=release))  # held after "See [click](http://ev"
+    try:
+        data, knowledge = indexed_copy(indexed_settings, tmp_path)
+        settings = slack_settings(data, knowledge, fake_llm.base_url, fake_slack, bot={"answer_mode": "generative"})
+        async with teambot(settings):
+            event = await mention(fake_slack, ON_CALL_QUESTION)
+            calls = lambda: fake_slack.called("chat.startStream") + fake_slack.called("chat.appendStream") + fake_slack.called("chat.update")
+            await until(lambda: any("See" in (c.params.get("markdown_text") or c.params.get("text") or "") for c in calls()), "the first words")
+            release.set()
+            [answer] = await until(lambda: final_answers(fake_slack, CHANNEL, event["ts"]), "the answer")
+    finally:
+        release.set()
+        await fake_slack.stop()
+    sent = [c.params.get("markdown_text") or c.params.get("text") or "" for name in ("chat.startStream", "chat.appendStream", "chat.stopStream", "chat.update")
+            for c in fake_slack.called(name)]  # fmt: skip
+    assert not [s for s in sent if "<!" in s or "<http" in s or "[click" in s or "y>" in s]  # never a ping or a masked link, not even for a moment
+    assert (answer["text"] if streaming else answer["blocks"][0]["text"]["text"]) == SAFE_TEXT

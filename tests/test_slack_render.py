@@ -2,12 +2,23 @@
 
 from __future__ import annotations
 
+import itertools
+
 import pytest
 
 from bot.core import AnswerDone
 from bot.prompt import Turn
 from bot.slack import messages as msg
-from bot.slack.render import MESSAGE_BLOCKS_LIMIT, SECTION_TEXT_LIMIT, TRUNCATED, answer_blocks, progress_text, to_mrkdwn
+from bot.slack.render import (
+    MESSAGE_BLOCKS_LIMIT,
+    SECTION_TEXT_LIMIT,
+    TRUNCATED,
+    answer_blocks,
+    notification_text,
+    progress_text,
+    stream_markdown,
+    to_mrkdwn,
+)
 from bot.splitting import split_text
 from config.settings import SlackSettings
 from rag.search.retriever import Passage
@@ -60,9 +71,31 @@ def test_an_endless_answer_is_truncated_cleanly() -> None:
 
 
 def test_mrkdwn_escapes_and_converts() -> None:
-    assert to_mrkdwn("# Title\nUse <b> & **bold** [docs](https://x.example/a)") == "*Title*\nUse &lt;b&gt; &amp; *bold* <https://x.example/a|docs>"
+    assert to_mrkdwn("# Title\nUse <b> & **bold** [docs](https://x.example/a)") == "*Title*\nUse &lt;b&gt; &amp; *bold* docs (https://x.example/a)"
     assert progress_text("partial").endswith("▍")
     assert len(progress_text("y" * 10000)) < 4000
+
+
+HOSTILE = "See [click](http://evil.example) <!channel> <http://x|y> @everyone: a < b & c [1]."
+SAFE = "See click (http://evil.example) &lt;!channel&gt; &lt;http://x|y&gt; @everyone: a &lt; b &amp; c [1]."
+
+
+def test_hostile_text_is_escaped_and_links_show_their_targets_everywhere() -> None:
+    answer = AnswerDone(HOSTILE, [passage("evil.md", "[Handbook](http://evil.example) <!here>")], [1], True)
+    [text, sources, _] = [b.get("text", {}).get("text") for b in answer_blocks(answer, "id")]
+    assert text == SAFE and notification_text(answer) == SAFE
+    assert progress_text(HOSTILE) == SAFE + " ▍"
+    assert "&lt;!here&gt;" in sources and "<!" not in sources
+    assert stream_markdown(HOSTILE) == SAFE
+    assert to_mrkdwn("[a](<http://x.example/?q=1&r=2> \"title\") [[1]](http://evil.example)") == "a (http://x.example/?q=1&amp;r=2) [1] (http://evil.example)"
+    assert to_mrkdwn("[click][1]\n[1]: http://evil.example") == "[click][1]\n1: http://evil.example"  # no reference link either
+
+
+def test_the_stream_only_grows_and_never_shows_half_a_link() -> None:
+    shown = [stream_markdown(HOSTILE[:k]) for k in range(len(HOSTILE) + 1)]
+    assert all(b.startswith(a) for a, b in itertools.pairwise(shown))  # appendable: what was sent stays right
+    assert not any("[click" in s or "](" in s or "<" in s for s in shown)
+    assert shown[HOSTILE.index("(http") + 5] == "See "  # "[click](http" is held back until it is known
 
 
 def test_thread_history_pairs_questions_with_the_bots_replies() -> None:

@@ -24,8 +24,9 @@ from bot.answering import AnswerFlow, AnswerRequest
 from bot.desk_replies import NOT_ADMIN, Markup, added_text, documents_text, failure_text, removed_text
 from bot.discord import messages as msg
 from bot.discord.feedback import FeedbackButton
+from bot.discord.guilds import GuildPolicy
 from bot.discord.messages import PLATFORM
-from bot.discord.render import MESSAGE_LIMIT, thread_name
+from bot.discord.render import MESSAGE_LIMIT, defused, thread_name
 from bot.discord.streaming import ChannelDestination, Destination, DiscordAnswer, InteractionDestination
 from bot.prompt import Turn
 from config.errors import ConfigError, TeambotError
@@ -37,7 +38,7 @@ log = logging.getLogger(__name__)
 READY_TIMEOUT_S = 60.0
 HISTORY_MESSAGES = 50
 SEEN_MESSAGES_MAX = 10_000
-MARKUP = Markup(bold=lambda text: f"**{text}**", escape=lambda text: text, refused="⛔", warning="⚠️", limit=MESSAGE_LIMIT)
+MARKUP = Markup(bold=lambda text: f"**{text}**", escape=defused, refused="⛔", warning="⚠️", limit=MESSAGE_LIMIT)
 # What the bot needs in a server: read and answer, in channels and threads (docs: Permissions).
 BOT_PERMISSIONS = discord.Permissions(
     view_channel=True,
@@ -74,12 +75,23 @@ def point_discord_py_at(api_url: str, gateway_url: str) -> None:
     discord.gateway.DiscordWebSocket.DEFAULT_GATEWAY = yarl.URL(gateway_url)
 
 
+class _GatedTree(app_commands.CommandTree[Any]):
+    """The slash commands, run only where ``admit`` lets them (bot.discord.guilds)."""
+
+    def __init__(self, client: discord.Client, admit: Callable[[discord.Interaction], Awaitable[bool]]) -> None:
+        super().__init__(client)
+        self._admit = admit
+
+    async def interaction_check(self, interaction: discord.Interaction, /) -> bool:
+        return await self._admit(interaction)
+
+
 class _Client(discord.Client):
     def __init__(self, adapter: DiscordAdapter, answers: AnswerLog, intents: discord.Intents) -> None:
         super().__init__(intents=intents, allowed_mentions=discord.AllowedMentions.none())
         self.adapter = adapter
         self.answers = answers  # where FeedbackButton records votes
-        self.tree = app_commands.CommandTree(self)
+        self.tree = _GatedTree(self, adapter.admit_command)
         self.tree.on_error = adapter.on_command_error  # type: ignore[assignment]
 
     async def setup_hook(self) -> None:
@@ -88,6 +100,12 @@ class _Client(discord.Client):
 
     async def on_message(self, message: discord.Message) -> None:
         await self.adapter.on_message(message)
+
+    async def on_guild_available(self, guild: discord.Guild) -> None:  # a server the bot is in, at start
+        await self.adapter.guilds.check_membership(guild)
+
+    async def on_guild_join(self, guild: discord.Guild) -> None:  # someone added the bot to a server
+        await self.adapter.guilds.check_membership(guild)
 
 
 class DiscordAdapter:
@@ -98,6 +116,7 @@ class DiscordAdapter:
         self._flow = flow
         self._desk = desk
         self._answers = answers
+        self.guilds = GuildPolicy(settings.discord)  # refuses to start without discord.guild_ids
         intents = discord.Intents.default()
         intents.message_content = settings.discord.follow_ups  # privileged: only for thread follow-ups without a mention
         self.client = _Client(self, answers, intents)
@@ -140,16 +159,13 @@ class DiscordAdapter:
             await asyncio.gather(self._connection, return_exceptions=True)
 
     async def sync_commands(self) -> None:
-        """Registers /ask and /kb: per configured guild at once, else globally."""
+        """Registers /ask and /kb in each server of discord.guild_ids (they show at once there, and nowhere else)."""
         tree = self.client.tree
         try:
-            if self._settings.discord.guild_ids:
-                for guild_id in self._settings.discord.guild_ids:
-                    guild = discord.Object(id=guild_id)
-                    tree.copy_global_to(guild=guild)
-                    await tree.sync(guild=guild)
-            else:
-                await tree.sync()
+            for guild_id in self._settings.discord.guild_ids:
+                guild = discord.Object(id=guild_id)
+                tree.copy_global_to(guild=guild)
+                await tree.sync(guild=guild)
         except discord.HTTPException as exc:
             log.warning("could not sync the slash commands (HTTP %s): invite the bot with the applications.commands scope", exc.status)
 
@@ -184,6 +200,15 @@ class DiscordAdapter:
 
         tree.add_command(kb)
 
+    async def admit_command(self, interaction: discord.Interaction) -> bool:
+        """Lets a slash command run where teambot serves; elsewhere the user gets a short refusal only they see."""
+        if self.guilds.admits(interaction.guild_id):
+            return True
+        name = (interaction.data or {}).get("name", "?")
+        self.guilds.log_refused(f"/{name} command", interaction.guild, interaction.guild_id, interaction.user.id)
+        await interaction.response.send_message(self.guilds.refusal(interaction.guild_id), ephemeral=True)
+        return False
+
     async def on_ask(self, interaction: discord.Interaction, question: str) -> None:
         await interaction.response.defer(thinking=True)
         where = msg.Where.of_channel(interaction.channel, interaction.guild_id)
@@ -214,11 +239,14 @@ class DiscordAdapter:
         return await asyncio.to_thread(action)
 
     def _is_admin(self, interaction: discord.Interaction) -> bool:
+        """An admin of the knowledge base: a listed user, or Manage Server or an admin role, in a server teambot serves."""
         user = interaction.user
         config = self._settings.discord
+        if not self.guilds.admits(interaction.guild_id):
+            return False  # admit_command refused it already; no rights count elsewhere
         if user.id in config.admin_users:
             return True
-        if isinstance(user, discord.Member):
+        if isinstance(user, discord.Member) and interaction.guild_id in self.guilds.allowed:
             return user.guild_permissions.manage_guild or any(role.id in config.admin_roles for role in user.roles)
         return False
 
@@ -234,6 +262,13 @@ class DiscordAdapter:
         if me is None or message.author.bot or message.type not in (discord.MessageType.default, discord.MessageType.reply):
             return  # other bots, teambot itself, joins and pins
         if not self._first_delivery(message.id):
+            return
+        guild_id = message.guild.id if message.guild else None
+        if not self.guilds.admits(guild_id):
+            if guild_id is None or me in message.mentions:  # addressed to teambot; other chatter there is no business of ours
+                self.guilds.log_refused("message", message.guild, guild_id, message.author.id)
+                if guild_id is None:
+                    await message.channel.send(self.guilds.refusal(None))
             return
         channel = message.channel
         where = msg.Where.of_channel(channel, message.guild.id if message.guild else None)

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import discord
+
 from bot.core import AnswerDone
 from bot.evidence import shorten
+from bot.links import settled, show_targets
 from bot.prompt import passage_label
 from bot.splitting import split_text
 
@@ -15,19 +18,27 @@ SOURCES_HEADING = "**Sources**"
 THREAD_NAME_LIMIT = 100  # characters in a thread's name
 
 
+def defused(text: str) -> str:
+    """Text teambot did not write (an answer, a document's title or words) made safe to show: links with
+    their target in sight (``label (<url>)``: the <> keep Discord from hiding it in a preview), and
+    @everyone, @here, user and role mentions broken by a zero-width space. (Every message also goes
+    out with allowed_mentions none: the second lock on the same door.)"""
+    return discord.utils.escape_mentions(show_targets(text, lambda url: f"<{url}>"))
+
+
 def sources_text(done: AnswerDone) -> str:
     lines = [SOURCES_HEADING]
     for n, passage in enumerate(done.sources, start=1):
         mark = " ✓" if n in done.cited else ""
-        lines.append(f"[{n}] {passage_label(passage)} · {passage.score:.2f}{mark}")
+        lines.append(f"[{n}] {defused(passage_label(passage))} · {passage.score:.2f}{mark}")
         if done.quote(n):
-            lines.append(f"> {shorten(done.quote(n))}")
+            lines.append(f"> {defused(shorten(done.quote(n)))}")
     return "\n".join(lines)
 
 
 def answer_pages(done: AnswerDone) -> list[str]:
     """The finished answer and its sources, as messages of at most 2,000 characters each."""
-    text = done.answer.strip() or "(no answer)"
+    text = defused(done.answer.strip()) or "(no answer)"
     if done.sources:
         text += "\n\n" + sources_text(done)
     return split_text(text, MESSAGE_LIMIT)
@@ -35,7 +46,7 @@ def answer_pages(done: AnswerDone) -> list[str]:
 
 def progress_pages(partial: str) -> list[str]:
     """A growing answer as the messages show it between edits."""
-    return split_text(partial + TYPING_MARK, MESSAGE_LIMIT) or [TYPING_MARK.strip()]
+    return split_text(defused(settled(partial)) + TYPING_MARK, MESSAGE_LIMIT) or [TYPING_MARK.strip()]  # a link shows once whole
 
 
 def answer_only(content: str) -> str:
@@ -44,7 +55,7 @@ def answer_only(content: str) -> str:
 
 
 def error_text(message: str) -> str:
-    return f"⚠️ Sorry, I could not answer: {message}"[:MESSAGE_LIMIT]
+    return f"⚠️ Sorry, I could not answer: {defused(message)}"[:MESSAGE_LIMIT]
 
 
 def thread_name(question: str) -> str:

@@ -7,6 +7,7 @@ from typing import Any
 
 from bot.core import AnswerDone
 from bot.evidence import shorten
+from bot.links import settled, show_targets
 from bot.prompt import passage_label
 from bot.splitting import split_text
 
@@ -36,20 +37,31 @@ def escape(text: str) -> str:
     return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
 
 
+def plain_targets(markdown: str) -> str:
+    """Links as ``label (url)``: Slack links the bare URL and shows it, so no label hides where a link goes."""
+    return show_targets(markdown, lambda url: url)
+
+
 def to_mrkdwn(markdown: str) -> str:
-    """The Markdown an LLM writes, as Slack mrkdwn: bold, headings and links; the rest passes."""
-    text = escape(markdown)
+    """The Markdown an LLM writes, as Slack mrkdwn: bold and headings; links show their targets; &, <, > escaped
+    (so a document's ``<!channel>`` or ``<http://x|y>`` is text, not a ping or a masked link)."""
+    text = escape(plain_targets(markdown))
     text = re.sub(r"^#{1,6}\s+(.+)$", r"*\1*", text, flags=re.MULTILINE)
-    text = re.sub(r"\*\*(.+?)\*\*", r"*\1*", text)
-    text = re.sub(r"\[([^\]]+)\]\((https?://[^)\s]+)\)", r"<\2|\1>", text)
-    return text
+    return re.sub(r"\*\*(.+?)\*\*", r"*\1*", text)
+
+
+def stream_markdown(partial: str) -> str:
+    """What the chat streaming API gets of a growing answer (its markdown_text): links with their targets,
+    &, <, > escaped, an unfinished ``[…`` at the end held back. The result only ever grows as the answer
+    does, so the stream can append to it."""
+    return escape(plain_targets(settled(partial)))
 
 
 def progress_text(partial: str) -> str:
     """A growing answer as the message shows it between edits."""
     if len(partial) > PROGRESS_TEXT_MAX:
         partial = "…" + partial[-PROGRESS_TEXT_MAX:]
-    return to_mrkdwn(partial) + TYPING_MARK
+    return to_mrkdwn(settled(partial)) + TYPING_MARK  # a link shows once whole
 
 
 def answer_blocks(done: AnswerDone, answer_id: str | None) -> list[dict[str, Any]]:
@@ -82,8 +94,8 @@ def sources_text(done: AnswerDone) -> str:
 
 
 def notification_text(done: AnswerDone) -> str:
-    """The message's plain text: what notifications and the thread history show."""
-    return done.answer[:MESSAGE_TEXT_LIMIT] or "(no answer)"
+    """The message's plain text: what notifications and the thread history show (escaped: Slack parses it too)."""
+    return escape(plain_targets(done.answer))[:MESSAGE_TEXT_LIMIT] or "(no answer)"
 
 
 def error_text(message: str) -> str:

@@ -21,7 +21,16 @@ from bot.answering import GrowingMessage
 from bot.core import AnswerDone
 from bot.progress import ProgressPump
 from bot.slack.messages import slack_error
-from bot.slack.render import PLACEHOLDER, TRUNCATED, answer_blocks, error_text, footer_blocks, notification_text, progress_text
+from bot.slack.render import (
+    PLACEHOLDER,
+    TRUNCATED,
+    answer_blocks,
+    error_text,
+    footer_blocks,
+    notification_text,
+    progress_text,
+    stream_markdown,
+)
 
 log = logging.getLogger(__name__)
 
@@ -50,7 +59,7 @@ class AnswerMessage(GrowingMessage):
     recipient_user: str = ""
     recipient_team: str = ""
     ts: str = ""  # the placeholder's, then (with chat.update) the answer's
-    _sent: int = 0  # characters already streamed
+    _streamed: str = ""  # what the stream shows so far (escaped, as sent)
     _stream_ts: str = ""
     _pump: ProgressPump = field(init=False)
 
@@ -66,9 +75,10 @@ class AnswerMessage(GrowingMessage):
         """Replaces whatever is shown with the whole answer, its sources and the feedback buttons."""
         await self._pump.stop()
         if self._stream_ts:
-            if done.answer.startswith(self._pump.text):  # the stream shows the start of this very answer: finish it
-                tail = done.answer[self._sent : STREAM_TEXT_LIMIT]
-                if len(done.answer) > STREAM_TEXT_LIMIT:
+            whole = stream_markdown(done.answer + "\n")  # the end of the answer: nothing there is unfinished any more
+            if whole.startswith(self._streamed):  # the stream shows the start of this very answer: finish it
+                tail = whole[len(self._streamed) : STREAM_TEXT_LIMIT].rstrip("\n")
+                if len(whole.rstrip("\n")) > STREAM_TEXT_LIMIT:
                     tail += TRUNCATED
                 await self.client.chat_stopStream(
                     channel=self.channel, ts=self._stream_ts, markdown_text=tail or None, blocks=footer_blocks(done, answer_id)
@@ -95,15 +105,17 @@ class AnswerMessage(GrowingMessage):
             if await self._start_stream(text):
                 return
         if self._stream_ts:
-            delta = text[self._sent : STREAM_TEXT_LIMIT]
-            if delta:
-                await self.client.chat_appendStream(channel=self.channel, ts=self._stream_ts, markdown_text=delta)
-                self._sent += len(delta)
+            shown = stream_markdown(text)[:STREAM_TEXT_LIMIT]
+            if shown.startswith(self._streamed) and len(shown) > len(self._streamed):
+                await self.client.chat_appendStream(channel=self.channel, ts=self._stream_ts, markdown_text=shown[len(self._streamed) :])
+                self._streamed = shown
             return
         await self.client.chat_update(channel=self.channel, ts=self.ts, text=progress_text(text), blocks=[])
 
     async def _start_stream(self, text: str) -> bool:
-        text = text[:STREAM_TEXT_LIMIT]
+        text = stream_markdown(text)[:STREAM_TEXT_LIMIT]
+        if not text:
+            return False  # all of it may still become a link: wait for more
         options: dict[str, Any] = {"recipient_user_id": self.recipient_user, "recipient_team_id": self.recipient_team}
         try:
             response = await self.client.chat_startStream(channel=self.channel, thread_ts=self.thread_ts, markdown_text=text, **options)
@@ -111,7 +123,7 @@ class AnswerMessage(GrowingMessage):
             self.streams.known_missing = True
             log.info("Slack's streaming API is not available here (%s); editing messages instead", slack_error(exc))
             return False
-        self._stream_ts, self._sent = response["ts"], len(text)
+        self._stream_ts, self._streamed = response["ts"], text
         try:
             await self.client.chat_delete(channel=self.channel, ts=self.ts)
         except SlackApiError as exc:

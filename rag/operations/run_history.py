@@ -11,14 +11,18 @@ run marks it ``interrupted`` (and serves its requests).
 from __future__ import annotations
 
 import json
+import logging
 import sqlite3
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from config.errors import StoreError
 from rag.ingest.indexer import IndexReport
 from rag.store.sqlite_file import SqliteFile
+
+log = logging.getLogger(__name__)
 
 RunState = Literal["running", "done", "failed", "interrupted"]
 
@@ -137,8 +141,12 @@ class RunProgress:
             self.flush()
 
     def flush(self) -> None:
+        """Records the progress; best effort: a database locked for long skips this write, never the run."""
         self._written = time.monotonic()
-        self.history.progress(self.run_id, self.total, self.done, self.current)
+        try:
+            self.history.progress(self.run_id, self.total, self.done, self.current)
+        except StoreError as exc:
+            log.warning("run %d: progress not recorded (%s); the run goes on", self.run_id, exc.message)
 
 
 class RunHistory(SqliteFile):

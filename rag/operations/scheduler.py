@@ -33,6 +33,8 @@ from rag.operations.run_history import CollectionFailed, CollectionReport, Reque
 log = logging.getLogger(__name__)
 
 POLL_S = 1.0  # how often the queue is checked for requests from other processes
+EXPIRY_MARGIN = 0.1  # the holder gives the lease up this part of the TTL before it would run out unrenewed
+RETRY_S = 1.0  # at most this long between tries to write a lease the database refused
 
 
 class IndexScheduler:
@@ -106,18 +108,35 @@ class IndexScheduler:
             await self.request("schedule")
 
     async def _keep_lease(self) -> None:
+        ttl = self._settings.rag.lease_ttl_s
+        renewed = True
         while True:
-            await asyncio.sleep(self._settings.rag.lease_ttl_s / 3)
-            await self._renew()
+            await asyncio.sleep(ttl / 3 if renewed else min(ttl / 10, RETRY_S))
+            renewed = await self._renew()
 
-    async def _renew(self) -> None:
+    async def _renew(self) -> bool:
+        """Takes or renews the lease; False when the holder could not renew it yet (it tries again soon).
+
+        The holder waits for a locked database (another process writing the run history, a backup)
+        until its lease is about to run out, and only then gives the role up: a lock shorter than
+        the TTL costs no run."""
         job = self._aps.get_job("reindex") if self._aps.running else None
         info = {**self._info(), "next_run_at": job.next_run_time.timestamp() if job and job.next_run_time else None}
+        margin = self._settings.rag.lease_ttl_s * EXPIRY_MARGIN
+        wait_s = max(self._lease.time_left() - margin, 0.0) if self.leader else self._settings.rag.lease_ttl_s / 3
         try:
-            leader = await asyncio.to_thread(self._lease.acquire, info)
+            leader = await asyncio.to_thread(self._lease.acquire, info, wait_s)
         except TeambotError as exc:
-            log.warning("could not renew the index lease: %s", exc.message)
-            leader = False
+            if self.leader and self._lease.time_left() > margin:
+                log.warning("could not renew the index lease yet (%s); retrying, %.0f s before it runs out", exc.message, self._lease.time_left())
+                return False
+            if self.leader:
+                log.warning("the index lease runs out unrenewed (%s); stopping the run in progress", exc.message)
+                self._cancel.set()
+            else:
+                log.warning("could not take the index lease: %s", exc.message)
+            self.leader = False
+            return True
         if leader and not self.leader:
             log.info("this process (%s) now runs the index", self.holder)
             await asyncio.to_thread(self.history.request, "start")
@@ -126,6 +145,7 @@ class IndexScheduler:
             log.warning("lost the index lease to another replica; stopping the run in progress")
             self._cancel.set()
         self.leader = leader
+        return True
 
     async def _work(self) -> None:
         while not self._stopping:
