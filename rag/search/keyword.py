@@ -1,5 +1,10 @@
 """Keyword search: a jieba tokenizer (Chinese and English alike, English words stemmed with
-Snowball) and a BM25 index (bm25s).
+Snowball) and a BM25 index that rows can be added to and removed from.
+
+The index keeps how often each word occurs in each row (a sparse matrix) and scores a question
+when it is asked: Lucene's BM25 with bm25s's defaults, computed in the same steps and float32
+sums as bm25s (tests/test_keyword.py checks that the scores are equal), but with no scores
+fixed at build time, so an upload adds its rows instead of rebuilding the index.
 
 Besides BM25 ranking, the index gives each hit a keyword score in [0, 1]: the IDF-weighted
 share of the query's words that the chunk contains. Words the knowledge base has never seen
@@ -19,6 +24,7 @@ from dataclasses import dataclass
 from functools import cache, lru_cache
 
 import numpy as np
+import scipy.sparse
 
 # A token worth indexing contains a letter, a digit or a CJK character.
 _WORDLIKE = re.compile(r"[0-9A-Za-z\u00c0-\u024f\u3400-\u4dbf\u4e00-\u9fff]")
@@ -78,37 +84,119 @@ class KeywordHit:
 
 
 class KeywordIndex:
-    def __init__(self, corpus: Sequence[Sequence[str]]) -> None:
-        import bm25s
+    """BM25 over rows numbered in the order they were added; removed rows keep their number
+    (and count for nothing) until ``keep`` renumbers the index."""
 
-        self.size = len(corpus)
-        self._terms = [frozenset(doc) for doc in corpus]
-        self._df = Counter(term for terms in self._terms for term in terms)
-        self._bm25 = bm25s.BM25()
-        if self.size:
-            # bm25s needs at least one token per document.
-            self._bm25.index([list(doc) or [""] for doc in corpus], show_progress=False)
+    K1 = 1.5  # bm25s's (and Lucene's) defaults
+    B = 0.75
 
-    def idf(self, term: str) -> float:
-        df = self._df.get(term, 0)
+    def __init__(self, corpus: Sequence[Sequence[str]] = ()) -> None:
+        self._vocabulary: dict[str, int] = {}
+        self._counts = scipy.sparse.csc_matrix((0, 0), dtype=np.float32)  # rows x words: occurrences
+        self._length = np.zeros(0, dtype=np.int64)  # words per row (an empty row counts 1, as in bm25s)
+        self._alive = np.zeros(0, dtype=bool)
+        self._norm: np.ndarray | None = None  # per row: K1 * (1 - B + B * length / average length)
+        self.size = 0  # rows not removed
+        self.add(corpus)
+
+    @property
+    def rows(self) -> int:
+        """Rows numbered so far, removed ones included."""
+        return len(self._alive)
+
+    def add(self, corpus: Sequence[Sequence[str]]) -> None:
+        """Appends one row per document of ``corpus``."""
+        if not corpus:
+            return
+        rows: list[int] = []
+        columns: list[int] = []
+        counts: list[int] = []
+        for row, doc in enumerate(corpus):
+            for term, count in Counter(doc).items():
+                rows.append(row)
+                columns.append(self._vocabulary.setdefault(term, len(self._vocabulary)))
+                counts.append(count)
+        added = scipy.sparse.csc_matrix(
+            (np.asarray(counts, dtype=np.float32), (np.asarray(rows, dtype=np.int64), np.asarray(columns, dtype=np.int64))),
+            shape=(len(corpus), len(self._vocabulary)),
+        )
+        known = self._counts
+        known.resize((known.shape[0], len(self._vocabulary)))
+        self._counts = scipy.sparse.vstack([known, added], format="csc") if known.shape[0] else added
+        self._counts.sort_indices()
+        self._length = np.concatenate([self._length, [max(len(doc), 1) for doc in corpus]])
+        self._alive = np.concatenate([self._alive, np.ones(len(corpus), dtype=bool)])
+        self.size += len(corpus)
+        self._norm = None
+
+    def remove(self, rows: Sequence[int]) -> None:
+        """Rows that no longer count (their numbers stay taken until ``keep``)."""
+        rows = np.asarray(rows, dtype=np.int64)
+        self.size -= int(self._alive[rows].sum())
+        self._alive[rows] = False
+        self._norm = None
+
+    def keep(self, rows: np.ndarray) -> None:
+        """Keeps only ``rows`` (live ones), renumbered 0.. in that order."""
+        self._counts = self._counts.tocsr()[rows].tocsc()
+        self._counts.sort_indices()
+        self._length = self._length[rows]
+        self._alive = np.ones(len(rows), dtype=bool)
+        self.size = len(rows)
+        self._norm = None
+
+    def _postings(self, term: str) -> tuple[np.ndarray, np.ndarray]:
+        """The live rows holding ``term`` (ascending) and how often it occurs in each."""
+        column = self._vocabulary.get(term)
+        if column is None:
+            return np.zeros(0, dtype=np.int32), np.zeros(0, dtype=np.float32)
+        start, end = self._counts.indptr[column], self._counts.indptr[column + 1]
+        rows, counts = self._counts.indices[start:end], self._counts.data[start:end]
+        if self.size < self.rows:
+            live = self._alive[rows]
+            rows, counts = rows[live], counts[live]
+        return rows, counts
+
+    def idf(self, term: str, document_frequency: int | None = None) -> float:
+        df = len(self._postings(term)[0]) if document_frequency is None else document_frequency
         return math.log(1 + (self.size - df + 0.5) / (df + 0.5))
 
-    def coverage(self, query_terms: Sequence[str], index: int) -> float:
-        """IDF-weighted share of the query's distinct words present in corpus document ``index``."""
+    def scores(self, query_terms: Sequence[str]) -> np.ndarray:
+        """Every row's BM25 score for the query (float32; 0 for rows without its words and removed rows)."""
+        if self._norm is None:
+            average = self._length[self._alive].sum() / self.size if self.size else 1.0
+            self._norm = self.K1 * ((1 - self.B) + self.B * self._length / average)
+        scores = np.zeros(self.rows, dtype=np.float32)
+        for term in query_terms:  # as bm25s: a word asked twice counts twice
+            rows, counts = self._postings(term)
+            if len(rows):
+                idf = np.float32(self.idf(term, len(rows)))
+                scores[rows] += (np.float64(idf) * (counts / (self._norm[rows] + counts))).astype(np.float32)
+        return scores
+
+    def coverage(self, query_terms: Sequence[str], indexes: Sequence[int]) -> list[float]:
+        """For each row of ``indexes``: the IDF-weighted share of the query's distinct words it contains."""
         terms = set(query_terms)
-        total = sum(self.idf(t) for t in terms)
+        postings = {term: self._postings(term)[0] for term in terms}
+        idf = {term: self.idf(term, len(rows)) for term, rows in postings.items()}
+        total = sum(idf[t] for t in terms)
         if not total:
-            return 0.0
-        return sum(self.idf(t) for t in terms if t in self._terms[index]) / total
+            return [0.0] * len(indexes)
+        wanted = np.asarray(indexes, dtype=np.int64)
+        present = {}
+        for term, rows in postings.items():
+            at = np.searchsorted(rows, wanted)
+            present[term] = (at < len(rows)) & (rows[np.minimum(at, len(rows) - 1)] == wanted) if len(rows) else np.zeros(len(wanted), dtype=bool)
+        return [sum(idf[t] for t in terms if present[t][k]) / total for k in range(len(wanted))]
 
     def search(self, query_terms: Sequence[str], limit: int) -> list[KeywordHit]:
-        """The documents BM25 ranks highest for the query (only those sharing a word with it)."""
+        """The rows BM25 ranks highest for the query (only those sharing a word with it)."""
         if not self.size or not query_terms:
             return []
-        scores = self._bm25.get_scores(list(query_terms))
+        scores = self.scores(query_terms)
         count = min(limit, int(np.count_nonzero(scores)))
         if count == 0:
             return []
         best = np.argpartition(-scores, count - 1)[:count]
         best = best[np.argsort(-scores[best])]
-        return [KeywordHit(int(i), self.coverage(query_terms, int(i))) for i in best]
+        return [KeywordHit(int(i), score) for i, score in zip(best, self.coverage(query_terms, best))]
