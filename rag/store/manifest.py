@@ -140,6 +140,8 @@ class Manifest(SqliteFile):
     def changes_since(self, collection: str, generation: int) -> Changes:
         """The collection's generation now, and which documents' chunks changed after ``generation``."""
         now = self.generation(collection)
+        if now == generation:
+            return Changes(now, frozenset())
         rows = self._read(
             "SELECT doc_ids FROM changes WHERE collection = ? AND generation > ? AND generation <= ?", (collection, generation, now)
         )
