@@ -86,12 +86,17 @@ def test_an_upload_reads_only_its_chunks_and_a_removal_none(settings: Settings, 
         runtime.indexer.run()
         assert runtime.retriever.search(QUESTION, ["default"]).passages == []  # the cache is read whole
         spy = ReadSpy(runtime.store.collection("default"), monkeypatch)
+        old = runtime.retriever.cached("default")
+        assert old is not None
+        old_rows = old.rows
         (knowledge / "bikes.md").write_text(BIKES)
         report = runtime.indexer.run([knowledge / "bikes.md"])
         assert report.added == 1 and report.chunks >= 1
         best = runtime.retriever.search(QUESTION, ["default"]).passages[0]
         assert best.path == "bikes.md"
         assert spy.vectors_read == report.chunks  # the new document's chunks, not the collection's
+        # A search still using the cache it started with sees it as it was (the update made a new one).
+        assert old.rows == old_rows == len(old.vectors) == len(old.alive) == old.keyword.rows < runtime.retriever.cached("default").rows
 
         # Updated in place, the cache ranks as one read afresh.
         questions = [QUESTION, "Who gets paged if the primary on-call does not acknowledge a page?", "出差住宿每晚可以报销多少钱？"]

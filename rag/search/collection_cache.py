@@ -38,17 +38,14 @@ class CollectionCache:
     generation: int
     model: str  # the embedding model the vectors came from (questions are embedded with it too)
     keyword: KeywordIndex
-    ids: list[str] = field(default_factory=list)  # per row: its chunk id (append-only, shared with older caches)
+    ids: list[str] = field(default_factory=list)  # per row: its chunk id (append-only, shared with older caches: mind ``rows``)
+    rows: int = 0  # rows of this cache (removed ones included)
     alive: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=bool))  # per row: not removed
     live: int = 0  # rows alive
     fetched: int = 0  # chunks read from the store by this cache and the ones it was updated from
     _vectors: np.ndarray = field(default_factory=lambda: np.zeros((0, 0), dtype=np.float32))  # rows, then free ones
     _chinese: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=bool))
     _documents: dict[str, list[int]] = field(default_factory=dict)  # document id -> its rows (only updates use it)
-
-    @property
-    def rows(self) -> int:
-        return len(self.ids)
 
     @property
     def vectors(self) -> np.ndarray:
@@ -106,7 +103,9 @@ class CollectionCache:
         self._chinese[first:end] = [_mostly_chinese(k) for k in keywords]
         self.alive = np.concatenate([self.alive, np.ones(len(chunks), dtype=bool)])
         self.live += len(chunks)
+        del self.ids[first:]  # what an update that failed half-way left
         self.ids.extend(c.id for c in chunks)
+        self.rows = end
         for row, chunk in enumerate(chunks, first):
             self._documents.setdefault(str(chunk.metadata.get("document_id", chunk.id)), []).append(row)
         self.keyword.add(keywords)
@@ -134,6 +133,7 @@ class CollectionCache:
         vectors[: len(keep)], chinese[: len(keep)] = self._vectors[keep], self._chinese[keep]
         self._vectors, self._chinese = vectors, chinese
         self.ids = [self.ids[k] for k in keep]
+        self.rows = len(keep)
         self.alive = np.ones(len(keep), dtype=bool)
         self._documents = {doc_id: [int(renumber[r]) for r in rows] for doc_id, rows in self._documents.items()}
         self.keyword.keep(keep)

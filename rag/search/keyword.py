@@ -85,7 +85,9 @@ class KeywordHit:
 
 class KeywordIndex:
     """BM25 over rows numbered in the order they were added; removed rows keep their number
-    (and count for nothing) until ``keep`` renumbers the index."""
+    (and count for nothing) until ``keep`` renumbers the index. Changes replace the arrays and
+    the vocabulary rather than change them, so a shallow copy can be changed while searches
+    go on with the original."""
 
     K1 = 1.5  # bm25s's (and Lucene's) defaults
     B = 0.75
@@ -111,6 +113,7 @@ class KeywordIndex:
         rows: list[int] = []
         columns: list[int] = []
         counts: list[int] = []
+        self._vocabulary = dict(self._vocabulary)
         for row, doc in enumerate(corpus):
             for term, count in Counter(doc).items():
                 rows.append(row)
@@ -120,9 +123,14 @@ class KeywordIndex:
             (np.asarray(counts, dtype=np.float32), (np.asarray(rows, dtype=np.int64), np.asarray(columns, dtype=np.int64))),
             shape=(len(corpus), len(self._vocabulary)),
         )
-        known = self._counts
-        known.resize((known.shape[0], len(self._vocabulary)))
-        self._counts = scipy.sparse.vstack([known, added], format="csc") if known.shape[0] else added
+        if self._counts.shape[0]:
+            # The known rows, widened to the new words (empty columns), without changing the matrix searches use.
+            indptr = self._counts.indptr
+            widened = np.concatenate([indptr, np.full(len(self._vocabulary) - self._counts.shape[1], indptr[-1], dtype=indptr.dtype)])
+            known = scipy.sparse.csc_matrix((self._counts.data, self._counts.indices, widened), shape=(self._counts.shape[0], len(self._vocabulary)))
+            self._counts = scipy.sparse.vstack([known, added], format="csc")
+        else:
+            self._counts = added
         self._counts.sort_indices()
         self._length = np.concatenate([self._length, [max(len(doc), 1) for doc in corpus]])
         self._alive = np.concatenate([self._alive, np.ones(len(corpus), dtype=bool)])
@@ -133,6 +141,7 @@ class KeywordIndex:
         """Rows that no longer count (their numbers stay taken until ``keep``)."""
         rows = np.asarray(rows, dtype=np.int64)
         self.size -= int(self._alive[rows].sum())
+        self._alive = self._alive.copy()
         self._alive[rows] = False
         self._norm = None
 
