@@ -18,6 +18,7 @@ from __future__ import annotations
 import logging
 import math
 import re
+import threading
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -95,6 +96,8 @@ class KeywordIndex:
     def __init__(self, corpus: Sequence[Sequence[str]] = ()) -> None:
         self._vocabulary: dict[str, int] = {}
         self._counts = scipy.sparse.csc_matrix((0, 0), dtype=np.float32)  # rows x words: occurrences
+        self._added: list[scipy.sparse.csc_matrix] = []  # rows added since, joined to _counts by the next search
+        self._joining = threading.Lock()
         self._length = np.zeros(0, dtype=np.int64)  # words per row (an empty row counts 1, as in bm25s)
         self._alive = np.zeros(0, dtype=bool)
         self._norm: np.ndarray | None = None  # per row: K1 * (1 - B + B * length / average length)
@@ -110,32 +113,33 @@ class KeywordIndex:
         """Appends one row per document of ``corpus``."""
         if not corpus:
             return
-        rows: list[int] = []
-        columns: list[int] = []
-        counts: list[int] = []
+        lengths = np.asarray([len(doc) for doc in corpus], dtype=np.int64)
+        # Object strings: a fixed-width array would be as wide as the longest word in every entry.
+        words, where = np.unique(np.asarray([term for doc in corpus for term in doc] or [""], dtype=object), return_inverse=True)
         self._vocabulary = dict(self._vocabulary)
-        for row, doc in enumerate(corpus):
-            for term, count in Counter(doc).items():
-                rows.append(row)
-                columns.append(self._vocabulary.setdefault(term, len(self._vocabulary)))
-                counts.append(count)
+        columns = np.asarray([self._vocabulary.setdefault(str(word), len(self._vocabulary)) for word in words], dtype=np.int64)
+        # One entry per word occurrence; the matrix sums the repeats of a word in a row into its count.
         added = scipy.sparse.csc_matrix(
-            (np.asarray(counts, dtype=np.float32), (np.asarray(rows, dtype=np.int64), np.asarray(columns, dtype=np.int64))),
+            (np.ones(int(lengths.sum()), dtype=np.float32), (np.repeat(np.arange(len(corpus)), lengths), columns[where[: int(lengths.sum())]])),
             shape=(len(corpus), len(self._vocabulary)),
         )
-        if self._counts.shape[0]:
-            # The known rows, widened to the new words (empty columns), without changing the matrix searches use.
-            indptr = self._counts.indptr
-            widened = np.concatenate([indptr, np.full(len(self._vocabulary) - self._counts.shape[1], indptr[-1], dtype=indptr.dtype)])
-            known = scipy.sparse.csc_matrix((self._counts.data, self._counts.indices, widened), shape=(self._counts.shape[0], len(self._vocabulary)))
-            self._counts = scipy.sparse.vstack([known, added], format="csc")
-        else:
-            self._counts = added
-        self._counts.sort_indices()
+        added.sum_duplicates()
+        self._added = [*self._added, added]
         self._length = np.concatenate([self._length, [max(len(doc), 1) for doc in corpus]])
         self._alive = np.concatenate([self._alive, np.ones(len(corpus), dtype=bool)])
         self.size += len(corpus)
         self._norm = None
+
+    def _joined(self) -> scipy.sparse.csc_matrix:
+        """The counts of every row: the rows added since the last search joined in once (not once per batch)."""
+        with self._joining:
+            if self._added:
+                width = len(self._vocabulary)
+                blocks = [_widened(block, width) for block in [self._counts, *self._added] if block.shape[0]]
+                counts = scipy.sparse.vstack(blocks, format="csc") if len(blocks) > 1 else blocks[0]
+                counts.sort_indices()
+                self._counts, self._added = counts, []
+            return self._counts
 
     def remove(self, rows: Sequence[int]) -> None:
         """Rows that no longer count (their numbers stay taken until ``keep``)."""
@@ -147,7 +151,7 @@ class KeywordIndex:
 
     def keep(self, rows: np.ndarray) -> None:
         """Keeps only ``rows`` (live ones), renumbered 0.. in that order."""
-        self._counts = self._counts.tocsr()[rows].tocsc()
+        self._counts = self._joined().tocsr()[rows].tocsc()
         self._counts.sort_indices()
         self._length = self._length[rows]
         self._alive = np.ones(len(rows), dtype=bool)
@@ -159,8 +163,9 @@ class KeywordIndex:
         column = self._vocabulary.get(term)
         if column is None:
             return np.zeros(0, dtype=np.int32), np.zeros(0, dtype=np.float32)
-        start, end = self._counts.indptr[column], self._counts.indptr[column + 1]
-        rows, counts = self._counts.indices[start:end], self._counts.data[start:end]
+        matrix = self._joined()
+        start, end = matrix.indptr[column], matrix.indptr[column + 1]
+        rows, counts = matrix.indices[start:end], matrix.data[start:end]
         if self.size < self.rows:
             live = self._alive[rows]
             rows, counts = rows[live], counts[live]
@@ -209,3 +214,10 @@ class KeywordIndex:
         best = np.argpartition(-scores, count - 1)[:count]
         best = best[np.argsort(-scores[best])]
         return [KeywordHit(int(i), score) for i, score in zip(best, self.coverage(query_terms, best))]
+
+
+def _widened(counts: scipy.sparse.csc_matrix, width: int) -> scipy.sparse.csc_matrix:
+    """``counts`` with empty columns for the words added since (a new matrix: the one searches use stays as it is)."""
+    indptr = counts.indptr
+    wider = np.concatenate([indptr, np.full(width - counts.shape[1], indptr[-1], dtype=indptr.dtype)])
+    return scipy.sparse.csc_matrix((counts.data, counts.indices, wider), shape=(counts.shape[0], width))
