@@ -35,8 +35,8 @@ REPO = Path(__file__).resolve().parent.parent
 if __package__ in (None, ""):  # run as a script by the measuring child, whose PYTHONPATH picks the code
     sys.path.append(str(REPO))
 
-from bench.common import bench_settings, save, summary_ms  # noqa: E402
-from bench.corpus import questions, write_corpus  # noqa: E402
+from bench.common import bench_settings, save, summary_ms
+from bench.corpus import questions, write_corpus
 
 WARM_UP_QUERIES = 20
 POOL_FILES = 600  # real chunks embedded once, reused with noise
@@ -206,21 +206,25 @@ def measure(work: Path, count: int) -> dict[str, object]:
         for question in asked[:WARM_UP_QUERIES]:
             retriever.search(question, ["default"])
         total, embed, found = [], [], 0
+        stages: dict[str, list[float]] = {"vector": [], "keyword": []}  # similarity and z-scores; BM25, coverage and fusion
         for question in asked:
             started = time.perf_counter()
             searched = retriever.search(question, ["default"])
             total.append((time.perf_counter() - started) * 1000)
             embed.append(searched.timings_ms["embed"])
+            for stage, values in stages.items():
+                values.append(searched.timings_ms[stage])
             found += bool(searched.passages)
         result.update(
             search_ms=summary_ms(total),
             search_without_embedding_ms=summary_ms([t - e for t, e in zip(total, embed)]),
             embedding_ms=summary_ms(embed),
+            stages_ms={stage: summary_ms(values) for stage, values in stages.items()},
             questions_with_passages=found,
             memory_mb=memory_mb(),
         )
         started = time.perf_counter()
-        runtime.desk.add("default", UPLOAD_NAME, UPLOAD.encode(), "bench")
+        runtime.desk.add("default", UPLOAD_NAME, UPLOAD.encode(), "bench")  # returns once the file is indexed
         indexed = time.perf_counter()
         searches = 0
         while time.perf_counter() - indexed < SEARCHABLE_DEADLINE_S:
