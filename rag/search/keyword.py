@@ -78,6 +78,9 @@ def tokenize(text: str) -> list[str]:
     ]
 
 
+WEIGHTS_KEPT = 4_000_000  # postings whose BM25 scores are kept between questions (16 MB of scores)
+
+
 @dataclass(frozen=True)
 class KeywordHit:
     index: int  # position in the corpus the index was built from
@@ -97,10 +100,11 @@ class KeywordIndex:
         self._vocabulary: dict[str, int] = {}
         self._counts = scipy.sparse.csc_matrix((0, 0), dtype=np.float32)  # rows x words: occurrences
         self._added: list[scipy.sparse.csc_matrix] = []  # rows added since, joined to _counts by the next search
-        self._joining = threading.Lock()
+        self._lock = threading.Lock()  # joining added rows, keeping weights
         self._length = np.zeros(0, dtype=np.int64)  # words per row (an empty row counts 1, as in bm25s)
         self._alive = np.zeros(0, dtype=bool)
         self._norm: np.ndarray | None = None  # per row: K1 * (1 - B + B * length / average length)
+        self._weights: dict[str, tuple[np.ndarray, np.ndarray]] = {}  # word -> its rows and their BM25 share, as last asked
         self.size = 0  # rows not removed
         self.add(corpus)
 
@@ -129,10 +133,11 @@ class KeywordIndex:
         self._alive = np.concatenate([self._alive, np.ones(len(corpus), dtype=bool)])
         self.size += len(corpus)
         self._norm = None
+        self._weights = {}
 
     def _joined(self) -> scipy.sparse.csc_matrix:
         """The counts of every row: the rows added since the last search joined in once (not once per batch)."""
-        with self._joining:
+        with self._lock:
             if self._added:
                 width = len(self._vocabulary)
                 blocks = [_widened(block, width) for block in [self._counts, *self._added] if block.shape[0]]
@@ -148,6 +153,7 @@ class KeywordIndex:
         self._alive = self._alive.copy()
         self._alive[rows] = False
         self._norm = None
+        self._weights = {}
 
     def keep(self, rows: np.ndarray) -> None:
         """Keeps only ``rows`` (live ones), renumbered 0.. in that order."""
@@ -157,6 +163,7 @@ class KeywordIndex:
         self._alive = np.ones(len(rows), dtype=bool)
         self.size = len(rows)
         self._norm = None
+        self._weights = {}
 
     def _postings(self, term: str) -> tuple[np.ndarray, np.ndarray]:
         """The live rows holding ``term`` (ascending) and how often it occurs in each."""
@@ -177,16 +184,30 @@ class KeywordIndex:
 
     def scores(self, query_terms: Sequence[str]) -> np.ndarray:
         """Every row's BM25 score for the query (float32; 0 for rows without its words and removed rows)."""
+        scores = np.zeros(self.rows, dtype=np.float32)
+        for term in query_terms:  # as bm25s: a word asked twice counts twice
+            rows, weights = self._weighted(term)
+            scores[rows] += weights
+        return scores
+
+    def _weighted(self, term: str) -> tuple[np.ndarray, np.ndarray]:
+        """The live rows holding ``term`` and its BM25 score in each (float32, as bm25s stores them).
+        Kept for the words asked most recently, up to WEIGHTS_KEPT postings: common words cost the most."""
+        kept = self._weights.get(term)
+        if kept is not None:
+            return kept
         if self._norm is None:
             average = self._length[self._alive].sum() / self.size if self.size else 1.0
             self._norm = self.K1 * ((1 - self.B) + self.B * self._length / average)
-        scores = np.zeros(self.rows, dtype=np.float32)
-        for term in query_terms:  # as bm25s: a word asked twice counts twice
-            rows, counts = self._postings(term)
-            if len(rows):
-                idf = np.float32(self.idf(term, len(rows)))
-                scores[rows] += (np.float64(idf) * (counts / (self._norm[rows] + counts))).astype(np.float32)
-        return scores
+        rows, counts = self._postings(term)
+        idf = np.float32(self.idf(term, len(rows)))
+        weighted = rows, (np.float64(idf) * (counts / (self._norm[rows] + counts))).astype(np.float32)
+        with self._lock:  # searches in other threads share the dict
+            weights = self._weights
+            while weights and sum(len(r) for r, _ in weights.values()) + len(rows) > WEIGHTS_KEPT:
+                weights.pop(next(iter(weights)))
+            weights[term] = weighted
+        return weighted
 
     def coverage(self, query_terms: Sequence[str], indexes: Sequence[int]) -> list[float]:
         """For each row of ``indexes``: the IDF-weighted share of the query's distinct words it contains."""
