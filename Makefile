@@ -58,6 +58,7 @@ bench: install-dev
 	$(BIN)/python -m bench.embedders
 	$(BIN)/python -m bench.indexing
 	$(BIN)/python -m bench.retrieval
+	$(BIN)/python -m bench.large_collection
 	$(BIN)/python -m bench.ttft
 	$(BIN)/python -m bench.reindex
 

@@ -1,5 +1,10 @@
 """Keyword search: a jieba tokenizer (Chinese and English alike, English words stemmed with
-Snowball) and a BM25 index (bm25s).
+Snowball) and a BM25 index that rows can be added to and removed from.
+
+The index keeps how often each word occurs in each row (a sparse matrix) and scores a question
+when it is asked: Lucene's BM25 with bm25s's defaults, computed in the same steps and float32
+sums as bm25s (tests/test_keyword.py checks that the scores are equal), but with no scores
+fixed at build time, so an upload adds its rows instead of rebuilding the index.
 
 Besides BM25 ranking, the index gives each hit a keyword score in [0, 1]: the IDF-weighted
 share of the query's words that the chunk contains. Words the knowledge base has never seen
@@ -13,12 +18,14 @@ from __future__ import annotations
 import logging
 import math
 import re
+import threading
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import cache, lru_cache
 
 import numpy as np
+import scipy.sparse
 
 # A token worth indexing contains a letter, a digit or a CJK character.
 _WORDLIKE = re.compile(r"[0-9A-Za-z\u00c0-\u024f\u3400-\u4dbf\u4e00-\u9fff]")
@@ -71,6 +78,9 @@ def tokenize(text: str) -> list[str]:
     ]
 
 
+WEIGHTS_KEPT = 4_000_000  # postings whose BM25 scores are kept between questions (16 MB of scores)
+
+
 @dataclass(frozen=True)
 class KeywordHit:
     index: int  # position in the corpus the index was built from
@@ -78,37 +88,157 @@ class KeywordHit:
 
 
 class KeywordIndex:
-    def __init__(self, corpus: Sequence[Sequence[str]]) -> None:
-        import bm25s
+    """BM25 over rows numbered in the order they were added; removed rows keep their number
+    (and count for nothing) until ``keep`` renumbers the index. Changes replace the arrays and
+    the vocabulary rather than change them, so a shallow copy can be changed while searches
+    go on with the original."""
 
-        self.size = len(corpus)
-        self._terms = [frozenset(doc) for doc in corpus]
-        self._df = Counter(term for terms in self._terms for term in terms)
-        self._bm25 = bm25s.BM25()
-        if self.size:
-            # bm25s needs at least one token per document.
-            self._bm25.index([list(doc) or [""] for doc in corpus], show_progress=False)
+    K1 = 1.5  # bm25s's (and Lucene's) defaults
+    B = 0.75
 
-    def idf(self, term: str) -> float:
-        df = self._df.get(term, 0)
+    def __init__(self, corpus: Sequence[Sequence[str]] = ()) -> None:
+        self._vocabulary: dict[str, int] = {}
+        self._counts = scipy.sparse.csc_matrix((0, 0), dtype=np.float32)  # rows x words: occurrences
+        self._added: list[scipy.sparse.csc_matrix] = []  # rows added since, joined to _counts by the next search
+        self._lock = threading.Lock()  # joining added rows, keeping weights
+        self._length = np.zeros(0, dtype=np.int64)  # words per row (an empty row counts 1, as in bm25s)
+        self._alive = np.zeros(0, dtype=bool)
+        self._norm: np.ndarray | None = None  # per row: K1 * (1 - B + B * length / average length)
+        self._weights: dict[str, tuple[np.ndarray, np.ndarray]] = {}  # word -> its rows and their BM25 share, as last asked
+        self.size = 0  # rows not removed
+        self.add(corpus)
+
+    @property
+    def rows(self) -> int:
+        """Rows numbered so far, removed ones included."""
+        return len(self._alive)
+
+    def add(self, corpus: Sequence[Sequence[str]]) -> None:
+        """Appends one row per document of ``corpus``."""
+        if not corpus:
+            return
+        lengths = np.asarray([len(doc) for doc in corpus], dtype=np.int64)
+        # Object strings: a fixed-width array would be as wide as the longest word in every entry.
+        words, where = np.unique(np.asarray([term for doc in corpus for term in doc] or [""], dtype=object), return_inverse=True)
+        self._vocabulary = dict(self._vocabulary)
+        columns = np.asarray([self._vocabulary.setdefault(str(word), len(self._vocabulary)) for word in words], dtype=np.int64)
+        # One entry per word occurrence; the matrix sums the repeats of a word in a row into its count.
+        added = scipy.sparse.csc_matrix(
+            (np.ones(int(lengths.sum()), dtype=np.float32), (np.repeat(np.arange(len(corpus)), lengths), columns[where[: int(lengths.sum())]])),
+            shape=(len(corpus), len(self._vocabulary)),
+        )
+        added.sum_duplicates()
+        self._added = [*self._added, added]
+        self._length = np.concatenate([self._length, [max(len(doc), 1) for doc in corpus]])
+        self._alive = np.concatenate([self._alive, np.ones(len(corpus), dtype=bool)])
+        self.size += len(corpus)
+        self._norm = None
+        self._weights = {}
+
+    def _joined(self) -> scipy.sparse.csc_matrix:
+        """The counts of every row: the rows added since the last search joined in once (not once per batch)."""
+        with self._lock:
+            if self._added:
+                width = len(self._vocabulary)
+                blocks = [_widened(block, width) for block in [self._counts, *self._added] if block.shape[0]]
+                counts = scipy.sparse.vstack(blocks, format="csc") if len(blocks) > 1 else blocks[0]
+                counts.sort_indices()
+                self._counts, self._added = counts, []
+            return self._counts
+
+    def remove(self, rows: Sequence[int]) -> None:
+        """Rows that no longer count (their numbers stay taken until ``keep``)."""
+        rows = np.asarray(rows, dtype=np.int64)
+        self.size -= int(self._alive[rows].sum())
+        self._alive = self._alive.copy()
+        self._alive[rows] = False
+        self._norm = None
+        self._weights = {}
+
+    def keep(self, rows: np.ndarray) -> None:
+        """Keeps only ``rows`` (live ones), renumbered 0.. in that order."""
+        self._counts = self._joined().tocsr()[rows].tocsc()
+        self._counts.sort_indices()
+        self._length = self._length[rows]
+        self._alive = np.ones(len(rows), dtype=bool)
+        self.size = len(rows)
+        self._norm = None
+        self._weights = {}
+
+    def _postings(self, term: str) -> tuple[np.ndarray, np.ndarray]:
+        """The live rows holding ``term`` (ascending) and how often it occurs in each."""
+        column = self._vocabulary.get(term)
+        if column is None:
+            return np.zeros(0, dtype=np.int32), np.zeros(0, dtype=np.float32)
+        matrix = self._joined()
+        start, end = matrix.indptr[column], matrix.indptr[column + 1]
+        rows, counts = matrix.indices[start:end], matrix.data[start:end]
+        if self.size < self.rows:
+            live = self._alive[rows]
+            rows, counts = rows[live], counts[live]
+        return rows, counts
+
+    def idf(self, term: str, document_frequency: int | None = None) -> float:
+        df = len(self._postings(term)[0]) if document_frequency is None else document_frequency
         return math.log(1 + (self.size - df + 0.5) / (df + 0.5))
 
-    def coverage(self, query_terms: Sequence[str], index: int) -> float:
-        """IDF-weighted share of the query's distinct words present in corpus document ``index``."""
+    def scores(self, query_terms: Sequence[str]) -> np.ndarray:
+        """Every row's BM25 score for the query (float32; 0 for rows without its words and removed rows)."""
+        scores = np.zeros(self.rows, dtype=np.float32)
+        for term in query_terms:  # as bm25s: a word asked twice counts twice
+            rows, weights = self._weighted(term)
+            scores[rows] += weights
+        return scores
+
+    def _weighted(self, term: str) -> tuple[np.ndarray, np.ndarray]:
+        """The live rows holding ``term`` and its BM25 score in each (float32, as bm25s stores them).
+        Kept for the words asked most recently, up to WEIGHTS_KEPT postings: common words cost the most."""
+        kept = self._weights.get(term)
+        if kept is not None:
+            return kept
+        if self._norm is None:
+            average = self._length[self._alive].sum() / self.size if self.size else 1.0
+            self._norm = self.K1 * ((1 - self.B) + self.B * self._length / average)
+        rows, counts = self._postings(term)
+        idf = np.float32(self.idf(term, len(rows)))
+        weighted = rows, (np.float64(idf) * (counts / (self._norm[rows] + counts))).astype(np.float32)
+        with self._lock:  # searches in other threads share the dict
+            weights = self._weights
+            while weights and sum(len(r) for r, _ in weights.values()) + len(rows) > WEIGHTS_KEPT:
+                weights.pop(next(iter(weights)))
+            weights[term] = weighted
+        return weighted
+
+    def coverage(self, query_terms: Sequence[str], indexes: Sequence[int]) -> list[float]:
+        """For each row of ``indexes``: the IDF-weighted share of the query's distinct words it contains."""
         terms = set(query_terms)
-        total = sum(self.idf(t) for t in terms)
+        postings = {term: self._postings(term)[0] for term in terms}
+        idf = {term: self.idf(term, len(rows)) for term, rows in postings.items()}
+        total = sum(idf[t] for t in terms)
         if not total:
-            return 0.0
-        return sum(self.idf(t) for t in terms if t in self._terms[index]) / total
+            return [0.0] * len(indexes)
+        wanted = np.asarray(indexes, dtype=np.int64)
+        present = {}
+        for term, rows in postings.items():
+            at = np.searchsorted(rows, wanted)
+            present[term] = (at < len(rows)) & (rows[np.minimum(at, len(rows) - 1)] == wanted) if len(rows) else np.zeros(len(wanted), dtype=bool)
+        return [sum(idf[t] for t in terms if present[t][k]) / total for k in range(len(wanted))]
 
     def search(self, query_terms: Sequence[str], limit: int) -> list[KeywordHit]:
-        """The documents BM25 ranks highest for the query (only those sharing a word with it)."""
+        """The rows BM25 ranks highest for the query (only those sharing a word with it)."""
         if not self.size or not query_terms:
             return []
-        scores = self._bm25.get_scores(list(query_terms))
+        scores = self.scores(query_terms)
         count = min(limit, int(np.count_nonzero(scores)))
         if count == 0:
             return []
         best = np.argpartition(-scores, count - 1)[:count]
         best = best[np.argsort(-scores[best])]
-        return [KeywordHit(int(i), self.coverage(query_terms, int(i))) for i in best]
+        return [KeywordHit(int(i), score) for i, score in zip(best, self.coverage(query_terms, best))]
+
+
+def _widened(counts: scipy.sparse.csc_matrix, width: int) -> scipy.sparse.csc_matrix:
+    """``counts`` with empty columns for the words added since (a new matrix: the one searches use stays as it is)."""
+    indptr = counts.indptr
+    wider = np.concatenate([indptr, np.full(width - counts.shape[1], indptr[-1], dtype=indptr.dtype)])
+    return scipy.sparse.csc_matrix((counts.data, counts.indices, wider), shape=(counts.shape[0], width))

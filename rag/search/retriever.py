@@ -1,8 +1,9 @@
 """Hybrid retrieval: vector search fused with BM25 keyword search, and the relevance bar.
 
 Per collection, a cache built from the Chroma store holds every chunk's vector, its language
-and the BM25 index; it is rebuilt when the manifest's generation for the collection changes,
-also when another process indexed. A question is compared with every chunk vector (one matrix
+and the BM25 index; when the manifest's generation for the collection changes (also when
+another process indexed), it reads the chunks of the documents that changed (see
+rag.search.collection_cache). A question is compared with every chunk vector (one matrix
 product, with the model the collection was embedded with); candidates come from the best of
 those and from BM25. Each candidate gets
     score = vector_weight * cosine similarity + (1 - vector_weight) * keyword score
@@ -28,8 +29,9 @@ import numpy as np
 
 from config.errors import TeambotError
 from config.settings import RagSettings
-from rag.ingest.embedder import is_multilingual, setting_for
-from rag.search.keyword import KeywordIndex, tokenize
+from rag.ingest.embedder import setting_for
+from rag.search.collection_cache import CollectionCache
+from rag.search.keyword import tokenize
 from rag.search.query_encoder import load_query_encoder
 from rag.store.chroma import ChromaStore
 from rag.store.manifest import Manifest
@@ -39,7 +41,6 @@ CANDIDATES_PER_RESULT = 5
 CANDIDATES_MIN = 20
 SIMILARITY_TEXT_CHARS = 240  # of a sentence compared by meaning (a long code block: its start)
 RECENT_QUESTIONS = 64  # question vectors kept
-LANGUAGE_Z_WEIGHT = 0.1  # how much the same-language z-score adds to the score when ranking (multilingual embedders)
 MIN_LANGUAGE_GROUP = 3  # a language with fewer chunks is ranked against the whole collection
 MIN_SPREAD = 0.02  # floor of a group's standard deviation of similarities
 
@@ -74,24 +75,6 @@ class Retrieval:
 
 
 @dataclass
-class _CollectionCache:
-    generation: int
-    ids: list[str]
-    keyword: KeywordIndex
-    vectors: np.ndarray  # one normalised row per chunk, in the order of ids
-    chinese: np.ndarray  # per chunk: mostly Chinese (True) or not
-    model: str  # the embedding model the vectors came from (questions are embedded with it too)
-
-    @property
-    def z_weight(self) -> float:
-        return LANGUAGE_Z_WEIGHT if is_multilingual(self.model) else 0.0
-    position: dict[str, int] = field(init=False)
-
-    def __post_init__(self) -> None:
-        self.position = {chunk_id: k for k, chunk_id in enumerate(self.ids)}
-
-
-@dataclass
 class _Candidate:
     collection: str
     chunk_id: str
@@ -107,7 +90,7 @@ class Retriever:
         self._store = store
         self._manifest = manifest
         self._models_dir = models_dir
-        self._caches: dict[str, _CollectionCache] = {}
+        self._caches: dict[str, CollectionCache] = {}
         self._cache_lock = threading.Lock()
         self._recent: dict[tuple[str, str], list[float]] = {}
 
@@ -144,8 +127,8 @@ class Retriever:
         for collection, cache in caches.items():
             query_vector = query_vectors[cache.model]
             mark = time.perf_counter()
-            similarity = cache.vectors @ query_vector if len(cache.ids) else np.zeros(0, dtype=np.float32)
-            z = _language_z(similarity, cache.chinese)
+            similarity = cache.vectors @ query_vector if cache.rows else np.zeros(0, dtype=np.float32)
+            z = _language_z(similarity, cache.chinese, cache.alive)
             vector_ms += _ms_since(mark)
             mark = time.perf_counter()
             candidates.extend(self._fuse(collection, cache, similarity, z, query_terms, limit))
@@ -182,18 +165,22 @@ class Retriever:
         return (vectors @ np.asarray(self._embed(query), dtype=np.float32)).tolist()
 
     def _fuse(
-        self, collection: str, cache: _CollectionCache, similarity: np.ndarray, z: np.ndarray, query_terms: list[str], limit: int
+        self, collection: str, cache: CollectionCache, similarity: np.ndarray, z: np.ndarray, query_terms: list[str], limit: int
     ) -> list[_Candidate]:
         keyword_hits = {hit.index: hit.score for hit in cache.keyword.search(query_terms, limit)}
-        count = min(limit, len(cache.ids))
+        count = min(limit, cache.live)
         indexes = set(keyword_hits)
         for values in (similarity, z) if count else ():
+            if cache.live < cache.rows:
+                values = np.where(cache.alive, values, -np.inf)  # removed rows are no candidates
             indexes.update(int(i) for i in np.argpartition(-values, count - 1)[:count])
+        others = [index for index in indexes if index not in keyword_hits]
+        keyword_hits.update(zip(others, cache.keyword.coverage(query_terms, others)))
         w = self._settings.weight
         candidates = []
         for index in indexes:
             vec = max(float(similarity[index]), 0.0)
-            kw = keyword_hits[index] if index in keyword_hits else cache.keyword.coverage(query_terms, index)
+            kw = keyword_hits[index]
             score = w * vec + (1 - w) * kw
             candidates.append(_Candidate(collection, cache.ids[index], vec, kw, score, score + cache.z_weight * float(z[index])))
         return candidates
@@ -226,38 +213,40 @@ class Retriever:
             )
         return passages
 
-    def _cache(self, collection: str) -> _CollectionCache:
-        """The collection's BM25 index and vectors, rebuilt from the store when the manifest says it changed."""
-        generation = self._manifest.generation(collection)
+    def cached(self, collection: str) -> CollectionCache | None:
+        """The collection's cache as the last search left it (None before the first)."""
+        with self._cache_lock:
+            return self._caches.get(collection)
+
+    def _cache(self, collection: str) -> CollectionCache:
+        """The collection's vectors and BM25 index, brought up to date with what changed when the manifest says it did."""
         with self._cache_lock:
             cache = self._caches.get(collection)
-            if cache is None or cache.generation != generation:
-                stored = self._store.get(collection, texts=False, embeddings=True)
-                vectors = np.asarray([chunk.embedding for chunk in stored], dtype=np.float32).reshape(len(stored), -1)
-                keywords = [str(chunk.metadata.get("keywords", "")).split() for chunk in stored]
-                chinese = np.asarray([_mostly_chinese(k) for k in keywords], dtype=bool)
-                model = self._store.model_of(collection) or self._store.embed_model
-                cache = _CollectionCache(generation, [chunk.id for chunk in stored], KeywordIndex(keywords), vectors, chinese, model)
-                self._caches[collection] = cache
+            if cache is None:
+                generation = self._manifest.generation(collection)  # read first: a change made while reading is applied next time
+                cache = CollectionCache.read(self._store, collection, generation)
+            elif (changes := self._manifest.changes_since(collection, cache.generation)).generation != cache.generation:
+                updated = cache.updated(self._store, collection, changes)
+                if updated is None:
+                    updated = CollectionCache.read(self._store, collection, changes.generation)
+                    updated.fetched += cache.fetched
+                cache = updated
+            self._caches[collection] = cache
             return cache
 
 
-def _language_z(similarity: np.ndarray, chinese: np.ndarray) -> np.ndarray:
+def _language_z(similarity: np.ndarray, chinese: np.ndarray, alive: np.ndarray) -> np.ndarray:
     """Each chunk's similarity as a z-score among the chunks of its language (or of the whole
-    collection, where a language has too few chunks to say what is usual for it)."""
+    collection, where a language has too few chunks to say what is usual for it); removed rows are in no group."""
     z = np.zeros_like(similarity)
     if not len(similarity):
         return z
-    groups = [chinese, ~chinese] if min(chinese.sum(), (~chinese).sum()) >= MIN_LANGUAGE_GROUP else [np.ones_like(chinese)]
+    chinese, other = chinese & alive, ~chinese & alive
+    groups = [chinese, other] if min(chinese.sum(), other.sum()) >= MIN_LANGUAGE_GROUP else [alive]
     for group in groups:
         values = similarity[group]
         z[group] = (values - values.mean()) / max(float(values.std()), MIN_SPREAD)
     return z
-
-
-def _mostly_chinese(tokens: list[str]) -> bool:
-    chinese = sum(1 for t in tokens if "\u3400" <= t[0] <= "\u9fff")
-    return chinese > len(tokens) - chinese
 
 
 def _ms_since(start: float) -> float:

@@ -38,6 +38,10 @@ T = TypeVar("T")
 CHROMA_PREFIX = "kb-"
 EMBED_MODEL_KEY = "embed_model"
 COMPLETE_KEY = "complete"  # a staging collection that holds every document
+# Ids (or documents) one read asks for: SQLite refuses a statement with more than 32,766
+# variables ("too many SQL variables"), and Chroma binds one or more per id.
+READ_BATCH = 5000
+DOCUMENTS_BATCH = 500
 STAGING = ".next"  # suffixes of the collections a re-embedding uses (teambot's own names have no ".")
 RETIRED = ".old"
 
@@ -259,12 +263,30 @@ class ChromaStore:
 
         return self._on(name, "search", nearest, missing=[])
 
+    def ids(self, name: str) -> list[str]:
+        """Every chunk id of the collection (one read that fetches nothing else)."""
+        return self._on(name, "read", lambda c: list(c.get(include=[])["ids"]), missing=[])
+
     def get(self, name: str, ids: Sequence[str] | None = None, *, texts: bool = True, embeddings: bool = False) -> list[StoredChunk]:
-        """Chunks by id (all of the collection when ``ids`` is None), with their metadata."""
+        """Chunks by id (all of the collection when ``ids`` is None), with their metadata; read READ_BATCH ids at a time."""
+        if ids is None:
+            ids = self.ids(name)
+        return [chunk for k in range(0, len(ids), READ_BATCH) for chunk in self._read(name, texts, embeddings, ids=list(ids[k : k + READ_BATCH]))]
+
+    def of_documents(self, name: str, doc_ids: Sequence[str], *, texts: bool = True, embeddings: bool = False) -> list[StoredChunk]:
+        """Every chunk of these documents (the chunks whose document_id is one of them)."""
+        doc_ids = list(doc_ids)
+        return [
+            chunk
+            for k in range(0, len(doc_ids), DOCUMENTS_BATCH)
+            for chunk in self._read(name, texts, embeddings, where={"document_id": {"$in": doc_ids[k : k + DOCUMENTS_BATCH]}})
+        ]
+
+    def _read(self, name: str, texts: bool, embeddings: bool, **which: Any) -> list[StoredChunk]:
         include = ["metadatas"] + (["documents"] if texts else []) + (["embeddings"] if embeddings else [])
 
         def read(collection: chromadb.Collection) -> list[StoredChunk]:
-            result = collection.get(ids=list(ids) if ids is not None else None, include=include)
+            result = collection.get(**which, include=include)
             documents = result.get("documents") if texts else None
             vectors = result.get("embeddings") if embeddings else None
             return [

@@ -4,11 +4,14 @@ An SQLite database in the data dir (``index.sqlite``). A file's row is marked ``
 before its chunks in Chroma are touched and ``indexed`` after, so a run that dies half-way
 leaves rows that say which documents the next run must redo: no duplicate or orphan chunks.
 Each collection has a generation number that changes whenever its chunks change, which is
-how searches in other processes know to rebuild their keyword index.
+how searches in other processes know their cache of the collection is out of date; the
+change log says which documents each generation changed, so that a cache reads only those
+again (``changes_since``).
 """
 
 from __future__ import annotations
 
+import json
 import sqlite3
 import time
 from collections.abc import Iterable
@@ -40,7 +43,15 @@ CREATE TABLE IF NOT EXISTS generations (
     collection TEXT PRIMARY KEY,
     generation INTEGER NOT NULL
 );
+CREATE TABLE IF NOT EXISTS changes (
+    collection TEXT NOT NULL,
+    generation INTEGER NOT NULL,
+    doc_ids    TEXT,            -- JSON list of the documents whose chunks this generation changed; NULL: any may have
+    PRIMARY KEY (collection, generation)
+);
 """
+# Generations of each collection the change log keeps; a cache further behind reads the whole collection again.
+CHANGE_LOG_GENERATIONS = 2000
 
 
 @dataclass(frozen=True)
@@ -56,6 +67,12 @@ class FileRecord:
     state: State
     error: str
     indexed_at: float
+
+
+@dataclass(frozen=True)
+class Changes:
+    generation: int  # the collection's generation now
+    doc_ids: frozenset[str] | None  # the documents whose chunks changed since the one asked about; None: unknown (read all)
 
 
 class Manifest(SqliteFile):
@@ -99,27 +116,47 @@ class Manifest(SqliteFile):
                    (:collection, :doc_id, :root, :path, :sha256, :size, :title, :chunks, :state, :error, :indexed_at)""",
                 [r.__dict__ for r in records],
             )
-            self._bump(db, {r.collection for r in records if r.state != "failed"})
+            changed: dict[str, list[str]] = {}
+            for r in records:
+                if r.state != "failed":  # a failed file keeps the chunks it had
+                    changed.setdefault(r.collection, []).append(r.doc_id)
+            self._bump(db, changed)
 
     def remove(self, collection: str, doc_ids: Iterable[str]) -> None:
         with self._write() as db:
+            doc_ids = list(doc_ids)
             db.executemany("DELETE FROM files WHERE collection = ? AND doc_id = ?", [(collection, d) for d in doc_ids])
-            self._bump(db, {collection})
+            self._bump(db, {collection: doc_ids})
 
     def drop_collection(self, collection: str) -> None:
         with self._write() as db:
             db.execute("DELETE FROM files WHERE collection = ?", (collection,))
-            self._bump(db, {collection})
+            self._bump(db, {collection: None})
 
     def generation(self, collection: str) -> int:
         rows = self._read("SELECT generation FROM generations WHERE collection = ?", (collection,))
         return rows[0][0] if rows else 0
 
+    def changes_since(self, collection: str, generation: int) -> Changes:
+        """The collection's generation now, and which documents' chunks changed after ``generation``."""
+        now = self.generation(collection)
+        if now == generation:
+            return Changes(now, frozenset())
+        rows = self._read(
+            "SELECT doc_ids FROM changes WHERE collection = ? AND generation > ? AND generation <= ?", (collection, generation, now)
+        )
+        if len(rows) != now - generation or any(row[0] is None for row in rows):
+            return Changes(now, None)  # the log was pruned, began later, or says "everything"
+        return Changes(now, frozenset(doc_id for row in rows for doc_id in json.loads(row[0])))
+
     @staticmethod
-    def _bump(db: sqlite3.Connection, collections: set[str]) -> None:
-        for collection in collections:
-            db.execute(
+    def _bump(db: sqlite3.Connection, changed: dict[str, list[str] | None]) -> None:
+        """A new generation for each collection, logged with the documents it changed (None: any)."""
+        for collection, doc_ids in changed.items():
+            (generation,) = db.execute(
                 """INSERT INTO generations VALUES (?, 1)
-                   ON CONFLICT (collection) DO UPDATE SET generation = generation + 1""",
+                   ON CONFLICT (collection) DO UPDATE SET generation = generation + 1 RETURNING generation""",
                 (collection,),
-            )
+            ).fetchone()
+            db.execute("INSERT OR REPLACE INTO changes VALUES (?, ?, ?)", (collection, generation, None if doc_ids is None else json.dumps(doc_ids)))
+            db.execute("DELETE FROM changes WHERE collection = ? AND generation <= ?", (collection, generation - CHANGE_LOG_GENERATIONS))
