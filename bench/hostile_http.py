@@ -1,13 +1,17 @@
 """Hostile HTTP requests against `teambot serve`: its peak memory under oversized bodies, and how
-100 parallel wrong sign-ins from one address are answered, for this tree and another (today's
-code before the limits, e.g. a checkout of main at /work/before).
+100 parallel wrong sign-ins from one address are answered, and what hostile knowledge files
+uploaded through the console do to it, for this tree and another (today's code before the
+limits, e.g. a checkout of main at /work/before).
 
     .venv/bin/python -m bench.hostile_http [--before /path/to/other/checkout]
 
 Each scenario gets a fresh `teambot serve` (console and Slack's HTTP Events API, against the
 fake LLM and the fake Slack of tests/), and reads its memory from /proc/<pid>/status: VmRSS
 idle, VmHWM (the peak) after the request. The bodies are made lazily (tests/raw_http.py), so
-this process stays small. Writes bench/results/hostile-http.json.
+this process stays small. Uploads (each file alone, after a sign-in): a 1 MB .docx referring to
+a 1 GiB part, a malformed .docx, HTML nested 5,000 deep, a 100,000-page PDF, a Markdown file with
+a 119-character Chinese name; the peak is `teambot serve`'s own (the after tree parses in a worker
+process of its own, capped at rag.parse_memory_mb by RLIMIT_AS). Writes bench/results/hostile-http.json.
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ import httpx
 from bench.common import bench_settings, save
 from tests.fake_llm import FakeLLM
 from tests.fake_slack import BOT_TOKEN, FakeSlack
+from tests.hostile_files import LONG_CHINESE_NAME, docx_bomb, malformed_docx, many_page_pdf, nested_html
 from tests.proc import process_env, start_serve
 from tests.raw_http import MiB, post_lazily, proc_status_kb
 
@@ -110,13 +115,58 @@ async def sign_in_scenario(tree: Path, work: Path, fakes: tuple[FakeLLM, FakeSla
         await stop(process)
 
 
-async def measure(tree: Path, work: Path, fakes: tuple[FakeLLM, FakeSlack]) -> dict[str, Any]:
+def hostile_uploads(folder: Path) -> list[tuple[str, str, bytes]]:
+    """(scenario, file name, content): written once to ``folder``, sent to both trees."""
+    folder.mkdir(parents=True, exist_ok=True)
+    return [
+        ("upload_docx_bomb_1gib", "bomb.docx", docx_bomb(folder / "bomb.docx", 1024).read_bytes()),
+        ("upload_malformed_docx", "broken.docx", malformed_docx(folder / "broken.docx").read_bytes()),
+        ("upload_nested_html", "deep.html", nested_html(folder / "deep.html").read_bytes()),
+        ("upload_pdf_100000_pages", "manual.pdf", many_page_pdf(folder / "manual.pdf", 100_000).read_bytes()),
+        ("upload_long_chinese_name", LONG_CHINESE_NAME, "# 住宿标准\n\n每晚六百元。\n".encode()),
+    ]
+
+
+async def upload_scenario(tree: Path, work: Path, fakes: tuple[FakeLLM, FakeSlack], name: str, data: bytes) -> dict[str, Any]:
+    process, url = await serve(tree, work, *fakes)
+    try:
+        async with httpx.AsyncClient(base_url=url, timeout=600) as client:
+            signed_in = await client.post("/admin/api/login", json={"password": ADMIN_TOKEN})
+            assert signed_in.status_code == 200, signed_in.text
+            peak_before_kb = proc_status_kb(process.pid, "VmHWM")
+            started = time.perf_counter()
+            answer = await client.post(
+                "/admin/api/upload", data={"collection": "default"}, files=[("files", (name, data, "application/octet-stream"))]
+            )
+            seconds = time.perf_counter() - started
+        peak_kb = proc_status_kb(process.pid, "VmHWM") if process.returncode is None else None
+        try:
+            body: Any = answer.json()
+        except ValueError:
+            body = answer.text[:200]
+        return {
+            "status": answer.status_code,
+            "answer": body,
+            "seconds": round(seconds, 2),
+            "peak_rss_before_mb": round(peak_before_kb / 1024, 1),
+            "peak_rss_after_mb": round(peak_kb / 1024, 1) if peak_kb is not None else None,
+            "peak_growth_mb": round((peak_kb - peak_before_kb) / 1024, 1) if peak_kb is not None else None,
+            "still_running": process.returncode is None,
+        }
+    finally:
+        await stop(process)
+
+
+async def measure(tree: Path, work: Path, fakes: tuple[FakeLLM, FakeSlack], uploads: list[tuple[str, str, bytes]]) -> dict[str, Any]:
     results: dict[str, Any] = {"tree": str(tree)}
     for name, path, size, declared in BODIES:
         results[name] = await body_scenario(tree, work, fakes, path, size, declared)
         print(f"{tree.name}: {name}: {results[name]}", flush=True)
     results["parallel_wrong_sign_ins"] = await sign_in_scenario(tree, work, fakes)
     print(f"{tree.name}: parallel_wrong_sign_ins: {results['parallel_wrong_sign_ins']}", flush=True)
+    for scenario, name, data in uploads:
+        results[scenario] = await upload_scenario(tree, work, fakes, name, data)
+        print(f"{tree.name}: {scenario}: {results[scenario]}", flush=True)
     return results
 
 
@@ -129,9 +179,10 @@ async def main() -> None:
     try:
         with tempfile.TemporaryDirectory(prefix="bench-hostile-") as tmp:
             os.chdir(tmp)
+            uploads = hostile_uploads(Path(tmp) / "files")
             if args.before:
-                results["before"] = await measure(args.before.resolve(), Path(tmp) / "before", (fake_llm, fake_slack))
-            results["after"] = await measure(THIS_TREE, Path(tmp) / "after", (fake_llm, fake_slack))
+                results["before"] = await measure(args.before.resolve(), Path(tmp) / "before", (fake_llm, fake_slack), uploads)
+            results["after"] = await measure(THIS_TREE, Path(tmp) / "after", (fake_llm, fake_slack), uploads)
     finally:
         await fake_slack.stop()
         fake_llm.stop()

@@ -11,6 +11,7 @@ from tests.conftest import EXAMPLES
 
 SAMPLE_DOCX = EXAMPLES / "code-review.docx"
 _IMAGE = "http://schemas.openxmlformats.org/officeDocument/2006/relationships/image"
+LONG_CHINESE_NAME = ("关于二零二六年度差旅报销住宿标准与审批流程的补充说明" * 5)[:119] + ".md"  # 360 bytes: over the 255 a name may have
 
 
 def docx_bomb(path: Path, part_mb: int) -> Path:

@@ -13,10 +13,8 @@ from config.errors import TeambotError
 from config.settings import Settings
 from tests.conftest import make_settings
 from tests.fake_llm import FakeLLM
-from tests.hostile_files import docx_bomb, malformed_docx, many_page_pdf, nested_html
+from tests.hostile_files import LONG_CHINESE_NAME, docx_bomb, malformed_docx, many_page_pdf, nested_html
 from tests.test_console import console_settings, serving, sign_in
-
-LONG_CHINESE_NAME = ("关于二零二六年度差旅报销住宿标准与审批流程的补充说明" * 5)[:119] + ".md"  # 360 bytes: over the 255 a name may have
 
 
 def leftovers(folder: Path) -> list[str]:
