@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -185,3 +186,31 @@ def test_the_worker_process_reads_files_within_memory_and_cpu_limits(tmp_path: P
     finally:
         small.close()
         quick.close()
+
+
+def test_the_worker_is_read_from_in_a_process_with_more_than_1024_open_files(tmp_path: Path) -> None:
+    """A busy `teambot serve` holds many descriptors; select() refuses any past 1023, which made
+    every parse fail with "filedescriptor out of range" once the worker's pipe got one of those."""
+    import resource
+
+    from rag.ingest.documents import ParseLimits
+    from rag.ingest.isolation import DocumentReader
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < 1200:
+        if hard != resource.RLIM_INFINITY and hard < 1200:
+            pytest.skip(f"RLIMIT_NOFILE hard limit {hard} is under 1200")
+        resource.setrlimit(resource.RLIMIT_NOFILE, (1200, hard))
+    held = []
+    try:
+        while not held or held[-1] < 1100:  # the worker's pipe is opened after these, past 1023
+            held.append(os.open(os.devnull, os.O_RDONLY))
+        reader = DocumentReader(ParseLimits(), memory_mb=1024, cpu_s=60)
+        try:
+            assert reader.read(EXAMPLES / "code-review.docx").title == "Code review guidelines"
+        finally:
+            reader.close()
+    finally:
+        for fd in held:
+            os.close(fd)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))

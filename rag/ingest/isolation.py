@@ -174,8 +174,11 @@ def _read_line(stream: IO[bytes], deadline: float) -> bytes | None:
         remaining = deadline - time.monotonic()
         if remaining <= 0:
             return None
-        ready, _, _ = select.select([stream], [], [], remaining)
-        if ready:
+        # poll, not select: select() refuses descriptors past 1023, and a busy `teambot serve`
+        # (or a long test run) holds more open files than that.
+        poller = select.poll()
+        poller.register(stream, select.POLLIN | select.POLLHUP | select.POLLERR)
+        if poller.poll(max(1, int(remaining * 1000))):
             return stream.readline()
 
 
