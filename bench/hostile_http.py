@@ -75,6 +75,17 @@ async def stop(process: asyncio.subprocess.Process) -> None:
         await asyncio.wait_for(process.wait(), 120)
 
 
+def peak_memory(process: asyncio.subprocess.Process, peak_before_kb: int) -> dict[str, Any]:
+    """The process's peak resident memory (VmHWM) before and after a request, and whether it survived."""
+    peak_kb = proc_status_kb(process.pid, "VmHWM") if process.returncode is None else None
+    return {
+        "peak_rss_before_mb": round(peak_before_kb / 1024, 1),
+        "peak_rss_after_mb": round(peak_kb / 1024, 1) if peak_kb is not None else None,
+        "peak_growth_mb": round((peak_kb - peak_before_kb) / 1024, 1) if peak_kb is not None else None,
+        "still_running": process.returncode is None,
+    }
+
+
 async def body_scenario(tree: Path, work: Path, fakes: tuple[FakeLLM, FakeSlack], path: str, size: int, declared: bool) -> dict[str, Any]:
     process, url = await serve(tree, work, *fakes)
     try:
@@ -84,16 +95,12 @@ async def body_scenario(tree: Path, work: Path, fakes: tuple[FakeLLM, FakeSlack]
         started = time.perf_counter()
         answer = await asyncio.to_thread(post_lazily, url, path, size, declared=declared, headers=headers)
         seconds = time.perf_counter() - started
-        peak_kb = proc_status_kb(process.pid, "VmHWM") if process.returncode is None else None
         return {
             "status": answer.status,
             "bytes_sent_before_the_answer": answer.sent,
             "seconds": round(seconds, 2),
             "rss_idle_mb": round(idle_kb / 1024, 1),
-            "peak_rss_before_mb": round(peak_before_kb / 1024, 1),
-            "peak_rss_after_mb": round(peak_kb / 1024, 1) if peak_kb is not None else None,
-            "peak_growth_mb": round((peak_kb - peak_before_kb) / 1024, 1) if peak_kb is not None else None,
-            "still_running": process.returncode is None,
+            **peak_memory(process, peak_before_kb),
         }
     finally:
         await stop(process)
@@ -139,7 +146,6 @@ async def upload_scenario(tree: Path, work: Path, fakes: tuple[FakeLLM, FakeSlac
                 "/admin/api/upload", data={"collection": "default"}, files=[("files", (name, data, "application/octet-stream"))]
             )
             seconds = time.perf_counter() - started
-        peak_kb = proc_status_kb(process.pid, "VmHWM") if process.returncode is None else None
         try:
             body: Any = answer.json()
         except ValueError:
@@ -148,10 +154,7 @@ async def upload_scenario(tree: Path, work: Path, fakes: tuple[FakeLLM, FakeSlac
             "status": answer.status_code,
             "answer": body,
             "seconds": round(seconds, 2),
-            "peak_rss_before_mb": round(peak_before_kb / 1024, 1),
-            "peak_rss_after_mb": round(peak_kb / 1024, 1) if peak_kb is not None else None,
-            "peak_growth_mb": round((peak_kb - peak_before_kb) / 1024, 1) if peak_kb is not None else None,
-            "still_running": process.returncode is None,
+            **peak_memory(process, peak_before_kb),
         }
     finally:
         await stop(process)

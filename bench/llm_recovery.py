@@ -28,25 +28,12 @@ from typing import Any
 import httpx
 
 from bench.common import QUESTIONS, RESULTS, bench_settings, save
-from tests.proc import process_env, start_serve
+from tests.proc import llm_child, process_env, start_serve
 
 REPO = Path(__file__).resolve().parent.parent
 EXAMPLES = REPO / "examples" / "knowledge"
 ADMIN_TOKEN = "bench-recovery-token-7c1a"
 QUESTION = QUESTIONS[0]  # the on-call guide answers it, so the model is asked
-
-
-def llm_child(serve_pid: int) -> int:
-    """The pid of the llama.cpp server that `teambot serve` runs, or 0."""
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-            cmdline = (stat.parent / "cmdline").read_bytes()
-        except (OSError, IndexError):
-            continue
-        if int(fields[1]) == serve_pid and fields[0] != "Z" and b"llama_cpp.server" in cmdline:
-            return int(stat.parent.name)
-    return 0
 
 
 async def ask(client: httpx.AsyncClient) -> dict[str, Any]:
@@ -104,7 +91,9 @@ async def measure(tree: Path, work: Path, kills: int, deadline_s: float) -> dict
                 healthy_s = await healthy
                 stat = Path(f"/proc/{child}/stat")
                 zombie = stat.exists() and stat.read_text().rsplit(")", 1)[1].split()[0] == "Z"
-                results.append({"answered_s": answered_s, "healthz_ok_s": healthy_s, "told_meanwhile": told, "killed_child_left_a_zombie": zombie})
+                results.append(
+                    {"answered_s": answered_s, "healthz_ok_s": healthy_s, "told_meanwhile": told, "killed_child_left_a_zombie": zombie}
+                )
                 print(f"{tree}: {results[-1]}", file=sys.stderr)
                 if answered_s is None:
                     break  # it does not come back: the next kill has nothing to kill

@@ -83,3 +83,16 @@ async def start_serve(env: dict[str, str], timeout: float = 180) -> tuple[asynci
 
     process._teambot_drain = asyncio.create_task(drain())  # type: ignore[attr-defined]
     return process, match.group(1), seen
+
+
+def llm_child(serve_pid: int) -> int:
+    """The pid of the llama.cpp server `teambot serve` (``serve_pid``) runs, or 0."""
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+            cmdline = (stat.parent / "cmdline").read_bytes()
+        except (OSError, IndexError):
+            continue
+        if int(fields[1]) == serve_pid and fields[0] != "Z" and b"llama_cpp.server" in cmdline:
+            return int(stat.parent.name)
+    return 0

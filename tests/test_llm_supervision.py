@@ -26,7 +26,7 @@ from inference.llamacpp import LlamaCppServer, shipped_model_path
 from inference.process import ServerProcess, child_env
 from inference.supervisor import LLMGaveUp, LLMRestarting, ServerSupervisor
 from tests.conftest import client_for, indexed_copy, make_settings
-from tests.proc import async_wait_for, process_env, start_serve
+from tests.proc import async_wait_for, llm_child, process_env, start_serve
 
 ADMIN_TOKEN = "supervision-test-token-5d0e"
 ON_CALL_QUESTION = "Who gets paged if the primary on-call does not acknowledge a page?"
@@ -72,11 +72,15 @@ def test_a_server_log_is_rotated_while_the_child_writes(tmp_path: Path) -> None:
     assert log.read_text().rstrip().endswith("last line")
 
 
-async def test_the_real_llamacpp_server_sees_no_secrets_and_its_log_stays_under_the_limit(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_the_real_llamacpp_server_sees_no_secrets_and_its_log_stays_under_the_limit(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     for name, value in {**SECRETS, "SLACK_BOT_TOKEN": "xoxb-9a7c", "DISCORD_BOT_TOKEN": "discord-33f0"}.items():
         monkeypatch.setenv(name, value)
     limit = 16 * 1024
-    settings = make_settings(tmp_path / "data", tmp_path / "knowledge", inference={"context_size": 512, "server_log_max_bytes": limit, "server_log_backups": 2})
+    settings = make_settings(
+        tmp_path / "data", tmp_path / "knowledge", inference={"context_size": 512, "server_log_max_bytes": limit, "server_log_backups": 2}
+    )
     server = LlamaCppServer(settings.inference, log_dir=settings.logs_dir)
     endpoint = await server.start()
     try:
@@ -144,7 +148,9 @@ async def test_the_supervisor_restarts_with_backoff_and_gives_up_after_max_resta
         await server.stop()
 
 
-async def test_a_restart_that_dies_soon_counts_as_failed_and_one_that_lasts_does_not(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_a_restart_that_dies_soon_counts_as_failed_and_one_that_lasts_does_not(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     server = SleeperServer(tmp_path)
     await server.start()
     supervisor = ServerSupervisor(server, InferenceSettings(max_restarts=1, restart_backoff_s=0.05))
@@ -166,19 +172,6 @@ async def test_a_restart_that_dies_soon_counts_as_failed_and_one_that_lasts_does
 
 
 # --- a real `teambot serve` ------------------------------------------------------------------
-
-
-def llm_child(serve_pid: int) -> int:
-    """The pid of the llama.cpp server `teambot serve` (``serve_pid``) runs, or 0."""
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-            cmdline = (stat.parent / "cmdline").read_bytes()
-        except (OSError, IndexError):
-            continue
-        if int(fields[1]) == serve_pid and fields[0] != "Z" and b"llama_cpp.server" in cmdline:
-            return int(stat.parent.name)
-    return 0
 
 
 def place_model(path: Path) -> Path:
