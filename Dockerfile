@@ -28,4 +28,6 @@ VOLUME ["/data", "/knowledge"]
 # The first index and the LLM's start can take minutes: failures count after start-period.
 HEALTHCHECK --interval=30s --timeout=10s --start-period=600s --retries=3 \
     CMD ["python", "-c", "import os, sys, urllib.request; sys.exit(0 if urllib.request.urlopen(f\"http://127.0.0.1:{os.environ.get('TEAMBOT_HTTP_PORT', '8080')}/healthz\", timeout=8).status == 200 else 1)"]
-CMD ["sh", "-c", "teambot index && exec teambot serve"]
+# serve starts even when the first index refuses (e.g. /knowledge mounted empty, which the
+# mass-delete guard stops): it answers from the chunks it has and reports the refusal.
+CMD ["sh", "-c", "teambot index; exec teambot serve"]
