@@ -50,6 +50,8 @@ test: install-dev $(CHROMIUM)
 
 # LMDEPLOY_CLONE=path/to/a/clone/of/InternLM/lmdeploy adds the second question set.
 LMDEPLOY_CLONE ?=
+# BEFORE=path/to/another/checkout measures the hostile-input and recovery benchmarks beside it.
+BEFORE ?=
 
 bench: install-dev
 	$(BIN)/python -m bench.eval --set knowledge --calibrate
@@ -61,6 +63,9 @@ bench: install-dev
 	$(BIN)/python -m bench.large_collection
 	$(BIN)/python -m bench.ttft
 	$(BIN)/python -m bench.reindex
+	$(BIN)/python -m bench.hostile_http $(if $(BEFORE),--before $(BEFORE))
+	$(BIN)/python -m bench.llm_recovery $(if $(BEFORE),--before $(BEFORE))
+	$(if $(BEFORE),$(BIN)/python -m bench.hostile_files --before $(BEFORE))
 
 clean:
 	rm -rf $(VENV) data .pytest_cache
