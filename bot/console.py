@@ -222,9 +222,8 @@ class Console:
                     log.exception("console: uploading %s failed", name)
                     results.append({"file": name, "ok": False, "error": f"unexpected error ({type(exc).__name__}); it is in teambot's log"})
                 else:
-                    results.append(
-                        {"file": name, "ok": True, "name": added.name, "chunks": added.chunks, "replaced": added.replaced, "previous": added.previous}
-                    )
+                    result = {"file": name, "ok": True, "name": added.name, "chunks": added.chunks, "replaced": added.replaced}
+                    results.append(result | {"previous": added.previous, "not_indexed": added.not_indexed})
         finally:
             await form.close()
         return JSONResponse({"collection": collection, "results": results})

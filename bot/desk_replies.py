@@ -25,7 +25,13 @@ class Markup:
 
 def added_text(added: Added, m: Markup) -> str:
     verb = "Replaced" if added.replaced else "Added"
-    text = f"{verb} {m.bold(m.escape(added.name))} in `{added.collection}`: {added.chunks} chunks indexed. I can answer from it now."
+    if added.not_indexed:
+        text = (
+            f"{m.warning} {verb} {m.bold(m.escape(added.name))} in `{added.collection}`, but it is not searchable yet: "
+            f"{m.escape(added.not_indexed)}. The next index run tries again (`teambot status` shows how it went)."
+        )
+    else:
+        text = f"{verb} {m.bold(m.escape(added.name))} in `{added.collection}`: {added.chunks} chunks indexed. I can answer from it now."
     if added.previous:
         text += f" The previous version is kept as `{m.escape(added.previous)}` (not indexed)."
     return text

@@ -114,3 +114,24 @@ def test_only_the_newest_versions_are_kept(tmp_path: Path, knowledge: Path) -> N
     with knowledge_runtime(none) as runtime:
         added = runtime.desk.add("default", "faq.txt", b"Question 5?\nAnswer 5.\n", "test")
     assert added.replaced and added.previous is None and len(list((knowledge / ".versions" / "faq.txt").iterdir())) == 2
+
+
+def test_a_file_saved_while_the_store_is_locked_is_reported_saved_and_indexed_by_the_next_run(tmp_path: Path, knowledge: Path) -> None:
+    """Once the file is saved, a failed index run does not undo that: the reply must say it was
+    saved and is not searchable yet (not "nothing was changed"), and the next run indexes it."""
+    from bot.desk_replies import added_text
+    from bot.slack.adapter import MARKUP
+    from tests.test_indexer import _locked
+
+    settings = make_settings(tmp_path / "data", knowledge, rag={"store_timeout_s": 1})
+    with knowledge_runtime(settings) as runtime:
+        runtime.indexer.run()
+        with _locked(runtime.store.path / "chroma.sqlite3"):  # another process writing to the same Chroma store
+            added = runtime.desk.add("default", "gym.md", b"# Gym\n\nThe gym is on the ground floor, open from 6 to 22.\n", "test")
+        assert (knowledge / "gym.md").exists() and leftovers(knowledge) == []
+        assert added.chunks == 0 and added.not_indexed is not None and "locked" in added.not_indexed
+        text = added_text(added, MARKUP)
+        assert text.startswith(":warning: Added *gym.md* in `default`, but it is not searchable yet: ") and "Nothing was changed" not in text
+        report = runtime.indexer.run()  # the lock is gone: the next run (scheduled, or this one) indexes it
+        assert report.added == 1 and not report.failed
+        assert runtime.retriever.search("When is the gym open?", ["default"]).passages[0].path == "gym.md"

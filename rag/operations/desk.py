@@ -58,8 +58,9 @@ class Added:
     name: str
     chunks: int
     replaced: bool  # a file of that name was there before
-    run_id: int
+    run_id: int | None  # None when the index run could not even be recorded
     previous: str | None = None  # where the replaced file was kept, relative to the collection's folder
+    not_indexed: str | None = None  # saved, but its index run failed (why): the next run tries again
 
 
 @dataclass(frozen=True)
@@ -218,10 +219,19 @@ class KnowledgeDesk:
                 ) from None
         finally:
             staging.unlink(missing_ok=True)
-        run = self._runs.run(trigger, lambda progress: [self._indexer.run([final], collection, progress=progress)])
+        # The file is saved from here on: a failed index run does not undo that (the next run
+        # indexes it), so it is reported as saved but not searchable yet, not as refused.
+        try:
+            run = self._runs.run(trigger, lambda progress: [self._indexer.run([final], collection, progress=progress)])
+        except TeambotError as exc:  # e.g. the store is locked or down
+            log.warning("upload: %s was saved in %s but its index run failed: %s", name, collection, exc.message)
+            return Added(collection, name, 0, replaced, None, previous, not_indexed=exc.message)
         report = run.report_for(collection)
         if isinstance(report, IndexReport) and report.failed:
-            raise UploadError(f"{name} was saved but not indexed: {report.failed[0]['error']}")
+            return Added(collection, name, 0, replaced, run.id, previous, not_indexed=str(report.failed[0]["error"]))
+        if not isinstance(report, IndexReport):  # the collection could not be indexed at all
+            error = report.error if report is not None else f"run {run.id} did not index collection {collection}"
+            return Added(collection, name, 0, replaced, run.id, previous, not_indexed=error)
         record = self._record(collection, folder, name)
         return Added(collection, name, record.chunks if record else 0, replaced, run.id, previous)
 
