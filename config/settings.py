@@ -77,8 +77,9 @@ class LMDeploySettings(_Section):
     """Sequences decoded at once; empty: lmdeploy's default for the GPU."""
     tp: int = Field(1, ge=1, le=64)
     """Tensor parallelism: GPUs one server spreads the model over."""
-    trust_remote_code: bool = True
-    """InternLM2 models ship their tokenizer as code in the model folder."""
+    trust_remote_code: bool | Literal["auto"] = "auto"
+    """Let the model folder's own Python code run (--trust-remote-code). auto: only for a model whose
+    config.json or tokenizer_config.json names such code (``auto_map``; InternLM2 does)."""
     extra_args: list[str] = []
     """More `lmdeploy serve api_server` arguments, as they are written on its command line."""
     start_timeout_s: float = Field(600.0, gt=0)

@@ -11,6 +11,7 @@ model, and teambot reads the log to say which one runs.
 
 from __future__ import annotations
 
+import asyncio
 import importlib.util
 import json
 import logging
@@ -25,6 +26,7 @@ from typing import Literal
 from config.errors import ConfigError
 from config.settings import InferenceSettings, LMDeploySettings
 from inference.client import Endpoint
+from inference.model_check import check_tokenizer, needs_remote_code
 from inference.process import Progress, ServerProcess, free_port
 
 log = logging.getLogger(__name__)
@@ -123,9 +125,14 @@ def server_args(settings: LMDeploySettings, model: Path, fmt: str, port: int) ->
         args += ["--session-len", str(settings.session_len)]
     if settings.max_batch_size:
         args += ["--max-batch-size", str(settings.max_batch_size)]
-    if settings.trust_remote_code:
+    if trust_remote_code(settings, model):
         args.append("--trust-remote-code")
     return args + settings.extra_args
+
+
+def trust_remote_code(settings: LMDeploySettings, model: Path) -> bool:
+    """inference.lmdeploy.trust_remote_code, with auto decided from the model folder."""
+    return needs_remote_code(model) if settings.trust_remote_code == "auto" else settings.trust_remote_code
 
 
 def launch_command(args: list[str], key_fd: int) -> list[str]:
@@ -177,6 +184,9 @@ class LMDeployServer:
         assert self.model_path is not None
         check_model(self.model_path)
         fmt = model_format(self.model_path, self._settings.model_format)
+        if progress:
+            progress(f"checking the tokenizer of {self.model_path.name}")
+        await asyncio.to_thread(check_tokenizer, self.model_path, trust_remote_code(self._settings, self.model_path))
         port = self._port = self._port or free_port()
         args = server_args(self._settings, self.model_path, fmt, port)
         if progress:

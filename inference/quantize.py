@@ -24,7 +24,9 @@ from typing import Any
 
 from config.errors import ConfigError, TeambotError
 from config.settings import Settings
+from inference import internlm2
 from inference.lmdeploy import GPU_INSTALL, check_model, gpu_problem, lmdeploy_installed
+from inference.model_check import installed, known_trouble, needs_remote_code
 from rag.ingest.documents import DocumentError, read_document
 from rag.store.manifest import Manifest
 
@@ -195,9 +197,6 @@ def quantize(
     if out.resolve() == source:
         raise ConfigError(f"--out {out} is the model folder itself", "give another folder; the source model is kept")
     out.mkdir(parents=True, exist_ok=True)
-    from transformers import AutoTokenizer
-
-    tokenizer = AutoTokenizer.from_pretrained(str(source), trust_remote_code=True)
     texts: list[str] = []
     if calib_dataset == KNOWLEDGE:
         progress("reading the indexed documents for calibration text")
@@ -206,14 +205,34 @@ def quantize(
             texts = knowledge_texts(manifest)
         finally:
             manifest.close()
-    plan = plan_calibration(calib_dataset, texts, tokenizer, calib_samples, calib_seqlen)
-    progress(f"calibration: {plan.note}")
-    _run_auto_awq(source, out, plan, calib_samples, group_size, batch_size, progress)
+    working = source  # what lmdeploy quantizes: the model, or its Llama-layout copy
+    converted: Path | None = None
+    if internlm2.is_internlm2(internlm2.read_config(source)):
+        for line in known_trouble(installed("transformers"), installed("sentencepiece")):
+            progress(line)
+        # The copy sits beside the output (the same disk); it is removed when quantization ends.
+        converted = working = internlm2.convert(source, out.parent / f".{out.name}.llama-layout", progress, check_texts=texts[:50])
+    try:
+        from transformers import AutoTokenizer
+
+        trust = needs_remote_code(working)
+        tokenizer = AutoTokenizer.from_pretrained(str(working), trust_remote_code=trust)
+        plan = plan_calibration(calib_dataset, texts, tokenizer, calib_samples, calib_seqlen)
+        progress(f"calibration: {plan.note}")
+        _run_auto_awq(working, out, plan, calib_samples, group_size, batch_size, trust, progress)
+        if converted is not None:
+            marker = json.loads((converted / internlm2.MARKER).read_text(encoding="utf-8"))
+            (out / internlm2.MARKER).write_text(json.dumps({**marker, "quantized": f"AWQ W4A16, group size {group_size}"}, indent=2), encoding="utf-8")
+    finally:
+        if converted is not None:
+            internlm2.remove(converted)
     before, after = weights_bytes(source), weights_bytes(out)
     return QuantizeResult(source, out, before, after, time.monotonic() - started, plan.note)
 
 
-def _run_auto_awq(source: Path, out: Path, plan: CalibrationPlan, calib_samples: int, group_size: int, batch_size: int, progress: Progress) -> None:
+def _run_auto_awq(
+    source: Path, out: Path, plan: CalibrationPlan, calib_samples: int, group_size: int, batch_size: int, trust_remote_code: bool, progress: Progress
+) -> None:
     import lmdeploy.lite.apis.calibrate as calibrate
     from lmdeploy.lite.apis.auto_awq import auto_awq
 
@@ -228,7 +247,7 @@ def _run_auto_awq(source: Path, out: Path, plan: CalibrationPlan, calib_samples:
     try:
         auto_awq(
             str(source), work_dir=str(out), calib_dataset=dataset, calib_samples=samples, calib_seqlen=plan.seqlen,
-            batch_size=batch_size, w_bits=4, w_group_size=group_size, trust_remote_code=True,
+            batch_size=batch_size, w_bits=4, w_group_size=group_size, trust_remote_code=trust_remote_code,
         )  # fmt: skip
     except (RuntimeError, ValueError, AssertionError, KeyError) as exc:
         raise QuantizeError(f"lmdeploy lite could not quantize {source}: {exc}", "see the output above; lmdeploy supports the models its docs list") from exc

@@ -67,8 +67,33 @@ def test_the_default_command_serves_w4a16_with_an_int8_kv_cache_on_loopback(tmp_
     assert args["--server-name"] == "127.0.0.1" and args["--server-port"] == "23333"
     assert "--backend" not in args  # lmdeploy's default picks TurboMind where it can, else PyTorch
     assert args["--cache-max-entry-count"] == "0.8" and args["--tp"] == "1"
-    assert "--api-keys" not in args and "--trust-remote-code" in args  # the key comes through a pipe
+    assert "--api-keys" not in args  # the key comes through a pipe
+    assert "--trust-remote-code" not in args  # no auto_map: nothing in the model folder is run
     assert "--session-len" not in args and "--max-batch-size" not in args  # lmdeploy's own defaults
+
+
+INTERNLM2_AUTO_MAP = {"AutoConfig": "configuration_internlm2.InternLM2Config", "AutoModelForCausalLM": "modeling_internlm2.InternLM2ForCausalLM"}
+
+
+@pytest.mark.parametrize(
+    ("config_key", "setting", "expected"),
+    [
+        ("config.json", "auto", True),  # InternLM2's own folder: config and modeling code are remote
+        ("tokenizer_config.json", "auto", True),  # a tokenizer written as code is enough
+        (None, "auto", False),
+        ("config.json", False, False),  # the team said no: lmdeploy will say what it cannot load
+        (None, True, True),
+    ],
+)
+def test_remote_code_is_trusted_only_for_a_model_that_ships_code(tmp_path: Path, config_key: str | None, setting: object, expected: bool) -> None:
+    settings = settings_with(tmp_path, trust_remote_code=setting)
+    model = awq_model(settings.inference.lmdeploy.model_path, quantized=False)  # type: ignore[arg-type]
+    if config_key:
+        path = model / config_key
+        current = json.loads(path.read_text()) if path.exists() else {}
+        path.write_text(json.dumps({**current, "auto_map": INTERNLM2_AUTO_MAP}))
+    command = server_args(settings.inference.lmdeploy, model, model_format(model, "auto"), 23333)
+    assert ("--trust-remote-code" in command) is expected
 
 
 @pytest.mark.parametrize(

@@ -1,8 +1,12 @@
 """The GPU run, on the lent machine: build, quantize, serve, ask, benchmark. Started by bench/gpu/run.sh.
 
-    python3 -m bench.gpu.pipeline --work /tmp/tb
+    python3 -m bench.gpu.pipeline --work /tmp/tb [--internlm2 FILES]
 
-1. builds a model with internlm2_5-1_8b-chat's shapes and random weights (bench/gpu/build_model.py);
+1. builds a model with internlm2_5-1_8b-chat's shapes and random weights: in the Llama layout
+   (bench/gpu/build_model.py), or with --internlm2 in InternLM2's own layout through its remote
+   code and real tokenizer from FILES, under the image's transformers (bench/gpu/build_internlm2.py;
+   the rest then runs on the transformers a user gets, put first on PYTHONPATH by run.sh), and
+   checks that teambot refuses to serve that folder as published (its tokenizer breaks lmdeploy);
 2. indexes a knowledge base (the sample one plus generated runbooks) and quantizes the model to
    W4A16 through `teambot quantize`'s code path (inference/quantize.py), calibrating on it;
 3. starts lmdeploy servers through teambot's manager (inference/lmdeploy.py) and runs
@@ -231,7 +235,34 @@ async def core_latency(work: Path, endpoint: Any) -> dict[str, Any]:
 # --- the run --------------------------------------------------------------------------------
 
 
-async def run(work: Path) -> None:
+def image_env() -> dict[str, str]:
+    """The environment without the user's transformers (USER_TRANSFORMERS, first on PYTHONPATH): the image's own."""
+    paths = [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p and p != os.environ.get("USER_TRANSFORMERS")]
+    return {"PYTHONPATH": os.pathsep.join(paths)}
+
+
+def build_internlm2(work: Path, files: Path) -> None:
+    models = work / "models"
+    report = work / "results" / "internlm2-build.json"
+    command([sys.executable, "-m", "bench.gpu.build_internlm2", "--remote-code", str(files), "--out", str(models / "internlm2"),
+             "--report", str(report)], "build InternLM2 through its remote code", image_env())  # fmt: skip
+    results["internlm2_build"] = json.loads(report.read_text())
+    results["model"] = {"parameters": results["internlm2_build"].get("parameters"), "bf16_weights_gib": weights_gib(models / "internlm2")}
+
+
+def ask(work: Path, model: Path, quant_policy: int) -> dict[str, Any]:
+    """`teambot ask` with inference.backend = auto on ``model``: its exit code and output."""
+    env = {**os.environ, "TEAMBOT_DATA_DIR": str(work / "data"), "TEAMBOT_RAG__KNOWLEDGE_DIR": str(work / "knowledge"),
+           "TEAMBOT_RAG__EMBED_MODEL": str(work / "stage" / "minilm-fp16"), "TEAMBOT_INFERENCE__BACKEND": "auto",
+           "TEAMBOT_INFERENCE__LMDEPLOY__MODEL_PATH": str(model), "TEAMBOT_INFERENCE__MAX_TOKENS": "48",
+           "TEAMBOT_INFERENCE__LMDEPLOY__SESSION_LEN": "4096", "TEAMBOT_INFERENCE__LMDEPLOY__QUANT_POLICY": str(quant_policy),
+           "TEAMBOT_INFERENCE__LMDEPLOY__EXTRA_ARGS": json.dumps(["--num-gpu-blocks", "256"])}  # fmt: skip
+    done = subprocess.run([sys.executable, "-m", "bot.cli", "ask", QUESTIONS[0]], cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
+    log(f"teambot ask ({model.name}, quant policy {quant_policy}) exit {done.returncode}\n{done.stderr[-1500:]}\n{done.stdout[-1500:]}")
+    return {"exit_code": done.returncode, "stdout": done.stdout[-3000:], "stderr": done.stderr[-3000:]}
+
+
+async def run(work: Path, internlm2_files: Path | None) -> None:
     import lmdeploy
     import torch  # this process never touches the GPU: servers and the quantizer run in their own
 
@@ -241,9 +272,13 @@ async def run(work: Path) -> None:
     models = work / "models"
     folder = knowledge(work)
 
-    with step(work, "build model"):
-        params = command([sys.executable, "-m", "bench.gpu.build_model", "--out", str(models / "bf16"), "--texts", str(folder)], "build model")
-        results["model"] = {"parameters": next(int(line) for line in params.splitlines() if line.strip().isdigit()), "bf16_weights_gib": weights_gib(models / "bf16")}
+    if internlm2_files is not None:
+        with step(work, "build InternLM2 model (remote code, image transformers)"):
+            build_internlm2(work, internlm2_files)
+    else:
+        with step(work, "build model"):
+            params = command([sys.executable, "-m", "bench.gpu.build_model", "--out", str(models / "bf16"), "--texts", str(folder)], "build model")
+            results["model"] = {"parameters": next(int(line) for line in params.splitlines() if line.strip().isdigit()), "bf16_weights_gib": weights_gib(models / "bf16")}
 
     with step(work, "index knowledge"):
         from bot.runtime import knowledge_runtime
@@ -252,11 +287,21 @@ async def run(work: Path) -> None:
             report = runtime.indexer.run()
         results["index"] = {"files": report.added, "chunks": report.total_chunks, "seconds": round(report.seconds, 1)}
 
+    source = models / "bf16"
+    if internlm2_files is not None:
+        source = models / "internlm2"
+        with step(work, "teambot ask on the InternLM2 folder as published (must be refused)"):
+            results["teambot_ask_published_folder"] = ask(work, source, 8)
+        with step(work, "convert to the Llama layout for the bf16 variant"):
+            from inference.internlm2 import convert
+
+            convert(source, models / "bf16", progress=log)
+
     with step(work, "teambot quantize"):
         env = {"TEAMBOT_DATA_DIR": str(work / "data"), "TEAMBOT_RAG__KNOWLEDGE_DIR": str(folder)}
-        output = command([sys.executable, "-m", "bot.cli", "quantize", "--model", str(models / "bf16"), "--out", str(models / "w4a16"),
+        output = command([sys.executable, "-m", "bot.cli", "quantize", "--model", str(source), "--out", str(models / "w4a16"),
                           "--group-size", "128", "--calib-samples", "16", "--calib-seqlen", "512"], "teambot quantize", env)  # fmt: skip
-        results["quantize"] = {"output": [line for line in output.splitlines() if line.startswith(("quantized", "calibration:", "model:"))],
+        results["quantize"] = {"output": [line for line in output.splitlines() if line.startswith(("quantized", "calibration:", "model:", "convert", "transformers"))],
                                "bf16_gib": weights_gib(models / "bf16"), "w4a16_gib": weights_gib(models / "w4a16")}  # fmt: skip
         results["gpu_after_quantize"] = gpu_processes()
 
@@ -264,17 +309,11 @@ async def run(work: Path) -> None:
 
     tokenizer = AutoTokenizer.from_pretrained(str(models / "bf16"))
     with step(work, "teambot ask end to end (W4A16 + KV int8)"):
-        env = {**os.environ, "TEAMBOT_DATA_DIR": str(work / "data"), "TEAMBOT_RAG__KNOWLEDGE_DIR": str(work / "knowledge"),
-               "TEAMBOT_RAG__EMBED_MODEL": str(work / "stage" / "minilm-fp16"), "TEAMBOT_INFERENCE__BACKEND": "auto",
-               "TEAMBOT_INFERENCE__LMDEPLOY__MODEL_PATH": str(models / "w4a16"), "TEAMBOT_INFERENCE__MAX_TOKENS": "48",
-               "TEAMBOT_INFERENCE__LMDEPLOY__SESSION_LEN": "4096",
-               "TEAMBOT_INFERENCE__LMDEPLOY__EXTRA_ARGS": json.dumps(["--num-gpu-blocks", "256"])}  # fmt: skip
-        ask = subprocess.Popen([sys.executable, "-m", "bot.cli", "ask", QUESTIONS[0]], cwd=REPO, env=env,
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
-        stdout, stderr = await asyncio.to_thread(ask.communicate, timeout=900)
-        results["teambot_ask"] = {"exit_code": ask.returncode, "stdout": stdout[-3000:], "stderr": stderr[-3000:]}
-        log(f"teambot ask exit {ask.returncode}\n{stderr[-1500:]}\n{stdout[-1500:]}")
+        results["teambot_ask"] = ask(work, models / "w4a16", 8)
         results["gpu_after_ask"] = gpu_processes()
+    if internlm2_files is not None:
+        with step(work, "teambot ask end to end (W4A16 + KV int4)"):
+            results["teambot_ask_kv4"] = ask(work, models / "w4a16", 4)
 
     uncapped = {name: server(work, name, model, policy, UNCAPPED_BLOCKS, "uncapped") for name, (model, policy) in variants(work).items()}
     with step(work, "start uncapped servers"):
@@ -334,9 +373,11 @@ async def run(work: Path) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--work", type=Path, required=True)
-    work = parser.parse_args().work
+    parser.add_argument("--internlm2", type=Path, help="InternLM2's remote code and tokenizer.model: build the model in its own layout")
+    args = parser.parse_args()
+    work = args.work
     try:
-        asyncio.run(run(work))
+        asyncio.run(run(work, args.internlm2))
     finally:
         results["total_seconds"] = round(time.monotonic() - started, 1)
         save(work)

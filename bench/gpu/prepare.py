@@ -1,6 +1,6 @@
 """Prepare, on this machine, what the lent GPU machine needs for bench/gpu/pipeline.py.
 
-    .venv/bin/python -m bench.gpu.prepare          # writes .gpu/part1 ... .gpu/partN
+    .venv/bin/python -m bench.gpu.prepare [--internlm2-files DIR]   # writes .gpu/part1 ... .gpu/partN
 
 The GPU machine has no network and takes at most 64 MiB per device call, and its Python is
 3.12 with PyTorch, transformers, sentence-transformers and friends already there. So:
@@ -10,6 +10,10 @@ The GPU machine has no network and takes at most 64 MiB per device call, and its
   that machine is CUDA 13, so TurboMind cannot run there anyway; the PyTorch engine does);
 - jieba as a wheel built here (PyPI has only its sdist);
 - the MiniLM embedder in float16 (87 MB -> 44 MB; the benchmark's index is built with it);
+- for the InternLM2 run: the transformers that `pip install -e '.[gpu]'` resolves (TRANSFORMERS_USER,
+  installed apart from the image's own, which builds the reference through the remote code) and
+  InternLM2's third-party remote code and tokenizer.model from DIR (bench/gpu/internlm2_files.sh
+  writes DIR from clones of InternLM's public repositories; nothing of it is committed);
 split into folders of at most PART_BYTES each, one per device call (bench/gpu/stage.sh).
 """
 
@@ -48,6 +52,8 @@ LMDEPLOY_NEEDS = [
     "lmdeploy==0.18.0", "fastapi==0.115.12", "starlette==0.46.2", "openai==2.8.1", "fire", "termcolor", "mmengine-lite", "addict",
     "yapf", "distro", "jiter", "partial-json-parser", "shortuuid", "pyzmq", "xgrammar", "apache-tvm-ffi==0.1.11",
 ]  # fmt: skip
+# What a user's `pip install -e '.[gpu]'` resolves today (lmdeploy 0.18 allows it); the image has 5.17.
+TRANSFORMERS_USER = ["transformers==5.24.0", "einops"]
 LMDEPLOY_DROP = ("lmdeploy/turbomind/_turbomind", "lmdeploy/turbomind/lib64/libxgrammar.a")
 
 
@@ -109,7 +115,9 @@ def _size(path: Path) -> int:
 
 
 def main() -> None:
-    argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter).parse_args()
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--internlm2-files", type=Path, help="a folder with InternLM2's remote code and tokenizer.model (bench/gpu/internlm2_files.sh)")
+    args = parser.parse_args()
     shutil.rmtree(OUT, ignore_errors=True)
     staging = OUT / "staging"
     wheels = staging / "wheels"
@@ -124,6 +132,13 @@ def main() -> None:
     jieba_wheel(wheels)
     embedder_fp16(staging / "minilm-fp16")
     items = list(wheels.iterdir()) + [staging / "minilm-fp16"]
+    if args.internlm2_files:
+        user = staging / "transformers-user"
+        user.mkdir()
+        for requirement in TRANSFORMERS_USER:
+            pip_download(requirement, user)
+        shutil.copytree(args.internlm2_files, staging / "internlm2-files")
+        items += [user, staging / "internlm2-files"]
     for folder in split(items, OUT):
         print(f"{folder.relative_to(REPO)}: {_size(folder) / 1024 / 1024:.1f} MiB, {len(list(folder.iterdir()))} items")
     shutil.rmtree(staging)

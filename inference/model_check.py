@@ -1,0 +1,107 @@
+"""Checks on a Hugging Face model folder before lmdeploy quantizes or serves it.
+
+- Remote code: a model whose config.json or tokenizer_config.json has an ``auto_map`` runs code
+  from its own folder (InternLM2 does), which transformers loads only with trust_remote_code.
+  teambot passes ``--trust-remote-code`` for such models and only for them.
+- Chat tokens inside the vocabulary: a tokenizer that gives a special token an id at or past
+  the model's ``vocab_size`` crashes lmdeploy on the first chat (a CUDA index error). This is
+  what InternLM2's remote tokenizer does on transformers 5; teambot says so before it starts.
+- Library versions with known trouble for the course's model (said once, at the start).
+"""
+
+from __future__ import annotations
+
+import importlib.metadata as md
+import json
+from pathlib import Path
+from typing import Any
+
+from config.errors import ConfigError
+
+def _json(path: Path) -> dict[str, Any]:
+    try:
+        return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"{path} cannot be read: {exc}", "check the model folder") from exc
+
+
+def needs_remote_code(folder: Path) -> bool:
+    """True when the model's config or tokenizer is code in its folder (``auto_map``)."""
+    return bool(_json(folder / "config.json").get("auto_map") or _json(folder / "tokenizer_config.json").get("auto_map"))
+
+
+def version_tuple(version: str) -> tuple[int, ...]:
+    parts = []
+    for piece in version.split(".")[:3]:
+        digits = "".join(c for c in piece if c.isdigit()) if not piece.isdigit() else piece
+        if not digits:
+            break
+        parts.append(int(digits))
+        if not piece.isdigit():
+            break
+    return tuple(parts)
+
+
+def installed(package: str) -> str | None:
+    try:
+        return md.version(package)
+    except md.PackageNotFoundError:
+        return None
+
+
+def known_trouble(transformers: str | None, sentencepiece: str | None) -> list[str]:
+    """What these versions are known to break for InternLM2's remote code, one line each (empty: nothing known)."""
+    lines = []
+    if transformers and version_tuple(transformers) >= (5,):
+        lines.append(
+            f"transformers {transformers} cannot run InternLM2's remote modeling code (written for 4.x) and its remote "
+            "tokenizer mis-tokenizes and puts the chat tokens past the vocabulary; teambot converts InternLM2 models to the "
+            "Llama layout with a rebuilt tokenizer instead (lossless)"
+        )
+    if sentencepiece and version_tuple(sentencepiece) == (0, 2, 2):
+        lines.append(
+            f"sentencepiece {sentencepiece} is reported to reject InternLM2's tokenizer.model (piece 354 is a NUL byte); "
+            "if reading it fails, `pip install -U sentencepiece`"
+        )
+    return lines
+
+
+def vocab_size(folder: Path) -> int | None:
+    config = _json(folder / "config.json")
+    size = config.get("vocab_size") or (config.get("text_config") or {}).get("vocab_size")
+    return size if isinstance(size, int) else None
+
+
+def out_of_vocab(tokenizer: Any, size: int) -> dict[str, int]:
+    """Special and added tokens whose id is at or past ``size`` (the model's embedding rows)."""
+    tokens = set(getattr(tokenizer, "all_special_tokens", None) or []) | set(tokenizer.get_added_vocab())
+    ids = {token: tokenizer.convert_tokens_to_ids(token) for token in sorted(tokens)}
+    return {token: i for token, i in ids.items() if isinstance(i, int) and i >= size}
+
+
+def check_tokenizer(folder: Path, trust_remote_code: bool) -> None:
+    """Loads the model's tokenizer as lmdeploy does; a ConfigError when a special token's id is past the vocabulary."""
+    size = vocab_size(folder)
+    if size is None:
+        return
+    from transformers import AutoTokenizer
+
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(str(folder), trust_remote_code=trust_remote_code)
+    except Exception as exc:  # tokenizer code of any kind raises any kind of error; all mean lmdeploy cannot load it either
+        raise ConfigError(f"the tokenizer in {folder} cannot be loaded: {type(exc).__name__}: {exc}", _fix(folder)) from exc
+    outside = out_of_vocab(tokenizer, size)
+    if outside:
+        shown = ", ".join(f"{t} = {i}" for t, i in outside.items())
+        raise ConfigError(
+            f"the tokenizer in {folder} gives {shown}, past the model's {size:,}-token vocabulary "
+            f"(transformers {installed('transformers')}); lmdeploy would crash on the first chat",
+            _fix(folder),
+        )
+
+
+def _fix(folder: Path) -> str:
+    config = _json(folder / "config.json")
+    if "InternLM2ForCausalLM" in (config.get("architectures") or []):
+        return f"run `teambot quantize --model {folder}`: it converts the model to the Llama layout with a rebuilt tokenizer, then quantizes it"
+    return "use the tokenizer files the model was published with, or a transformers version its remote code was written for"
