@@ -41,6 +41,25 @@ def test_file_then_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) 
     assert load_settings(config).rag.top_k == 9
 
 
+@pytest.mark.parametrize(("text", "expected"), [("4", 4), ("0", 0), (" 8 ", 8)])
+def test_kv_cache_policy_from_the_environment(monkeypatch: pytest.MonkeyPatch, text: str, expected: int) -> None:
+    # The GPU run found this: an environment value is text, and "8" was refused as "not 0, 4 or 8".
+    monkeypatch.setenv("TEAMBOT_INFERENCE__LMDEPLOY__QUANT_POLICY", text)
+    assert load_settings().inference.lmdeploy.quant_policy == expected
+
+
+@pytest.mark.parametrize(("text", "expected"), [("auto", "auto"), ("true", True), ("false", False)])
+def test_trust_remote_code_from_the_environment(monkeypatch: pytest.MonkeyPatch, text: str, expected: object) -> None:
+    monkeypatch.setenv("TEAMBOT_INFERENCE__LMDEPLOY__TRUST_REMOTE_CODE", text)
+    assert load_settings().inference.lmdeploy.trust_remote_code == expected
+
+
+def test_an_unknown_kv_cache_policy_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TEAMBOT_INFERENCE__LMDEPLOY__QUANT_POLICY", "5")
+    with pytest.raises(ConfigError, match="inference.lmdeploy.quant_policy"):
+        load_settings()
+
+
 def test_repository_config_file_is_valid(monkeypatch: pytest.MonkeyPatch) -> None:
     repo = Path(__file__).resolve().parent.parent
     monkeypatch.chdir(repo)

@@ -262,7 +262,7 @@ def ask(work: Path, model: Path, quant_policy: int) -> dict[str, Any]:
     return {"exit_code": done.returncode, "stdout": done.stdout[-3000:], "stderr": done.stderr[-3000:]}
 
 
-async def run(work: Path, internlm2_files: Path | None) -> None:
+async def run(work: Path, internlm2_files: Path | None, skip_bench: bool = False) -> None:
     import lmdeploy
     import torch  # this process never touches the GPU: servers and the quantizer run in their own
 
@@ -292,10 +292,11 @@ async def run(work: Path, internlm2_files: Path | None) -> None:
         source = models / "internlm2"
         with step(work, "teambot ask on the InternLM2 folder as published (must be refused)"):
             results["teambot_ask_published_folder"] = ask(work, source, 8)
-        with step(work, "convert to the Llama layout for the bf16 variant"):
-            from inference.internlm2 import convert
+        if not skip_bench:
+            with step(work, "convert to the Llama layout for the bf16 variant"):
+                from inference.internlm2 import convert
 
-            convert(source, models / "bf16", progress=log)
+                convert(source, models / "bf16", progress=log)
 
     with step(work, "teambot quantize"):
         env = {"TEAMBOT_DATA_DIR": str(work / "data"), "TEAMBOT_RAG__KNOWLEDGE_DIR": str(folder)}
@@ -305,15 +306,17 @@ async def run(work: Path, internlm2_files: Path | None) -> None:
                                "bf16_gib": weights_gib(models / "bf16"), "w4a16_gib": weights_gib(models / "w4a16")}  # fmt: skip
         results["gpu_after_quantize"] = gpu_processes()
 
-    from transformers import AutoTokenizer
-
-    tokenizer = AutoTokenizer.from_pretrained(str(models / "bf16"))
     with step(work, "teambot ask end to end (W4A16 + KV int8)"):
         results["teambot_ask"] = ask(work, models / "w4a16", 8)
         results["gpu_after_ask"] = gpu_processes()
     if internlm2_files is not None:
         with step(work, "teambot ask end to end (W4A16 + KV int4)"):
             results["teambot_ask_kv4"] = ask(work, models / "w4a16", 4)
+    if skip_bench:
+        return
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(str(models / "bf16"))
 
     uncapped = {name: server(work, name, model, policy, UNCAPPED_BLOCKS, "uncapped") for name, (model, policy) in variants(work).items()}
     with step(work, "start uncapped servers"):
@@ -333,10 +336,10 @@ async def run(work: Path, internlm2_files: Path | None) -> None:
             save(work)
         memory = gpu_memory_by_group()
         for name, s in uncapped.items():
-            used = memory.get(s._process.pid or -1)
+            used = memory.get(s.process.pid or -1)
             if used:
                 non_kv[name] = used - UNCAPPED_BLOCKS * BLOCK_TOKENS * KV_BYTES_PER_TOKEN[variants(work)[name][1]]
-        results["uncapped_gpu_memory_gib"] = {n: round(memory.get(s._process.pid or -1, 0) / GIB, 2) for n, s in uncapped.items()}
+        results["uncapped_gpu_memory_gib"] = {n: round(memory.get(s.process.pid or -1, 0) / GIB, 2) for n, s in uncapped.items()}
         results["non_kv_gib"] = {n: round(b / GIB, 2) for n, b in non_kv.items()}
 
     with step(work, "core latency (W4A16 + KV int8, uncapped)"):
@@ -362,7 +365,7 @@ async def run(work: Path, internlm2_files: Path | None) -> None:
             try:
                 endpoint = await capped.start(lambda m: log(f"capped {name}: {m}"))
                 results["capped"][name] = await measure(endpoint, tokenizer, [16, 64, 128], prompt_tokens=1536, output_tokens=512)
-                used = gpu_memory_by_group().get(capped._process.pid or -1, 0)
+                used = gpu_memory_by_group().get(capped.process.pid or -1, 0)
                 results["capped_gpu_memory_gib"][name] = round(used / GIB, 2)
             except Exception as exc:  # one variant's failure must not lose the others'
                 results["capped"][name] = {"error": repr(exc)[:1500], "gpu": gpu_processes()}
@@ -374,10 +377,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--work", type=Path, required=True)
     parser.add_argument("--internlm2", type=Path, help="InternLM2's remote code and tokenizer.model: build the model in its own layout")
+    parser.add_argument("--skip-bench", action="store_true", help="stop after `teambot ask` (no throughput benchmarks)")
     args = parser.parse_args()
     work = args.work
     try:
-        asyncio.run(run(work, args.internlm2))
+        asyncio.run(run(work, args.internlm2, args.skip_bench))
     finally:
         results["total_seconds"] = round(time.monotonic() - started, 1)
         save(work)

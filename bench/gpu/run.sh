@@ -13,10 +13,12 @@ export XLA_PYTHON_CLIENT_PREALLOCATE=false JAX_PLATFORMS=cpu PYTHONPATH=$W/site:
 python3 -c "import lmdeploy, chromadb, llama_index.core, pydantic_settings, openai, jieba, transformers; print('imports ok, lmdeploy', lmdeploy.__version__, 'image transformers', transformers.__version__)"
 ARGS=""
 if [ -d $W/stage/internlm2-files ]; then
+  # sentencepiece: the image's 0.2.2 cannot read InternLM2's tokenizer.model; a user's install resolves 0.2.3 (both halves use it)
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target $W/site $W/stage/transformers-user/sentencepiece-*.whl 2>&1 | tail -3
   rm -rf $W/tf; python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target $W/tf $W/stage/transformers-user/*.whl 2>&1 | tail -3
   export USER_TRANSFORMERS=$W/tf PYTHONPATH=$W/tf:$PYTHONPATH
   python3 -c "import transformers; print('user transformers', transformers.__version__)"
-  ARGS="--internlm2 $W/stage/internlm2-files"
+  ARGS="--internlm2 $W/stage/internlm2-files ${PIPELINE_ARGS:-}"
 fi
 cd $W/repo && rm -f $W/done && setsid nohup python3 -m bench.gpu.pipeline --work $W $ARGS > $W/pipeline.log 2>&1 < /dev/null &
 exec bash bench/gpu/wait.sh "${1:-500}"
