@@ -52,7 +52,11 @@ LAYER_NAMES = {
     "attention_norm.weight": "input_layernorm.weight",
     "ffn_norm.weight": "post_attention_layernorm.weight",
 }
-TOP_NAMES = {"model.tok_embeddings.weight": "model.embed_tokens.weight", "model.norm.weight": "model.norm.weight", "output.weight": "lm_head.weight"}
+TOP_NAMES = {
+    "model.tok_embeddings.weight": "model.embed_tokens.weight",
+    "model.norm.weight": "model.norm.weight",
+    "output.weight": "lm_head.weight",
+}
 
 
 class ConversionError(ConfigError):
@@ -76,7 +80,10 @@ def is_internlm2(config: dict[str, Any]) -> bool:
 def llama_config(config: dict[str, Any]) -> dict[str, Any]:
     """The Llama config.json for an InternLM2 config.json (same shapes, RoPE and norms)."""
     if config.get("bias"):
-        raise ConversionError("this InternLM2 model has biases in its projections (config bias = true)", "only InternLM2 models without biases (all published chat models) convert")
+        raise ConversionError(
+            "this InternLM2 model has biases in its projections (config bias = true)",
+            "only InternLM2 models without biases (all published chat models) convert",
+        )
     heads = config["num_attention_heads"]
     out = {
         "architectures": ["LlamaForCausalLM"],
@@ -122,7 +129,11 @@ def split_wqkv(wqkv: Any, heads: int, kv_heads: int, head_dim: int) -> tuple[Any
         raise ConversionError(f"wqkv has {wqkv.shape[0]} rows; {kv_heads} KV heads x ({groups} + 2) x {head_dim} were expected", "check num_attention_heads and num_key_value_heads in config.json")  # fmt: skip
     blocks = wqkv.reshape(kv_heads, groups + 2, head_dim, hidden)
     q = blocks[:, :groups].reshape(heads * head_dim, hidden)
-    return q.contiguous(), blocks[:, groups].reshape(kv_heads * head_dim, hidden).contiguous(), blocks[:, groups + 1].reshape(kv_heads * head_dim, hidden).contiguous()
+    return (
+        q.contiguous(),
+        blocks[:, groups].reshape(kv_heads * head_dim, hidden).contiguous(),
+        blocks[:, groups + 1].reshape(kv_heads * head_dim, hidden).contiguous(),
+    )
 
 
 def llama_tensors(name: str, tensor: Any, config: dict[str, Any]) -> Iterator[tuple[str, Any]]:
@@ -146,7 +157,9 @@ def llama_tensors(name: str, tensor: Any, config: dict[str, Any]) -> Iterator[tu
     elif part.endswith("rotary_emb.inv_freq"):
         return  # recomputed from rope_theta
     else:
-        raise ConversionError(f"unexpected tensor {name!r} in an InternLM2 checkpoint", "only InternLM2ForCausalLM checkpoints without biases convert")
+        raise ConversionError(
+            f"unexpected tensor {name!r} in an InternLM2 checkpoint", "only InternLM2ForCausalLM checkpoints without biases convert"
+        )
 
 
 def checkpoint_shards(folder: Path) -> list[Path]:
@@ -241,7 +254,9 @@ def build_tokenizer(model_file: Path, pinned: dict[int, str], add_bos: bool) -> 
     tokenizer.add_special_tokens([AddedToken(pieces[i], special=True, normalized=False) for i in specials])
     if add_bos and sp.bos_id() >= 0:
         bos = pieces[sp.bos_id()]
-        tokenizer.post_processor = processors.TemplateProcessing(single=f"{bos} $A", pair=f"{bos} $A {bos} $B", special_tokens=[(bos, sp.bos_id())])
+        tokenizer.post_processor = processors.TemplateProcessing(
+            single=f"{bos} $A", pair=f"{bos} $A {bos} $B", special_tokens=[(bos, sp.bos_id())]
+        )
     return tokenizer
 
 
@@ -260,13 +275,15 @@ def load_sentencepiece(model_file: Path) -> Any:
 
 
 def tokenizer_mismatch(tokenizer: Any, model_file: Path, texts: Iterable[str]) -> str | None:
-    """The first text the tokenizer encodes unlike sentencepiece, described; None when all agree."""
+    """Where the tokenizer first encodes a text unlike sentencepiece, described; None when all agree."""
     sp = load_sentencepiece(model_file)
     for text in texts:
         expected = sp.encode(text)
         got = tokenizer.encode(text, add_special_tokens=False).ids
         if got != expected:
-            return f"{text[:60]!r}: sentencepiece {expected[:12]}, rebuilt {got[:12]}"
+            at = next((k for k, (a, b) in enumerate(zip(expected, got, strict=False)) if a != b), min(len(expected), len(got)))
+            pieces = [sp.id_to_piece(i) for i in expected[at : at + 4]], [tokenizer.id_to_token(i) for i in got[at : at + 4]]
+            return f"in {text[:40]!r}, from token {at}: sentencepiece {pieces[0]}, rebuilt {pieces[1]}"
     return None
 
 
@@ -274,14 +291,20 @@ def write_tokenizer(source: Path, dest: Path, check_texts: Iterable[str] = ()) -
     """tokenizer.json + tokenizer_config.json for the copy; returns the chat tokens' ids."""
     model_file = source / "tokenizer.model"
     if not model_file.is_file():
-        raise ConversionError(f"{source} has no tokenizer.model (InternLM2's sentencepiece tokenizer)", "give --model the complete model folder")
+        raise ConversionError(
+            f"{source} has no tokenizer.model (InternLM2's sentencepiece tokenizer)", "give --model the complete model folder"
+        )
     config_path = source / "tokenizer_config.json"
     tokenizer_config = json.loads(config_path.read_text(encoding="utf-8")) if config_path.is_file() else {}
     pinned = special_tokens(tokenizer_config)
     tokenizer = build_tokenizer(model_file, pinned, bool(tokenizer_config.get("add_bos_token", True)))
     problem = tokenizer_mismatch(tokenizer, model_file, [*CHECK_TEXTS, *check_texts])
     if problem:
-        raise ConversionError(f"the tokenizer rebuilt from {model_file} does not match sentencepiece: {problem}", "report this with the model's name; the copy was not written")  # fmt: skip
+        raise ConversionError(
+            f"the tokenizer rebuilt from {model_file} does not encode like sentencepiece {problem}",
+            "teambot rebuilds BPE tokenizers without text normalization, as InternLM2's is; this model's is not supported. "
+            "Nothing was written",
+        )
     tokenizer.save(str(dest / "tokenizer.json"))
     keep = ("bos_token", "eos_token", "unk_token", "pad_token", "additional_special_tokens", "chat_template", "model_max_length")
     out = {key: tokenizer_config[key] for key in keep if key in tokenizer_config}
@@ -298,20 +321,27 @@ def convert(source: Path, dest: Path, progress: Progress = print, check_texts: I
     config = read_config(source)
     if not is_internlm2(config):
         raise ConversionError(f"{source} is not an InternLM2 model (architectures {config.get('architectures')})", "only InternLM2 models are converted")  # fmt: skip
+    new_config = llama_config(config)
+    checkpoint_shards(source)
     dest.mkdir(parents=True, exist_ok=True)
     progress(f"converting {source.name} from InternLM2 to the Llama layout (lossless) in {dest}")
     chat_ids = write_tokenizer(source, dest, check_texts)
-    new_config = llama_config(config)
     eos = new_config["eos_token_id"] if isinstance(new_config["eos_token_id"], list) else [new_config["eos_token_id"]]
     eos += [i for t, i in chat_ids.items() if t == "<|im_end|>" and i not in eos]
     (dest / "config.json").write_text(json.dumps(new_config, indent=2), encoding="utf-8")
     generation = {"bos_token_id": new_config["bos_token_id"], "eos_token_id": eos, "pad_token_id": new_config["pad_token_id"]}
     source_generation = source / "generation_config.json"
     if source_generation.is_file():
-        generation = {**json.loads(source_generation.read_text(encoding="utf-8")), **{"eos_token_id": generation["eos_token_id"]}}
+        generation = {**json.loads(source_generation.read_text(encoding="utf-8")), "eos_token_id": generation["eos_token_id"]}
     (dest / "generation_config.json").write_text(json.dumps(generation, indent=2), encoding="utf-8")
     tensors = convert_weights(source, dest, config, progress)
-    marker = {"converted_from": str(source), "architecture": ARCHITECTURE, "layout": "llama", "tensors": tensors, "chat_token_ids": chat_ids}
+    marker = {
+        "converted_from": str(source),
+        "architecture": ARCHITECTURE,
+        "layout": "llama",
+        "tensors": tensors,
+        "chat_token_ids": chat_ids,
+    }
     (dest / MARKER).write_text(json.dumps(marker, indent=2), encoding="utf-8")
     progress(f"converted: {tensors} tensors; chat tokens {chat_ids}")
     return dest

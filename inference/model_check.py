@@ -13,10 +13,12 @@ from __future__ import annotations
 
 import importlib.metadata as md
 import json
+import re
 from pathlib import Path
 from typing import Any
 
 from config.errors import ConfigError
+
 
 def _json(path: Path) -> dict[str, Any]:
     try:
@@ -31,14 +33,13 @@ def needs_remote_code(folder: Path) -> bool:
 
 
 def version_tuple(version: str) -> tuple[int, ...]:
+    """The leading numbers of a version: "5.0.0rc1" -> (5, 0, 0), "5.1.dev0" -> (5, 1)."""
     parts = []
     for piece in version.split(".")[:3]:
-        digits = "".join(c for c in piece if c.isdigit()) if not piece.isdigit() else piece
-        if not digits:
+        digits = re.match(r"\d+", piece)
+        if digits is None:
             break
-        parts.append(int(digits))
-        if not piece.isdigit():
-            break
+        parts.append(int(digits.group()))
     return tuple(parts)
 
 

@@ -23,7 +23,13 @@ import traceback
 from pathlib import Path
 from typing import Any
 
-REMOTE_FILES = ("configuration_internlm2.py", "modeling_internlm2.py", "tokenization_internlm2.py", "tokenization_internlm2_fast.py", "tokenizer.model")
+REMOTE_FILES = (
+    "configuration_internlm2.py",
+    "modeling_internlm2.py",
+    "tokenization_internlm2.py",
+    "tokenization_internlm2_fast.py",
+    "tokenizer.model",
+)
 CONFIG = {
     "architectures": ["InternLM2ForCausalLM"],
     "auto_map": {
@@ -37,24 +43,40 @@ CONFIG = {
     "rope_scaling": {"type": "dynamic", "factor": 2.0}, "rope_theta": 1000000, "tie_word_embeddings": False,
     "torch_dtype": "bfloat16", "use_cache": True, "vocab_size": 92544, "attn_implementation": "eager",
 }  # fmt: skip
-CHAT_TOKENS = {92538: "<|plugin|>", 92539: "<|interpreter|>", 92540: "<|action_end|>", 92541: "<|action_start|>", 92542: "<|im_end|>", 92543: "<|im_start|>"}
+CHAT_TOKENS = {
+    92538: "<|plugin|>",
+    92539: "<|interpreter|>",
+    92540: "<|action_end|>",
+    92541: "<|action_start|>",
+    92542: "<|im_end|>",
+    92543: "<|im_start|>",
+}
 CHAT_TEMPLATE = (
     "{{ bos_token }}{% for message in messages %}{{'<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>' + '\\n'}}"
     "{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
 )
 
 
-def tokenizer_config() -> dict[str, Any]:
+def tokenizer_config() -> dict[str, Any]:  # fmt: skip
     pinned = {0: "<unk>", 1: "<s>", 2: "</s>", **CHAT_TOKENS}
     return {
         "auto_map": {"AutoTokenizer": ["tokenization_internlm2.InternLM2Tokenizer", "tokenization_internlm2_fast.InternLM2TokenizerFast"]},
         "tokenizer_class": "InternLM2Tokenizer",
-        "added_tokens_decoder": {str(i): {"content": t, "lstrip": False, "normalized": False, "rstrip": False, "single_word": False, "special": True}
-                                 for i, t in sorted(pinned.items())},  # fmt: skip
+        "added_tokens_decoder": {
+            str(i): {"content": t, "lstrip": False, "normalized": False, "rstrip": False, "single_word": False, "special": True}
+            for i, t in sorted(pinned.items())
+        },
         "additional_special_tokens": ["<|im_start|>", "<|im_end|>", "<|action_start|>", "<|action_end|>", "<|interpreter|>", "<|plugin|>"],
-        "bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>", "pad_token": "</s>", "add_bos_token": True, "add_eos_token": False,
-        "clean_up_tokenization_spaces": False, "decode_with_prefix_space": False, "chat_template": CHAT_TEMPLATE,
-    }  # fmt: skip
+        "bos_token": "<s>",
+        "eos_token": "</s>",
+        "unk_token": "<unk>",
+        "pad_token": "</s>",
+        "add_bos_token": True,
+        "add_eos_token": False,
+        "clean_up_tokenization_spaces": False,
+        "decode_with_prefix_space": False,
+        "chat_template": CHAT_TEMPLATE,
+    }
 
 
 def write_folder(remote_code: Path, out: Path) -> None:
@@ -71,7 +93,7 @@ def attempt(report: dict[str, Any], name: str, fn: Any) -> Any:
         value = fn()
         report[name] = value if isinstance(value, dict) else "ok"
         return value
-    except Exception as exc:  # the point is to record what the remote code does on this transformers
+    except Exception as exc:  # noqa: BLE001 - the point is to record whatever the remote code raises on this transformers
         report[name] = f"FAILED {type(exc).__name__}: {str(exc)[:300]}"
         print(traceback.format_exc()[-1500:], flush=True)
         return None
@@ -86,7 +108,14 @@ def main() -> None:
     args = parser.parse_args()
     device = "cpu" if args.small else "cuda"
     if args.small:
-        CONFIG.update(hidden_size=256, intermediate_size=512, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256)
+        CONFIG.update(
+            hidden_size=256,
+            intermediate_size=512,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            max_position_embeddings=256,
+        )
     import torch
     import transformers
     from safetensors.torch import save_file
@@ -95,10 +124,15 @@ def main() -> None:
     from inference import internlm2
 
     report: dict[str, Any] = {"transformers": transformers.__version__, "torch": torch.__version__}
+    args.report.parent.mkdir(parents=True, exist_ok=True)
     write_folder(args.remote_code, args.out)
     config = AutoConfig.from_pretrained(str(args.out), trust_remote_code=True)
     torch.manual_seed(0)
-    model = attempt(report, "remote_code_build", lambda: AutoModelForCausalLM.from_config(config, trust_remote_code=True, dtype=torch.float32).to(device).eval())
+    model = attempt(
+        report,
+        "remote_code_build",
+        lambda: AutoModelForCausalLM.from_config(config, trust_remote_code=True, dtype=torch.float32).to(device).eval(),
+    )
     if model is None:
         args.report.write_text(json.dumps(report, indent=2))
         raise SystemExit("the remote code did not build the model")
