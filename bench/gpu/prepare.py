@@ -45,6 +45,7 @@ TEAMBOT_NEEDS = [
     "python-dotenv", "python-multipart", "referencing", "rpds-py", "snowballstemmer", "soupsieve", "tenacity",
     "tinytag", "truststore", "typing-inspection", "watchfiles", "platformdirs", "sniffio", "uvicorn",
     "opentelemetry-exporter-otlp-common", "nltk",
+    "APScheduler", "tzlocal", "slack_bolt", "slack_sdk", "discord.py",  # missing from the image (found by the 2026-11-26 run)
 ]  # fmt: skip
 # lmdeploy's own needs on that image (../shared/notes/gpu-lmdeploy.md): fastapi 0.115 with starlette 0.46
 # (newer fastapi imports more), openai 2.x (3.x imports httpx2).
@@ -53,7 +54,8 @@ LMDEPLOY_NEEDS = [
     "yapf", "distro", "jiter", "partial-json-parser", "shortuuid", "pyzmq", "xgrammar", "apache-tvm-ffi==0.1.11",
 ]  # fmt: skip
 # What a user's `pip install -e '.[gpu]'` resolves today (lmdeploy 0.18 allows it); the image has 5.17.
-TRANSFORMERS_USER = ["transformers==5.24.0", "einops"]
+# sentencepiece: the image's 0.2.2 cannot read InternLM2's tokenizer.model; a user gets 0.2.3.
+TRANSFORMERS_USER = ["transformers==5.24.0", "einops", "sentencepiece==0.2.3"]
 LMDEPLOY_DROP = ("lmdeploy/turbomind/_turbomind", "lmdeploy/turbomind/lib64/libxgrammar.a")
 
 
