@@ -181,6 +181,7 @@ def read_shard(path: Path) -> dict[str, Any]:
 
 def convert_weights(source: Path, dest: Path, config: dict[str, Any], progress: Progress) -> int:
     """Writes the Llama-layout shards (one per source shard) and their index; returns the tensor count."""
+    from safetensors import SafetensorError
     from safetensors.torch import save_file
 
     shards = checkpoint_shards(source)
@@ -193,7 +194,13 @@ def convert_weights(source: Path, dest: Path, config: dict[str, Any], progress: 
             for new_key, new_tensor in llama_tensors(key, tensor, config):
                 converted[new_key] = new_tensor
                 weight_map[new_key] = name
-        save_file(converted, str(dest / name), metadata={"format": "pt"})
+        try:
+            save_file(converted, str(dest / name), metadata={"format": "pt"})
+        except (OSError, SafetensorError) as exc:  # a full disk, most often: the copy is as large as the model
+            raise ConversionError(
+                f"cannot write {dest / name}: {exc}",
+                f"free space on that disk (the copy needs about as much as {source.name}'s weights) and run it again",
+            ) from exc
         total += sum(t.numel() * t.element_size() for t in converted.values())
         progress(f"converted weights {k}/{len(shards)} ({shard.name})")
     index = {"metadata": {"total_size": total}, "weight_map": dict(sorted(weight_map.items()))}

@@ -398,3 +398,29 @@ def test_a_model_that_ships_code_is_quantized_with_trust_remote_code(tmp_path: P
         progress=lambda m: None,
     )
     assert calls == [True]
+
+
+def test_a_full_disk_during_the_conversion_names_the_file_and_what_to_do(tmp_path: Path) -> None:
+    """RLIMIT_FSIZE stands in for a full disk (in a child process, so the limit stays there)."""
+    import subprocess
+    import sys
+
+    source, _ = internlm2_folder(tmp_path / "m")
+    script = (
+        "import resource, signal, sys; from pathlib import Path; signal.signal(signal.SIGXFSZ, signal.SIG_IGN); "
+        "resource.setrlimit(resource.RLIMIT_FSIZE, (200_000, 200_000)); "
+        "from inference import internlm2; from config.errors import ConfigError\n"
+        "try:\n    internlm2.convert(Path(sys.argv[1]), Path(sys.argv[2]), progress=lambda m: None)\n"
+        "except ConfigError as e:\n    print(e); sys.exit(3)\n"
+    )
+    repo = Path(__file__).resolve().parents[1]
+    done = subprocess.run(
+        [sys.executable, "-c", script, str(source), str(tmp_path / "out")],
+        cwd=repo,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert done.returncode == 3, done.stderr[-2000:]
+    assert "cannot write" in done.stdout and "free space" in done.stdout
