@@ -24,7 +24,7 @@ from rag.search.retriever import Passage
 SIMILARITY_WEIGHT = 0.5
 COVERAGE_WEIGHT = 0.4
 PASSAGE_WEIGHT = 0.1
-SHORT_QUOTE = 40  # characters: a quote shorter than this (or ending in ':') takes the next sentence too
+SHORT_QUOTE = 40  # characters: a quote shorter than this (or ending in ':') takes the next sentence even past MAX_QUOTE
 MAX_QUOTE = 400  # characters shown of one quote
 REPEATED = 0.6  # a sentence whose words are mostly in the previous answer was already said
 MAX_EMBEDDED = 8  # sentences compared with the question by meaning, at most, of each language (embedding is the slow part)
@@ -101,7 +101,7 @@ def coverage(question_terms: set[str], text: str) -> float:
 def pick_evidence(
     question: str, passages: Sequence[Passage], similarity: Similarity | None, *, previous: str = "", already_said: str = ""
 ) -> list[Evidence]:
-    """One quote per passage (its best sentence, with the next one when it is short), best first.
+    """One quote per passage (its best sentence and the next one), best first.
     For a follow-up, ``previous`` is the question before it (its words count less than the
     follow-up's own) and sentences ``already_said`` (in the previous answer) count half."""
     terms = set(tokenize(question))
@@ -145,9 +145,12 @@ def _worth_embedding(question: str, passages: Sequence[Passage], candidates: lis
 
 
 def _quote(parts: list[str], k: int) -> str:
+    """The best sentence and the one after it in the passage (the answer often follows the
+    sentence that matches the question: a list, a value, a command), when both fit MAX_QUOTE."""
     quote = parts[k]
-    if (len(quote) < SHORT_QUOTE or quote.endswith((":", "："))) and k + 1 < len(parts):
-        quote = f"{quote} {parts[k + 1]}"
+    if k + 1 < len(parts) and (len(quote) < SHORT_QUOTE or quote.endswith((":", "：")) or len(quote) + 1 + len(parts[k + 1]) <= MAX_QUOTE):
+        glue = "" if _CJK_END.search(quote) or _CJK_START.match(parts[k + 1]) else " "
+        quote = f"{quote}{glue}{parts[k + 1]}"
     return quote if len(quote) <= MAX_QUOTE else quote[: MAX_QUOTE - 1] + "…"
 
 

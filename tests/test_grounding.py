@@ -70,6 +70,25 @@ def test_evidence_by_meaning_across_languages_with_the_default_embedder(indexed_
     assert evidence[0].n == 2 and "600 元" in evidence[0].quote  # not a word in common: the multilingual embedder's meaning
 
 
+def test_the_quote_takes_the_sentence_after_the_match_where_answers_often_are() -> None:
+    """The sentence that matches the question often only names the topic; the answer follows it
+    (lmdeploy's docs, 21 of 47 direct questions quoted the right page without the fact)."""
+    state = passage(
+        "For models with GatedDeltaNet layers, TurboMind keeps the recurrent state in the activation dtype by default. "
+        "Pass --linear-state-dtype float32 to change it. Other settings are described below.",
+        "TurboMind config", "turbomind.md",
+    )  # fmt: skip
+    (quote,) = pick_evidence("How do I make TurboMind keep the recurrent state of GatedDeltaNet layers in FP32?", [state], None)
+    assert quote.quote.startswith("For models with GatedDeltaNet layers") and "--linear-state-dtype float32" in quote.quote
+    assert "Other settings" not in quote.quote  # the sentence or two, not the passage
+    chinese = passage("对于包含 GatedDeltaNet 层的模型，TurboMind 默认使用激活值的数据类型保存循环状态。可以用 --linear-state-dtype float32 改为 FP32。", "TurboMind 配置", "turbomind-zh.md")
+    (zh,) = pick_evidence("怎么让 TurboMind 用 FP32 保存 GatedDeltaNet 的循环状态？", [chinese], None)
+    assert "保存循环状态。可以用 --linear-state-dtype" in zh.quote  # Chinese sentences are joined without a space
+    long_first = passage("TurboMind keeps the recurrent state " + "in a long explanation " * 17 + "here. The next sentence.", "Long", "long.md")
+    (capped,) = pick_evidence("Where does TurboMind keep the recurrent state?", [long_first], None)
+    assert "The next sentence" not in capped.quote  # both would pass the 400-character quote limit
+
+
 def test_the_extractive_answer_quotes_with_sources_in_the_questions_language() -> None:
     evidence = pick_evidence("Who gets paged if the primary on-call does not acknowledge?", PASSAGES, similarity=None)
     answer = extractive_answer("Who gets paged if the primary on-call does not acknowledge?", evidence, PASSAGES)
