@@ -61,8 +61,8 @@ def known_trouble(transformers: str | None, sentencepiece: str | None) -> list[s
         )
     if sentencepiece and version_tuple(sentencepiece) == (0, 2, 2):
         lines.append(
-            f"sentencepiece {sentencepiece} is reported to reject InternLM2's tokenizer.model (piece 354 is a NUL byte); "
-            "if reading it fails, `pip install -U sentencepiece`"
+            f"sentencepiece {sentencepiece} cannot read InternLM2's tokenizer.model (its piece 354 is a NUL byte; seen on a GPU "
+            "machine's image): `pip install -U sentencepiece` (0.2.3 reads it)"
         )
     return lines
 
