@@ -66,12 +66,6 @@ class LMDeploySettings(_Section):
     """auto: awq when the model's config.json says it is AWQ-quantized, hf otherwise."""
     quant_policy: Literal[0, 4, 8] = 8
     """KV cache: 8 = int8 (the default), 4 = int4, 0 = the model's own dtype."""
-
-    @field_validator("quant_policy", mode="before")
-    @classmethod
-    def _number_from_text(cls, value: object) -> object:
-        # An environment variable arrives as text ("8"), which an integer Literal does not accept by itself.
-        return int(value) if isinstance(value, str) and value.strip().isdigit() else value
     engine: Literal["auto", "turbomind", "pytorch"] = "auto"
     """lmdeploy's engine (--backend): auto and turbomind take TurboMind where it is built and supports the model,
     else PyTorch (lmdeploy falls back on its own; teambot reports which runs); pytorch: always PyTorch."""
@@ -90,6 +84,12 @@ class LMDeploySettings(_Section):
     """More `lmdeploy serve api_server` arguments, as they are written on its command line."""
     start_timeout_s: float = Field(600.0, gt=0)
     """lmdeploy compiles kernels and captures CUDA graphs at start: 1-2 minutes is normal."""
+
+    @field_validator("quant_policy", mode="before")
+    @classmethod
+    def _number_from_text(cls, value: object) -> object:
+        # An environment variable arrives as text ("8"), which an integer Literal does not accept by itself.
+        return int(value) if isinstance(value, str) and value.strip().isdigit() else value
 
 
 class InferenceSettings(_Section):

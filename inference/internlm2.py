@@ -24,12 +24,12 @@ from __future__ import annotations
 
 import json
 import logging
-import shutil
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
 from config.errors import ConfigError
+from inference.model_check import read_config, read_json
 
 log = logging.getLogger(__name__)
 
@@ -61,13 +61,6 @@ TOP_NAMES = {
 
 class ConversionError(ConfigError):
     """An InternLM2 model folder that cannot be converted (says which file and what to do)."""
-
-
-def read_config(folder: Path) -> dict[str, Any]:
-    try:
-        return json.loads((folder / "config.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        raise ConfigError(f"{folder / 'config.json'} cannot be read: {exc}", "check the model folder") from exc
 
 
 def is_internlm2(config: dict[str, Any]) -> bool:
@@ -234,16 +227,15 @@ def bpe_merges(vocab: dict[str, int]) -> list[tuple[str, str]]:
     return [(left, right) for _, _, _, left, right in ranked]
 
 
-def build_tokenizer(model_file: Path, pinned: dict[int, str], add_bos: bool) -> Any:
-    """A `tokenizers` BPE tokenizer equal to the sentencepiece model, with ``pinned`` tokens on their ids."""
+def build_tokenizer(sp: Any, name: str, pinned: dict[int, str], add_bos: bool) -> Any:
+    """A `tokenizers` BPE tokenizer equal to the sentencepiece model ``sp`` (file ``name``), with ``pinned`` tokens on their ids."""
     from tokenizers import AddedToken, Tokenizer, decoders, normalizers, processors
     from tokenizers.models import BPE
 
-    sp = load_sentencepiece(model_file)
     size = sp.get_piece_size()
     outside = {i: t for i, t in pinned.items() if i >= size}
     if outside:
-        raise ConversionError(f"tokenizer_config.json pins {outside} at ids past the {size} pieces of {model_file.name}", "the tokenizer files do not belong together")  # fmt: skip
+        raise ConversionError(f"tokenizer_config.json pins {outside} at ids past the {size} pieces of {name}", "the tokenizer files do not belong together")  # fmt: skip
     pieces = [pinned.get(i, sp.id_to_piece(i)) for i in range(size)]
     vocab: dict[str, int] = {}
     for i, piece in enumerate(pieces):
@@ -281,9 +273,8 @@ def load_sentencepiece(model_file: Path) -> Any:
         raise ConfigError(f"{model_file} cannot be read by sentencepiece {version}: {exc}", hint) from exc
 
 
-def tokenizer_mismatch(tokenizer: Any, model_file: Path, texts: Iterable[str]) -> str | None:
-    """Where the tokenizer first encodes a text unlike sentencepiece, described; None when all agree."""
-    sp = load_sentencepiece(model_file)
+def tokenizer_mismatch(tokenizer: Any, sp: Any, texts: Iterable[str]) -> str | None:
+    """Where the tokenizer first encodes a text unlike sentencepiece (``sp``), described; None when all agree."""
     for text in texts:
         expected = sp.encode(text)
         got = tokenizer.encode(text, add_special_tokens=False).ids
@@ -301,11 +292,11 @@ def write_tokenizer(source: Path, dest: Path, check_texts: Iterable[str] = ()) -
         raise ConversionError(
             f"{source} has no tokenizer.model (InternLM2's sentencepiece tokenizer)", "give --model the complete model folder"
         )
-    config_path = source / "tokenizer_config.json"
-    tokenizer_config = json.loads(config_path.read_text(encoding="utf-8")) if config_path.is_file() else {}
+    tokenizer_config = read_json(source / "tokenizer_config.json")
     pinned = special_tokens(tokenizer_config)
-    tokenizer = build_tokenizer(model_file, pinned, bool(tokenizer_config.get("add_bos_token", True)))
-    problem = tokenizer_mismatch(tokenizer, model_file, [*CHECK_TEXTS, *check_texts])
+    sp = load_sentencepiece(model_file)
+    tokenizer = build_tokenizer(sp, model_file.name, pinned, bool(tokenizer_config.get("add_bos_token", True)))
+    problem = tokenizer_mismatch(tokenizer, sp, [*CHECK_TEXTS, *check_texts])
     if problem:
         raise ConversionError(
             f"the tokenizer rebuilt from {model_file} does not encode like sentencepiece {problem}",
@@ -337,9 +328,8 @@ def convert(source: Path, dest: Path, progress: Progress = print, check_texts: I
     eos += [i for t, i in chat_ids.items() if t == "<|im_end|>" and i not in eos]
     (dest / "config.json").write_text(json.dumps(new_config, indent=2), encoding="utf-8")
     generation = {"bos_token_id": new_config["bos_token_id"], "eos_token_id": eos, "pad_token_id": new_config["pad_token_id"]}
-    source_generation = source / "generation_config.json"
-    if source_generation.is_file():
-        generation = {**json.loads(source_generation.read_text(encoding="utf-8")), "eos_token_id": generation["eos_token_id"]}
+    if published := read_json(source / "generation_config.json"):
+        generation = {**published, "eos_token_id": eos}
     (dest / "generation_config.json").write_text(json.dumps(generation, indent=2), encoding="utf-8")
     tensors = convert_weights(source, dest, config, progress)
     marker = {
@@ -352,7 +342,3 @@ def convert(source: Path, dest: Path, progress: Progress = print, check_texts: I
     (dest / MARKER).write_text(json.dumps(marker, indent=2), encoding="utf-8")
     progress(f"converted: {tensors} tensors; chat tokens {chat_ids}")
     return dest
-
-
-def remove(folder: Path) -> None:
-    shutil.rmtree(folder, ignore_errors=True)

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import importlib.util
-import json
 import logging
 import os
 import re
@@ -26,7 +25,7 @@ from typing import Literal
 from config.errors import ConfigError
 from config.settings import InferenceSettings, LMDeploySettings
 from inference.client import Endpoint
-from inference.model_check import check_tokenizer, needs_remote_code
+from inference.model_check import check_tokenizer, needs_remote_code, read_config
 from inference.process import Progress, ServerProcess, free_port
 
 log = logging.getLogger(__name__)
@@ -87,11 +86,7 @@ def model_format(path: Path, setting: str) -> str:
     """awq for a model whose config.json says it was AWQ-quantized (as `teambot quantize` writes), else hf."""
     if setting != "auto":
         return setting
-    try:
-        config = json.loads((path / "config.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        raise ConfigError(f"{path / 'config.json'} cannot be read: {exc}", "check the model folder") from exc
-    quantization = config.get("quantization_config") or {}
+    quantization = read_config(path).get("quantization_config") or {}
     return "awq" if str(quantization.get("quant_method", "")).lower() == "awq" else "hf"
 
 
@@ -184,9 +179,10 @@ class LMDeployServer:
         assert self.model_path is not None
         check_model(self.model_path)
         fmt = model_format(self.model_path, self._settings.model_format)
-        if progress:
-            progress(f"checking the tokenizer of {self.model_path.name}")
-        await asyncio.to_thread(check_tokenizer, self.model_path, trust_remote_code(self._settings, self.model_path))
+        if self._port is None:  # the first start; a restart serves the same, already checked folder
+            if progress:
+                progress(f"checking the tokenizer of {self.model_path.name}")
+            await asyncio.to_thread(check_tokenizer, self.model_path, trust_remote_code(self._settings, self.model_path))
         port = self._port = self._port or free_port()
         args = server_args(self._settings, self.model_path, fmt, port)
         if progress:

@@ -20,16 +20,25 @@ from typing import Any
 from config.errors import ConfigError
 
 
-def _json(path: Path) -> dict[str, Any]:
+def read_json(path: Path) -> dict[str, Any]:
+    """A JSON file of the model folder ({} when it is not there), or a ConfigError naming it."""
     try:
         return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
     except (OSError, ValueError) as exc:
         raise ConfigError(f"{path} cannot be read: {exc}", "check the model folder") from exc
 
 
+def read_config(folder: Path) -> dict[str, Any]:
+    """The model's config.json, or a ConfigError naming it."""
+    path = folder / "config.json"
+    if not path.is_file():
+        raise ConfigError(f"{path} cannot be read: it does not exist", "check the model folder")
+    return read_json(path)
+
+
 def needs_remote_code(folder: Path) -> bool:
     """True when the model's config or tokenizer is code in its folder (``auto_map``)."""
-    return bool(_json(folder / "config.json").get("auto_map") or _json(folder / "tokenizer_config.json").get("auto_map"))
+    return bool(read_json(folder / "config.json").get("auto_map") or read_json(folder / "tokenizer_config.json").get("auto_map"))
 
 
 def version_tuple(version: str) -> tuple[int, ...]:
@@ -68,7 +77,7 @@ def known_trouble(transformers: str | None, sentencepiece: str | None) -> list[s
 
 
 def vocab_size(folder: Path) -> int | None:
-    config = _json(folder / "config.json")
+    config = read_json(folder / "config.json")
     size = config.get("vocab_size") or (config.get("text_config") or {}).get("vocab_size")
     return size if isinstance(size, int) else None
 
@@ -102,7 +111,7 @@ def check_tokenizer(folder: Path, trust_remote_code: bool) -> None:
 
 
 def _fix(folder: Path) -> str:
-    config = _json(folder / "config.json")
+    config = read_json(folder / "config.json")
     if "InternLM2ForCausalLM" in (config.get("architectures") or []):
         return f"run `teambot quantize --model {folder}`: it converts the model to the Llama layout with a rebuilt tokenizer, then quantizes it"
     return "use the tokenizer files the model was published with, or a transformers version its remote code was written for"

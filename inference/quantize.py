@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import logging
+import shutil
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -26,7 +27,7 @@ from config.errors import ConfigError, TeambotError
 from config.settings import Settings
 from inference import internlm2
 from inference.lmdeploy import GPU_INSTALL, check_model, gpu_problem, lmdeploy_installed
-from inference.model_check import installed, known_trouble, needs_remote_code
+from inference.model_check import installed, known_trouble, needs_remote_code, read_config
 from rag.ingest.documents import DocumentError, read_document
 from rag.store.manifest import Manifest
 
@@ -151,10 +152,7 @@ def download_model(model: str) -> Path:
 
 def check_group_size(model: Path, group_size: int) -> None:
     """AWQ quantizes each weight row in groups: the layer widths must be multiples of the group size."""
-    try:
-        config = json.loads((model / "config.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        raise ConfigError(f"{model / 'config.json'} cannot be read: {exc}", "check the model folder") from exc
+    config = read_config(model)
     for key in ("hidden_size", "intermediate_size"):
         width = config.get(key)
         if isinstance(width, int) and width % group_size:
@@ -207,7 +205,7 @@ def quantize(
             manifest.close()
     working = source  # what lmdeploy quantizes: the model, or its Llama-layout copy
     converted: Path | None = None
-    if internlm2.is_internlm2(internlm2.read_config(source)):
+    if internlm2.is_internlm2(read_config(source)):
         for line in known_trouble(installed("transformers"), installed("sentencepiece")):
             progress(line)
         # The copy sits beside the output (the same disk); it is removed when quantization ends.
@@ -225,7 +223,7 @@ def quantize(
             (out / internlm2.MARKER).write_text(json.dumps({**marker, "quantized": f"AWQ W4A16, group size {group_size}"}, indent=2), encoding="utf-8")
     finally:
         if converted is not None:
-            internlm2.remove(converted)
+            shutil.rmtree(converted, ignore_errors=True)
     before, after = weights_bytes(source), weights_bytes(out)
     return QuantizeResult(source, out, before, after, time.monotonic() - started, plan.note)
 
