@@ -324,8 +324,9 @@ def convert(source: Path, dest: Path, progress: Progress = print, check_texts: I
     dest.mkdir(parents=True, exist_ok=True)
     progress(f"converting {source.name} from InternLM2 to the Llama layout (lossless) in {dest}")
     chat_ids = write_tokenizer(source, dest, check_texts)
-    eos = new_config["eos_token_id"] if isinstance(new_config["eos_token_id"], list) else [new_config["eos_token_id"]]
-    eos += [i for t, i in chat_ids.items() if t == "<|im_end|>" and i not in eos]
+    eos = list(new_config["eos_token_id"]) if isinstance(new_config["eos_token_id"], list) else [new_config["eos_token_id"]]
+    if "<|im_end|>" in chat_ids and chat_ids["<|im_end|>"] not in eos:  # a chat turn ends there
+        eos.append(chat_ids["<|im_end|>"])
     (dest / "config.json").write_text(json.dumps(new_config, indent=2), encoding="utf-8")
     generation = {"bos_token_id": new_config["bos_token_id"], "eos_token_id": eos, "pad_token_id": new_config["pad_token_id"]}
     if published := read_json(source / "generation_config.json"):
