@@ -13,8 +13,11 @@ TORCH_INDEX   ?=
 # The admin console's browser test drives Debian's chromium (Playwright's own browser download
 # needs the internet); `make test` installs it when it is missing.
 CHROMIUM ?= /usr/bin/chromium
+# The PostgreSQL tests start a throwaway server from Debian's postgresql binaries (tests/postgres.py);
+# `make test` installs the package when they are missing.
+POSTGRES_INITDB := /usr/lib/postgresql/*/bin/initdb
 
-.PHONY: install install-dev run index test bench clean
+.PHONY: install install-dev run index postgresql test bench clean
 
 install: $(VENV)/.installed
 install-dev: $(VENV)/.installed-dev
@@ -45,7 +48,14 @@ $(CHROMIUM):
 	  $$SUDO apt-get install -y -qq chromium >/dev/null 2>&1 || { $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq chromium; }
 	@test -x $(CHROMIUM) || { echo "chromium is still missing at $(CHROMIUM): install Debian's chromium package"; exit 1; }
 
-test: install-dev $(CHROMIUM)
+postgresql:
+	@ls $(POSTGRES_INITDB) >/dev/null 2>&1 || { \
+	  echo "installing Debian's postgresql for the tests' PostgreSQL server"; \
+	  SUDO=$$([ "$$(id -u)" = 0 ] || echo sudo); export DEBIAN_FRONTEND=noninteractive; \
+	  $$SUDO apt-get install -y -qq postgresql >/dev/null 2>&1 || { $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq postgresql; }; }
+	@ls $(POSTGRES_INITDB) >/dev/null 2>&1 || { echo "PostgreSQL's initdb is still missing at $(POSTGRES_INITDB): install Debian's postgresql package"; exit 1; }
+
+test: install-dev $(CHROMIUM) postgresql
 	$(BIN)/python -m pytest
 
 # LMDEPLOY_CLONE=path/to/a/clone/of/InternLM/lmdeploy adds the second question set.

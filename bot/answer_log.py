@@ -1,6 +1,7 @@
 """Every answer teambot gave on a chat platform, and the 👍 / 👎 votes on it.
 
-An SQLite database in the data dir (``answers.sqlite``). It is what feedback buttons refer to,
+In the state database (``answers.sqlite`` in the data dir, or PostgreSQL shared by every
+replica, so a vote on one shows in another's console). It is what feedback buttons refer to,
 how teambot knows which threads it answered in (to follow up without a new mention), and what
 admins read to see recent questions. Questions and answers are stored here on purpose, and
 never written to the logs. Answers older than the retention (``bot.answer_retention_days``)
@@ -17,18 +18,19 @@ from pathlib import Path
 from typing import Literal
 
 from bot.core import AnswerDone
-from rag.store.sqlite_file import SqliteFile
+from rag.store.database import Database, Stored
 
 Vote = Literal["up", "down"]
 DAY_S = 86_400.0
 
-SCHEMA = """
+MIGRATIONS = [
+    """
 CREATE TABLE IF NOT EXISTS answers (
     id         TEXT PRIMARY KEY,
     platform   TEXT NOT NULL,
     channel    TEXT NOT NULL,
     thread     TEXT NOT NULL,  -- the thread (Slack thread_ts, Discord thread id), '' for none
-    user       TEXT NOT NULL,
+    "user"     TEXT NOT NULL,
     question   TEXT NOT NULL,
     answer     TEXT NOT NULL,
     sources    TEXT NOT NULL,  -- JSON: [{"n", "path", "title", "score"}]
@@ -39,12 +41,17 @@ CREATE INDEX IF NOT EXISTS answers_by_thread ON answers (platform, channel, thre
 CREATE INDEX IF NOT EXISTS answers_by_time ON answers (created_at);
 CREATE TABLE IF NOT EXISTS votes (
     answer_id  TEXT NOT NULL REFERENCES answers (id),
-    user       TEXT NOT NULL,
+    "user"     TEXT NOT NULL,
     vote       TEXT NOT NULL,  -- up | down; a user's latest vote counts
     created_at REAL NOT NULL,
-    PRIMARY KEY (answer_id, user)
+    PRIMARY KEY (answer_id, "user")
 );
-"""
+""",
+]
+
+
+UP = "COALESCE(SUM(CASE WHEN v.vote = 'up' THEN 1 ELSE 0 END), 0)"
+DOWN = "COALESCE(SUM(CASE WHEN v.vote = 'down' THEN 1 ELSE 0 END), 0)"
 
 
 @dataclass(frozen=True)
@@ -63,10 +70,13 @@ class LoggedAnswer:
     down: int = 0
 
 
-class AnswerLog(SqliteFile):
-    def __init__(self, path: Path, retention_days: int = 0) -> None:
+class AnswerLog(Stored):
+    COMPONENT, WHAT, MIGRATIONS = "answer_log", "the answer log", MIGRATIONS
+    FILE = "answers.sqlite"
+
+    def __init__(self, db: Database | Path, retention_days: int = 0) -> None:
         """``retention_days``: answers older than this are deleted (0: kept forever, as readers of the log want)."""
-        super().__init__(path, SCHEMA, "the answer log")
+        super().__init__(db)
         self._retention_s = retention_days * DAY_S
         self.prune()
 
@@ -96,7 +106,11 @@ class AnswerLog(SqliteFile):
         with self._write() as db:
             if db.execute("SELECT 1 FROM answers WHERE id = ?", (answer_id,)).fetchone() is None:
                 return False
-            db.execute("INSERT OR REPLACE INTO votes VALUES (?, ?, ?, ?)", (answer_id, user, vote, time.time()))
+            db.execute(
+                """INSERT INTO votes VALUES (?, ?, ?, ?)
+                   ON CONFLICT (answer_id, "user") DO UPDATE SET vote = excluded.vote, created_at = excluded.created_at""",
+                (answer_id, user, vote, time.time()),
+            )
         return True
 
     def answered_in(self, platform: str, channel: str, thread: str) -> bool:
@@ -106,9 +120,9 @@ class AnswerLog(SqliteFile):
     def recent(self, limit: int = 50, *, voted_down: bool = False) -> list[LoggedAnswer]:
         """The latest answers, newest first, with their vote counts; ``voted_down``: only those with a 👎."""
         rows = self._read(
-            f"""SELECT a.*, COALESCE(SUM(v.vote = 'up'), 0) AS up, COALESCE(SUM(v.vote = 'down'), 0) AS down
+            f"""SELECT a.*, {UP} AS up, {DOWN} AS down
                FROM answers a LEFT JOIN votes v ON v.answer_id = a.id
-               GROUP BY a.id {"HAVING down > 0" if voted_down else ""} ORDER BY a.created_at DESC LIMIT ?""",
+               GROUP BY a.id {f"HAVING {DOWN} > 0" if voted_down else ""} ORDER BY a.created_at DESC LIMIT ?""",
             (limit,),
         )
         return [LoggedAnswer(**{**dict(row), "sources": json.loads(row["sources"]), "found": bool(row["found"])}) for row in rows]

@@ -6,8 +6,8 @@ re-index and watch its progress, ask a test question (streamed as NDJSON, with i
 and scores), and read recent questions with their 👍/👎 votes. Without the token the console
 does not start: /admin says how to turn it on.
 
-Sessions: a random id in an HttpOnly, SameSite=Strict cookie, kept in memory for
-``console.session_hours``. Every request is checked first (bot.console_guard): its Host, and for
+Sessions: a random id in an HttpOnly, SameSite=Strict cookie, valid for
+``console.session_hours``, kept (hashed) in the state database so that any replica knows it. Every request is checked first (bot.console_guard): its Host, and for
 changes its Origin and Content-Type; sign-in attempts are throttled per address.
 """
 
@@ -18,8 +18,6 @@ import hmac
 import json
 import logging
 import math
-import secrets
-import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import asdict
 from importlib.resources import files
@@ -35,6 +33,7 @@ from bot.answering import AnswerFlow, AnswerRequest, error_text
 from bot.console_guard import Refused, RequestCheck, SignInThrottle, allowed_hosts, check_admin_token
 from bot.core import AnswerDone, AnswerEvidence
 from bot.http_server import Limit
+from bot.platform_state import ConsoleSessions
 from config.errors import ConfigError, TeambotError
 from config.settings import DEFAULT_COLLECTION, SECRET_ENV, Settings, check_collection_name
 from rag.operations.desk import KnowledgeDesk, UploadError
@@ -59,7 +58,7 @@ Handler = Callable[[Request], Awaitable[Response]]
 
 
 def console_routes(
-    settings: Settings, flow: AnswerFlow, desk: KnowledgeDesk, scheduler: IndexScheduler, answers: AnswerLog
+    settings: Settings, flow: AnswerFlow, desk: KnowledgeDesk, scheduler: IndexScheduler, answers: AnswerLog, sessions: ConsoleSessions
 ) -> tuple[list[BaseRoute], str | None]:
     """The console's routes, and why it is off (None when it is on)."""
     if not settings.console.enabled:
@@ -71,7 +70,7 @@ def console_routes(
         return [Route("/admin", disabled), Route("/admin/{rest:path}", disabled, methods=["GET", "POST", "DELETE"])], (
             f"the admin console is off: set {SECRET_ENV['admin_token']} to turn it on"
         )
-    return Console(settings, flow, desk, scheduler, answers).routes(), None
+    return Console(settings, flow, desk, scheduler, answers, sessions).routes(), None
 
 
 def console_body_limits(settings: Settings) -> dict[str, Limit]:
@@ -87,14 +86,16 @@ def console_body_limits(settings: Settings) -> dict[str, Limit]:
 
 
 class Console:
-    def __init__(self, settings: Settings, flow: AnswerFlow, desk: KnowledgeDesk, scheduler: IndexScheduler, answers: AnswerLog) -> None:
+    def __init__(
+        self, settings: Settings, flow: AnswerFlow, desk: KnowledgeDesk, scheduler: IndexScheduler, answers: AnswerLog, sessions: ConsoleSessions
+    ) -> None:
         self._settings = settings
         self._flow = flow
         self._desk = desk
         self._scheduler = scheduler
         self._answers = answers
         self._token = check_admin_token(settings)
-        self._sessions: dict[str, float] = {}  # session id -> expiry (time.time())
+        self._sessions = sessions  # in the state database: a browser's next request may reach any replica
         self._throttle = SignInThrottle()
         self._check = RequestCheck(allowed_hosts(settings))
         self._page = files("bot").joinpath("console.html").read_text(encoding="utf-8")
@@ -133,10 +134,10 @@ class Console:
             log.warning("console: a wrong admin token was given from %s", client)
             return _error(f"wrong admin token: use the value of {SECRET_ENV['admin_token']} that teambot was started with", 401)
         self._throttle.succeeded(client)
-        session = secrets.token_urlsafe(32)
-        now = time.time()
-        self._sessions = {s: t for s, t in self._sessions.items() if t > now}
-        self._sessions[session] = now + self._settings.console.session_hours * 3600
+        try:
+            session = await asyncio.to_thread(self._sessions.start, self._settings.console.session_hours * 3600)
+        except TeambotError as exc:
+            return _error(error_text(exc), 503)
         response = JSONResponse({"ok": True})
         response.set_cookie(
             COOKIE, session, max_age=int(self._settings.console.session_hours * 3600),
@@ -145,7 +146,7 @@ class Console:
         return response
 
     async def logout(self, request: Request) -> Response:
-        self._sessions.pop(request.cookies.get(COOKIE, ""), None)
+        await asyncio.to_thread(self._sessions.end, request.cookies.get(COOKIE, ""))
         response = JSONResponse({"ok": True})
         response.delete_cookie(COOKIE, path="/admin")
         return response
@@ -165,10 +166,9 @@ class Console:
 
     def _signed_in(self, handler: Handler) -> Handler:
         async def guarded(request: Request) -> Response:
-            expiry = self._sessions.get(request.cookies.get(COOKIE, ""), 0.0)
-            if expiry < time.time():
-                return _error("sign in first (your session ended or was never started)", 401)
             try:
+                if not await asyncio.to_thread(self._sessions.valid, request.cookies.get(COOKIE, "")):
+                    return _error("sign in first (your session ended or was never started)", 401)
                 return await handler(request)
             except (UploadError, ConfigError) as exc:  # a refused file, a bad collection name: the request's fault
                 return _error(error_text(exc), 400)

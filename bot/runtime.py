@@ -1,7 +1,7 @@
 """Builds a running teambot from its settings, in one place: each part gets what it needs in its
 constructor. The knowledge parts (store, manifest, run history, indexer, retriever, index
-runs, knowledge desk) always; the LLM server, its client, the answer engine and the answer
-flow when asked for; the metrics, the answer log and the LLM server's supervisor (which restarts
+runs, knowledge desk; with ``state_url``, the shared uploads) always; the LLM server, its client, the answer engine and the answer
+flow when asked for; the metrics, the answer log, the platforms' shared state and the LLM server's supervisor (which restarts
 it when it dies) when serving. Stops what it started on exit.
 """
 
@@ -17,6 +17,7 @@ from bot.answer_log import AnswerLog
 from bot.answering import AnswerFlow
 from bot.core import AnswerEngine
 from bot.metrics import Metrics
+from bot.platform_state import PlatformState
 from config.settings import Settings
 from inference.client import ChatClient, Endpoint
 from inference.process import Progress
@@ -28,6 +29,7 @@ from rag.operations.desk import KnowledgeDesk
 from rag.operations.index_runs import IndexRuns
 from rag.operations.lease import new_holder_id
 from rag.operations.run_history import RunHistory
+from rag.operations.shared_uploads import SharedUploads, UploadSync
 from rag.search.retriever import Retriever
 from rag.store.chroma import ChromaStore
 from rag.store.manifest import Manifest
@@ -47,6 +49,7 @@ class Runtime:
     desk: KnowledgeDesk
     metrics: Metrics | None = None  # serving only
     answers: AnswerLog | None = None  # serving only
+    platform: PlatformState | None = None  # serving only: event ids, console sessions
     server: LLMServer | None = None
     supervisor: ServerSupervisor | None = None  # serving with a server teambot started
     endpoint: Endpoint | None = None
@@ -68,8 +71,11 @@ class Runtime:
         self.indexer.reader.close()
         self.manifest.close()
         self.history.close()
-        if self.answers is not None:
-            self.answers.close()
+        if self.runs.uploads is not None:
+            self.runs.uploads.uploads.close()
+        for part in (self.answers, self.platform):
+            if part is not None:
+                part.close()
 
 
 def knowledge_runtime(settings: Settings, *, serving: bool = False) -> Runtime:
@@ -79,11 +85,13 @@ def knowledge_runtime(settings: Settings, *, serving: bool = False) -> Runtime:
     store = ChromaStore(
         settings.data_dir / "chroma", embed_model_id(settings.rag.embed_model), settings.rag.store_timeout_s, url=settings.rag.chroma_url
     )
-    manifest = Manifest(settings.data_dir / "index.sqlite")
-    history = RunHistory(settings.data_dir / "index-runs.sqlite")
+    url, data = settings.state_url, settings.data_dir
+    manifest = Manifest(Manifest.database(url, data))
+    history = RunHistory(RunHistory.database(url, data))
     metrics = Metrics(manifest) if serving else None
     indexer = Indexer(settings, store, manifest)
-    runs = IndexRuns(indexer, history, new_holder_id(), on_run=metrics.observe_run if metrics else None)
+    uploads = UploadSync(SharedUploads(SharedUploads.database(url, data)), settings.collection_dirs, settings.uploads_dir) if url else None
+    runs = IndexRuns(indexer, history, new_holder_id(), on_run=metrics.observe_run if metrics else None, uploads=uploads)
     return Runtime(
         settings=settings,
         store=store,
@@ -94,7 +102,8 @@ def knowledge_runtime(settings: Settings, *, serving: bool = False) -> Runtime:
         runs=runs,
         desk=KnowledgeDesk(settings, manifest, runs, on_upload=metrics.observe_upload if metrics else None),
         metrics=metrics,
-        answers=AnswerLog(settings.data_dir / "answers.sqlite", settings.bot.answer_retention_days) if serving else None,
+        answers=AnswerLog(AnswerLog.database(url, data), settings.bot.answer_retention_days) if serving else None,
+        platform=PlatformState(PlatformState.database(url, data)) if serving else None,
     )
 
 

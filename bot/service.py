@@ -25,9 +25,11 @@ log = logging.getLogger(__name__)
 
 class Service:
     def __init__(self, runtime: Runtime) -> None:
-        assert runtime.flow is not None and runtime.answers is not None and runtime.metrics is not None, "open the runtime with_llm and serving"
+        assert runtime.flow is not None and runtime.answers is not None and runtime.metrics is not None and runtime.platform is not None, (
+            "open the runtime with_llm and serving"
+        )
         self._runtime = runtime
-        self.flow, self.answers, self.metrics = runtime.flow, runtime.answers, runtime.metrics
+        self.flow, self.answers, self.metrics, self.platform = runtime.flow, runtime.answers, runtime.metrics, runtime.platform
         self.slack: SlackAdapter | None = None
         self.discord: DiscordAdapter | None = None
         self.http: HttpServer | None = None
@@ -55,7 +57,7 @@ class Service:
         routes = [health_route(runtime, self.scheduler), self.metrics.route()]
         try:
             await self.scheduler.start()
-            console, self.console_off = console_routes(settings, self.flow, runtime.desk, self.scheduler, self.answers)
+            console, self.console_off = console_routes(settings, self.flow, runtime.desk, self.scheduler, self.answers, self.platform.sessions)
             limits = BodyLimits(Limit(settings.http_max_body_kb * 1024, "raise http_max_body_kb (TEAMBOT_HTTP_MAX_BODY_KB)"), console_body_limits(settings))
             if settings.console.port is None:
                 routes += console
@@ -69,13 +71,13 @@ class Service:
             if settings.slack_bot_token is not None:
                 from bot.slack.adapter import SlackAdapter
 
-                self.slack = SlackAdapter(settings, self.flow, runtime.desk, self.answers)
+                self.slack = SlackAdapter(settings, self.flow, runtime.desk, self.answers, self.platform.seen)
                 await self.slack.start()
                 routes += self.slack.routes()
             if settings.discord_bot_token is not None:
                 from bot.discord.adapter import DiscordAdapter
 
-                self.discord = DiscordAdapter(settings, self.flow, runtime.desk, self.answers)
+                self.discord = DiscordAdapter(settings, self.flow, runtime.desk, self.answers, self.platform.seen)
                 await self.discord.start()
             self.http = HttpServer(settings.http_host, settings.http_port, routes, limits)
             await self.http.start()

@@ -326,6 +326,11 @@ class Settings(BaseSettings):
 
     data_dir: Path = Path("data")
     """Everything teambot writes: Chroma, the index manifest, logs."""
+    state_url: str | None = None
+    """Where replicas keep their shared state (index manifest, run queue and history, index lease,
+    answers and votes, platform event ids, console sessions, uploaded files): empty means SQLite
+    files in data_dir (one host); postgresql://user@host:5432/teambot means one PostgreSQL for
+    every replica (put the password in PGPASSWORD, not here). (env: TEAMBOT_STATE_URL)"""
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     inference: InferenceSettings = InferenceSettings()
     rag: RagSettings = RagSettings()
@@ -354,6 +359,15 @@ class Settings(BaseSettings):
     admin_token: SecretStr | None = Field(None, validation_alias=SECRET_ENV["admin_token"])
 
     _config_file: Path | None = PrivateAttr(None)
+
+    @field_validator("state_url")
+    @classmethod
+    def _state_url(cls, value: str | None) -> str | None:
+        if not value:
+            return None
+        if not re.match(r"^postgres(ql)?://[^\s]*$", value):
+            raise ValueError("must be a postgresql:// URL, e.g. postgresql://teambot@db.internal:5432/teambot (empty: SQLite files in data_dir)")
+        return value
 
     @field_validator("slack_api_url")
     @classmethod

@@ -29,6 +29,7 @@ from inference import internlm2
 from inference.lmdeploy import GPU_INSTALL, check_model, gpu_problem, lmdeploy_installed
 from inference.model_check import installed, known_trouble, needs_remote_code, read_config
 from rag.ingest.documents import DocumentError, read_document
+from rag.ingest.indexer import folder_of
 from rag.store.manifest import Manifest
 
 log = logging.getLogger(__name__)
@@ -67,12 +68,12 @@ class QuantizeResult:
     calibration: str
 
 
-def knowledge_texts(manifest: Manifest) -> list[str]:
+def knowledge_texts(manifest: Manifest, settings: Settings) -> list[str]:
     """The text of every indexed document, read again from its file (changed or gone files are skipped)."""
     texts = []
     for record in manifest.indexed():
         try:
-            document = read_document(Path(record.root) / record.path)
+            document = read_document(folder_of(settings, record.root) / record.path)
         except (DocumentError, OSError) as exc:
             log.info("calibration skips %s: %s", record.path, exc)
             continue
@@ -198,9 +199,9 @@ def quantize(
     texts: list[str] = []
     if calib_dataset == KNOWLEDGE:
         progress("reading the indexed documents for calibration text")
-        manifest = Manifest(settings.data_dir / "index.sqlite")
+        manifest = Manifest(Manifest.database(settings.state_url, settings.data_dir))
         try:
-            texts = knowledge_texts(manifest)
+            texts = knowledge_texts(manifest, settings)
         finally:
             manifest.close()
     working = source  # what lmdeploy quantizes: the model, or its Llama-layout copy

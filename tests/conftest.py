@@ -155,3 +155,20 @@ async def teambot(settings: Settings) -> AsyncIterator[Service]:
             yield service
         finally:
             await service.stop()
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[str]:
+    """A real PostgreSQL server (tests/postgres.py) on 127.0.0.1, started once; yields its `postgres` database's URL."""
+    from tests.postgres import running_server
+
+    with running_server() as url:
+        yield url
+
+
+@pytest.fixture
+def state_url(postgres_server: str) -> str:
+    """The URL of a new, empty database on the session's PostgreSQL server, one per test."""
+    from tests.postgres import create_database
+
+    return create_database(postgres_server)

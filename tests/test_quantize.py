@@ -35,7 +35,7 @@ def tokenizer() -> Any:
 def texts_of(settings: Settings) -> list[str]:
     manifest = Manifest(settings.data_dir / "index.sqlite")
     try:
-        return knowledge_texts(manifest)
+        return knowledge_texts(manifest, settings)
     finally:
         manifest.close()
 
@@ -91,7 +91,7 @@ def test_changed_away_or_deleted_documents_are_skipped(tmp_path: Path, indexed_s
         with manifest._write() as db:  # the copied manifest still names the original folder
             db.execute("UPDATE files SET root = ?", (str(knowledge),))
         next(knowledge.glob("*.md")).unlink()
-        assert len(knowledge_texts(manifest)) == len(list(EXAMPLES.iterdir())) - 1
+        assert len(knowledge_texts(manifest, settings)) == len(list(EXAMPLES.iterdir())) - 1
     finally:
         manifest.close()
     assert default_output(settings, "internlm/internlm2_5-1_8b-chat") == data / "models" / "internlm2_5-1_8b-chat-w4a16"

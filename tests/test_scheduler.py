@@ -206,7 +206,7 @@ async def test_a_long_write_lock_costs_the_holder_neither_its_lease_nor_its_run(
         try:
             first = await async_wait_for(lambda: runtime.history.running(), "the run at start to begin")
             await asyncio.sleep(max(renewed_at + 20 - time.monotonic(), 0))  # lock 5 s before that renewal: it meets 35 s of lock
-            await asyncio.to_thread(hold_write_lock, runtime.history.path, 40, taken)
+            await asyncio.to_thread(hold_write_lock, runtime.history.db.path, 40, taken)
             kept = scheduler.leader
         finally:
             await asyncio.to_thread(release)  # the run reads on (also when the test fails: stop() waits for the run)

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -28,6 +27,7 @@ from bot.discord.guilds import GuildPolicy
 from bot.discord.messages import PLATFORM
 from bot.discord.render import MESSAGE_LIMIT, defused, thread_name
 from bot.discord.streaming import ChannelDestination, Destination, DiscordAnswer, InteractionDestination
+from bot.platform_state import SeenOnce, claim_once
 from bot.prompt import Turn
 from config.errors import ConfigError, TeambotError
 from config.settings import DEFAULT_COLLECTION, Settings
@@ -37,7 +37,7 @@ log = logging.getLogger(__name__)
 
 READY_TIMEOUT_S = 60.0
 HISTORY_MESSAGES = 50
-SEEN_MESSAGES_MAX = 10_000
+SEEN_MESSAGE_TTL_S = 3600  # how long a message id is remembered to answer it once
 MARKUP = Markup(bold=lambda text: f"**{text}**", escape=defused, refused="⛔", warning="⚠️", limit=MESSAGE_LIMIT)
 # What the bot needs in a server: read and answer, in channels and threads (docs: Permissions).
 BOT_PERMISSIONS = discord.Permissions(
@@ -109,7 +109,8 @@ class _Client(discord.Client):
 
 
 class DiscordAdapter:
-    def __init__(self, settings: Settings, flow: AnswerFlow, desk: KnowledgeDesk, answers: AnswerLog) -> None:
+    def __init__(self, settings: Settings, flow: AnswerFlow, desk: KnowledgeDesk, answers: AnswerLog, seen: SeenOnce) -> None:
+        """``seen``: the message ids already answered, shared by every replica (bot.platform_state)."""
         if settings.discord_bot_token is None:
             raise ConfigError("Discord needs DISCORD_BOT_TOKEN", "set it in the environment")
         self._settings = settings
@@ -121,7 +122,7 @@ class DiscordAdapter:
         intents.message_content = settings.discord.follow_ups  # privileged: only for thread follow-ups without a mention
         self.client = _Client(self, answers, intents)
         self._register_commands(self.client.tree)
-        self._seen: OrderedDict[int, None] = OrderedDict()
+        self._seen = seen
         self._connection: asyncio.Task[None] | None = None
 
     # --- lifecycle ------------------------------------------------------------------------
@@ -261,7 +262,8 @@ class DiscordAdapter:
         me = self.client.user
         if me is None or message.author.bot or message.type not in (discord.MessageType.default, discord.MessageType.reply):
             return  # other bots, teambot itself, joins and pins
-        if not self._first_delivery(message.id):
+        # A gateway replay after a resume, or a message another replica's connection got too.
+        if not await claim_once(self._seen, f"discord-message:{message.id}", SEEN_MESSAGE_TTL_S):
             return
         guild_id = message.guild.id if message.guild else None
         if not self.guilds.admits(guild_id):
@@ -328,12 +330,3 @@ class DiscordAdapter:
 
     async def _answer(self, destination: Destination, request: AnswerRequest) -> None:
         await self._flow.answer(request, DiscordAnswer(destination, self._settings.discord.update_interval_s))
-
-    def _first_delivery(self, message_id: int) -> bool:
-        """False for a message seen before (a gateway replay after a resume): answered once."""
-        if message_id in self._seen:
-            return False
-        self._seen[message_id] = None
-        if len(self._seen) > SEEN_MESSAGES_MAX:
-            self._seen.popitem(last=False)
-        return True

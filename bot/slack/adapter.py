@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections import OrderedDict
 from dataclasses import replace
 from typing import Any
 from urllib.parse import urlsplit
@@ -27,6 +26,7 @@ from starlette.routing import Route
 from bot.answer_log import AnswerLog
 from bot.answering import AnswerFlow
 from bot.desk_replies import NOT_ADMIN, Markup, added_text, documents_text, failure_text, removed_text
+from bot.platform_state import SeenOnce, claim_once
 from bot.slack import messages as msg
 from bot.slack.http_events import EventsEndpoint
 from bot.slack.messages import PLATFORM, slack_error
@@ -44,7 +44,7 @@ SUBSCRIBED_EVENTS = ("app_mention", "message")
 SLASH_COMMANDS = ("/ask", "/kb")
 # Where Slack serves files (url_private); the bot token is sent nowhere else but SLACK_API_URL's host.
 SLACK_FILE_HOSTS = frozenset({"files.slack.com", "files-edu.slack.com", "files.slack-gov.com"})
-SEEN_EVENTS_MAX = 10_000  # event_ids remembered to answer each event once (Slack retries within minutes)
+SEEN_EVENT_TTL_S = 3600  # how long an event_id is remembered to answer it once (Slack retries within minutes)
 ADMIN_CACHE_S = 300
 RATE_LIMIT_RETRIES = 5
 DOWNLOAD_TIMEOUT_S = 60
@@ -59,7 +59,8 @@ KB_HELP = (
 
 
 class SlackAdapter:
-    def __init__(self, settings: Settings, flow: AnswerFlow, desk: KnowledgeDesk, answers: AnswerLog) -> None:
+    def __init__(self, settings: Settings, flow: AnswerFlow, desk: KnowledgeDesk, answers: AnswerLog, seen: SeenOnce) -> None:
+        """``seen``: the event ids already answered, shared by every replica (bot.platform_state)."""
         if settings.slack_bot_token is None:
             raise ConfigError("Slack needs SLACK_BOT_TOKEN (xoxb-...)", "set it in the environment")
         if settings.slack_app_token is None and settings.slack_signing_secret is None:
@@ -87,7 +88,7 @@ class SlackAdapter:
             logger=logging.getLogger("slack_bolt.teambot"),
         )
         self._streams = StreamSupport(enabled=settings.slack.streaming == "auto")
-        self._seen: OrderedDict[str, None] = OrderedDict()
+        self._seen = seen
         self._admins: dict[str, tuple[bool, float]] = {}
         self._socket: AsyncSocketModeHandler | None = None
         self.bot_user_id = ""
@@ -118,7 +119,7 @@ class SlackAdapter:
         """The Events API endpoint for teambot's HTTP server (when SLACK_SIGNING_SECRET is set)."""
         if self._settings.slack_signing_secret is None:
             return []
-        return [Route(EVENTS_PATH, EventsEndpoint(self.app, self._settings.slack_signing_secret.get_secret_value()).handle, methods=["POST"])]
+        return [Route(EVENTS_PATH, EventsEndpoint(self.app, self._settings.slack_signing_secret.get_secret_value(), self._seen).handle, methods=["POST"])]
 
     # --- listeners ------------------------------------------------------------------------
 
@@ -133,7 +134,7 @@ class SlackAdapter:
         self.app.action(FEEDBACK_ACTION_DOWN)(self._on_feedback)
 
     async def _on_mention(self, body: dict[str, Any], event: dict[str, Any]) -> None:
-        if not self._first_delivery(body) or msg.is_from_a_bot(event, self.bot_user_id):
+        if msg.is_from_a_bot(event, self.bot_user_id) or not await self._first_delivery(body):
             return
         question = msg.question_from_message(event, self.team_id, self._settings.slack)
         await self._answer(question)
@@ -142,7 +143,7 @@ class SlackAdapter:
         subtype = event.get("subtype")
         if subtype not in (None, "file_share", "thread_broadcast") or msg.is_from_a_bot(event, self.bot_user_id):
             return  # edits, deletions, joins; our own and other bots' messages
-        if not self._first_delivery(body):
+        if not await self._first_delivery(body):
             return
         if event.get("channel_type") == "im":
             if event.get("files"):
@@ -320,15 +321,12 @@ class SlackAdapter:
     async def _say(self, channel: str, text: str, thread_ts: str | None = None) -> None:
         await self.client.chat_postMessage(channel=channel, text=text, thread_ts=thread_ts)
 
-    def _first_delivery(self, body: dict[str, Any]) -> bool:
-        """False for an event_id seen before: Slack's retries and Socket Mode redeliveries are answered once."""
+    async def _first_delivery(self, body: dict[str, Any]) -> bool:
+        """False for an event_id seen before, by any replica: Slack's retries and Socket Mode redeliveries are answered once."""
         event_id = body.get("event_id")
         if not event_id:
             return True
-        if event_id in self._seen:
-            log.info("event %s delivered again (retry %s); answered once", event_id, body.get("retry_attempt", "?"))
-            return False
-        self._seen[event_id] = None
-        if len(self._seen) > SEEN_EVENTS_MAX:
-            self._seen.popitem(last=False)
-        return True
+        if await claim_once(self._seen, f"slack-event:{event_id}", SEEN_EVENT_TTL_S):
+            return True
+        log.info("event %s delivered again (retry %s); answered once", event_id, body.get("retry_attempt", "?"))
+        return False

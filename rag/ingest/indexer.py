@@ -13,7 +13,6 @@ unless mass deletes are allowed (rag.allow_mass_delete, `teambot index --allow-m
 
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import logging
 import os
@@ -96,8 +95,26 @@ class _Todo:
     known: bool  # the manifest has a row for it, so the store may hold chunks of it
 
 
+COLLECTION_ROOT = "collection:"  # a manifest root that names a collection's own folder, wherever a replica keeps it
+
+
 def doc_id_for(collection: str, root: str, relpath: str) -> str:
     return hashlib.sha1(f"{collection}\0{root}\0{relpath}".encode()).hexdigest()[:20]
+
+
+def root_of(settings: Settings, collection: str, folder: Path) -> str:
+    """How the manifest names a scanned folder: its absolute path; with shared state (state_url),
+    a collection's own folder by the collection's name, since each replica keeps its copy elsewhere."""
+    if settings.state_url and folder == settings.collection_dir(collection).resolve():
+        return COLLECTION_ROOT + collection
+    return str(folder)
+
+
+def folder_of(settings: Settings, root: str) -> Path:
+    """The folder a manifest root names, on this replica."""
+    if root.startswith(COLLECTION_ROOT):
+        return settings.collection_dir(root.removeprefix(COLLECTION_ROOT))
+    return Path(root)
 
 
 def chunk_id_for(doc_id: str, position: int) -> str:
@@ -170,7 +187,7 @@ class Indexer:
         if progress:
             progress.planned(len(records))
         done: list[FileRecord] = []
-        for batch in _batches([_Todo(Path(r.root) / r.path, r, is_new=False, known=True) for r in records]):
+        for batch in _batches([_Todo(self.folder_of(r.root) / r.path, r, is_new=False, known=True) for r in records]):
             if cancel is not None and cancel.is_set():
                 raise IndexCancelled(f"re-embedding collection {collection!r} was stopped; the next run starts it again")
             parsed = []
@@ -214,6 +231,12 @@ class Indexer:
         report.seconds = round(time.monotonic() - started, 3)
         return report
 
+    def root_of(self, collection: str, folder: Path) -> str:
+        return root_of(self._settings, collection, folder)
+
+    def folder_of(self, root: str) -> Path:
+        return folder_of(self._settings, root)
+
     def _collection_dir(self, collection: str) -> Path:
         folder = self._settings.collection_dirs().get(collection)
         if folder is None:
@@ -230,7 +253,8 @@ class Indexer:
 
     @contextmanager
     def exclusive(self) -> Iterator[None]:
-        """One index run at a time per data dir, across processes and threads; a thread may nest it."""
+        """One index run at a time per data dir (a file lock), or across every replica with shared
+        state (a PostgreSQL advisory lock), and across threads; a thread may nest it."""
         depth = getattr(self._held, "depth", 0)
         if depth:
             self._held.depth = depth + 1
@@ -239,27 +263,12 @@ class Indexer:
             finally:
                 self._held.depth = depth
             return
-        with self._file_lock():
+        with self._manifest.db.exclusive("index"):
             self._held.depth = 1
             try:
                 yield
             finally:
                 self._held.depth = 0
-
-    @contextmanager
-    def _file_lock(self) -> Iterator[None]:
-        lock_path = self._settings.data_dir / "index.lock"
-        lock_path.parent.mkdir(parents=True, exist_ok=True)
-        with lock_path.open("w") as lock:
-            try:
-                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                log.info("another index run holds %s; waiting for it", lock_path)
-                fcntl.flock(lock, fcntl.LOCK_EX)
-            try:
-                yield
-            finally:
-                fcntl.flock(lock, fcntl.LOCK_UN)
 
     def _reconcile(self, paths: Sequence[Path], collection: str, report: IndexReport, allow_mass_delete: bool) -> list[_Todo]:
         """Sorts every file into added / updated / unchanged / failed, and deletes what is gone."""
@@ -270,7 +279,7 @@ class Indexer:
             if target is None:
                 report.failed.append({"path": str(given), "error": "no such file or folder"})
                 continue
-            root = str(target.root)
+            root = self.root_of(collection, target.root)
             known = self._manifest.files(collection, root)
             seen: set[str] = set()
             for path in target.files:

@@ -2,7 +2,8 @@
 Discord, the web console, the command line).
 
 Upload (the name, type and size checked before any download, the file parsed before it is
-saved, then saved into its collection's folder and indexed at once), list, remove (that
+saved, then saved into its collection's folder, or with shared state into PostgreSQL, from
+where every replica's index runs write it into their folders, and indexed at once), list, remove (that
 document's chunks and nothing else), index, re-index (a request in the service's queue), and
 the index's status. Each action returns a typed result the front end renders. Every change to
 the index is an index run (rag.operations.index_runs): in the run history, `teambot status`
@@ -33,7 +34,7 @@ from config.settings import Settings, check_collection_name
 from rag.ingest.documents import SUPPORTED_SUFFIXES, DocumentError
 from rag.ingest.indexer import IndexProgress, IndexReport
 from rag.operations.index_runs import IndexRuns
-from rag.operations.lease import LeaseState, current_lease
+from rag.operations.lease import LeaseState, read_lease
 from rag.operations.run_history import Run, RunProgress
 from rag.store.manifest import FileRecord, Manifest
 
@@ -144,6 +145,7 @@ class KnowledgeDesk:
         self._runs = runs
         self._indexer = runs.indexer
         self._history = runs.history
+        self._shared = runs.uploads.uploads if runs.uploads is not None else None  # with shared state: where uploads are kept
         self._on_upload = on_upload
         self.max_bytes = int(settings.rag.max_file_mb * 1024 * 1024)
 
@@ -210,8 +212,12 @@ class KnowledgeDesk:
                 raise UploadError(str(exc.message).replace(staging.name, name), exc.hint) from None
             replaced = final.exists()
             try:
-                previous = self._keep_version(folder, name, move=False) if replaced else None
-                os.replace(staging, final)
+                if self._shared is not None:  # every replica's next run writes it into its folder: this one's, first
+                    self._shared.put(collection, name, data, self._settings.rag.keep_versions)
+                    previous = None
+                else:
+                    previous = self._keep_version(folder, name, move=False) if replaced else None
+                    os.replace(staging, final)
             except OSError as exc:
                 raise TeambotError(
                     f"{name} was not added: it could not be saved in {folder} ({exc.strerror or exc})",
@@ -280,13 +286,15 @@ class KnowledgeDesk:
         if record is None or not path.resolve().is_relative_to(folder.resolve()):
             known = ", ".join(d.path for d in self.documents(collection)[:20]) or "none"
             raise UploadError(f"collection {collection!r} has no document {name!r}", f"its documents: {known}")
+        if self._shared is not None:  # every replica deletes its copy of this content at its next run
+            self._shared.remove(collection, name, record.sha256, self._settings.rag.keep_versions)
         kept = self._keep_version(folder, name, move=True) if path.is_file() else None
         path.unlink(missing_ok=True)
         run = self._runs.run(trigger, lambda progress: [self._indexer.remove(collection, [record])])
         return Removed(Document.of(record), run.id, kept)
 
     def _record(self, collection: str, folder: Path, name: str) -> FileRecord | None:
-        root = str(folder.resolve())
+        root = self._indexer.root_of(collection, folder.resolve())
         return next((r for r in self._manifest.files(collection, root).values() if r.path == name), None)
 
     # --- index runs -----------------------------------------------------------------------
@@ -313,7 +321,7 @@ class KnowledgeDesk:
 
     def index_service(self) -> LeaseState | None:
         """The `teambot serve` that runs the index queue now (a live index lease), or None."""
-        lease = current_lease(self._history.path)
+        lease = read_lease(self._history.db)
         return lease if lease is not None and lease.alive else None
 
     def request_reindex(self, trigger: str) -> ReindexRequested:
@@ -360,7 +368,7 @@ class KnowledgeDesk:
                 )
             )
         return IndexStatus(
-            service=current_lease(self._history.path),
+            service=read_lease(self._history.db),
             waiting_requests=len(self._history.waiting()),
             running=self._history.running(),
             runs=self._history.recent(runs),

@@ -1,7 +1,8 @@
 """Every index run goes through here, whoever starts it: the schedule, a re-index request,
 `teambot index`, an upload or a removal.
 
-A run holds the index run lock (one run at a time per data dir), is recorded in the run
+A run holds the index run lock (one run at a time per data dir, or across replicas with shared
+state), first writes the shared uploads into this replica's folders (with shared state), is recorded in the run
 history (trigger, progress, one report per collection, how it ended), and is told to the
 observer (the metrics). A run that another process left ``running`` when it died is marked
 interrupted first, so its requests are served again.
@@ -15,6 +16,7 @@ from collections.abc import Callable
 
 from rag.ingest.indexer import IndexCancelled, Indexer
 from rag.operations.run_history import CollectionReport, Run, RunHistory, RunProgress
+from rag.operations.shared_uploads import UploadSync
 
 log = logging.getLogger(__name__)
 
@@ -22,11 +24,15 @@ RunWork = Callable[[RunProgress], list[CollectionReport]]
 
 
 class IndexRuns:
-    def __init__(self, indexer: Indexer, history: RunHistory, holder: str, on_run: Callable[[Run], None] | None = None) -> None:
+    def __init__(
+        self, indexer: Indexer, history: RunHistory, holder: str, on_run: Callable[[Run], None] | None = None, uploads: UploadSync | None = None
+    ) -> None:
+        """``uploads``: with shared state, the shared uploads this replica writes into its folders before each run."""
         self.indexer = indexer
         self.history = history
         self.holder = holder  # this process, as the run history and the index lease name it
         self._on_run = on_run
+        self.uploads = uploads
 
     def run(self, trigger: str, work: RunWork, *, serve_requests: bool = False) -> Run:
         """Runs ``work(progress)`` as one recorded run; with ``serve_requests`` it serves every
@@ -44,6 +50,8 @@ class IndexRuns:
             reports: list[CollectionReport] = []
             failure: BaseException | None = None
             try:
+                if self.uploads is not None:
+                    self.uploads.sync()
                 reports = work(progress)
                 state, error = "done", ""
             except IndexCancelled as exc:

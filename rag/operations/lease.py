@@ -1,15 +1,22 @@
 """The index lease: which of several `teambot serve` replicas runs the re-index.
 
-One row in ``<data_dir>/index-runs.sqlite``: the holder and when its lease expires. The holder
-renews it every third of ``rag.lease_ttl_s``; a replica that sees the row unchanged for a whole
-TTL (its holder died or hung) takes it over. Replicas must share the data dir (one host, or a
-shared filesystem with working POSIX locks).
+One row in the state database (``<data_dir>/index-runs.sqlite``, or PostgreSQL shared by
+every replica): the holder and when its lease expires. The holder renews it every third of
+``rag.lease_ttl_s``; another replica takes it over when the holder stopped renewing it (it died
+or hung).
 
-One clock decides: each process's own monotonic clock. The holder counts its lease from the
-moment it started the renewal that wrote it (so it gives up no later than anyone could take
-over); another replica counts from the moment it first saw the row as it is now. Nobody
-compares a time written by one host's clock with another's. ``expires_at`` (the holder's wall
-clock) is kept for people: `teambot status` shows it.
+Which clock decides:
+- PostgreSQL: the database's. ``expires_at`` is written and compared with the server's clock
+  in the same statement, so replicas on hosts whose clocks disagree still agree on expiry.
+  A leased row rather than an advisory lock: an advisory lock lives as long as its holder's
+  connection, so a holder that hangs with its connection open would keep it forever, and a
+  connection pooler in between breaks it; the row also says who holds it (`teambot status`).
+- SQLite (one host, or a shared filesystem): each process's own monotonic clock. Another
+  replica takes over after it has seen the row unchanged for a whole TTL; nobody compares a
+  time written by one host's clock with another's. ``expires_at`` is kept for people.
+
+Either way the holder counts its lease from the moment it started the renewal that wrote it,
+so it gives up no later than anyone could take over.
 """
 
 from __future__ import annotations
@@ -17,25 +24,24 @@ from __future__ import annotations
 import json
 import os
 import socket
-import sqlite3
-import threading
 import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from config.errors import StoreError
-from rag.store.sqlite_file import SqliteFile
+from rag.store.database import Database, SqliteDatabase, Stored
 
-SCHEMA = """
+MIGRATIONS = [
+    """
 CREATE TABLE IF NOT EXISTS lease (
     name       TEXT PRIMARY KEY,
     holder     TEXT NOT NULL,
     expires_at REAL NOT NULL,
     info       TEXT NOT NULL DEFAULT '{}'  -- JSON: pid, host, http address, next scheduled run
 );
-"""
+""",
+]
 LEASE_NAME = "index"
 DEFAULT_WAIT_S = 30.0  # for the database's write lock, unless the caller says otherwise
 
@@ -50,19 +56,18 @@ class LeaseState:
     holder: str
     expires_at: float
     info: dict[str, Any]
-
-    @property
-    def alive(self) -> bool:
-        """By the holder's wall clock against this one's: for `teambot status` and one-shot commands, not for taking the lease."""
-        return self.expires_at > time.time()
+    alive: bool  # not expired, by the database's clock (PostgreSQL) or this host's (SQLite): for `teambot status`, not for taking the lease
 
 
-class IndexLease(SqliteFile):
-    def __init__(self, path: Path, holder: str, ttl_s: float) -> None:
-        super().__init__(path, SCHEMA, "the index lease in")
+class IndexLease(Stored):
+    COMPONENT, WHAT, MIGRATIONS = "lease", "the index lease", MIGRATIONS
+    FILE = "index-runs.sqlite"
+
+    def __init__(self, db: Database | Path, holder: str, ttl_s: float) -> None:
+        super().__init__(db)
         self.holder, self.ttl_s = holder, ttl_s
         self._held_until: float | None = None  # monotonic: when this process's lease runs out unless renewed
-        self._seen: tuple[str, float] | None = None  # another holder's row (holder, expires_at) as last read
+        self._seen: tuple[str, float] | None = None  # another holder's row (holder, expires_at) as last read (SQLite)
         self._seen_since = 0.0  # monotonic: when that row was first read as it is
 
     def time_left(self) -> float:
@@ -73,24 +78,28 @@ class IndexLease(SqliteFile):
         """Takes the lease if it is free or its holder stopped renewing it, or renews it if held; True if
         this process holds it now. Waits at most ``wait_s`` for the database's write lock (StoreError after)."""
         started = time.monotonic()
-        with self._lock:
-            try:
-                self._db.execute(f"PRAGMA busy_timeout = {int(wait_s * 1000)}")
-                self._db.execute("BEGIN IMMEDIATE")
-                try:
-                    row = self._db.execute("SELECT holder, expires_at FROM lease WHERE name = ?", (LEASE_NAME,)).fetchone()
-                    mine = row is None or row[0] == self.holder or self._stale((row[0], row[1]))
-                    if mine:
-                        self._db.execute(
-                            "INSERT OR REPLACE INTO lease VALUES (?, ?, ?, ?)",
-                            (LEASE_NAME, self.holder, time.time() + self.ttl_s, json.dumps(info or {})),
-                        )
-                    self._db.execute("COMMIT")
-                except BaseException:
-                    self._db.execute("ROLLBACK")
-                    raise
-            except sqlite3.OperationalError as exc:
-                raise StoreError(f"the index lease in {self.path} cannot be written: {exc}", "another process holds the database; it is retried") from exc
+        info_json = json.dumps(info or {})
+        if isinstance(self.db, SqliteDatabase):
+            self.db.set_busy_timeout(wait_s)
+        with self.db.write() as tx:
+            if self.db.backend == "postgresql":
+                row = tx.execute(
+                    f"""INSERT INTO lease VALUES (?, ?, {self.db.now} + ?, ?)
+                        ON CONFLICT (name) DO UPDATE SET holder = excluded.holder, expires_at = excluded.expires_at, info = excluded.info
+                        WHERE lease.holder = excluded.holder OR lease.expires_at < {self.db.now}
+                        RETURNING holder""",
+                    (LEASE_NAME, self.holder, self.ttl_s, info_json),
+                ).fetchone()
+                mine = row is not None
+            else:
+                row = tx.execute("SELECT holder, expires_at FROM lease WHERE name = ?", (LEASE_NAME,)).fetchone()
+                mine = row is None or row["holder"] == self.holder or self._stale((row["holder"], row["expires_at"]))
+                if mine:
+                    tx.execute(
+                        """INSERT INTO lease VALUES (?, ?, ?, ?) ON CONFLICT (name) DO UPDATE
+                           SET holder = excluded.holder, expires_at = excluded.expires_at, info = excluded.info""",
+                        (LEASE_NAME, self.holder, time.time() + self.ttl_s, info_json),
+                    )
         self._held_until = started + self.ttl_s if mine else None
         return mine
 
@@ -104,27 +113,19 @@ class IndexLease(SqliteFile):
 
     def release(self) -> None:
         """Gives the lease up at once (on a clean stop), so another replica need not wait for it to expire."""
-        with self._lock:
-            self._db.execute("DELETE FROM lease WHERE name = ? AND holder = ?", (LEASE_NAME, self.holder))
+        with self.db.write() as tx:
+            tx.execute("DELETE FROM lease WHERE name = ? AND holder = ?", (LEASE_NAME, self.holder))
         self._held_until = None
 
     def current(self) -> LeaseState | None:
-        return read_lease(self._db, self._lock)
+        return read_lease(self.db)
 
 
-def current_lease(path: Path) -> LeaseState | None:
-    """The lease as another process sees it (for `teambot status` and `teambot index`); None if never taken."""
-    if not path.exists():
+def read_lease(db: Database) -> LeaseState | None:
+    """The lease as any process sees it (for `teambot status` and `teambot index`); None if never taken."""
+    db.ensure(IndexLease.COMPONENT, MIGRATIONS)
+    rows = db.read(f"SELECT holder, expires_at, info, expires_at > {db.now} AS alive FROM lease WHERE name = ?", (LEASE_NAME,))
+    if not rows:
         return None
-    db = sqlite3.connect(path, timeout=30)
-    try:
-        db.executescript(SCHEMA)
-        return read_lease(db, threading.Lock())
-    finally:
-        db.close()
-
-
-def read_lease(db: sqlite3.Connection, lock: threading.Lock) -> LeaseState | None:
-    with lock:
-        row = db.execute("SELECT holder, expires_at, info FROM lease WHERE name = ?", (LEASE_NAME,)).fetchone()
-    return LeaseState(row[0], row[1], json.loads(row[2])) if row else None
+    row = rows[0]
+    return LeaseState(row["holder"], row["expires_at"], json.loads(row["info"]), bool(row["alive"]))

@@ -1,4 +1,5 @@
-"""The re-index queue and the history of index runs, in ``<data_dir>/index-runs.sqlite``.
+"""The re-index queue and the history of index runs, in the state database
+(``<data_dir>/index-runs.sqlite``, or PostgreSQL shared by every replica).
 
 Every way of asking for a re-index (the schedule, `teambot index` while the service runs, the
 web console, `/kb reindex` in chat) adds a *request*. The replica that runs the index claims
@@ -12,21 +13,20 @@ from __future__ import annotations
 
 import json
 import logging
-import sqlite3
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Literal
 
 from config.errors import StoreError
 from rag.ingest.indexer import IndexReport
-from rag.store.sqlite_file import SqliteFile
+from rag.store.database import Row, Stored
 
 log = logging.getLogger(__name__)
 
 RunState = Literal["running", "done", "failed", "interrupted"]
 
-SCHEMA = """
+MIGRATIONS = [
+    """
 CREATE TABLE IF NOT EXISTS runs (
     id           INTEGER PRIMARY KEY AUTOINCREMENT,
     trigger      TEXT NOT NULL,   -- what asked for it: start, schedule, cli, console, slack, discord
@@ -47,7 +47,8 @@ CREATE TABLE IF NOT EXISTS requests (
     run_id       INTEGER REFERENCES runs (id)  -- NULL: waiting for a run
 );
 CREATE INDEX IF NOT EXISTS requests_waiting ON requests (run_id);
-"""
+""",
+]
 
 KEEP_RUNS = 500  # older runs are pruned
 
@@ -149,9 +150,9 @@ class RunProgress:
             log.warning("run %d: progress not recorded (%s); the run goes on", self.run_id, exc.message)
 
 
-class RunHistory(SqliteFile):
-    def __init__(self, path: Path) -> None:
-        super().__init__(path, SCHEMA, "the run history")
+class RunHistory(Stored):
+    COMPONENT, WHAT, MIGRATIONS = "run_history", "the run history", MIGRATIONS
+    FILE = "index-runs.sqlite"
 
     # --- the queue ------------------------------------------------------------------------
 
@@ -159,8 +160,8 @@ class RunHistory(SqliteFile):
         """Asks for a re-index of every collection; it joins the next run that starts."""
         now = time.time()
         with self._write() as db:
-            cursor = db.execute("INSERT INTO requests (trigger, requested_at) VALUES (?, ?)", (trigger, now))
-        return Request(int(cursor.lastrowid or 0), trigger, now, None)
+            row = db.execute("INSERT INTO requests (trigger, requested_at) VALUES (?, ?) RETURNING id", (trigger, now)).fetchone()
+        return Request(int(row["id"]) if row else 0, trigger, now, None)
 
     def waiting(self) -> list[Request]:
         return [Request(**dict(r)) for r in self._read("SELECT * FROM requests WHERE run_id IS NULL ORDER BY id")]
@@ -178,11 +179,11 @@ class RunHistory(SqliteFile):
             triggers = [trigger]
             if claim:
                 triggers += [r["trigger"] for r in db.execute("SELECT trigger FROM requests WHERE run_id IS NULL ORDER BY id")]
-            cursor = db.execute(
-                "INSERT INTO runs (trigger, holder, state, started_at) VALUES (?, ?, 'running', ?)",
+            row = db.execute(
+                "INSERT INTO runs (trigger, holder, state, started_at) VALUES (?, ?, 'running', ?) RETURNING id",
                 ("+".join(dict.fromkeys(t for t in triggers if t)), holder, now),
-            )
-            run_id = int(cursor.lastrowid or 0)
+            ).fetchone()
+            run_id = int(row["id"]) if row else 0
             if claim:
                 db.execute("UPDATE requests SET run_id = ? WHERE run_id IS NULL", (run_id,))
             db.execute("DELETE FROM runs WHERE id <= ? AND state != 'running'", (run_id - KEEP_RUNS,))
@@ -232,5 +233,5 @@ class RunHistory(SqliteFile):
         return _run(rows[0]) if rows else None
 
 
-def _run(row: sqlite3.Row) -> Run:
+def _run(row: Row) -> Run:
     return Run(**{**dict(row), "reports": [report_from_json(r) for r in json.loads(row["reports"])]})

@@ -44,7 +44,7 @@ class IndexScheduler:
         self._runs = runs
         self.history = runs.history
         self.holder = runs.holder
-        self._lease = IndexLease(self.history.path, self.holder, settings.rag.lease_ttl_s)
+        self._lease = IndexLease(IndexLease.database(settings.state_url, settings.data_dir), self.holder, settings.rag.lease_ttl_s)
         self._aps = AsyncIOScheduler(timezone=timezone.utc)
         self._wake = asyncio.Event()
         self._cancel = threading.Event()
@@ -157,13 +157,24 @@ class IndexScheduler:
             if self._stopping or not self.leader:
                 continue
             try:
-                if await asyncio.to_thread(self.history.waiting):
+                if await asyncio.to_thread(self._due):
                     self._cancel.clear()
                     await asyncio.to_thread(self.run_all)
             except TeambotError as exc:  # the run history's database, briefly unavailable
                 log.warning("index queue: %s", exc.message)
             except Exception:
                 log.exception("an index run failed unexpectedly")
+
+    def _due(self) -> bool:
+        """Whether a run is due: requests wait, or another replica added or removed a shared upload
+        (which this one then writes into its folder and indexes, if its uploader could not)."""
+        if self.history.waiting():
+            return True
+        uploads = self._runs.uploads
+        if uploads is not None and uploads.behind():
+            self.history.request("shared-upload")
+            return True
+        return False
 
     def run_all(self) -> Run:
         """One run over every collection, serving every waiting request. Blocking: call it in a thread."""

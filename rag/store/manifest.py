@@ -1,6 +1,7 @@
 """The index manifest: which file is indexed in which collection, with what content hash.
 
-An SQLite database in the data dir (``index.sqlite``). A file's row is marked ``pending``
+In the state database (rag.store.database: ``index.sqlite`` in the data dir, or PostgreSQL
+shared by every replica). A file's row is marked ``pending``
 before its chunks in Chroma are touched and ``indexed`` after, so a run that dies half-way
 leaves rows that say which documents the next run must redo: no duplicate or orphan chunks.
 Each collection has a generation number that changes whenever its chunks change, which is
@@ -12,18 +13,17 @@ again (``changes_since``).
 from __future__ import annotations
 
 import json
-import sqlite3
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Literal
 
-from rag.store.sqlite_file import SqliteFile
+from rag.store.database import Stored, Transaction
 
 State = Literal["pending", "indexed", "failed"]
 
-SCHEMA = """
+MIGRATIONS = [
+    """
 CREATE TABLE IF NOT EXISTS files (
     collection TEXT NOT NULL,
     doc_id     TEXT NOT NULL,
@@ -49,9 +49,13 @@ CREATE TABLE IF NOT EXISTS changes (
     doc_ids    TEXT,            -- JSON list of the documents whose chunks this generation changed; NULL: any may have
     PRIMARY KEY (collection, generation)
 );
-"""
+""",
+]
 # Generations of each collection the change log keeps; a cache further behind reads the whole collection again.
 CHANGE_LOG_GENERATIONS = 2000
+
+
+FILE_COLUMNS = ("collection", "doc_id", "root", "path", "sha256", "size", "title", "chunks", "state", "error", "indexed_at")
 
 
 @dataclass(frozen=True)
@@ -75,9 +79,9 @@ class Changes:
     doc_ids: frozenset[str] | None  # the documents whose chunks changed since the one asked about; None: unknown (read all)
 
 
-class Manifest(SqliteFile):
-    def __init__(self, path: Path) -> None:
-        super().__init__(path, SCHEMA, "the index manifest")
+class Manifest(Stored):
+    COMPONENT, WHAT, MIGRATIONS = "manifest", "the index manifest", MIGRATIONS
+    FILE = "index.sqlite"
 
     def files(self, collection: str, root: str | None = None) -> dict[str, FileRecord]:
         """Rows of a collection (under one root, if given), by doc_id."""
@@ -91,7 +95,7 @@ class Manifest(SqliteFile):
         return [FileRecord(**dict(row)) for row in self._read("SELECT * FROM files WHERE state = 'indexed' ORDER BY collection, path")]
     def collections(self) -> list[str]:
         """Every collection with at least one file."""
-        return [row[0] for row in self._read("SELECT DISTINCT collection FROM files ORDER BY collection")]
+        return [row["collection"] for row in self._read("SELECT DISTINCT collection FROM files ORDER BY collection")]
 
     def get(self, collection: str, doc_id: str) -> FileRecord | None:
         rows = self._read("SELECT * FROM files WHERE collection = ? AND doc_id = ?", (collection, doc_id))
@@ -112,9 +116,9 @@ class Manifest(SqliteFile):
         records = list(records)
         with self._write() as db:
             db.executemany(
-                """INSERT OR REPLACE INTO files VALUES
-                   (:collection, :doc_id, :root, :path, :sha256, :size, :title, :chunks, :state, :error, :indexed_at)""",
-                [r.__dict__ for r in records],
+                f"""INSERT INTO files ({", ".join(FILE_COLUMNS)}) VALUES ({", ".join("?" * len(FILE_COLUMNS))})
+                   ON CONFLICT (collection, doc_id) DO UPDATE SET {", ".join(f"{c} = excluded.{c}" for c in FILE_COLUMNS[2:])}""",
+                [[getattr(r, c) for c in FILE_COLUMNS] for r in records],
             )
             changed: dict[str, list[str]] = {}
             for r in records:
@@ -135,7 +139,7 @@ class Manifest(SqliteFile):
 
     def generation(self, collection: str) -> int:
         rows = self._read("SELECT generation FROM generations WHERE collection = ?", (collection,))
-        return rows[0][0] if rows else 0
+        return int(rows[0]["generation"]) if rows else 0
 
     def changes_since(self, collection: str, generation: int) -> Changes:
         """The collection's generation now, and which documents' chunks changed after ``generation``."""
@@ -145,18 +149,22 @@ class Manifest(SqliteFile):
         rows = self._read(
             "SELECT doc_ids FROM changes WHERE collection = ? AND generation > ? AND generation <= ?", (collection, generation, now)
         )
-        if len(rows) != now - generation or any(row[0] is None for row in rows):
+        if len(rows) != now - generation or any(row["doc_ids"] is None for row in rows):
             return Changes(now, None)  # the log was pruned, began later, or says "everything"
-        return Changes(now, frozenset(doc_id for row in rows for doc_id in json.loads(row[0])))
+        return Changes(now, frozenset(doc_id for row in rows for doc_id in json.loads(row["doc_ids"])))
 
     @staticmethod
-    def _bump(db: sqlite3.Connection, changed: dict[str, list[str] | None]) -> None:
+    def _bump(db: Transaction, changed: dict[str, list[str] | None]) -> None:
         """A new generation for each collection, logged with the documents it changed (None: any)."""
         for collection, doc_ids in changed.items():
-            (generation,) = db.execute(
+            row = db.execute(
                 """INSERT INTO generations VALUES (?, 1)
-                   ON CONFLICT (collection) DO UPDATE SET generation = generation + 1 RETURNING generation""",
+                   ON CONFLICT (collection) DO UPDATE SET generation = generations.generation + 1 RETURNING generation""",
                 (collection,),
             ).fetchone()
-            db.execute("INSERT OR REPLACE INTO changes VALUES (?, ?, ?)", (collection, generation, None if doc_ids is None else json.dumps(doc_ids)))
+            generation = row["generation"] if row else 0
+            db.execute(
+                "INSERT INTO changes VALUES (?, ?, ?) ON CONFLICT (collection, generation) DO UPDATE SET doc_ids = excluded.doc_ids",
+                (collection, generation, None if doc_ids is None else json.dumps(doc_ids)),
+            )
             db.execute("DELETE FROM changes WHERE collection = ? AND generation <= ?", (collection, generation - CHANGE_LOG_GENERATIONS))
