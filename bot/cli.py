@@ -12,6 +12,7 @@ import logging
 import logging.handlers
 import os
 import signal
+from dataclasses import asdict
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -273,6 +274,36 @@ def discord_invite_url(
     if client_id is None:
         client_id = guarded(lambda: asyncio.run(application_id(settings)))
     out.print(invite_url(client_id))
+
+
+state_app = typer.Typer(help="The state replicas share (state_url).", no_args_is_help=True)
+app.add_typer(state_app, name="state")
+
+
+@state_app.command("migrate")
+def state_migrate(
+    ctx: typer.Context,
+    to: Annotated[str | None, typer.Option("--to", help="The PostgreSQL to move into (default: state_url). The password goes in PGPASSWORD.")] = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Move this data dir's SQLite state and the collections' files into an empty PostgreSQL, counted on both sides."""
+    settings: Settings = ctx.obj
+    from bot.state_migration import migrate_state
+
+    url = to or settings.state_url
+    if not url:
+        print_error(ConfigError("no PostgreSQL to migrate into", "give --to postgresql://user@host:5432/teambot, or set state_url (TEAMBOT_STATE_URL)"))
+        raise typer.Exit(2)
+    result = guarded(lambda: migrate_state(settings, url, progress_line))
+    if as_json:
+        print_json(asdict(result))
+        return
+    for table in result.tables:
+        out.print(f"  {table.table:<17} {table.source:>8} rows in SQLite, {table.copied:>8} in PostgreSQL")
+    out.print(f"  {'knowledge files':<17} {result.files:>8} ({result.files_bytes / 1024 / 1024:.1f} MB) stored for every replica")
+    for line in result.skipped:
+        out.print(f"  skipped {line}")
+    out.print(f"moved into {result.target} in {result.seconds:.1f} s; set state_url (TEAMBOT_STATE_URL) on every replica to use it")
 
 
 @app.command("config")

@@ -63,5 +63,5 @@ def test_the_setting_reaches_the_served_log(settings: Settings) -> None:
     with knowledge_runtime(configured, serving=True) as runtime:
         assert runtime.answers is not None
         old = runtime.answers.record("slack", "C1", "1.0", "U1", "Where is the bike room?", DONE)
-        age(runtime.answers.path, old, 8)
+        age(runtime.answers.db.path, old, 8)  # type: ignore[attr-defined]
         assert runtime.answers.prune() == 1

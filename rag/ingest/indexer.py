@@ -281,12 +281,14 @@ class Indexer:
                 continue
             root = self.root_of(collection, target.root)
             known = self._manifest.files(collection, root)
+            by_path = {r.path: r for r in known.values()}  # a row keeps its doc_id (e.g. one migrated to shared state)
             seen: set[str] = set()
             for path in target.files:
                 relpath = path.relative_to(target.root).as_posix()
-                doc_id = doc_id_for(collection, root, relpath)
+                record = by_path.get(relpath)
+                doc_id = record.doc_id if record else doc_id_for(collection, root, relpath)
                 seen.add(doc_id)
-                item = self._classify(path, relpath, doc_id, collection, root, known.get(doc_id), report)
+                item = self._classify(path, relpath, doc_id, collection, root, record, report)
                 if item is not None:
                     todo.append(item)
             if not target.single_file:
