@@ -114,9 +114,12 @@ class AnswerFlow:
                         self._metrics.observe_answer(request.platform, event)
                     answer_id = None
                     if log_answer and self._answers is not None:
-                        answer_id = await asyncio.to_thread(
-                            self._answers.record, request.platform, request.channel, request.thread, request.user, request.text, event
-                        )
+                        try:
+                            answer_id = await asyncio.to_thread(
+                                self._answers.record, request.platform, request.channel, request.thread, request.user, request.text, event
+                            )
+                        except TeambotError as exc:  # the state database is down: the answer is still shown, without vote buttons
+                            log.warning("a %s answer was not recorded in the answer log: %s", request.platform, exc.message)
                     await view.finish(event, answer_id)
                     return event
         except Exception as exc:

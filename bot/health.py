@@ -1,8 +1,8 @@
 """/healthz: is this teambot able to answer and to keep its index fresh?
 
 Checks, each with a deadline: the LLM server (its OpenAI-compatible /models answers), the
-Chroma store (its collections can be listed), and the index scheduler (its tasks run; the last
-run's state and age). 200 with ``"status": "ok"`` when all pass, else 503 naming what failed;
+Chroma store (its collections can be listed), the state database (SQLite files or PostgreSQL
+answer a query), and the index scheduler (its tasks run; the last run's state and age). 200 with ``"status": "ok"`` when all pass, else 503 naming what failed;
 a re-index in progress or a failed document does not make teambot unhealthy.
 
 /healthz is not signed in, so it says what failed but not where: no paths, URLs or error texts.
@@ -22,6 +22,7 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 from bot.runtime import Runtime
+from config.errors import TeambotError
 from rag.operations.scheduler import IndexScheduler
 
 log = logging.getLogger(__name__)
@@ -60,9 +61,25 @@ async def check_chroma(runtime: Runtime) -> dict[str, Any]:
     return {"ok": True, "detail": f"{len(names)} collections"}
 
 
+async def check_state(runtime: Runtime) -> dict[str, Any]:
+    db = runtime.history.db
+    try:
+        await asyncio.wait_for(asyncio.to_thread(db.read, "SELECT 1 AS ok"), CHECK_TIMEOUT_S)
+    except TimeoutError:
+        log.warning("health: %s did not answer within %g s", db.where, CHECK_TIMEOUT_S)
+        return {"ok": False, "detail": f"the {db.backend} state did not answer within {CHECK_TIMEOUT_S:g} s"}
+    except TeambotError as exc:
+        log.warning("health: %s", exc)
+        return {"ok": False, "detail": f"the {db.backend} state failed: see teambot.log"}
+    return {"ok": True, "detail": db.backend}
+
+
 async def check_scheduler(scheduler: IndexScheduler) -> dict[str, Any]:
     state = scheduler.health()
-    runs = await asyncio.to_thread(scheduler.history.recent, 1)
+    try:
+        runs = await asyncio.to_thread(scheduler.history.recent, 1)
+    except TeambotError:  # the state database: its own check says so
+        runs = []
     last = runs[0] if runs else None
     state["last_run"] = {"id": last.id, "state": last.state, "age_s": round(time.time() - last.started_at, 1)} if last else None
     state["detail"] = "running" if state["ok"] else "the scheduler's tasks stopped: see teambot.log"
@@ -71,8 +88,8 @@ async def check_scheduler(scheduler: IndexScheduler) -> dict[str, Any]:
 
 def health_route(runtime: Runtime, scheduler: IndexScheduler) -> Route:
     async def healthz(request: Request) -> JSONResponse:
-        llm, chroma, index = await asyncio.gather(check_llm(runtime), check_chroma(runtime), check_scheduler(scheduler))
-        checks = {"llm": llm, "chroma": chroma, "scheduler": index}
+        llm, chroma, state, index = await asyncio.gather(check_llm(runtime), check_chroma(runtime), check_state(runtime), check_scheduler(scheduler))
+        checks = {"llm": llm, "chroma": chroma, "state": state, "scheduler": index}
         ok = all(c["ok"] for c in checks.values())
         return JSONResponse({"status": "ok" if ok else "fail", "checks": checks}, status_code=200 if ok else 503)
 

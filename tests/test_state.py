@@ -212,7 +212,7 @@ def test_the_index_lock_has_one_holder_across_connections(open_db: Open) -> None
             order.append("first")
             held.set()
             release.wait(60)
-        order.append("first released")
+            order.append("first done")
 
     holder = threading.Thread(target=hold)
     holder.start()
@@ -228,7 +228,7 @@ def test_the_index_lock_has_one_holder_across_connections(open_db: Open) -> None
         assert order == ["first"]  # the second waits while the first holds it
         release.set()
         waiter.join(60)
-        assert order == ["first", "first released", "second"]
+        assert order == ["first", "first done", "second"]
     finally:
         release.set()
         holder.join(60)

@@ -202,7 +202,9 @@ class DiscordAdapter:
         tree.add_command(kb)
 
     async def admit_command(self, interaction: discord.Interaction) -> bool:
-        """Lets a slash command run where teambot serves; elsewhere the user gets a short refusal only they see."""
+        """Lets a slash command run where teambot serves, once across replicas; elsewhere the user gets a short refusal only they see."""
+        if not await claim_once(self._seen, f"discord-interaction:{interaction.id}", SEEN_MESSAGE_TTL_S):
+            return False  # another replica's connection got it and answers it
         if self.guilds.admits(interaction.guild_id):
             return True
         name = (interaction.data or {}).get("name", "?")

@@ -116,12 +116,10 @@ def export_feedback(
 ) -> None:
     """Answers voted 👎 in chat, as question-set items for an admin to complete."""
     settings: Settings = ctx.obj
-    path = settings.data_dir / "answers.sqlite"
-
     def read() -> str:
-        if not path.exists():
+        if not settings.state_url and not (settings.data_dir / AnswerLog.FILE).exists():
             return feedback_yaml([])
-        log = AnswerLog(path)
+        log = AnswerLog(AnswerLog.database(settings.state_url, settings.data_dir))
         try:
             return feedback_yaml(log.recent(limit, voted_down=True))
         finally:

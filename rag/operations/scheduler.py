@@ -81,7 +81,10 @@ class IndexScheduler:
                 task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         if self.leader:
-            await asyncio.to_thread(self._lease.release)
+            try:
+                await asyncio.to_thread(self._lease.release)
+            except TeambotError as exc:  # it expires on its own within the TTL
+                log.warning("could not give the index lease up at stop (%s); another replica takes it when it expires", exc.message)
         self._lease.close()
 
     # --- asking ---------------------------------------------------------------------------

@@ -260,15 +260,36 @@ class PostgresDatabase(Database):
 
     @contextmanager
     def write(self) -> Iterator[Transaction]:
+        """One transaction; a connection found broken at its start (the server restarted) is made again once."""
         import psycopg
 
+        hint = "check that PostgreSQL runs and state_url (TEAMBOT_STATE_URL) names it; try again"
         with self._lock:
-            conn = self._connection()
+            for attempt in (1, 2):
+                conn = self._connection()
+                transaction = conn.transaction()
+                try:
+                    transaction.__enter__()
+                    break
+                except psycopg.OperationalError as exc:
+                    if attempt == 2 or not conn.broken:
+                        raise self._error("cannot be written", exc, hint) from None
+                except psycopg.Error as exc:
+                    raise self._error("cannot be written", exc, hint) from None
             try:
-                with conn.transaction():
-                    yield _PostgresTransaction(conn)
+                yield _PostgresTransaction(conn)
+            except BaseException as exc:
+                try:
+                    transaction.__exit__(type(exc), exc, exc.__traceback__)  # rolls back
+                except psycopg.Error:
+                    pass  # the connection is gone: so is the transaction
+                if isinstance(exc, psycopg.Error):
+                    raise self._error("cannot be written", exc, hint) from None
+                raise
+            try:
+                transaction.__exit__(None, None, None)  # commits
             except psycopg.Error as exc:
-                raise self._error("cannot be written", exc, "check that PostgreSQL runs and has room; try again") from None
+                raise self._error("cannot be written", exc, hint) from None
 
     def read(self, query: str, args: Iterable[object] = ()) -> list[Row]:
         import psycopg
@@ -280,9 +301,9 @@ class PostgresDatabase(Database):
                     return conn.execute(_pg_query(query), tuple(args)).fetchall()
                 except psycopg.OperationalError as exc:
                     if attempt == 2 or not conn.broken:
-                        raise self._error("cannot be read", exc, "check that PostgreSQL runs; try again") from None
+                        raise self._error("cannot be read", exc, "check that PostgreSQL runs and state_url (TEAMBOT_STATE_URL) names it; try again") from None
                 except psycopg.Error as exc:
-                    raise self._error("cannot be read", exc, "check that PostgreSQL runs; try again") from None
+                    raise self._error("cannot be read", exc, "check that PostgreSQL runs and state_url (TEAMBOT_STATE_URL) names it; try again") from None
         raise AssertionError("unreachable")
 
     @contextmanager
