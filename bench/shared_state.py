@@ -28,7 +28,6 @@ import asyncio
 import json
 import random
 import shutil
-import signal
 import statistics
 import tempfile
 import threading
@@ -49,7 +48,7 @@ from rag.store.database import Database
 from tests.conftest import EXAMPLES, closed_port
 from tests.fake_llm import FakeLLM
 from tests.postgres import create_database, running_server
-from tests.proc import async_wait_for, process_env, start_serve
+from tests.proc import async_wait_for, process_env, start_serve, stop_serve
 
 ADMIN_TOKEN = "bench-shared-state-token"
 TTL_S = 3.0
@@ -152,9 +151,7 @@ async def throughput(replicas: int, url: str, chroma: str, llm: FakeLLM, work: P
             "answers_per_s": round(len(answered) / elapsed, 2), "latency_p50_ms": round(statistics.median(answered) * 1000, 1),
         }  # fmt: skip
     finally:
-        for process in processes:
-            process.send_signal(signal.SIGTERM)
-            await process.wait()
+        await stop_serve(*processes)
 
 
 def chroma_server(work: Path) -> tuple[Any, str]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import signal
 import sys
 import time
 from collections.abc import Callable
@@ -83,6 +84,18 @@ async def start_serve(env: dict[str, str], timeout: float = 180) -> tuple[asynci
 
     process._teambot_drain = asyncio.create_task(drain())  # type: ignore[attr-defined]
     return process, match.group(1), seen
+
+
+async def stop_serve(*processes: asyncio.subprocess.Process | None) -> None:
+    """Stops `teambot serve` processes still running (SIGTERM; killed after 60 s)."""
+    for process in processes:
+        if process is not None and process.returncode is None:
+            process.send_signal(signal.SIGTERM)
+            try:
+                await asyncio.wait_for(process.wait(), 60)
+            except TimeoutError:
+                process.kill()
+                await process.wait()
 
 
 def llm_child(serve_pid: int) -> int:

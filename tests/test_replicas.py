@@ -19,7 +19,7 @@ from config.settings import Settings
 from inference.client import Endpoint
 from rag.operations.run_history import RunHistory
 from tests.conftest import make_settings
-from tests.proc import async_wait_for, process_env, start_serve
+from tests.proc import async_wait_for, process_env, start_serve, stop_serve
 from tests.test_indexer import assert_consistent
 
 ADMIN_TOKEN = "replica-test-token-92aa"
@@ -112,13 +112,7 @@ async def test_two_replicas_share_the_index_and_the_survivor_completes_a_killed_
         await a.aclose()
         await b.aclose()
     finally:
-        for process in (leader, follower):
-            if process is not None and process.returncode is None:
-                process.send_signal(signal.SIGTERM)
-                try:
-                    await asyncio.wait_for(process.wait(), 60)
-                except TimeoutError:
-                    process.kill()
+        await stop_serve(leader, follower)
         history.close()
     assert follower.returncode == 0, "".join(follower_log)
     with knowledge_runtime(settings) as runtime:

@@ -30,7 +30,7 @@ from rag.operations.run_history import RunHistory
 from tests.conftest import EXAMPLES, make_settings
 from tests.fake_llm import FakeLLM
 from tests.fake_slack import BOT_TOKEN, BOT_USER, FakeSlack
-from tests.proc import async_wait_for, process_env, start_serve
+from tests.proc import async_wait_for, process_env, start_serve, stop_serve
 from tests.test_indexer import assert_consistent
 from tests.test_replicas import HELD_DOC
 from tests.test_slack import CHANNEL, SIGNING_SECRET, final_answers, sign
@@ -156,13 +156,7 @@ async def test_two_replicas_share_state_through_postgresql_and_no_files(
         assert by_collection["zz-held"].added == 1
         assert by_collection["default"].added == 0 and by_collection["default"].unchanged == 8  # 7 samples and the upload, at other paths
     finally:
-        for process in (leader, follower):
-            if process is not None and process.returncode is None:
-                process.send_signal(signal.SIGTERM)
-                try:
-                    await asyncio.wait_for(process.wait(), 60)
-                except TimeoutError:
-                    process.kill()
+        await stop_serve(leader, follower)
         await http.aclose()
         await slack.stop()
         history.close()
