@@ -73,6 +73,7 @@ bench: install-dev
 	$(BIN)/python -m bench.large_collection
 	$(BIN)/python -m bench.ttft
 	$(BIN)/python -m bench.reindex
+	$(BIN)/python -m bench.shared_state
 	$(BIN)/python -m bench.hostile_http $(if $(BEFORE),--before $(BEFORE))
 	$(BIN)/python -m bench.llm_recovery $(if $(BEFORE),--before $(BEFORE))
 	$(if $(BEFORE),$(BIN)/python -m bench.hostile_files --before $(BEFORE))
