@@ -284,6 +284,9 @@ app.add_typer(state_app, name="state")
 def state_migrate(
     ctx: typer.Context,
     to: Annotated[str | None, typer.Option("--to", help="The PostgreSQL to move into (default: state_url). The password goes in PGPASSWORD.")] = None,
+    chroma_url: Annotated[
+        str | None, typer.Option("--chroma-url", help="The Chroma server the replicas will use, serving this data dir's chroma folder (default: rag.chroma_url).")
+    ] = None,
     as_json: JsonOption = False,
 ) -> None:
     """Move this data dir's SQLite state and the collections' files into an empty PostgreSQL, counted on both sides."""
@@ -294,7 +297,7 @@ def state_migrate(
     if not url:
         print_error(ConfigError("no PostgreSQL to migrate into", "give --to postgresql://user@host:5432/teambot, or set state_url (TEAMBOT_STATE_URL)"))
         raise typer.Exit(2)
-    result = guarded(lambda: migrate_state(settings, url, progress_line))
+    result = guarded(lambda: migrate_state(settings, url, progress_line, chroma_url))
     if as_json:
         print_json(asdict(result))
         return
@@ -303,7 +306,8 @@ def state_migrate(
     out.print(f"  {'knowledge files':<17} {result.files:>8} ({result.files_bytes / 1024 / 1024:.1f} MB) stored for every replica")
     for line in result.skipped:
         out.print(f"  skipped {line}")
-    out.print(f"moved into {result.target} in {result.seconds:.1f} s; set state_url (TEAMBOT_STATE_URL) on every replica to use it")
+    out.print(f"moved into {result.target} in {result.seconds:.1f} s, for the Chroma store {result.store}")
+    out.print("set state_url (TEAMBOT_STATE_URL) on every replica, and rag.chroma_url to that store")
 
 
 @app.command("config")

@@ -18,6 +18,7 @@ from bot.answering import AnswerFlow
 from bot.core import AnswerEngine
 from bot.metrics import Metrics
 from bot.platform_state import PlatformState
+from config.errors import ConfigError
 from config.settings import Settings
 from inference.client import ChatClient, Endpoint
 from inference.process import Progress
@@ -87,6 +88,8 @@ def knowledge_runtime(settings: Settings, *, serving: bool = False) -> Runtime:
     )
     url, data = settings.state_url, settings.data_dir
     manifest = Manifest(Manifest.database(url, data))
+    if url:
+        check_shared_store(manifest, store)
     history = RunHistory(RunHistory.database(url, data))
     metrics = Metrics(manifest) if serving else None
     indexer = Indexer(settings, store, manifest)
@@ -105,6 +108,18 @@ def knowledge_runtime(settings: Settings, *, serving: bool = False) -> Runtime:
         answers=AnswerLog(AnswerLog.database(url, data), settings.bot.answer_retention_days) if serving else None,
         platform=PlatformState(PlatformState.database(url, data)) if serving else None,
     )
+
+
+def check_shared_store(manifest: Manifest, store: ChromaStore) -> None:
+    """With shared state, every replica must use the Chroma store the shared manifest describes:
+    one with its own store would find nothing the others indexed, and never index it."""
+    bound = manifest.bind_store(store.identity)
+    if bound != store.identity:
+        manifest.close()
+        raise ConfigError(
+            f"the shared state (state_url) describes the Chroma store {bound}, but this replica uses {store.identity}",
+            "set rag.chroma_url (TEAMBOT_RAG__CHROMA_URL) to that store on every replica: replicas share one Chroma server",
+        )
 
 
 @asynccontextmanager

@@ -8,6 +8,10 @@ store's chunks stay valid and nothing is embedded again. The files of every coll
 folder are stored in PostgreSQL too (rag.operations.shared_uploads): a replica then needs
 no copy of them, its index runs write them into its own folders.
 
+The state is bound to the Chroma store its manifest describes (replicas using another store are
+refused at start): the data dir's embedded store, or the Chroma server given, e.g. one that now
+serves the data dir's ``chroma`` folder (`chroma run --path <data_dir>/chroma`).
+
 The target must hold no teambot state yet, and no `teambot serve` may run on the data dir
 (it would go on writing to the SQLite files).
 """
@@ -31,6 +35,7 @@ from rag.ingest.indexer import COLLECTION_ROOT, IGNORED_NAME_PREFIXES
 from rag.operations.lease import IndexLease, read_lease
 from rag.operations.run_history import RunHistory
 from rag.operations.shared_uploads import SharedUploads
+from rag.store.chroma import store_identity
 from rag.store.database import PostgresDatabase, SqliteDatabase, Stored, Transaction, is_postgres_url
 from rag.store.manifest import Manifest
 
@@ -60,11 +65,15 @@ class Migration:
     files: int  # knowledge files stored in PostgreSQL
     files_bytes: int
     skipped: list[str]  # files not stored, and why
+    store: str  # the Chroma store the state describes: every replica must use it
     seconds: float
 
 
-def migrate_state(settings: Settings, url: str, progress: Callable[[str], None] = lambda _: None) -> Migration:
-    """Copies the data dir's SQLite state and the collections' files into the PostgreSQL at ``url``."""
+def migrate_state(settings: Settings, url: str, progress: Callable[[str], None] = lambda _: None, chroma_url: str | None = None) -> Migration:
+    """Copies the data dir's SQLite state and the collections' files into the PostgreSQL at ``url``.
+
+    The state is bound to the Chroma store it describes: ``chroma_url`` (a server now serving this
+    data dir's store), else rag.chroma_url, else the embedded store in the data dir."""
     if not is_postgres_url(url):
         raise ConfigError(f"{url!r} is not a PostgreSQL URL", "give postgresql://user@host:5432/database (the password in PGPASSWORD)")
     started = time.monotonic()
@@ -92,6 +101,8 @@ def migrate_state(settings: Settings, url: str, progress: Callable[[str], None] 
             for table, column in IDENTITY_COLUMNS.items():
                 tx.execute(f"SELECT setval(pg_get_serial_sequence('{table}', '{column}'), COALESCE(MAX({column}), 0) + 1, false) FROM {table}")
             files, size, skipped = _store_files(tx, settings, target.now, progress)
+            store = store_identity(data_dir / "chroma", chroma_url or settings.rag.chroma_url)
+            tx.execute("INSERT INTO store_binding VALUES (1, ?)", (store,))
             for count in counts:
                 in_target = tx.execute(f"SELECT COUNT(*) AS n FROM {count.table}").fetchone()
                 if in_target is None or in_target["n"] != count.source or count.copied != count.source:
@@ -99,7 +110,7 @@ def migrate_state(settings: Settings, url: str, progress: Callable[[str], None] 
                         f"table {count.table}: {count.source} rows in {data_dir}, {in_target['n'] if in_target else '?'} in {target.where}",
                         "nothing was copied (the copy was rolled back); run the migration again",
                     )
-        return Migration(target.where, counts, files, size, skipped, round(time.monotonic() - started, 2))
+        return Migration(target.where, counts, files, size, skipped, store, round(time.monotonic() - started, 2))
     finally:
         target.close()
 
@@ -121,7 +132,7 @@ def _refuse_a_running_service(data_dir: Path) -> None:
 
 
 def _refuse_a_used_target(target: PostgresDatabase) -> None:
-    for part, tables in [*PARTS, (SharedUploads, ("uploads",))]:
+    for part, tables in [*PARTS, (SharedUploads, ("uploads",)), (Manifest, ("store_binding",))]:
         for table in tables:
             if target.read(f"SELECT COUNT(*) AS n FROM {table}")[0]["n"]:
                 raise ConfigError(

@@ -10,7 +10,7 @@ from rag.operations.desk import IndexStatus
 
 
 def render_status(status: IndexStatus) -> str:
-    lines = []
+    lines = [f"state: {status.state}"]
     service = status.service
     if service and service.alive:
         info = service.info

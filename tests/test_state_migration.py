@@ -4,12 +4,16 @@ there: every row counted, no document embedded again, the knowledge files stored
 
 from __future__ import annotations
 
+import socket
 from pathlib import Path
+
+import pytest
 
 from bot.answer_log import AnswerLog
 from bot.core import AnswerDone
 from bot.platform_state import PlatformState
 from bot.runtime import knowledge_runtime
+from config.errors import ConfigError
 from config.settings import Settings
 from rag.operations.lease import IndexLease
 from rag.operations.shared_uploads import SharedUploads
@@ -40,6 +44,7 @@ def test_a_data_dir_moves_into_postgresql_and_is_served_from_there(indexed_setti
     assert "answers                  1 rows in SQLite,        1 in PostgreSQL" in moved.stdout
     assert f"files                    {len(documents)} rows in SQLite" in moved.stdout
     assert "knowledge files          7" in moved.stdout
+    assert f"for the Chroma store embedded on {socket.gethostname()} at {data / 'chroma'}" in moved.stdout
 
     again = run(["state", "migrate", "--to", state_url], teambot_env(settings))
     assert again.returncode == 2 and "already holds teambot state" in again.stderr
@@ -55,6 +60,9 @@ def test_a_data_dir_moves_into_postgresql_and_is_served_from_there(indexed_setti
         [waiting] = runtime.history.waiting()
         assert waiting.trigger == "console"
         assert runtime.history.request("cli").id == waiting.id + 1  # ids continue after the copied ones
+    elsewhere = make_settings(tmp_path / "replica", knowledge, state_url=state_url, rag={"chroma_url": "http://chroma.internal:8000"})
+    with pytest.raises(ConfigError, match="describes the Chroma store embedded on .* but this replica uses http://chroma.internal:8000"):
+        knowledge_runtime(elsewhere)  # its store holds none of the chunks the shared manifest lists
     uploads = SharedUploads(SharedUploads.database(state_url, data))
     try:
         assert sorted(f.name for f in uploads.current("default")) == sorted(p.name for p in EXAMPLES.iterdir())

@@ -120,6 +120,7 @@ class CollectionStatus:
 
 @dataclass(frozen=True)
 class IndexStatus:
+    state: str  # where the manifest, runs and lease are kept: SQLite files, or PostgreSQL (state_url)
     service: LeaseState | None  # the `teambot serve` that runs the index, if any ever did
     waiting_requests: int
     running: Run | None
@@ -129,6 +130,7 @@ class IndexStatus:
     def to_json(self) -> dict[str, Any]:
         service = self.service
         return {
+            "state": self.state,
             "service": {"holder": service.holder, "alive": service.alive, **service.info} if service else None,
             "waiting_requests": self.waiting_requests,
             "running": self.running.to_json() if self.running else None,
@@ -368,6 +370,7 @@ class KnowledgeDesk:
                 )
             )
         return IndexStatus(
+            state=self._history.db.kind,
             service=read_lease(self._history.db),
             waiting_requests=len(self._history.waiting()),
             running=self._history.running(),

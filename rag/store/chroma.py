@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import os
+import socket
 import sqlite3
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -62,6 +63,11 @@ def _unreachable(exc: BaseException) -> bool:
     return isinstance(exc, (httpx.TransportError, ConnectionError)) or (isinstance(exc, ValueError) and "connect" in str(exc).lower())
 
 
+def store_identity(path: Path, url: str | None) -> str:
+    """Names a Chroma store the same way in every process: the server's URL, or host and path of an embedded one."""
+    return url or f"embedded on {socket.gethostname()} at {path}"
+
+
 class ChromaStore:
     def __init__(self, path: Path, embed_model: str, timeout_s: float = 30.0, url: str | None = None) -> None:
         self.path = path
@@ -71,6 +77,11 @@ class ChromaStore:
         self._client: chromadb.ClientAPI | None = None
         self._collections: dict[str, chromadb.Collection] = {}
         self._lock_probe = SqliteLockProbe(path / "chroma.sqlite3")
+
+    @property
+    def identity(self) -> str:
+        """Which store this is, the same for every process that uses it: the server's URL, or host and path."""
+        return store_identity(self.path, self.url)
 
     @property
     def location(self) -> str:

@@ -93,6 +93,11 @@ class Database:
         self._lock = threading.RLock()
         self._migrated: set[str] = set()
 
+    @property
+    def kind(self) -> str:
+        """What and where, for people (`teambot status`)."""
+        return self.where
+
     def read(self, query: str, args: Iterable[object] = ()) -> list[Row]:
         raise NotImplementedError
 
@@ -155,6 +160,10 @@ class SqliteDatabase(Database):
             self._db.execute("PRAGMA journal_mode=WAL")
         except sqlite3.Error as exc:
             raise StoreError(f"{what} {path} cannot be opened: {exc}", "check the data dir's permissions and disk space") from exc
+
+    @property
+    def kind(self) -> str:
+        return f"SQLite files in {self.path.parent}"
 
     def close(self) -> None:
         self._db.close()

@@ -50,6 +50,12 @@ CREATE TABLE IF NOT EXISTS changes (
     PRIMARY KEY (collection, generation)
 );
 """,
+    """
+CREATE TABLE IF NOT EXISTS store_binding (   -- with shared state: the one Chroma store these rows describe
+    id    INTEGER PRIMARY KEY CHECK (id = 1),
+    store TEXT NOT NULL                      -- ChromaStore.identity
+);
+""",
 ]
 # Generations of each collection the change log keeps; a cache further behind reads the whole collection again.
 CHANGE_LOG_GENERATIONS = 2000
@@ -82,6 +88,13 @@ class Changes:
 class Manifest(Stored):
     COMPONENT, WHAT, MIGRATIONS = "manifest", "the index manifest", MIGRATIONS
     FILE = "index.sqlite"
+
+    def bind_store(self, identity: str) -> str:
+        """Records the Chroma store these rows describe, if none is yet; returns the one recorded."""
+        with self._write() as db:
+            db.execute("INSERT INTO store_binding VALUES (1, ?) ON CONFLICT (id) DO NOTHING", (identity,))
+            row = db.execute("SELECT store FROM store_binding WHERE id = 1").fetchone()
+        return str(row["store"]) if row else identity
 
     def files(self, collection: str, root: str | None = None) -> dict[str, FileRecord]:
         """Rows of a collection (under one root, if given), by doc_id."""
