@@ -37,6 +37,8 @@ from rag.store.manifest import Manifest
 
 log = logging.getLogger(__name__)
 
+UPLOADS_SYNCED = "shared-uploads-synced"  # in the data dir: the newest shared upload this replica wrote into its folders
+
 
 @dataclass
 class Runtime:
@@ -93,7 +95,11 @@ def knowledge_runtime(settings: Settings, *, serving: bool = False) -> Runtime:
     history = RunHistory(RunHistory.database(url, data))
     metrics = Metrics(manifest) if serving else None
     indexer = Indexer(settings, store, manifest)
-    uploads = UploadSync(SharedUploads(SharedUploads.database(url, data)), settings.collection_dirs, settings.uploads_dir) if url else None
+    uploads = (
+        UploadSync(SharedUploads(SharedUploads.database(url, data)), settings.collection_dirs, settings.uploads_dir, data / UPLOADS_SYNCED)
+        if url
+        else None
+    )
     runs = IndexRuns(indexer, history, new_holder_id(), on_run=metrics.observe_run if metrics else None, uploads=uploads)
     return Runtime(
         settings=settings,

@@ -19,7 +19,7 @@ from bot.platform_state import PlatformState
 from config.errors import StoreError
 from rag.operations.lease import IndexLease, read_lease
 from rag.operations.run_history import RunHistory
-from rag.operations.shared_uploads import SharedUploads
+from rag.operations.shared_uploads import SharedUploads, UploadSync
 from rag.store.database import Database, PostgresDatabase, Stored
 from rag.store.manifest import FileRecord, Manifest
 from tests.proc import wait_for
@@ -185,6 +185,30 @@ def test_shared_uploads_keep_versions_and_reach_every_replicas_folder(open_db: O
         done = uploads.materialize({}, there)
         assert done.deleted == ["team/guide.md"]  # the hand-edited file holds other content: kept
         assert (there / "team" / "其他.md").read_text() == "edited by hand"
+    finally:
+        uploads.close()
+
+
+def test_a_replica_keeps_its_local_edit_until_the_file_is_uploaded_again(open_db: Open, tmp_path: Path) -> None:
+    uploads = SharedUploads(open_db(SharedUploads))
+    folder, marker = tmp_path / "kb", tmp_path / "data" / "synced"
+
+    def replica() -> UploadSync:  # as a `teambot serve` (re)starting on this data dir
+        return UploadSync(uploads, lambda: {"default": folder}, tmp_path / "other", marker)
+
+    try:
+        uploads.put("default", "a.md", b"# A\n\nversion 1\n", keep_versions=5)
+        sync = replica()
+        assert sync.behind() and sync.sync().written == ["default/a.md"] and not sync.behind()
+        (folder / "a.md").write_bytes(b"# A\n\nedited on this host\n")
+        assert sync.sync().written == []  # a local edit stays
+        restarted = replica()
+        assert not restarted.behind() and restarted.sync().written == []
+        (folder / "a.md").unlink()
+        assert restarted.sync().written == ["default/a.md"]  # a missing file is written whatever its age
+        uploads.put("default", "a.md", b"# A\n\nversion 2\n", keep_versions=5)
+        assert restarted.behind() and restarted.sync().written == ["default/a.md"]
+        assert (folder / "a.md").read_bytes() == b"# A\n\nversion 2\n"  # a new upload wins
     finally:
         uploads.close()
 

@@ -4,9 +4,9 @@ and whichever one runs the index can read them, and none is lost with the replic
 Each upload or removal is a row (a removal has no data, and names the content it removed);
 the newest row of a collection's file name says what that file is now, and older ones are its
 previous versions (the newest ``rag.keep_versions`` are kept). Before every index run a
-replica writes the newest version of each file into its own copy of the collection's folder,
-and deletes the files removed since (``materialize``); the index run then reads the folder as
-always. On one host (no ``state_url``) uploads are saved straight into the folder instead.
+replica writes the versions stored since its last run into its own copy of the collection's
+folder, and deletes the files removed since (``materialize``); the index run then reads the
+folder as always. On one host (no ``state_url``) uploads are saved straight into the folder instead.
 """
 
 from __future__ import annotations
@@ -105,21 +105,22 @@ class SharedUploads(Stored):
     def count(self) -> int:
         return int(self._read("SELECT COUNT(*) AS n FROM uploads")[0]["n"])
 
-    def materialize(self, folders: dict[str, Path], default_folder: Path) -> Materialized:
-        """Brings this replica's copies up to date: each file's newest version written where its
-        content differs, files removed elsewhere deleted here (only if they hold the removed content).
+    def materialize(self, folders: dict[str, Path], default_folder: Path, since: int = 0) -> Materialized:
+        """Brings this replica's copies up to date with the changes after ``since`` (an upload id):
+        each newer version written where the local content differs, each newer removal carried out
+        where the local file holds the removed content; a file missing here is written whatever its
+        age. A local edit of a file stays until that file is uploaded again.
         ``folders``: the collections' folders on this replica; others go under ``default_folder``."""
         written, deleted = [], []
         for item in self.current():
             folder = folders.get(item.collection, default_folder / item.collection)
             path = folder / item.name
-            local = _sha256(path)
             if item.removed:
-                if local == item.sha256:
+                if item.id > since and _sha256(path) == item.sha256:
                     path.unlink(missing_ok=True)
                     deleted.append(f"{item.collection}/{item.name}")
                 continue
-            if local == item.sha256:
+            if path.exists() and (item.id <= since or _sha256(path) == item.sha256):
                 continue
             folder.mkdir(parents=True, exist_ok=True)
             staging = folder / f".shared-{os.getpid()}-{item.id}{path.suffix}"  # hidden: index runs skip it
@@ -135,18 +136,28 @@ class SharedUploads(Stored):
 
 
 class UploadSync:
-    """This replica's copies of the shared uploads: brought up to date before every index run."""
+    """This replica's copies of the shared uploads: brought up to date before every index run.
+    How far they are is kept in the data dir (``marker``), so a restart does not write every file again."""
 
-    def __init__(self, uploads: SharedUploads, folders: Callable[[], dict[str, Path]], default_folder: Path) -> None:
+    def __init__(self, uploads: SharedUploads, folders: Callable[[], dict[str, Path]], default_folder: Path, marker: Path) -> None:
         self.uploads = uploads
         self._folders = folders
         self._default_folder = default_folder
-        self._synced = -1  # the newest upload id this replica has written into its folders
+        self._marker = marker
+        try:
+            self._synced = int(marker.read_text())  # the newest upload id this replica has written into its folders
+        except (OSError, ValueError):
+            self._synced = 0
 
     def sync(self) -> Materialized:
         newest = self.uploads.newest_id()
-        done = self.uploads.materialize(self._folders(), self._default_folder)
+        done = self.uploads.materialize(self._folders(), self._default_folder, since=self._synced)
         self._synced = newest
+        try:
+            self._marker.parent.mkdir(parents=True, exist_ok=True)
+            self._marker.write_text(str(newest))
+        except OSError as exc:  # the next start compares every file again: slower, not wrong
+            log.warning("could not record the shared uploads written here in %s: %s", self._marker, exc)
         return done
 
     def behind(self) -> bool:
