@@ -45,10 +45,10 @@ from config.settings import Settings
 from rag.operations.lease import IndexLease
 from rag.operations.run_history import RunHistory
 from rag.store.database import Database
-from tests.conftest import EXAMPLES, closed_port
+from tests.conftest import EXAMPLES
 from tests.fake_llm import FakeLLM
 from tests.postgres import create_database, running_server
-from tests.proc import async_wait_for, process_env, start_serve, stop_serve
+from tests.proc import async_wait_for, process_env, start_chroma, start_serve, stop_serve
 
 ADMIN_TOKEN = "bench-shared-state-token"
 TTL_S = 3.0
@@ -154,28 +154,6 @@ async def throughput(replicas: int, url: str, chroma: str, llm: FakeLLM, work: P
         await stop_serve(*processes)
 
 
-def chroma_server(work: Path) -> tuple[Any, str]:
-    import subprocess
-    import sys
-
-    port = closed_port()
-    url = f"http://127.0.0.1:{port}"
-    process = subprocess.Popen(
-        [str(Path(sys.executable).parent / "chroma"), "run", "--path", str(work / "chroma"), "--host", "127.0.0.1", "--port", str(port)],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )  # fmt: skip
-    deadline = time.monotonic() + 60
-    while True:
-        try:
-            if httpx.get(f"{url}/api/v2/heartbeat", timeout=2).status_code == 200:
-                return process, url
-        except httpx.TransportError:
-            pass
-        if process.poll() is not None or time.monotonic() > deadline:
-            raise RuntimeError(f"`chroma run` did not start on {url}")
-        time.sleep(0.1)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--files", type=int, default=5000)
@@ -220,7 +198,7 @@ def main() -> None:
             print("failover:", results["failover_s"], flush=True)
 
             # 4: question throughput, 1 and 2 replicas.
-            chroma, chroma_url = chroma_server(work)
+            chroma, chroma_url = start_chroma(work / "chroma")
             llm = FakeLLM().start()
             try:
                 qurl = create_database(server)

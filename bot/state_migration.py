@@ -19,10 +19,9 @@ The target must hold no teambot state yet, and no `teambot serve` may run on the
 from __future__ import annotations
 
 import hashlib
-import os
 import sqlite3
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -31,7 +30,7 @@ from bot.platform_state import PlatformState
 from config.errors import ConfigError, StoreError
 from config.settings import Settings
 from rag.ingest.documents import SUPPORTED_SUFFIXES
-from rag.ingest.indexer import COLLECTION_ROOT, IGNORED_NAME_PREFIXES
+from rag.ingest.indexer import COLLECTION_ROOT, folder_files
 from rag.operations.lease import IndexLease, read_lease
 from rag.operations.run_history import RunHistory
 from rag.operations.shared_uploads import SharedUploads
@@ -155,10 +154,11 @@ def _copy_table(source: sqlite3.Connection, tx: Transaction, table: str, setting
         return 0
     columns = [d[0] for d in cursor.description]
     insert = f"INSERT INTO {table} ({', '.join(_quoted(c) for c in columns)}) VALUES ({', '.join('?' * len(columns))})"
-    roots = {str(folder.resolve()): COLLECTION_ROOT + name for name, folder in settings.collection_dirs().items()}
+    # The manifest names a collection's folder by the collection's name, as replicas with shared state do.
+    roots = {str(folder.resolve()): COLLECTION_ROOT + name for name, folder in settings.collection_dirs().items()} if table == "files" else {}
     copied = 0
     while rows := cursor.fetchmany(BATCH_ROWS):
-        if table == "files":  # a collection's folder by the collection's name, as replicas with shared state name it
+        if roots:
             at = columns.index("root")
             rows = [(*row[:at], roots.get(row[at], row[at]), *row[at + 1 :]) for row in rows]
         tx.executemany(insert, rows)
@@ -177,7 +177,7 @@ def _store_files(tx: Transaction, settings: Settings, now: str, progress: Callab
     size, skipped = 0, []
     max_bytes = int(settings.rag.max_file_mb * 1024 * 1024)
     for collection, folder in settings.collection_dirs().items():
-        for path in _files(folder):
+        for path in (folder_files(folder) if folder.is_dir() else []):
             name = path.relative_to(folder).as_posix()
             if path.suffix.lower() not in SUPPORTED_SUFFIXES:
                 continue
@@ -200,13 +200,3 @@ def _store_files(tx: Transaction, settings: Settings, now: str, progress: Callab
             "nothing was copied (the copy was rolled back); run the migration again",
         )
     return len(stored), size, skipped
-
-
-def _files(folder: Path) -> Sequence[Path]:
-    if not folder.is_dir():
-        return []
-    found = []
-    for parent, dirnames, filenames in os.walk(folder):
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith(IGNORED_NAME_PREFIXES))
-        found += [Path(parent) / n for n in sorted(filenames) if not n.startswith(IGNORED_NAME_PREFIXES)]
-    return found

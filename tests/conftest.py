@@ -103,39 +103,18 @@ def closed_port() -> int:
 
 @pytest.fixture
 def chroma_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """A real Chroma server (`chroma run`, shipped with the chromadb package) on 127.0.0.1; yields its URL.
+    """A real Chroma server (`chroma run`) on 127.0.0.1; yields its URL.
 
     One per test (it starts in a second or two): tests that share a server would share its collections."""
-    import subprocess
-    import sys
-    import time
+    from tests.proc import start_chroma
 
-    import httpx
-
-    chroma = Path(sys.executable).parent / "chroma"
-    port = closed_port()
-    url = f"http://127.0.0.1:{port}"
-    log = (tmp_path_factory.mktemp("chroma-server") / "chroma.log").open("w")
-    process = subprocess.Popen(
-        [str(chroma), "run", "--path", str(tmp_path_factory.mktemp("chroma-data")), "--host", "127.0.0.1", "--port", str(port)],
-        stdout=log, stderr=subprocess.STDOUT,
-    )  # fmt: skip
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                if httpx.get(f"{url}/api/v2/heartbeat", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            if process.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"`chroma run` did not start on {url} (exit code {process.poll()}); see {log.name}")
-            time.sleep(0.1)
-        yield url
-    finally:
-        process.terminate()
-        process.wait(30)
-        log.close()
+    with (tmp_path_factory.mktemp("chroma-server") / "chroma.log").open("w") as log:
+        process, url = start_chroma(tmp_path_factory.mktemp("chroma-data"), log)
+        try:
+            yield url
+        finally:
+            process.terminate()
+            process.wait(30)
 
 
 def indexed_copy(indexed: Settings, tmp_path: Path) -> tuple[Path, Path]:

@@ -6,11 +6,13 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import socket
+import subprocess
 import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import TypeVar
+from typing import IO, TypeVar
 
 from config.settings import Settings
 
@@ -96,6 +98,32 @@ async def stop_serve(*processes: asyncio.subprocess.Process | None) -> None:
             except TimeoutError:
                 process.kill()
                 await process.wait()
+
+
+def start_chroma(data: Path, log: IO[str] | int = subprocess.DEVNULL) -> tuple[subprocess.Popen[bytes], str]:
+    """A real Chroma server (`chroma run`, shipped with the chromadb package) on 127.0.0.1 and a free
+    port, storing into ``data``; returns the process and its URL once its heartbeat answers."""
+    import httpx
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    url = f"http://127.0.0.1:{port}"
+    chroma = Path(sys.executable).parent / "chroma"
+    process = subprocess.Popen(
+        [str(chroma), "run", "--path", str(data), "--host", "127.0.0.1", "--port", str(port)], stdout=log, stderr=subprocess.STDOUT
+    )
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            if httpx.get(f"{url}/api/v2/heartbeat", timeout=2).status_code == 200:
+                return process, url
+        except httpx.TransportError:
+            pass
+        if process.poll() is not None or time.monotonic() > deadline:
+            process.kill()
+            raise RuntimeError(f"`chroma run` did not start on {url} (exit code {process.poll()})")
+        time.sleep(0.1)
 
 
 def llm_child(serve_pid: int) -> int:

@@ -444,8 +444,14 @@ def _scan(given: Path) -> _Root | None:
         return _Root(path.parent, [path], single_file=True)
     if not path.is_dir():
         return None
+    return _Root(path, folder_files(path), single_file=False)
+
+
+def folder_files(path: Path) -> list[Path]:
+    """The files an index run reads in a folder, in a stable order: no hidden files or folders
+    (``.versions/`` included), no editors' lock files."""
     files = []
     for folder, dirnames, filenames in os.walk(path):
         dirnames[:] = sorted(d for d in dirnames if not d.startswith(IGNORED_NAME_PREFIXES))
         files.extend(Path(folder) / name for name in sorted(filenames) if not name.startswith(IGNORED_NAME_PREFIXES))
-    return _Root(path, files, single_file=False)
+    return files
