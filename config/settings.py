@@ -154,11 +154,11 @@ class RagSettings(_Section):
     top_k: int = Field(4, ge=1, le=50)
     min_score: float | None = Field(None, ge=0.0, le=1.0)
     """Passages scoring below this are not relevant; none left means "I don't know". Empty: the
-    embedder's own (0.70 for multilingual-e5-small, whose cosines sit in a narrow high band; 0.3
-    otherwise). `teambot eval --calibrate` fits it on your questions."""
+    embedder's own (0.27 for multilingual-e5-small, whose cosines are taken with each language's
+    mean removed; 0.3 otherwise). `teambot eval --calibrate` fits it on your questions."""
     vector_weight: float | None = Field(None, ge=0.0, le=1.0)
     """Hybrid score = vector_weight * cosine similarity + (1 - vector_weight) * keyword match.
-    Empty: the embedder's own (0.8 for multilingual-e5-small, 0.5 otherwise)."""
+    Empty: the embedder's own (0.7 for multilingual-e5-small, 0.5 otherwise)."""
     max_file_mb: float = Field(25.0, gt=0)
     max_unpacked_mb: float = Field(200.0, gt=0)
     """A .docx whose parts unpack to more than this is refused before it is parsed (a zip bomb)."""
@@ -211,9 +211,9 @@ class RagSettings(_Section):
         """The relevance bar and the vector weight the embedder's scores need, unless set."""
         e5 = self.embed_model == MULTILINGUAL_E5
         if self.min_score is None:
-            self.min_score = 0.70 if e5 else 0.3
+            self.min_score = 0.27 if e5 else 0.3
         if self.vector_weight is None:
-            self.vector_weight = 0.8 if e5 else 0.5
+            self.vector_weight = 0.7 if e5 else 0.5
         return self
 
     @property

@@ -49,7 +49,25 @@ def test_chinese_question_finds_the_chinese_document_through_its_words(retriever
     assert best.keyword_score > 0.3
 
 
-@pytest.mark.parametrize("question", ["What is the boiling point of tungsten?", "Who won the 1998 football world cup?", "量子色动力学是什么？"])
+@pytest.mark.parametrize(
+    ("question", "path"),
+    [
+        ("How much is the daily meal allowance on a business trip?", "expense-policy-zh.md"),
+        ("How much can I claim per night for a hotel in Shanghai?", "expense-policy-zh.md"),
+        ("代码冻结期从哪天开始？", "release-process.rst"),
+        ("回滚一次部署大概需要多长时间？", "release-process.rst"),
+    ],
+)
+def test_a_question_finds_the_page_written_in_the_other_language(retriever, question: str, path: str) -> None:  # type: ignore[no-untyped-def]
+    """No shared word: only the vectors, with each language's mean taken out, can match them."""
+    passages = retriever.search(question, ["default"]).passages
+    assert passages and passages[0].path == path and passages[0].keyword_score == 0
+
+
+@pytest.mark.parametrize(
+    "question",
+    ["What is the boiling point of tungsten?", "Who won the 1998 football world cup?", "量子色动力学是什么？", "明天北京会下雨吗？", "公司的年假有多少天？"],
+)
 def test_questions_about_nothing_in_the_base_find_nothing(retriever, question: str) -> None:  # type: ignore[no-untyped-def]
     assert retriever.search(question, ["default"]).passages == []
 

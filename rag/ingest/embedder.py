@@ -57,11 +57,6 @@ def embed_model_id(setting: str) -> str:
     return setting or SHIPPED_MODEL_ID
 
 
-def is_multilingual(model_id: str) -> bool:
-    """Whether the model places texts of different languages in one space (so same-language bias is worth correcting)."""
-    return model_id == E5_MODEL_ID
-
-
 def setting_for(model_id: str) -> str:
     """The rag.embed_model value that gives vectors of ``model_id`` (what a collection records)."""
     return {SHIPPED_MODEL_ID: "", E5_MODEL_ID: E5_SETTING}.get(model_id, model_id)

@@ -22,12 +22,10 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from rag.ingest.embedder import is_multilingual
-from rag.search.keyword import KeywordIndex
+from rag.search.keyword import KeywordIndex, mostly_chinese
 from rag.store.chroma import READ_BATCH, ChromaStore, StoredChunk
 from rag.store.manifest import Changes
 
-LANGUAGE_Z_WEIGHT = 0.1  # how much the same-language z-score adds to the score when ranking (multilingual embedders)
 COMPACT_SHARE = 0.25  # removed rows, as a share of all rows, that make an update compact the buffers
 REREAD_SHARE = 0.5  # an update that changes more than this share of the documents reads the collection whole
 HEADROOM = 1 / 8  # free rows a buffer is given when it is (re)allocated, as a share of its rows
@@ -56,10 +54,6 @@ class CollectionCache:
     def chinese(self) -> np.ndarray:
         """Per row: the chunk is mostly Chinese."""
         return self._chinese[: self.rows]
-
-    @property
-    def z_weight(self) -> float:
-        return LANGUAGE_Z_WEIGHT if is_multilingual(self.model) else 0.0
 
     @classmethod
     def read(cls, store: ChromaStore, collection: str, generation: int) -> CollectionCache:
@@ -100,7 +94,7 @@ class CollectionCache:
         if end > len(self._vectors) or vectors.shape[1] != self._vectors.shape[1]:
             self._grow(end, vectors.shape[1])
         self._vectors[first:end] = vectors
-        self._chinese[first:end] = [_mostly_chinese(k) for k in keywords]
+        self._chinese[first:end] = [mostly_chinese(k) for k in keywords]
         self.alive = np.concatenate([self.alive, np.ones(len(chunks), dtype=bool)])
         self.live += len(chunks)
         del self.ids[first:]  # what an update that failed half-way left
@@ -138,7 +132,3 @@ class CollectionCache:
         self._documents = {doc_id: [int(renumber[r]) for r in rows] for doc_id, rows in self._documents.items()}
         self.keyword.keep(keep)
 
-
-def _mostly_chinese(tokens: list[str]) -> bool:
-    chinese = sum(1 for t in tokens if "\u3400" <= t[0] <= "\u9fff")
-    return chinese > len(tokens) - chinese

@@ -237,6 +237,12 @@ class KeywordIndex:
         return [KeywordHit(int(i), score) for i, score in zip(best, self.coverage(query_terms, best))]
 
 
+def mostly_chinese(tokens: Sequence[str]) -> bool:
+    """Whether most of ``tokens`` (of ``tokenize``) are Chinese words."""
+    chinese = sum(1 for t in tokens if "\u3400" <= t[0] <= "\u9fff")
+    return chinese > len(tokens) - chinese
+
+
 def _widened(counts: scipy.sparse.csc_matrix, width: int) -> scipy.sparse.csc_matrix:
     """``counts`` with empty columns for the words added since (a new matrix: the one searches use stays as it is)."""
     indptr = counts.indptr

@@ -9,12 +9,11 @@ those and from BM25. Each candidate gets
     score = vector_weight * cosine similarity + (1 - vector_weight) * keyword score
 (see rag.search.keyword for the keyword score), both on a 0-1 scale, so one threshold
 (``rag.min_score``) can say "nothing relevant": passages below it are dropped, and none left
-means "I don't know". The passages are the best of the rest, ranked by their score plus, for a
-multilingual embedder, a little of their vector similarity as a z-score among the chunks of
-the same language: such a model rates any two texts of one language as closer than a question
-and its answer in the other, so without it an English question is drawn to English chunks over
-the Chinese page that answers it (measured in docs/benchmarks.md). An English-centric model's
-Chinese vectors are too alike for the z-score to help, so it ranks by the score alone.
+means "I don't know". The passages are the best of the rest. For a multilingual embedder the
+cosine is taken with each language's mean vector mostly removed (rag.search.language_means):
+such a model rates any two texts of one language as closer than a question and its answer in
+the other, which would draw an English question to English chunks over the Chinese page that
+answers it and let off-topic Chinese questions pass the bar (measured in docs/benchmarks.md).
 """
 
 from __future__ import annotations
@@ -31,7 +30,8 @@ from config.errors import TeambotError
 from config.settings import RagSettings
 from rag.ingest.embedder import setting_for
 from rag.search.collection_cache import CollectionCache
-from rag.search.keyword import tokenize
+from rag.search.keyword import mostly_chinese, tokenize
+from rag.search.language_means import means_for
 from rag.search.query_encoder import load_query_encoder
 from rag.store.chroma import ChromaStore
 from rag.store.manifest import Manifest
@@ -41,8 +41,6 @@ CANDIDATES_PER_RESULT = 5
 CANDIDATES_MIN = 20
 SIMILARITY_TEXT_CHARS = 240  # of a sentence compared by meaning (a long code block: its start)
 RECENT_QUESTIONS = 64  # question vectors kept
-MIN_LANGUAGE_GROUP = 3  # a language with fewer chunks is ranked against the whole collection
-MIN_SPREAD = 0.02  # floor of a group's standard deviation of similarities
 
 
 class NothingIndexed(TeambotError):
@@ -80,8 +78,7 @@ class _Candidate:
     chunk_id: str
     vector_score: float
     keyword_score: float
-    score: float  # relevance, against the bar
-    rank: float  # order among the relevant ones
+    score: float  # relevance: against the bar, and the order of the relevant ones
 
 
 class Retriever:
@@ -122,19 +119,23 @@ class Retriever:
         timings["embed"] = _ms_since(started)
 
         query_terms = tokenize(query)
+        query_chinese = mostly_chinese(query_terms)
         candidates: list[_Candidate] = []
         vector_ms = keyword_ms = 0.0
         for collection, cache in caches.items():
             query_vector = query_vectors[cache.model]
             mark = time.perf_counter()
-            similarity = cache.vectors @ query_vector if cache.rows else np.zeros(0, dtype=np.float32)
-            z = _language_z(similarity, cache.chinese, cache.alive)
+            means = means_for(cache.model)
+            if means is None:
+                similarity = cache.vectors @ query_vector if cache.rows else np.zeros(0, dtype=np.float32)
+            else:
+                similarity = means.similarity(cache.vectors, cache.chinese, query_vector, query_chinese)
             vector_ms += _ms_since(mark)
             mark = time.perf_counter()
-            candidates.extend(self._fuse(collection, cache, similarity, z, query_terms, limit))
+            candidates.extend(self._fuse(collection, cache, similarity, query_terms, limit))
             keyword_ms += _ms_since(mark)
 
-        relevant = sorted((c for c in candidates if c.score >= bar), key=lambda c: -c.rank)[:top_k]
+        relevant = sorted((c for c in candidates if c.score >= bar), key=lambda c: -c.score)[:top_k]
         passages = self._passages(relevant)
         timings.update(vector=round(vector_ms, 2), keyword=round(keyword_ms, 2), total=_ms_since(started))
         return Retrieval(passages, timings)
@@ -165,14 +166,13 @@ class Retriever:
         return (vectors @ np.asarray(self._embed(query), dtype=np.float32)).tolist()
 
     def _fuse(
-        self, collection: str, cache: CollectionCache, similarity: np.ndarray, z: np.ndarray, query_terms: list[str], limit: int
+        self, collection: str, cache: CollectionCache, similarity: np.ndarray, query_terms: list[str], limit: int
     ) -> list[_Candidate]:
         keyword_hits = {hit.index: hit.score for hit in cache.keyword.search(query_terms, limit)}
         count = min(limit, cache.live)
         indexes = set(keyword_hits)
-        for values in (similarity, z) if count else ():
-            if cache.live < cache.rows:
-                values = np.where(cache.alive, values, -np.inf)  # removed rows are no candidates
+        if count:
+            values = np.where(cache.alive, similarity, -np.inf) if cache.live < cache.rows else similarity  # removed rows are no candidates
             indexes.update(int(i) for i in np.argpartition(-values, count - 1)[:count])
         others = [index for index in indexes if index not in keyword_hits]
         keyword_hits.update(zip(others, cache.keyword.coverage(query_terms, others)))
@@ -182,7 +182,7 @@ class Retriever:
             vec = max(float(similarity[index]), 0.0)
             kw = keyword_hits[index]
             score = w * vec + (1 - w) * kw
-            candidates.append(_Candidate(collection, cache.ids[index], vec, kw, score, score + cache.z_weight * float(z[index])))
+            candidates.append(_Candidate(collection, cache.ids[index], vec, kw, score))
         return candidates
 
     def _passages(self, chosen: list[_Candidate]) -> list[Passage]:
@@ -233,20 +233,6 @@ class Retriever:
                 cache = updated
             self._caches[collection] = cache
             return cache
-
-
-def _language_z(similarity: np.ndarray, chinese: np.ndarray, alive: np.ndarray) -> np.ndarray:
-    """Each chunk's similarity as a z-score among the chunks of its language (or of the whole
-    collection, where a language has too few chunks to say what is usual for it); removed rows are in no group."""
-    z = np.zeros_like(similarity)
-    if not len(similarity):
-        return z
-    chinese, other = chinese & alive, ~chinese & alive
-    groups = [chinese, other] if min(chinese.sum(), other.sum()) >= MIN_LANGUAGE_GROUP else [alive]
-    for group in groups:
-        values = similarity[group]
-        z[group] = (values - values.mean()) / max(float(values.std()), MIN_SPREAD)
-    return z
 
 
 def _ms_since(start: float) -> float:
