@@ -25,11 +25,13 @@ from tests.test_cli import external, run, teambot_env
 KNOWLEDGE_SET = REPO / "examples" / "eval" / "knowledge.yaml"
 # Retrieval on the sample knowledge base as measured (docs/benchmarks.md): a change that makes
 # retrieval or refusals worse fails CI. Before evidence, the guard and multilingual-e5-small
-# (2026-11-25, first measurement) they were hit@4 0.61, MRR 0.61, refusal F1 0.48.
-RETRIEVAL_FLOORS = {"--min-hit-at-k": "0.64", "--min-mrr": "0.64", "--min-refusal-f1": "0.54"}
-# Whole answers with the shipped model, `auto` mode: the code before this measured facts 0.18,
-# refusal F1 0.48, hit@4 0.61 (docs/benchmarks.md), so it fails every one of these.
-ANSWER_FLOORS = {"--min-fact-accuracy": "0.45", "--min-hit-at-k": "0.62", "--min-refusal-f1": "0.5", "--min-language-match": "0.95"}
+# (2026-11-25, first measurement) they were hit@4 0.61, MRR 0.61, refusal F1 0.48; before each
+# language's mean was taken out of e5's cosines (2026-11-26) 0.64, 0.64 and 0.54.
+RETRIEVAL_FLOORS = {"--min-hit-at-k": "0.72", "--min-mrr": "0.72", "--min-refusal-f1": "0.60"}
+# Whole answers with the shipped model, `auto` mode: the code before evidence and the guard
+# measured facts 0.18, refusal F1 0.48, hit@4 0.61, and before the language means facts 0.56,
+# refusal F1 0.54, hit@4 0.64 (docs/benchmarks.md), so both fail these.
+ANSWER_FLOORS = {"--min-fact-accuracy": "0.58", "--min-hit-at-k": "0.70", "--min-refusal-f1": "0.58", "--min-language-match": "0.95"}
 
 
 def item(id: str, **fields) -> EvalItem:  # type: ignore[no-untyped-def]

@@ -38,9 +38,9 @@ def test_similarity_is_the_cosine_of_the_centred_vectors(query_chinese: bool) ->
     centred_query = query - CENTERING * means.query[int(query_chinese)]
     centred_query /= np.linalg.norm(centred_query)
 
-    similarity = means.similarity(vectors, chinese, query, query_chinese)
+    similarity = means.similarity(vectors, chinese, means.row_norms(vectors, chinese), query, query_chinese)
     np.testing.assert_allclose(similarity, centred @ centred_query, atol=1e-5)
-    assert means.similarity(vectors[:0], chinese[:0], query, query_chinese).shape == (0,)
+    assert means.similarity(vectors[:0], chinese[:0], np.ones(0), query, query_chinese).shape == (0,)
 
 
 def test_centring_lifts_a_translation_above_an_unrelated_text_of_the_questions_language() -> None:
@@ -53,6 +53,7 @@ def test_centring_lifts_a_translation_above_an_unrelated_text_of_the_questions_l
     vectors = model.many(texts)
     question = np.asarray(model("代码冻结期从哪天开始？"), dtype=np.float32)
     raw = vectors @ question
-    centred = means.similarity(vectors, np.array([False, True]), question, True)
+    chinese = np.array([False, True])
+    centred = means.similarity(vectors, chinese, means.row_norms(vectors, chinese), question, True)
     assert raw[1] > raw[0]  # the bias the means correct
     assert centred[0] > centred[1]

@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from rag.search.keyword import KeywordIndex, mostly_chinese
+from rag.search.language_means import means_for
 from rag.store.chroma import READ_BATCH, ChromaStore, StoredChunk
 from rag.store.manifest import Changes
 
@@ -43,6 +44,7 @@ class CollectionCache:
     fetched: int = 0  # chunks read from the store by this cache and the ones it was updated from
     _vectors: np.ndarray = field(default_factory=lambda: np.zeros((0, 0), dtype=np.float32))  # rows, then free ones
     _chinese: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=bool))
+    _norms: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.float32))  # see rag.search.language_means
     _documents: dict[str, list[int]] = field(default_factory=dict)  # document id -> its rows (only updates use it)
 
     @property
@@ -55,14 +57,18 @@ class CollectionCache:
         """Per row: the chunk is mostly Chinese."""
         return self._chinese[: self.rows]
 
+    @property
+    def centred_norms(self) -> np.ndarray:
+        """Per row: its norm with its language's mean taken out (1 for a model without language means)."""
+        return self._norms[: self.rows]
+
     @classmethod
     def read(cls, store: ChromaStore, collection: str, generation: int) -> CollectionCache:
         """The whole collection, read from the store in batches."""
         ids = store.ids(collection)
-        cache = cls(generation, "", KeywordIndex())
+        cache = cls(generation, store.model_of(collection) or store.embed_model, KeywordIndex())
         for start in range(0, len(ids), READ_BATCH):
             cache._append(store.get(collection, ids[start : start + READ_BATCH], texts=False, embeddings=True))
-        cache.model = store.model_of(collection) or store.embed_model
         return cache
 
     def updated(self, store: ChromaStore, collection: str, changes: Changes) -> CollectionCache | None:
@@ -95,6 +101,8 @@ class CollectionCache:
             self._grow(end, vectors.shape[1])
         self._vectors[first:end] = vectors
         self._chinese[first:end] = [mostly_chinese(k) for k in keywords]
+        means = means_for(self.model)
+        self._norms[first:end] = 1.0 if means is None else means.row_norms(vectors, self._chinese[first:end])
         self.alive = np.concatenate([self.alive, np.ones(len(chunks), dtype=bool)])
         self.live += len(chunks)
         del self.ids[first:]  # what an update that failed half-way left
@@ -111,10 +119,12 @@ class CollectionCache:
         assert not self.rows or width == self._vectors.shape[1], "vectors of another width"
         vectors = np.zeros((capacity, width), dtype=np.float32)
         chinese = np.zeros(capacity, dtype=bool)
+        norms = np.ones(capacity, dtype=np.float32)
         if self.rows:
             vectors[: self.rows] = self._vectors[: self.rows]
             chinese[: self.rows] = self._chinese[: self.rows]
-        self._vectors, self._chinese = vectors, chinese
+            norms[: self.rows] = self._norms[: self.rows]
+        self._vectors, self._chinese, self._norms = vectors, chinese, norms
 
     def _compact(self) -> None:
         """Only the live rows, renumbered in their order, in new buffers."""
@@ -124,8 +134,9 @@ class CollectionCache:
         capacity = len(keep) + max(1024, int(len(keep) * HEADROOM))
         vectors = np.zeros((capacity, self._vectors.shape[1]), dtype=np.float32)
         chinese = np.zeros(capacity, dtype=bool)
-        vectors[: len(keep)], chinese[: len(keep)] = self._vectors[keep], self._chinese[keep]
-        self._vectors, self._chinese = vectors, chinese
+        norms = np.ones(capacity, dtype=np.float32)
+        vectors[: len(keep)], chinese[: len(keep)], norms[: len(keep)] = self._vectors[keep], self._chinese[keep], self._norms[keep]
+        self._vectors, self._chinese, self._norms = vectors, chinese, norms
         self.ids = [self.ids[k] for k in keep]
         self.rows = len(keep)
         self.alive = np.ones(len(keep), dtype=bool)

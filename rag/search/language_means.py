@@ -39,23 +39,28 @@ class LanguageMeans:
     passage: np.ndarray  # (2, dim): mean passage vector, English then Chinese
     query: np.ndarray  # (2, dim): mean question vector, English then Chinese
 
-    def similarity(self, vectors: np.ndarray, chinese: np.ndarray, query_vector: np.ndarray, query_chinese: bool) -> np.ndarray:
+    def row_norms(self, vectors: np.ndarray, chinese: np.ndarray) -> np.ndarray:
+        """|d - CENTERING * p| of each row d (unit vectors; ``chinese`` per row), p its language's
+        passage mean: what ``similarity`` divides by, worked out once per chunk (collection_cache)."""
+        a = CENTERING
+        to_means = vectors @ self.passage.T  # (rows, 2)
+        own = np.where(chinese, to_means[:, 1], to_means[:, 0])
+        squared = np.einsum("ij,ij->i", self.passage, self.passage)
+        return np.sqrt(np.maximum(1 - 2 * a * own + a * a * np.where(chinese, squared[1], squared[0]), 1e-12)).astype(np.float32)
+
+    def similarity(self, vectors: np.ndarray, chinese: np.ndarray, norms: np.ndarray, query_vector: np.ndarray, query_chinese: bool) -> np.ndarray:
         """Cosine similarity of the question to each row of ``vectors`` (unit rows; ``chinese``
-        per row), each side with CENTERING of its language's mean taken out."""
+        and ``norms``, of ``row_norms``, per row), each side with CENTERING of its language's
+        mean taken out: (d - a p)·q' = d·q' - a p·q', so one product with the rows, as for
+        plain cosines."""
         a = CENTERING
         query = query_vector - a * self.query[int(query_chinese)]
         query_norm = max(float(np.linalg.norm(query)), 1e-6)
         if not len(vectors):
             return np.zeros(0, dtype=np.float32)
-        # (d - a p)·q = d·q - a p·q and |d - a p|² = 1 - 2a d·p + a²|p|², p the row's language mean:
-        # one product with three columns instead of a centred copy of every vector.
-        products = vectors @ np.stack([query, self.passage[0], self.passage[1]]).T
-        own_mean = np.where(chinese, products[:, 2], products[:, 1])
-        mean_query = self.passage @ query
-        mean_norm2 = np.einsum("ij,ij->i", self.passage, self.passage)
-        numerator = products[:, 0] - a * np.where(chinese, mean_query[1], mean_query[0])
-        row_norm2 = 1 - 2 * a * own_mean + a * a * np.where(chinese, mean_norm2[1], mean_norm2[0])
-        return (numerator / (np.sqrt(np.maximum(row_norm2, 1e-12)) * query_norm)).astype(np.float32)
+        to_query = self.passage @ query  # p·q' for each language's p
+        numerator = vectors @ query - a * np.where(chinese, to_query[1], to_query[0])
+        return (numerator / (norms * query_norm)).astype(np.float32)
 
 
 @cache

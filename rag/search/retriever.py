@@ -129,7 +129,7 @@ class Retriever:
             if means is None:
                 similarity = cache.vectors @ query_vector if cache.rows else np.zeros(0, dtype=np.float32)
             else:
-                similarity = means.similarity(cache.vectors, cache.chinese, query_vector, query_chinese)
+                similarity = means.similarity(cache.vectors, cache.chinese, cache.centred_norms, query_vector, query_chinese)
             vector_ms += _ms_since(mark)
             mark = time.perf_counter()
             candidates.extend(self._fuse(collection, cache, similarity, query_terms, limit))
