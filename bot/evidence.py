@@ -146,20 +146,31 @@ def _worth_embedding(question: str, passages: Sequence[Passage], candidates: lis
 
 def _quote(parts: list[str], k: int) -> str:
     """The best sentence and the one after it in the passage (the answer often follows the
-    sentence that matches the question: a list, a value, a command), when both fit MAX_QUOTE."""
-    quote = parts[k]
-    if k + 1 < len(parts) and (len(quote) < SHORT_QUOTE or quote.endswith((":", "：")) or len(quote) + 1 + len(parts[k + 1]) <= MAX_QUOTE):
-        glue = "" if _CJK_END.search(quote) or _CJK_START.match(parts[k + 1]) else " "
-        quote = f"{quote}{glue}{parts[k + 1]}"
+    sentence that matches the question: a list, a value, a command), when both fit MAX_QUOTE
+    (a short one, or one ending in a colon, takes the next all the same). A quote that announces
+    what follows (ends in a colon: a list's items) goes on with what follows while it fits."""
+    quote, end, announced = parts[k], k + 1, False
+    while end < len(parts):
+        announced = announced or quote.endswith((":", "："))
+        fits = len(quote) + 1 + len(parts[end]) <= MAX_QUOTE
+        if not (fits or len(quote) < SHORT_QUOTE or quote.endswith((":", "："))) or (end > k + 1 and not (announced and fits)):
+            break
+        glue = "" if _CJK_END.search(quote) or _CJK_START.match(parts[end]) else " "
+        quote = f"{quote}{glue}{parts[end]}"
+        end += 1
     return quote if len(quote) <= MAX_QUOTE else quote[: MAX_QUOTE - 1] + "…"
 
 
 def answer_quotes(evidence: Sequence[Evidence], close: float = 0.9) -> list[Evidence]:
-    """The quotes an extractive answer gives: the best, and the next when it scores nearly as well."""
+    """The quotes an extractive answer gives: the best, the next when it scores nearly as well,
+    and the first passage's (retrieval's best) when neither is from it."""
     if not evidence:
         return []
     best = evidence[0]
-    return [best, *(e for e in evidence[1:2] if e.score >= close * best.score)]
+    chosen = [best, *(e for e in evidence[1:2] if e.score >= close * best.score)]
+    if all(e.n != 1 for e in chosen):
+        chosen += [e for e in evidence if e.n == 1]
+    return chosen
 
 
 def extractive_answer(question: str, evidence: Sequence[Evidence], passages: Sequence[Passage]) -> str:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from bot.conversation import is_follow_up
-from bot.evidence import extractive_answer, pick_evidence, sentences
+from bot.evidence import Evidence, answer_quotes, extractive_answer, pick_evidence, sentences
 from bot.guard import check_answer
 from bot.prompt import Turn, language_of
 from config.settings import Settings
@@ -87,6 +87,29 @@ def test_the_quote_takes_the_sentence_after_the_match_where_answers_often_are() 
     long_first = passage("TurboMind keeps the recurrent state " + "in a long explanation " * 17 + "here. The next sentence.", "Long", "long.md")
     (capped,) = pick_evidence("Where does TurboMind keep the recurrent state?", [long_first], None)
     assert "The next sentence" not in capped.quote  # both would pass the 400-character quote limit
+
+
+def test_a_quote_that_announces_a_list_goes_on_with_its_items() -> None:
+    """lmdeploy's docs: "Supported names are:" ended the quote, and the names were left out."""
+    parsers = passage(
+        "Please use --tool-call-parser to specify which parser to use when launching the api_server. Supported names are:\n"
+        "- internlm\n- qwen\n- qwen3\n- llama3\n\nThe parser is chosen per model family.",
+        "Tools Calling", "tools.md",
+    )  # fmt: skip
+    (quote,) = pick_evidence("Which --tool-call-parser names are supported when launching api_server?", [parsers], None)
+    assert "Supported names are: internlm qwen qwen3 llama3" in quote.quote
+    long_list = passage("The options are:\n" + "\n".join(f"- option number {i} with a long description of what it does" for i in range(20)), "Options", "o.md")
+    (capped,) = pick_evidence("What are the options?", [long_list], None)
+    assert "option number 0" in capped.quote and len(capped.quote) <= 400  # items while they fit
+
+
+def test_the_extractive_answer_also_quotes_the_passage_retrieval_ranked_first() -> None:
+    """The sentence picker's best may come from a lower passage; retrieval's first is quoted too."""
+    lower, other = Evidence(3, "a sentence that matches the question's words", 0.8), Evidence(2, "another", 0.5)
+    first = Evidence(1, "the first passage's best sentence", 0.4)
+    assert [e.n for e in answer_quotes([lower, other, first])] == [3, 1]
+    assert [e.n for e in answer_quotes([Evidence(1, "best", 0.8), Evidence(3, "far behind", 0.5)])] == [1]  # already there: nothing added
+    assert [e.n for e in answer_quotes([lower, Evidence(2, "close", 0.75), first])] == [3, 2, 1]
 
 
 def test_the_extractive_answer_quotes_with_sources_in_the_questions_language() -> None:
