@@ -11,7 +11,7 @@ measured on reference sentences of no particular subject written for this (``lan
 80 a language, as passages and as questions, since e5 embeds the two with different prefixes),
 not on a team's documents, so they do not move when the documents change and a small
 collection gets the same correction as a large one. The effect on both evaluation sets is in
-docs/benchmarks.md ("Language means").
+docs/benchmarks.md ("Each language's mean taken out of e5's cosines").
 
 Only embedders with a means file get this (``MODELS``); the others are compared by plain
 cosine similarity. `python -m rag.search.language_means` measures the means again (after a
