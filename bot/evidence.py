@@ -36,6 +36,7 @@ _MARKDOWN = re.compile(r"\*\*|__|`")
 _FENCE = re.compile(r"(```[\s\S]*?(?:```|$))")  # fenced code blocks (an unclosed one runs to the end of the chunk)
 _CJK_END = re.compile(r"[\u3000-\u303f\u3400-\u9fff\uff00-\uffef]$")
 _CJK_START = re.compile(r"^[\u3000-\u303f\u3400-\u9fff\uff00-\uffef]")
+_COLONS = (":", "：")
 
 EXTRACTIVE_LEAD = "Here is what the documents say:"
 EXTRACTIVE_LEAD_ZH = "知识库文档中的相关内容："
@@ -83,8 +84,7 @@ def _prose(text: str) -> list[str]:
             joinable = False  # a blank line or a table rule ends the paragraph; a heading is no answer (the passage names it)
             continue
         if joinable and not starts_item and segments:
-            glue = "" if _CJK_END.search(segments[-1]) or _CJK_START.match(line) else " "
-            segments[-1] += glue + line
+            segments[-1] = _joined(segments[-1], line)
         else:
             segments.append(line)
         joinable = not line.endswith(("。", "！", "？", ":", "："))
@@ -144,20 +144,24 @@ def _worth_embedding(question: str, passages: Sequence[Passage], candidates: lis
     return sorted(same[:MAX_EMBEDDED] + foreign[:MAX_EMBEDDED])
 
 
+def _joined(text: str, more: str) -> str:
+    """``more`` after ``text``: with a space, but none next to Chinese."""
+    glue = "" if _CJK_END.search(text) or _CJK_START.match(more) else " "
+    return f"{text}{glue}{more}"
+
+
 def _quote(parts: list[str], k: int) -> str:
     """The best sentence and the one after it in the passage (the answer often follows the
     sentence that matches the question: a list, a value, a command), when both fit MAX_QUOTE
     (a short one, or one ending in a colon, takes the next all the same). A quote that announces
     what follows (ends in a colon: a list's items) goes on with what follows while it fits."""
-    quote, end, announced = parts[k], k + 1, False
-    while end < len(parts):
-        announced = announced or quote.endswith((":", "："))
-        fits = len(quote) + 1 + len(parts[end]) <= MAX_QUOTE
-        if not (fits or len(quote) < SHORT_QUOTE or quote.endswith((":", "："))) or (end > k + 1 and not (announced and fits)):
-            break
-        glue = "" if _CJK_END.search(quote) or _CJK_START.match(parts[end]) else " "
-        quote = f"{quote}{glue}{parts[end]}"
-        end += 1
+    quote, end = parts[k], k + 1
+    announced = quote.endswith(_COLONS)
+    if end < len(parts) and (len(quote) < SHORT_QUOTE or announced or len(quote) + 1 + len(parts[end]) <= MAX_QUOTE):
+        quote, end = _joined(quote, parts[end]), end + 1
+        announced = announced or quote.endswith(_COLONS)
+        while announced and end < len(parts) and len(quote) + 1 + len(parts[end]) <= MAX_QUOTE:
+            quote, end = _joined(quote, parts[end]), end + 1
     return quote if len(quote) <= MAX_QUOTE else quote[: MAX_QUOTE - 1] + "…"
 
 

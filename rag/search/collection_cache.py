@@ -44,7 +44,7 @@ class CollectionCache:
     fetched: int = 0  # chunks read from the store by this cache and the ones it was updated from
     _vectors: np.ndarray = field(default_factory=lambda: np.zeros((0, 0), dtype=np.float32))  # rows, then free ones
     _chinese: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=bool))
-    _norms: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.float32))  # see rag.search.language_means
+    _norms: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.float32))  # per row: centred norm (LanguageMeans.row_norms)
     _documents: dict[str, list[int]] = field(default_factory=dict)  # document id -> its rows (only updates use it)
 
     @property
@@ -57,10 +57,13 @@ class CollectionCache:
         """Per row: the chunk is mostly Chinese."""
         return self._chinese[: self.rows]
 
-    @property
-    def centred_norms(self) -> np.ndarray:
-        """Per row: its norm with its language's mean taken out (1 for a model without language means)."""
-        return self._norms[: self.rows]
+    def similarity(self, query_vector: np.ndarray, query_chinese: bool) -> np.ndarray:
+        """The question's cosine similarity to each row: with each language's mean taken out
+        where the model has measured ones (rag.search.language_means), else plain."""
+        means = means_for(self.model)
+        if means is None:
+            return self.vectors @ query_vector if self.rows else np.zeros(0, dtype=np.float32)
+        return means.similarity(self.vectors, self.chinese, self._norms[: self.rows], query_vector, query_chinese)
 
     @classmethod
     def read(cls, store: ChromaStore, collection: str, generation: int) -> CollectionCache:
@@ -142,4 +145,3 @@ class CollectionCache:
         self.alive = np.ones(len(keep), dtype=bool)
         self._documents = {doc_id: [int(renumber[r]) for r in rows] for doc_id, rows in self._documents.items()}
         self.keyword.keep(keep)
-

@@ -31,7 +31,6 @@ from config.settings import RagSettings
 from rag.ingest.embedder import setting_for
 from rag.search.collection_cache import CollectionCache
 from rag.search.keyword import mostly_chinese, tokenize
-from rag.search.language_means import means_for
 from rag.search.query_encoder import load_query_encoder
 from rag.store.chroma import ChromaStore
 from rag.store.manifest import Manifest
@@ -125,11 +124,7 @@ class Retriever:
         for collection, cache in caches.items():
             query_vector = query_vectors[cache.model]
             mark = time.perf_counter()
-            means = means_for(cache.model)
-            if means is None:
-                similarity = cache.vectors @ query_vector if cache.rows else np.zeros(0, dtype=np.float32)
-            else:
-                similarity = means.similarity(cache.vectors, cache.chinese, cache.centred_norms, query_vector, query_chinese)
+            similarity = cache.similarity(query_vector, query_chinese)
             vector_ms += _ms_since(mark)
             mark = time.perf_counter()
             candidates.extend(self._fuse(collection, cache, similarity, query_terms, limit))
