@@ -30,7 +30,7 @@ from bot.platform_state import PlatformState
 from config.errors import ConfigError, StoreError
 from config.settings import Settings
 from rag.ingest.documents import SUPPORTED_SUFFIXES
-from rag.ingest.indexer import COLLECTION_ROOT, folder_files
+from rag.ingest.indexer import COLLECTION_ROOT, FolderWalk, folder_files
 from rag.operations.lease import IndexLease, read_lease
 from rag.operations.run_history import RunHistory
 from rag.operations.shared_uploads import SharedUploads
@@ -177,8 +177,10 @@ def _store_files(tx: Transaction, settings: Settings, now: str, progress: Callab
     size, skipped = 0, []
     max_bytes = int(settings.rag.max_file_mb * 1024 * 1024)
     for collection, folder in settings.collection_dirs().items():
-        for path in (folder_files(folder) if folder.is_dir() else []):
-            name = path.relative_to(folder).as_posix()
+        walk = folder_files(folder) if folder.is_dir() else FolderWalk([], {})
+        skipped += [f"{collection}/{path.relative_to(folder.resolve()).as_posix()}: {why}" for path, why in walk.skipped.items()]
+        for path in walk.files:
+            name = path.relative_to(folder.resolve()).as_posix()
             if path.suffix.lower() not in SUPPORTED_SUFFIXES:
                 continue
             if path.stat().st_size > max_bytes:

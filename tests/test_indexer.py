@@ -113,6 +113,43 @@ def test_a_file_that_breaks_keeps_its_old_chunks(runtime: Runtime, knowledge: Pa
     assert fixed.updated == 1 and not fixed.failed
 
 
+def test_links_that_leave_the_folder_are_not_followed_and_what_they_put_in_is_removed(
+    runtime: Runtime, knowledge: Path, tmp_path: Path
+) -> None:
+    secret = tmp_path / "outside" / "environ.txt"
+    secret.parent.mkdir()
+    secret.write_text("SLACK_BOT_TOKEN=xoxb-not-for-chat-users\nTEAMBOT_ADMIN_TOKEN=also-secret\n")
+    (knowledge / "sub").mkdir()
+    (knowledge / "sub" / "kept.md").write_text("# Kept\n\nThe bike room is in the basement.\n")
+    (knowledge / "environ.txt").symlink_to(secret)  # a link to a file outside: never read
+    (knowledge / "passwd.txt").symlink_to("/etc/passwd")
+    (knowledge / "escape").symlink_to(secret.parent, target_is_directory=True)  # a link to a folder: never walked
+    (knowledge / "loop").symlink_to(knowledge, target_is_directory=True)
+    (knowledge / "gone.md").symlink_to(tmp_path / "nothing.md")
+    (knowledge / "alias.md").symlink_to(knowledge / "sub" / "kept.md")  # a link inside the folder: read
+    report = runtime.indexer.run()
+    failed = {f["path"]: f["error"] for f in report.failed}
+    assert set(failed) == {"environ.txt", "passwd.txt", "escape", "loop", "gone.md"}
+    assert "a link to a file outside the knowledge folder" in failed["environ.txt"] and "copy the file in instead" in failed["environ.txt"]
+    assert "a link to a folder" in failed["escape"] and "a link to nothing" in failed["gone.md"]
+    assert str(secret) not in " ".join(failed.values())  # where a link leads is not reported (the report reaches chat on an upload)
+    assert report.added == SAMPLE_FILES + 2
+    indexed = " ".join(c.text for c in runtime.store.get("default"))
+    assert "xoxb" not in indexed and "root:" not in indexed
+    found = runtime.retriever.search("What is SLACK_BOT_TOKEN set to?", ["default"], min_score=0.0).passages
+    assert found and all("xoxb" not in p.text for p in found)
+    assert_consistent(runtime)
+
+    # A file indexed before (by a version that followed links, or before it became a link) loses its chunks.
+    (knowledge / "alias.md").unlink()
+    (knowledge / "alias.md").symlink_to(secret)
+    again = runtime.indexer.run()
+    assert again.deleted == 1 and "alias.md" in {f["path"] for f in again.failed}
+    assert "alias.md" not in chunk_ids_by_source(runtime)
+    assert all("xoxb" not in c.text for c in runtime.store.get("default"))
+    assert_consistent(runtime)
+
+
 def test_oversized_file_is_refused(tmp_path: Path, knowledge: Path) -> None:
     settings = make_settings(tmp_path / "data", knowledge, rag={"max_file_mb": 0.001})
     with knowledge_runtime(settings) as runtime:

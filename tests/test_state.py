@@ -213,6 +213,24 @@ def test_a_replica_keeps_its_local_edit_until_the_file_is_uploaded_again(open_db
         uploads.close()
 
 
+def test_shared_uploads_are_not_written_through_a_link_that_leaves_the_folder(open_db: Open, tmp_path: Path) -> None:
+    uploads = SharedUploads(open_db(SharedUploads))
+    folder, outside = tmp_path / "kb", tmp_path / "outside"
+    folder.mkdir()
+    outside.mkdir()
+    (folder / "sub").symlink_to(outside, target_is_directory=True)
+    (folder / "hosts.md").symlink_to(outside / "hosts.md")
+    try:
+        uploads.put("default", "sub/a.md", b"# A\n", keep_versions=2)
+        uploads.put("default", "b.md", b"# B\n", keep_versions=2)
+        uploads.put("default", "hosts.md", b"# written through a link\n", keep_versions=2)
+        done = uploads.materialize({"default": folder}, tmp_path / "other")
+        assert done.written == ["default/b.md"]
+        assert list(outside.iterdir()) == []
+    finally:
+        uploads.close()
+
+
 def test_migrations_are_versioned_and_a_newer_schema_is_refused(open_db: Open) -> None:
     db = open_db(Manifest)
     try:

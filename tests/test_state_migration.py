@@ -26,6 +26,8 @@ DONE = AnswerDone("In the basement [1].", [], [1], True)
 
 def test_a_data_dir_moves_into_postgresql_and_is_served_from_there(indexed_settings: Settings, state_url: str, tmp_path: Path) -> None:
     data, knowledge = indexed_copy(indexed_settings, tmp_path)
+    (tmp_path / "environ.txt").write_text("SLACK_BOT_TOKEN=xoxb-not-for-the-database\n")
+    (knowledge / "environ.txt").symlink_to(tmp_path / "environ.txt")  # never copied into the shared state
     settings = make_settings(data, knowledge)
     with knowledge_runtime(settings) as runtime:
         runtime.desk.index(None, "default")
@@ -44,6 +46,7 @@ def test_a_data_dir_moves_into_postgresql_and_is_served_from_there(indexed_setti
     assert "answers                  1 rows in SQLite,        1 in PostgreSQL" in moved.stdout
     assert f"files                    {len(documents)} rows in SQLite" in moved.stdout
     assert "knowledge files          7" in moved.stdout
+    assert "skipped default/environ.txt: not read: a link to a file outside the knowledge folder" in moved.stdout
     assert f"for the Chroma store embedded on {socket.gethostname()} at {data / 'chroma'}" in moved.stdout
 
     again = run(["state", "migrate", "--to", state_url], teambot_env(settings))

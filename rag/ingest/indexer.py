@@ -85,6 +85,7 @@ class _Root:
     root: Path
     files: list[Path]
     single_file: bool
+    skipped: dict[Path, str] = field(default_factory=dict)  # links not followed, and why
 
 
 @dataclass(frozen=True)
@@ -291,6 +292,8 @@ class Indexer:
                 item = self._classify(path, relpath, doc_id, collection, root, record, report)
                 if item is not None:
                     todo.append(item)
+            for path, why in target.skipped.items():  # not seen: what such a link put in the index before is removed
+                report.failed.append({"path": path.relative_to(target.root).as_posix(), "error": why})
             if not target.single_file:
                 gone[root] = [doc_id for doc_id in known if doc_id not in seen]
         deleted = [doc_id for doc_ids in gone.values() for doc_id in doc_ids]
@@ -444,14 +447,60 @@ def _scan(given: Path) -> _Root | None:
         return _Root(path.parent, [path], single_file=True)
     if not path.is_dir():
         return None
-    return _Root(path, folder_files(path), single_file=False)
+    walk = folder_files(path)
+    return _Root(path, walk.files, single_file=False, skipped=walk.skipped)
 
 
-def folder_files(path: Path) -> list[Path]:
+@dataclass(frozen=True)
+class FolderWalk:
+    files: list[Path]  # what an index run reads
+    skipped: dict[Path, str]  # links that are not followed, and why (for the run's report)
+
+
+LINK_OUTSIDE = "not read: a link to a file outside the knowledge folder (teambot follows links only within the folder; copy the file in instead)"
+LINK_BROKEN = "not read: a link to nothing (its target is gone)"
+LINK_FOLDER = "not read: a link to a folder (teambot does not follow links to folders; put the files themselves in the folder)"
+
+
+def folder_files(path: Path) -> FolderWalk:
     """The files an index run reads in a folder, in a stable order: no hidden files or folders
-    (``.versions/`` included), no editors' lock files."""
-    files = []
-    for folder, dirnames, filenames in os.walk(path):
+    (``.versions/`` included), no editors' lock files, and no link that leaves the folder.
+
+    A folder synced from a shared drive or a repository may hold a link to ``/etc/passwd`` or
+    ``/proc/self/environ``; what is indexed is shown to every chat user, so a link is followed
+    only when it leads to a file inside the folder, and a link to a folder never (it could lead
+    back up, or out). Whatever is not followed is listed with the reason."""
+    root = path.resolve()
+    files: list[Path] = []
+    skipped: dict[Path, str] = {}
+    for folder, dirnames, filenames in os.walk(root):
+        here = Path(folder)
+        for name in [d for d in dirnames if (here / d).is_symlink()]:
+            dirnames.remove(name)
+            if not name.startswith(IGNORED_NAME_PREFIXES):
+                skipped[here / name] = LINK_FOLDER
         dirnames[:] = sorted(d for d in dirnames if not d.startswith(IGNORED_NAME_PREFIXES))
-        files.extend(Path(folder) / name for name in sorted(filenames) if not name.startswith(IGNORED_NAME_PREFIXES))
-    return files
+        for name in sorted(filenames):
+            if name.startswith(IGNORED_NAME_PREFIXES):
+                continue
+            file = here / name
+            problem = link_problem(file, root)
+            if problem:
+                skipped[file] = problem
+            else:
+                files.append(file)
+    return FolderWalk(files, skipped)
+
+
+def link_problem(path: Path, root: Path) -> str | None:
+    """Why ``path`` (a name inside the folder ``root``, resolved) must not be read: it is a link
+    to something missing, to a folder, or to a file outside ``root``. None for a plain file or a
+    link to a file inside ``root``."""
+    if not path.is_symlink():
+        return None
+    target = path.resolve()
+    if not target.exists():
+        return LINK_BROKEN
+    if target.is_dir():
+        return LINK_FOLDER
+    return None if target.is_relative_to(root) else LINK_OUTSIDE

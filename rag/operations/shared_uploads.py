@@ -115,6 +115,9 @@ class SharedUploads(Stored):
         for item in self.current():
             folder = folders.get(item.collection, default_folder / item.collection)
             path = folder / item.name
+            if not _inside(path, folder):
+                log.warning("shared uploads: %s/%s was not written: a link there leads outside the collection's folder", item.collection, item.name)
+                continue
             if item.removed:
                 if item.id > since and _sha256(path) == item.sha256:
                     path.unlink(missing_ok=True)
@@ -163,6 +166,12 @@ class UploadSync:
     def behind(self) -> bool:
         """Whether another replica added or removed a file since this one last synced (its next run indexes it)."""
         return self.uploads.newest_id() > self._synced
+
+
+def _inside(path: Path, folder: Path) -> bool:
+    """Whether writing (or deleting) ``path`` stays inside ``folder``: no link on the way, nor the
+    file itself if it is one, leads out of it."""
+    return path.resolve().is_relative_to(folder.resolve())
 
 
 def _sha256(path: Path) -> str | None:
