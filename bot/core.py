@@ -187,8 +187,10 @@ class AnswerEngine:
             finally:
                 await stream.aclose()
             generated = "".join(parts)
-            verdict = check_answer(generated, question, passages)
             timings.setdefault("first_token", elapsed_ms())
+            checked = loop.time()
+            verdict = check_answer(generated, question, passages)
+            timings["guard"] = round((loop.time() - checked) * 1000, 1)
             timings["total"] = elapsed_ms()
             if verdict.ok or mode == "generative":
                 reason = f"the grounding guard {'accepted' if verdict.ok else 'rejected'} it: {verdict.reason}"

@@ -14,12 +14,14 @@ from bot.answer_log import AnswerLog
 from bot.cli_output import ProgressBar, err, guarded, out, print_json, progress_line
 from bot.evaluation.calibrate import fits, search_all
 from bot.evaluation.feedback import feedback_yaml
+from bot.evaluation.model_answers import replayed_items, run_replays
 from bot.evaluation.questions import EvalItem, QuestionSet, load_question_set
+from bot.evaluation.replay import MODEL, ReplayModel
 from bot.evaluation.report import EvalReport, render
 from bot.evaluation.runner import run_answers, run_retrieval
 from bot.evaluation.variants import Variant, kv_variants, parse_variant, run_variants
 from bot.runtime import knowledge_runtime, open_runtime
-from config.settings import Settings
+from config.settings import Settings, with_values
 
 
 class _EvalGroup(typer.core.TyperGroup):
@@ -44,6 +46,9 @@ def run_command(
     calibrate: Annotated[bool, typer.Option("--calibrate", help="Fit rag.min_score for the best refusal F1 on these questions.")] = False,
     variants: Annotated[bool, typer.Option("--variants", help="Answer with each KV cache precision of the backend (llama.cpp f16/q8_0/q4_0, lmdeploy quant_policy 0/8/4).")] = False,
     variant: Annotated[list[str] | None, typer.Option("--variant", help="A variant of your own: NAME:key=value[,key=value] (repeatable).")] = None,
+    model_answers: Annotated[
+        bool, typer.Option("--model-answers", help="Replay the set's written model answers through the answer flow instead of asking the LLM.")
+    ] = False,
     limit: Annotated[int | None, typer.Option("--limit", min=1, help="Only the first N questions.")] = None,
     show_all: Annotated[bool, typer.Option("--show-all", help="List every question, not only those that went wrong.")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object on stdout (every question included).")] = False,
@@ -54,6 +59,10 @@ def run_command(
     min_fact_accuracy: Floor = None,
     min_citation_precision: Floor = None,
     min_language_match: Floor = None,
+    min_correct_shown: Floor = None,
+    min_blatant_blocked: Floor = None,
+    min_binding_blocked: Floor = None,
+    min_refusals_kept: Floor = None,
 ) -> None:
     """Exit code 1 when a --min-* floor is not met (for a team's own CI)."""
     settings: Settings = ctx.obj
@@ -62,13 +71,25 @@ def run_command(
         for name, value in (
             ("hit_at_1", min_hit_at_1), ("hit_at_k", min_hit_at_k), ("mrr", min_mrr), ("refusal_f1", min_refusal_f1),
             ("fact_accuracy", min_fact_accuracy), ("citation_precision", min_citation_precision), ("language_match", min_language_match),
+            ("correct_shown", min_correct_shown), ("blatant_blocked", min_blatant_blocked), ("binding_blocked", min_binding_blocked),
+            ("refusals_kept", min_refusals_kept),
         )
         if value is not None
     }  # fmt: skip
     chosen = [*(kv_variants(settings) if variants else []), *(parse_variant(v) for v in variant or [])] if variants or variant else []
     question_set = guarded(lambda: load_question_set(file))
     items = question_set.items[:limit]
-    report = guarded(lambda: evaluate(settings, question_set, items, retrieval_only=retrieval_only, calibrate=calibrate, variants=chosen))
+    if model_answers:
+        if retrieval_only or calibrate or chosen:
+            err.print("[red]--model-answers[/red] replays written answers: it goes with none of --retrieval-only, --calibrate, --variants, --variant")
+            raise typer.Exit(2)
+        items = replayed_items(items)
+        if not items:
+            err.print(f"[red]{escape(str(file))} has no model_answers[/red] to replay (see the README's `teambot eval`)")
+            raise typer.Exit(2)
+        report = guarded(lambda: evaluate_model_answers(settings, question_set, items))
+    else:
+        report = guarded(lambda: evaluate(settings, question_set, items, retrieval_only=retrieval_only, calibrate=calibrate, variants=chosen))
     if as_json:
         print_json({**report.to_json(), "floors": floors, "missed_floors": report.missed_floors(floors)})
     else:
@@ -106,6 +127,21 @@ def evaluate(
         if variants:
             report.variants = asyncio.run(run_variants(settings, variants, items, lambda name, item: bar.step(item)))
     return report
+
+
+def evaluate_model_answers(settings: Settings, question_set: QuestionSet, items: list[EvalItem]) -> EvalReport:
+    """Each item's written answers, replayed as the LLM's through the real answer flow."""
+    with _Bar(len(items)) as bar, ReplayModel() as replay:
+        replayed = with_values(settings, {"inference.base_url": replay.base_url, "inference.model": MODEL, "inference.backend": "external"})
+
+        async def answers() -> EvalReport:
+            async with open_runtime(replayed, with_llm=True, progress=bar.note) as runtime:
+                replays = await run_replays(runtime.require_flow(), replay, items, bar.step)
+            report = EvalReport(question_set.name, "written model answers, replayed", [r.asked for r in replays.results], settings.rag.top_k, question_set.skipped)
+            report.replays = replays
+            return report
+
+        return asyncio.run(answers())
 
 
 @eval_app.command("export-feedback")

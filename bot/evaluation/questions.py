@@ -12,6 +12,10 @@ YAML: a mapping with ``name``, optional ``collection`` (the default for every it
 - ``expect_facts``: strings the right answer contains; ``facts: all`` (default) or ``any``
 - ``refuse: true``: the knowledge base cannot answer; the bot must say it does not know
 - ``history``: earlier turns, oldest first, each ``{question, answer}``
+- ``model_answers``: texts as a capable model would write them for this question, each
+  ``{text, correct: true|false, wrong: blatant|binding, notes}``; sources are cited by file
+  name (``[oncall-guide.md]``). ``correct: true`` on a ``refuse: true`` item is an honest
+  refusal. `teambot eval --model-answers` replays them through the answer flow (bot.evaluation.replay).
 - ``collection``, ``notes`` (free text, ignored)
 
 An item with nothing to check (no sources, no facts, not a refusal, e.g. exported feedback an
@@ -29,12 +33,30 @@ from bot.prompt import Turn, language_of
 from config.errors import TeambotError
 from config.settings import DEFAULT_COLLECTION, check_collection_name
 
-ITEM_KEYS = {"id", "kind", "question", "expect_sources", "expect_facts", "facts", "refuse", "history", "collection", "notes"}
+ITEM_KEYS = {"id", "kind", "question", "expect_sources", "expect_facts", "facts", "refuse", "history", "collection", "notes", "model_answers"}
+ANSWER_KEYS = {"text", "correct", "wrong", "notes"}
+WrongKind = Literal["blatant", "binding"]
+WRONG_KINDS: tuple[WrongKind, ...] = ("blatant", "binding")
 SET_KEYS = {"name", "collection", "items", "corpus", "notes"}
 
 
 class QuestionSetError(TeambotError):
     """A question-set file cannot be read, or an item in it is malformed."""
+
+
+@dataclass(frozen=True)
+class ModelAnswer:
+    """A text as a capable model would write it for a question, with what it is."""
+
+    text: str  # citing sources by file name: [oncall-guide.md]
+    correct: bool
+    wrong: WrongKind | None = None  # how a wrong answer is wrong: invented (blatant), or true values put to the wrong thing (binding)
+
+    def label(self, refuse: bool) -> str:
+        """correct, refusal (an honest "the documents don't say"), blatant or binding."""
+        if self.correct:
+            return "refusal" if refuse else "correct"
+        return self.wrong or "blatant"
 
 
 @dataclass(frozen=True)
@@ -48,6 +70,7 @@ class EvalItem:
     refuse: bool = False
     history: tuple[Turn, ...] = ()
     collection: str = DEFAULT_COLLECTION
+    model_answers: tuple[ModelAnswer, ...] = ()
 
     @property
     def language(self) -> str:
@@ -159,6 +182,7 @@ def _item(path: Path, k: int, raw: Any, default_collection: str) -> EvalItem:
         refuse=refuse,
         history=_history(where, raw.get("history")),
         collection=collection,
+        model_answers=_model_answers(where, raw.get("model_answers")),
     )
 
 
@@ -182,3 +206,27 @@ def _history(where: str, value: Any) -> tuple[Turn, ...]:
             raise QuestionSetError(f"{where}: every history turn needs a question and an answer (strings)", "history: [{question: ..., answer: ...}]")
         turns.append(Turn(turn["question"], turn["answer"]))
     return tuple(turns)
+
+
+def _model_answers(where: str, value: Any) -> tuple[ModelAnswer, ...]:
+    if value is None:
+        return ()
+    if not isinstance(value, list):
+        raise QuestionSetError(f"{where}: model_answers must be a list of {{text, correct}}", "model_answers: [{text: ..., correct: true}]")
+    answers = []
+    for k, raw in enumerate(value, start=1):
+        at = f"{where}, model answer {k}"
+        if not isinstance(raw, dict) or not isinstance(raw.get("text"), str) or not raw["text"].strip():
+            raise QuestionSetError(f"{at} has no text", "each model answer is {text: ..., correct: true|false}")
+        unknown = set(raw) - ANSWER_KEYS
+        if unknown:
+            raise QuestionSetError(f"{at}: unknown key(s) {', '.join(sorted(unknown))}", f"allowed: {', '.join(sorted(ANSWER_KEYS))}")
+        correct, wrong = raw.get("correct"), raw.get("wrong")
+        if not isinstance(correct, bool):
+            raise QuestionSetError(f"{at}: correct = {correct!r}", "use correct: true or correct: false")
+        if correct and wrong is not None:
+            raise QuestionSetError(f"{at} is correct and also wrong: {wrong!r}", "drop `wrong` from a correct answer")
+        if not correct and wrong not in WRONG_KINDS:
+            raise QuestionSetError(f"{at}: wrong = {wrong!r}", "a wrong answer says how: wrong: blatant (invented) or wrong: binding (true values put to the wrong thing)")
+        answers.append(ModelAnswer(raw["text"].strip(), correct, wrong))
+    return tuple(answers)

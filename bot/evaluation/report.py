@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from bot.evaluation.calibrate import Fit
+from bot.evaluation.model_answers import REPLAY_FLOORS, ReplayReport, replay_lines
 from bot.evaluation.scoring import ItemResult, Summary, groups, summarize
 from bot.evaluation.variants import VariantResult
 
@@ -24,6 +25,7 @@ class EvalReport:
     skipped: list[str] = field(default_factory=list)
     calibration: list[Fit] = field(default_factory=list)
     variants: list[VariantResult] = field(default_factory=list)
+    replays: ReplayReport | None = None  # --model-answers
 
     @property
     def summary(self) -> Summary:
@@ -37,7 +39,10 @@ class EvalReport:
         summary = self.summary
         missed = []
         for name, floor in floors.items():
-            value = summary.metric(name)
+            if name in REPLAY_FLOORS:
+                value = self.replays.metric(name) if self.replays is not None else None
+            else:
+                value = summary.metric(name)
             if value is None or value < floor:
                 missed.append(f"{name} = {_num(value)} is under the floor {floor:g}")
         return missed
@@ -50,6 +55,7 @@ class EvalReport:
             "skipped": self.skipped, "items": [r.to_json() for r in self.results],
             "calibration": [f.to_json() for f in self.calibration],
             "variants": [v.to_json() for v in self.variants],
+            "model_answers": self.replays.to_json() if self.replays is not None else None,
         }  # fmt: skip
 
 
@@ -118,6 +124,9 @@ def render(report: EvalReport, show_all: bool = False) -> str:
     lines += summary_table({"all": report.summary, **{f"lang {k}": v for k, v in report.by("language").items()}}, answers)
     lines.append("")
     lines += summary_table({f"{k}": v for k, v in report.by("kind").items()}, answers)
+    if report.replays is not None:
+        lines += ["", *replay_lines(report.replays)]
+        return "\n".join(lines)
     wrong = [(r, what_went_wrong(r)) for r in report.results]
     shown = [(r, w) for r, w in wrong if w or show_all]
     if shown:

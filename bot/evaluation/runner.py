@@ -99,7 +99,10 @@ async def answer_result(flow: AnswerFlow, item: EvalItem) -> ItemResult:
     result.mode = done.mode
     result.generated = done.generated
     result.guard_ok = None if done.guard is None else done.guard.ok
+    result.problems = list(done.guard.problems) if done.guard is not None else []
     result.timings_ms = {"retrieve": done.timings_ms.get("retrieve", 0.0), "first_text": view.first_text_ms or total, "total": total}
+    if "guard" in done.timings_ms:
+        result.timings_ms["guard"] = done.timings_ms["guard"]
     return result
 
 

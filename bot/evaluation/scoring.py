@@ -74,6 +74,7 @@ class ItemResult:
     cited: list[int] = field(default_factory=list)
     mode: str = ""  # which answer mode produced the answer (generative, extractive, ...), when the core says
     guard_ok: bool | None = None  # the grounding guard's verdict, when the core has one
+    problems: list[str] = field(default_factory=list)  # why the guard rejected the model's text
     generated: str = ""  # what the model wrote (the answer itself in generative mode; replaced in auto mode when rejected)
     timings_ms: dict[str, float] = field(default_factory=dict)  # retrieve, first_text, total
     deltas: int = 0  # streamed pieces (about one token each on llama.cpp and lmdeploy)

@@ -1,0 +1,206 @@
+"""`teambot eval --model-answers`: a question set's written model answers replayed through the
+real answer flow (bot.evaluation.replay), and what users read of them.
+
+For each answer: a correct one should be shown as the model wrote it; a wrong one (blatant:
+invented; binding: true values put to the wrong thing) should never reach the user; an honest
+refusal ("the documents don't say") should be shown as a refusal. Counted in total, per
+language of the question, per kind of question, and for answers whose cited passages are in
+the other language.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from bot.answering import AnswerFlow
+from bot.evaluation.questions import EvalItem, ModelAnswer
+from bot.evaluation.replay import ReplayModel, numbered
+from bot.evaluation.runner import answer_result
+from bot.evaluation.scoring import ItemResult, groups, percentile
+from bot.prompt import language_of
+
+LABELS = ("correct", "refusal", "blatant", "binding")
+WANTED = {"correct": "shown", "refusal": "kept", "blatant": "blocked", "binding": "blocked"}  # what should happen to each
+
+
+@dataclass
+class ReplayResult:
+    """What happened to one written answer."""
+
+    item: EvalItem
+    answer: ModelAnswer
+    asked: ItemResult
+    cited_missing: bool = False  # it cites a file retrieval did not bring (the replay gave a number out of range)
+    crosses: bool = False  # a cited passage is in another language than the question
+
+    @property
+    def label(self) -> str:
+        return self.answer.label(self.item.refuse)
+
+    @property
+    def model_asked(self) -> bool:
+        """Whether the replay model was asked (not when nothing passed the relevance bar)."""
+        return bool(self.asked.generated)
+
+    @property
+    def shown(self) -> bool:
+        """The model's text reached the user as it wrote it."""
+        return self.asked.mode == "generative" and self.asked.answer == self.asked.generated
+
+    @property
+    def outcome(self) -> str:
+        """shown, refused (by the bot or as the model's own refusal), replaced (quotes instead), error."""
+        r = self.asked
+        if r.error:
+            return "error"
+        if r.refused:
+            return "refused"
+        return "shown" if self.shown else "replaced"
+
+    @property
+    def ok(self) -> bool:
+        """Whether users read what they should: the correct answer as written, the wrong one never, a refusal as a refusal."""
+        label, outcome = self.label, self.outcome
+        if label == "correct":
+            return outcome == "shown"
+        if label == "refusal":
+            return outcome == "refused"
+        return outcome in ("replaced", "refused") and not self.shown
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "id": self.item.id, "kind": self.item.kind, "language": self.item.language, "label": self.label,
+            "text": self.answer.text, "outcome": self.outcome, "ok": self.ok, "model_asked": self.model_asked,
+            "cited_missing": self.cited_missing, "crosses_languages": self.crosses, "shown_text": self.asked.answer,
+            "mode": self.asked.mode, "guard_ok": self.asked.guard_ok, "problems": self.asked.problems,
+            "error": self.asked.error, "guard_ms": self.asked.timings_ms.get("guard"),
+        }  # fmt: skip
+
+
+@dataclass(frozen=True)
+class ReplaySummary:
+    counts: dict[str, tuple[int, int]]  # label -> (as wanted, of)
+    not_asked: int  # answers the model never gave: nothing passed the relevance bar
+    cited_missing: int  # correct answers citing a file retrieval did not bring
+    guard_ms_p50: float | None
+    guard_ms_p90: float | None
+
+    def share(self, label: str) -> float | None:
+        good, total = self.counts.get(label, (0, 0))
+        return good / total if total else None
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            **{label: {"ok": good, "of": total, "share": None if not total else round(good / total, 4)} for label, (good, total) in self.counts.items()},
+            "not_asked": self.not_asked, "cited_missing": self.cited_missing,
+            "guard_ms": {"p50": self.guard_ms_p50, "p90": self.guard_ms_p90},
+        }  # fmt: skip
+
+
+def summarize_replays(results: Sequence[ReplayResult]) -> ReplaySummary:
+    counts = {}
+    for label in LABELS:
+        part = [r for r in results if r.label == label]
+        counts[label] = (sum(r.ok for r in part), len(part))
+    guard = [r.asked.timings_ms["guard"] for r in results if "guard" in r.asked.timings_ms]
+    return ReplaySummary(
+        counts=counts,
+        not_asked=sum(not r.model_asked for r in results),
+        cited_missing=sum(r.cited_missing for r in results if r.label == "correct"),
+        guard_ms_p50=percentile(guard, 50),
+        guard_ms_p90=percentile(guard, 90),
+    )
+
+
+@dataclass
+class ReplayReport:
+    results: list[ReplayResult] = field(default_factory=list)
+
+    @property
+    def summary(self) -> ReplaySummary:
+        return summarize_replays(self.results)
+
+    def rows(self) -> dict[str, ReplaySummary]:
+        """Totals, per language of the question, per kind of question, and across languages."""
+        rows = {"all": self.summary}
+        rows.update({f"lang {k}": summarize_replays(v) for k, v in groups(self.results, lambda r: r.item.language).items()})
+        rows.update({k: summarize_replays(v) for k, v in groups(self.results, lambda r: r.item.kind or "-").items()})
+        crossing = [r for r in self.results if r.crosses]
+        if crossing:
+            rows["answers across languages"] = summarize_replays(crossing)
+        return rows
+
+    def metric(self, name: str) -> float | None:
+        """correct_shown, blatant_blocked, binding_blocked, refusals_kept (the --min-* floors of --model-answers)."""
+        label = {"correct_shown": "correct", "blatant_blocked": "blatant", "binding_blocked": "binding", "refusals_kept": "refusal"}[name]
+        return self.summary.share(label)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"summary": self.summary.to_json(), "rows": {k: v.to_json() for k, v in self.rows().items()}, "answers": [r.to_json() for r in self.results]}
+
+
+REPLAY_FLOORS = ("correct_shown", "blatant_blocked", "binding_blocked", "refusals_kept")
+
+
+def replayed_items(items: Sequence[EvalItem]) -> list[EvalItem]:
+    return [item for item in items if item.model_answers]
+
+
+async def run_replays(
+    flow: AnswerFlow, replay: ReplayModel, items: Sequence[EvalItem], progress: Callable[[EvalItem], None] | None = None
+) -> ReplayReport:
+    """Every written answer of ``items`` asked through ``flow``, whose LLM is ``replay``; one at a time."""
+    report = ReplayReport()
+    for item in items:
+        for answer in item.model_answers:
+            replay.answer(item.question, answer.text)
+            asked = await answer_result(flow, item)
+            report.results.append(_judged(item, answer, asked))
+        if progress:
+            progress(item)
+    return report
+
+
+def _judged(item: EvalItem, answer: ModelAnswer, asked: ItemResult) -> ReplayResult:
+    shown = {path: text for path, text in zip(asked.paths, asked.texts, strict=True)}
+    prompt = "\n".join(f"[{n}] ({path})" for n, path in enumerate(asked.paths, start=1))
+    cited_numbers = numbered(answer.text, prompt)
+    cited_missing = any(f"[{n}]" in cited_numbers for n in range(len(asked.paths) + 1, len(asked.paths) + 10))
+    cited_files = [path for path in shown if f"[{path}]" in answer.text]
+    crosses = any(language_of(shown[path]) != item.language for path in cited_files)
+    if not cited_files and item.kind == "cross-lingual":
+        crosses = True
+    return ReplayResult(item, answer, asked, cited_missing=cited_missing, crosses=crosses)
+
+
+def replay_lines(report: ReplayReport) -> list[str]:
+    """The table of what users read of the written answers, and the answers that went wrong."""
+    lines = [
+        f"{'written answers':<26} {'correct shown':>14} {'blatant blocked':>16} {'binding blocked':>16} {'refusals kept':>14} {'not asked':>10} {'guard ms p50/p90':>17}"
+    ]
+    for name, s in report.rows().items():
+        cells = []
+        for label in LABELS[:1] + LABELS[2:] + LABELS[1:2]:
+            good, total = s.counts[label]
+            cells.append(f"{good}/{total} {_share(good, total)}" if total else "-")
+        guard = f"{_num(s.guard_ms_p50)} / {_num(s.guard_ms_p90)}"
+        lines.append(f"{name[:26]:<26} {cells[0]:>14} {cells[1]:>16} {cells[2]:>16} {cells[3]:>14} {s.not_asked:>10} {guard:>17}")
+    wrong = [r for r in report.results if not r.ok]
+    if wrong:
+        lines += ["", "written answers users would read wrongly:"]
+        for r in wrong[:60]:
+            why = "; ".join(r.asked.problems) if r.asked.problems else r.asked.error or r.asked.mode
+            lines.append(f"  ✗ {r.item.id} [{r.label}, {r.item.language}] {r.outcome}: {r.answer.text[:90]!r} — {why[:200]}")
+        if len(wrong) > 60:
+            lines.append(f"  … and {len(wrong) - 60} more (--json lists every answer)")
+    return lines
+
+
+def _share(good: int, total: int) -> str:
+    return f"({good / total:.2f})"
+
+
+def _num(value: float | None) -> str:
+    return "-" if value is None else f"{value:.0f}"
