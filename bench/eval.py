@@ -2,7 +2,7 @@
 
     python -m bench.eval --set knowledge                       # examples/eval/knowledge.yaml over examples/knowledge
     python -m bench.eval --set lmdeploy-docs --corpus PATH     # examples/eval/lmdeploy-docs.yaml over lmdeploy's docs
-    options: --retrieval-only, --calibrate, --variants, --label NAME, --set-value KEY=VALUE (repeatable)
+    options: --retrieval-only, --calibrate, --variants, --model-answers, --label NAME, --set-value KEY=VALUE (repeatable)
 
 The lmdeploy corpus is third-party and never committed: PATH is a clone of
 https://github.com/InternLM/lmdeploy (its docs/en and docs/zh_cn are read at the commit the
@@ -27,7 +27,8 @@ from pathlib import Path
 import yaml
 
 from bench.common import bench_settings, save
-from bot.evaluation.commands import evaluate
+from bot.evaluation.commands import evaluate, evaluate_model_answers
+from bot.evaluation.model_answers import replayed_items
 from bot.evaluation.questions import load_question_set
 from bot.evaluation.report import render
 from bot.evaluation.variants import kv_variants
@@ -87,6 +88,7 @@ def main() -> None:
     parser.add_argument("--retrieval-only", action="store_true")
     parser.add_argument("--calibrate", action="store_true")
     parser.add_argument("--variants", action="store_true", help="answer with each KV cache precision too")
+    parser.add_argument("--model-answers", action="store_true", help="replay the set's written model answers instead of asking the LLM")
     parser.add_argument("--label", default="", help="a name for this run's result file")
     parser.add_argument("--set-value", action="append", default=[], help="a setting for this run, e.g. rag.min_score=0.45")
     parser.add_argument("--limit", type=int)
@@ -109,8 +111,11 @@ def main() -> None:
         print(f"indexed {indexed.added} files ({indexed.chunks} chunks, {len(indexed.failed)} failed) in {time.perf_counter() - started:.0f} s",
               file=sys.stderr)
         items = question_set.items[: args.limit]
-        variants = kv_variants(settings) if args.variants else []
-        report = evaluate(settings, question_set, items, retrieval_only=args.retrieval_only, calibrate=args.calibrate, variants=variants)
+        if args.model_answers:
+            report = evaluate_model_answers(settings, question_set, replayed_items(items))
+        else:
+            variants = kv_variants(settings) if args.variants else []
+            report = evaluate(settings, question_set, items, retrieval_only=args.retrieval_only, calibrate=args.calibrate, variants=variants)
     print(render(report))
     name = f"eval-{args.set}" + (f"-{args.label}" if args.label else "")
     data = report.to_json()

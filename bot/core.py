@@ -47,6 +47,8 @@ class AnswerDelta:
 
 
 AnswerMode = Literal["generative", "extractive", "not-found"]
+SOURCES_HEADING = "Sources"
+SEARCHED_HEADING = "Searched (they do not answer this)"
 
 
 @dataclass(frozen=True)
@@ -62,10 +64,18 @@ class AnswerDone:
     guard: Verdict | None = None  # the guard's verdict on the model's text (None when the model was not asked)
     replaced: bool = False  # the model's streamed text was rejected and replaced by this answer
     generated: str = ""  # what the model wrote ("" when it was not asked); the answer itself unless replaced
+    refusal: bool = False  # the model's answer, shown, says the documents do not answer the question
 
     def quote(self, n: int) -> str:
-        """The evidence quote of source ``n`` ("" if none)."""
+        """The evidence quote of source ``n`` ("" if none, and for a refusal: those passages do not answer)."""
+        if self.refusal:
+            return ""
         return next((e.quote for e in self.evidence if e.n == n), "")
+
+    @property
+    def sources_heading(self) -> str:
+        """What the list of sources is called: for a refusal, they were searched and do not answer."""
+        return SEARCHED_HEADING if self.refusal else SOURCES_HEADING
 
     def to_json(self) -> dict[str, object]:
         return {
@@ -78,6 +88,7 @@ class AnswerDone:
             "guard": None if self.guard is None else {"ok": self.guard.ok, "problems": self.guard.problems},
             "replaced": self.replaced,
             "generated": self.generated,
+            "refusal": self.refusal,
             "timings_ms": self.timings_ms,
         }
 
@@ -169,15 +180,27 @@ class AnswerEngine:
                 )
                 return
 
+            # In auto, the evidence is already on screen: a model that fails or takes longer than
+            # a reader waits gives way to the quotes; in generative mode its failure is the answer.
+            patience = loop.time() + self._settings.generation_timeout_s if mode == "auto" else deadline
             parts: list[str] = []
+            failure = ""  # why the model's answer is not there ("" when it is)
             stream = self._llm.stream_chat(build_messages(question, passages, grounding.history))
             try:
                 while True:
                     try:
-                        async with asyncio.timeout_at(deadline):
+                        async with asyncio.timeout_at(min(deadline, patience)):
                             delta = await anext(stream, None)
                     except TimeoutError:
-                        raise self._timeout("generating the answer") from None
+                        if mode != "auto":
+                            raise self._timeout("generating the answer") from None
+                        failure = self._too_slow(patience <= deadline)
+                        break
+                    except TeambotError as exc:
+                        if mode != "auto":
+                            raise
+                        failure = f"the model failed: {exc.message}"
+                        break
                     if delta is None:
                         break
                     if not parts:
@@ -188,15 +211,26 @@ class AnswerEngine:
                 await stream.aclose()
             generated = "".join(parts)
             timings.setdefault("first_token", elapsed_ms())
+            if failure:
+                log.warning("a model answer was replaced by quotes: %s", failure)
+                text = extractive_answer(question, evidence, passages)
+                timings["total"] = elapsed_ms()
+                yield AnswerDone(
+                    text, passages, cited_numbers(text, len(passages)), True, timings, evidence, "extractive",
+                    f"the model's answer was replaced: {failure}", replaced=bool(parts), generated=generated,
+                )  # fmt: skip
+                return
             checked = loop.time()
-            verdict = check_answer(generated, question, passages)
+            verdict = await asyncio.to_thread(check_answer, generated, question, passages, self._retriever.meaning)
             timings["guard"] = round((loop.time() - checked) * 1000, 1)
             timings["total"] = elapsed_ms()
             if verdict.ok or mode == "generative":
+                shown = verdict.kept if verdict.kept is not None and mode == "auto" else generated
                 reason = f"the grounding guard {'accepted' if verdict.ok else 'rejected'} it: {verdict.reason}"
                 yield AnswerDone(
-                    generated, passages, cited_numbers(generated, len(passages)), True, timings, evidence, "generative", reason, verdict, generated=generated
-                )
+                    shown, passages, cited_numbers(shown, len(passages)), True, timings, evidence, "generative", reason, verdict,
+                    replaced=shown != generated, generated=generated, refusal=verdict.refusal,
+                )  # fmt: skip
                 return
             text = extractive_answer(question, evidence, passages)
             reason = f"the model's answer was replaced: {verdict.reason}"
@@ -214,6 +248,11 @@ class AnswerEngine:
             question, grounding.retrieval.passages, self._retriever.similarity,
             previous=last.question if last else "", already_said=last.answer if last else "",
         )  # fmt: skip
+
+    def _too_slow(self, patience: bool) -> str:
+        if patience:
+            return f"the model had not finished within bot.generation_timeout_s = {self._settings.generation_timeout_s:g} s"
+        return f"the model had not finished within bot.answer_timeout_s = {self._settings.answer_timeout_s:g} s"
 
     def _timeout(self, stage: str) -> AnswerTimeout:
         return AnswerTimeout(

@@ -55,9 +55,16 @@ def sentences(text: str) -> list[str]:
     """The sentences of a passage, cut at Chinese and Latin sentence ends; a heading or list item
     starts a new one, a line wrapped inside a paragraph is joined again, and a code block is one
     "sentence" (its lines joined), not cut."""
-    out: list[str] = []
+    return [sentence for paragraph in paragraphs(text) for sentence in paragraph]
+
+
+def paragraphs(text: str) -> list[list[str]]:
+    """The sentences of a passage by paragraph (a list item and a code block are paragraphs of their own)."""
+    out: list[list[str]] = []
     for segment, code in _segments(text):
-        out.extend([segment] if code else (part.strip() for part in _SENTENCE_END.split(segment) if part and part.strip()))
+        parts = [segment] if code else [part.strip() for part in _SENTENCE_END.split(segment) if part and part.strip()]
+        if parts:
+            out.append(parts)
     return out
 
 

@@ -22,6 +22,10 @@ NOT_FOUND_ANSWER_ZH = "我不知道：知识库里没有与这个问题相关的
 CITATION = re.compile(r"\[(\d{1,3})\]")
 _CJK = re.compile(r"[\u3400-\u4dbf\u4e00-\u9fff]")
 _LATIN_WORD = re.compile(r"[A-Za-z]+")
+_CODE = re.compile(
+    r"```[\s\S]*?(?:```|$)|`[^`\n]*`|https?://\S+|(?<![\w-])(?:--?|~/|\./|/)[\w./~:=-]+"
+    r"|\b\w*[_=./:@]\w[\w=./:@-]*|\b[A-Za-z]+\d[\w.-]*|\b[A-Z][a-z]+[A-Z]\w*|\b[A-Z]{2,}s?\b"
+)  # code, commands, options, paths, URLs, identifiers, CamelCase and ALL-CAPS names: not the prose's language
 _QUOTED = re.compile(r"“[^”]*”|「[^」]*」|『[^』]*』|《[^》]*》|^[^\n“]{1,80}?\s?\[\d{1,3}\][:：]", re.MULTILINE)  # quotations, titles, "Source [1]:" labels
 
 
@@ -64,8 +68,10 @@ def cited_numbers(answer: str, passages: int) -> list[int]:
 
 
 def language_of(text: str) -> str:
-    """"zh" when the text (quotations and source labels left out) has more Chinese characters than Latin words, else "en"."""
-    text = _QUOTED.sub(" ", text)
+    """"zh" when the text has more Chinese characters than Latin words, else "en". Quotations,
+    source labels and code (code blocks and spans, commands, options, paths, URLs, identifiers,
+    product names) are left out: a Chinese answer full of `--quant-policy 8` is Chinese."""
+    text = _CODE.sub(" ", _QUOTED.sub(" ", text))
     return "zh" if len(_CJK.findall(text)) > len(_LATIN_WORD.findall(text)) else "en"
 
 

@@ -26,7 +26,7 @@ def sources_renderable(done: AnswerDone) -> Text:
     text = Text()
     if not done.sources:
         return text
-    text.append("\nSources\n", style="bold")
+    text.append(f"\n{done.sources_heading}\n", style="bold")
     for n, passage in enumerate(done.sources, start=1):
         mark = "*" if n in done.cited else " "
         text.append(f" {mark}[{n}] {passage_label(passage)}  ")

@@ -235,6 +235,12 @@ class BotSettings(_Section):
     max_concurrent: int = Field(4, ge=1, le=1024)
     """Questions answered at once; more wait for a free slot."""
     answer_timeout_s: float = Field(180.0, gt=0)
+    """The longest a question may take, queue and search included; past it the user reads that it timed out."""
+    generation_timeout_s: float = Field(60.0, gt=0)
+    """In auto mode: how long the model may write once the evidence is shown; past it (or when the
+    LLM server fails) the answer quoted from the evidence is shown instead. 60 s is more than twice
+    the slowest answers measured on two CPU cores (SmolLM2, p90 25 s over lmdeploy's docs); on a GPU
+    answers take a few seconds. Raise it for a large model on a CPU."""
     answer_retention_days: int = Field(90, ge=0)
     """Days answers (questions, answers, sources, votes) stay in <data_dir>/answers.sqlite; 0 keeps them forever."""
     answer_mode: Literal["auto", "generative", "extractive"] = "auto"

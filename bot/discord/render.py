@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import re
+
 import discord
 
-from bot.core import AnswerDone
+from bot.core import SEARCHED_HEADING, SOURCES_HEADING, AnswerDone
 from bot.evidence import shorten
 from bot.links import settled, show_targets
 from bot.prompt import passage_label
@@ -14,7 +16,6 @@ from bot.splitting import split_text
 MESSAGE_LIMIT = 2000
 PLACEHOLDER = "*Searching the knowledge base…*"
 TYPING_MARK = " ▌"
-SOURCES_HEADING = "**Sources**"
 THREAD_NAME_LIMIT = 100  # characters in a thread's name
 
 
@@ -27,7 +28,7 @@ def defused(text: str) -> str:
 
 
 def sources_text(done: AnswerDone) -> str:
-    lines = [SOURCES_HEADING]
+    lines = [f"**{done.sources_heading}**"]
     for n, passage in enumerate(done.sources, start=1):
         mark = " ✓" if n in done.cited else ""
         lines.append(f"[{n}] {defused(passage_label(passage))} · {passage.score:.2f}{mark}")
@@ -51,7 +52,7 @@ def progress_pages(partial: str) -> list[str]:
 
 def answer_only(content: str) -> str:
     """A message of teambot's without its sources: what the conversation history keeps."""
-    return content.split("\n\n" + SOURCES_HEADING, 1)[0].strip()
+    return re.split(rf"\n\n\*\*(?:{re.escape(SOURCES_HEADING)}|{re.escape(SEARCHED_HEADING)})\*\*", content, maxsplit=1)[0].strip()
 
 
 def error_text(message: str) -> str:

@@ -45,29 +45,39 @@ class ReplayResult:
         return bool(self.asked.generated)
 
     @property
+    def reached(self) -> bool:
+        """Whether the guard had this answer to judge as written: the model was asked, and every
+        file a correct answer cites was among the passages (else retrieval, not the guard, decided)."""
+        return self.model_asked and not (self.label == "correct" and self.cited_missing)
+
+    @property
     def shown(self) -> bool:
         """The model's text reached the user as it wrote it."""
         return self.asked.mode == "generative" and self.asked.answer == self.asked.generated
 
     @property
     def outcome(self) -> str:
-        """shown, refused (by the bot or as the model's own refusal), replaced (quotes instead), error."""
+        """shown (as written), trimmed (without sentences the guard left out), refused (by the bot,
+        or as the model's own refusal), replaced (quotes instead), error."""
         r = self.asked
         if r.error:
             return "error"
         if r.refused:
             return "refused"
-        return "shown" if self.shown else "replaced"
+        if self.shown:
+            return "shown"
+        return "trimmed" if r.mode == "generative" else "replaced"
 
     @property
     def ok(self) -> bool:
-        """Whether users read what they should: the correct answer as written, the wrong one never, a refusal as a refusal."""
+        """Whether users read what they should: the correct answer as written, the wrong one never
+        (a trimmed wrong answer counts as shown), a refusal as a refusal."""
         label, outcome = self.label, self.outcome
         if label == "correct":
             return outcome == "shown"
         if label == "refusal":
             return outcome == "refused"
-        return outcome in ("replaced", "refused") and not self.shown
+        return outcome in ("replaced", "refused")
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -80,20 +90,38 @@ class ReplayResult:
 
 
 @dataclass(frozen=True)
+class Count:
+    ok: int  # as wanted (shown, blocked, kept)
+    of: int
+    ok_reached: int  # the same among the answers the guard had to judge (ReplayResult.reached)
+    reached: int
+    trimmed: int = 0  # of those, shown without a sentence or two
+
+    def share(self, reached: bool = True) -> float | None:
+        good, total = (self.ok_reached, self.reached) if reached else (self.ok, self.of)
+        return good / total if total else None
+
+    def to_json(self) -> dict[str, Any]:
+        def r(x: float | None) -> float | None:
+            return None if x is None else round(x, 4)
+
+        return {
+            "ok": self.ok, "of": self.of, "share": r(self.share(False)), "ok_reached": self.ok_reached, "reached": self.reached,
+            "share_reached": r(self.share()), "trimmed": self.trimmed,
+        }  # fmt: skip
+
+
+@dataclass(frozen=True)
 class ReplaySummary:
-    counts: dict[str, tuple[int, int]]  # label -> (as wanted, of)
+    counts: dict[str, Count]  # per label
     not_asked: int  # answers the model never gave: nothing passed the relevance bar
     cited_missing: int  # correct answers citing a file retrieval did not bring
     guard_ms_p50: float | None
     guard_ms_p90: float | None
 
-    def share(self, label: str) -> float | None:
-        good, total = self.counts.get(label, (0, 0))
-        return good / total if total else None
-
     def to_json(self) -> dict[str, Any]:
         return {
-            **{label: {"ok": good, "of": total, "share": None if not total else round(good / total, 4)} for label, (good, total) in self.counts.items()},
+            **{label: count.to_json() for label, count in self.counts.items()},
             "not_asked": self.not_asked, "cited_missing": self.cited_missing,
             "guard_ms": {"p50": self.guard_ms_p50, "p90": self.guard_ms_p90},
         }  # fmt: skip
@@ -103,7 +131,8 @@ def summarize_replays(results: Sequence[ReplayResult]) -> ReplaySummary:
     counts = {}
     for label in LABELS:
         part = [r for r in results if r.label == label]
-        counts[label] = (sum(r.ok for r in part), len(part))
+        reached = [r for r in part if r.reached]
+        counts[label] = Count(sum(r.ok for r in part), len(part), sum(r.ok for r in reached), len(reached), sum(r.outcome == "trimmed" for r in reached))
     guard = [r.asked.timings_ms["guard"] for r in results if "guard" in r.asked.timings_ms]
     return ReplaySummary(
         counts=counts,
@@ -133,9 +162,10 @@ class ReplayReport:
         return rows
 
     def metric(self, name: str) -> float | None:
-        """correct_shown, blatant_blocked, binding_blocked, refusals_kept (the --min-* floors of --model-answers)."""
+        """correct_shown, blatant_blocked, binding_blocked, refusals_kept (the --min-* floors of --model-answers):
+        shares among the answers the guard had to judge (ReplayResult.reached)."""
         label = {"correct_shown": "correct", "blatant_blocked": "blatant", "binding_blocked": "binding", "refusals_kept": "refusal"}[name]
-        return self.summary.share(label)
+        return self.summary.counts[label].share()
 
     def to_json(self) -> dict[str, Any]:
         return {"summary": self.summary.to_json(), "rows": {k: v.to_json() for k, v in self.rows().items()}, "answers": [r.to_json() for r in self.results]}
@@ -177,29 +207,38 @@ def _judged(item: EvalItem, answer: ModelAnswer, asked: ItemResult) -> ReplayRes
 
 def replay_lines(report: ReplayReport) -> list[str]:
     """The table of what users read of the written answers, and the answers that went wrong."""
+    heads = {"correct": "correct shown", "blatant": "blatant blocked", "binding": "binding blocked", "refusal": "refusals kept"}
     lines = [
-        f"{'written answers':<26} {'correct shown':>14} {'blatant blocked':>16} {'binding blocked':>16} {'refusals kept':>14} {'not asked':>10} {'guard ms p50/p90':>17}"
+        "written model answers: for each kind, as wanted among those the guard judged (the model was asked and every file a",
+        "correct answer cites was retrieved), then among all (retrieval's refusals and misses included); +n✂: shown without",
+        "a sentence or two the guard left out (not counted as shown for a correct answer, nor as blocked for a wrong one)",
+        f"{'':26} " + " ".join(f"{heads[label]:>24}" for label in heads) + f" {'not asked':>10} {'guard ms p50/p90':>17}",
     ]
     for name, s in report.rows().items():
-        cells = []
-        for label in LABELS[:1] + LABELS[2:] + LABELS[1:2]:
-            good, total = s.counts[label]
-            cells.append(f"{good}/{total} {_share(good, total)}" if total else "-")
+        cells = [_cell(s.counts[label]) for label in heads]
         guard = f"{_num(s.guard_ms_p50)} / {_num(s.guard_ms_p90)}"
-        lines.append(f"{name[:26]:<26} {cells[0]:>14} {cells[1]:>16} {cells[2]:>16} {cells[3]:>14} {s.not_asked:>10} {guard:>17}")
-    wrong = [r for r in report.results if not r.ok]
+        lines.append(f"{name[:26]:<26} " + " ".join(f"{c:>24}" for c in cells) + f" {s.not_asked:>10} {guard:>17}")
+    wrong = [r for r in report.results if not r.ok and r.reached]
     if wrong:
-        lines += ["", "written answers users would read wrongly:"]
-        for r in wrong[:60]:
+        lines += ["", "written answers the guard judged wrongly:"]
+        for r in wrong[:80]:
             why = "; ".join(r.asked.problems) if r.asked.problems else r.asked.error or r.asked.mode
-            lines.append(f"  ✗ {r.item.id} [{r.label}, {r.item.language}] {r.outcome}: {r.answer.text[:90]!r} — {why[:200]}")
-        if len(wrong) > 60:
-            lines.append(f"  … and {len(wrong) - 60} more (--json lists every answer)")
+            lines.append(f"  ✗ {r.item.id} [{r.label}, {r.item.language}] {r.outcome}: {r.answer.text[:90]!r} — {why[:240]}")
+        if len(wrong) > 80:
+            lines.append(f"  … and {len(wrong) - 80} more (--json lists every answer)")
     return lines
 
 
-def _share(good: int, total: int) -> str:
-    return f"({good / total:.2f})"
+def _cell(count: Count) -> str:
+    if not count.of:
+        return "-"
+    reached = f"{count.ok_reached}/{count.reached} {_num2(count.share())}" if count.reached else "-"
+    trimmed = f" +{count.trimmed}✂" if count.trimmed else ""
+    return f"{reached}{trimmed} · {count.ok}/{count.of}"
+
+
+def _num2(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2f}"
 
 
 def _num(value: float | None) -> str:

@@ -4,7 +4,8 @@ numbers of the report.
 - Retrieval (items with expect_sources): the rank of the first passage from an expected file;
   hit@1, hit@k (k = the passages the bot retrieves, rag.top_k) and MRR (1/rank, 0 for a miss).
 - Refusal (every item; positive = refused): precision, recall and F1. A question is refused
-  when nothing passed the relevance bar, or the answer says it does not know.
+  when nothing passed the relevance bar, or the answer says the documents do not answer it
+  (bot.guard.refusal: its first sentence refuses).
 - Facts (items with expect_facts): the final answer contains them (``facts: all`` every one,
   ``any`` one), compared case-, width- and space-insensitively with citation marks removed.
 - Citations: of the passages an answer cites, the share that contain an expected fact
@@ -24,16 +25,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from bot.evaluation.questions import EvalItem
+from bot.guard.refusal import says_it_does_not_know
 from bot.prompt import language_of
 
 _CITATION = re.compile(r"\[\d{1,3}\]")
 _SPACE = re.compile(r"\s+")
-REFUSAL_PHRASES = re.compile(
-    r"i (?:don't|do not) know|(?:isn't|is not|not) (?:mentioned|provided|specified|stated|covered)|"
-    r"(?:don't|do not|doesn't|does not) (?:contain|mention|say|specify|provide)|no information|cannot (?:find|answer)|"
-    r"不知道|没有(?:相关|提到|找到|说明|涉及)|无法回答|未(?:提及|说明)",
-    re.IGNORECASE,
-)
 
 
 def normalise(text: str) -> str:
@@ -48,10 +44,6 @@ def contains(text: str, fact: str) -> bool:
 def has_facts(text: str, facts: Sequence[str], mode: str) -> bool:
     found = [contains(text, f) for f in facts]
     return all(found) if mode == "all" else any(found)
-
-
-def says_it_does_not_know(answer: str) -> bool:
-    return bool(REFUSAL_PHRASES.search(answer))
 
 
 def same_path(found: str, expected: str) -> bool:

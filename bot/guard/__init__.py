@@ -1,92 +1,106 @@
 """The grounding guard: does the model's answer say only what its cited passages say?
 
-Checks, all on the finished answer:
-- it cites at least one passage, and only passages that exist;
-- every sentence is supported: most of its keywords (jieba words for Chinese, stemmed words
-  for English, as the keyword search reads them) stand together in one or two neighbouring
-  sentences of a cited passage;
-- every number and every name (a capitalised word inside a sentence, or a code-like word) is
-  in the cited passages;
-- it is written in the question's language.
+Each check is a small module that reads the answer (bot.guard.answer) and returns the problems
+it finds, each with the span it failed on and why, in the words the user-facing reason and
+`teambot eval` both print:
 
-Word overlap cannot see that "the primary is paged" contradicts "the secondary is paged": the
-guard is a filter for the wrong answers a small model writes most often (invented numbers,
-names and sentences, wrong language, no citations), not a proof.
+- citations: it cites a passage, and only passages that exist (a refusal may cite none);
+- language: it is written in the question's language;
+- support: every sentence is said by a window of a cited passage, in its words, in the other
+  language's (CC-CEDICT), or by meaning (the embedder, each language's mean taken out);
+- numbers: every number is in the cited passages as the same quantity (600 yuan = 600 元);
+- names: every name is there, or its translation (Shanghai = 上海);
+- bindings: every number stands in the passage clause of the words it is bound to in the
+  sentence (not the escalation time given as the acknowledgement time).
+
+A refusal ("the documents don't say ...") needs no support of its own and is kept as a refusal;
+whatever else it says is checked like any sentence.
+
+The guard is a filter for the wrong answers models write (invented numbers, names and
+sentences, values put to the wrong thing, the wrong language, no citations), not a proof: word
+overlap and sentence similarity cannot see every contradiction.
 """
 
 from __future__ import annotations
 
-import re
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
-from bot.evidence import sentences
-from bot.prompt import CITATION, language_of
-from rag.search.keyword import tokenize
+from bot.guard import bindings, citations, language, names, numbers, support
+from bot.guard.answer import Answer, Meaning, Problem, read_answer, without
+from bot.guard.refusal import says_it_does_not_know
+from bot.prompt import cited_numbers, language_of
 from rag.search.retriever import Passage
 
-SUPPORT_MIN = 0.7  # share of a sentence's keywords found in one passage window
-MIN_KEYWORDS = 3  # shorter sentences ("Yes.", "See [1].") are not judged on their own
-
-_NUMBER = re.compile(r"\d+(?:[.,:]\d+)*")
-_NAME = re.compile(r"(?<![.!?。！？:：]\s)(?<!^)\b[A-Z][a-zA-Z0-9]*(?:[-_][A-Za-z0-9]+)*\b|\b[a-z]+(?:_[a-z0-9]+)+\b|--[a-z][a-z0-9-]+")
+CHECKS = (citations, language, support, numbers, names, bindings)
+LEFT_OUT = "(Left out: {n} sentence(s) the sources do not support.)"
+LEFT_OUT_ZH = "（已略去 {n} 句来源中没有依据的内容。）"
 
 
 @dataclass(frozen=True)
 class Verdict:
-    ok: bool
-    problems: list[str] = field(default_factory=list)  # why not, in words a reader understands
+    failures: tuple[Problem, ...] = ()
+    refusal: bool = False  # the answer says the documents do not answer the question
+    kept: str | None = None  # shown instead of the answer: it without the sentences that failed (see ``trimmed``)
+
+    @property
+    def ok(self) -> bool:
+        """Whether the answer may be shown: as written, or (``kept``) without the sentences that failed."""
+        return not self.failures or self.kept is not None
+
+    @property
+    def problems(self) -> list[str]:
+        """Why not, in words a reader understands."""
+        return [str(p) for p in self.failures]
 
     @property
     def reason(self) -> str:
-        return "; ".join(self.problems) if self.problems else "every sentence, number and name is in the cited passages"
+        if self.kept is not None and self.refusal:
+            return f"it says the documents do not answer the question; left out: {'; '.join(self.problems)}"
+        if self.kept is not None:
+            return f"shown without what the cited passages do not support: {'; '.join(self.problems)}"
+        if self.failures:
+            return "; ".join(self.problems)
+        if self.refusal:
+            return "it says the documents do not answer the question, and claims nothing they do not say"
+        return "every sentence, number and name is in the cited passages"
 
 
-def check_answer(answer: str, question: str, passages: Sequence[Passage]) -> Verdict:
-    problems: list[str] = []
-    cited_all = [int(m.group(1)) for m in CITATION.finditer(answer)]
-    cited = sorted({n for n in cited_all if 1 <= n <= len(passages)})
-    wrong = sorted({n for n in cited_all if not 1 <= n <= len(passages)})
-    text = CITATION.sub(" ", answer).strip()
-    if not text:
-        return Verdict(False, ["the answer is empty"])
-    if wrong:
-        problems.append(f"it cites {', '.join(f'[{n}]' for n in wrong)}, which is not a source")
-    if not cited:
-        problems.append("it cites no source")
-    if language_of(text) != language_of(question):
-        problems.append("it is not in the language of the question")
-    sources = [passages[n - 1] for n in cited] or list(passages)
-    source_text = "\n".join(f"{p.title}\n{p.heading}\n{p.text}" for p in sources)
-    windows = _windows(sources)
-    for sentence in sentences(text):
-        terms = set(tokenize(sentence))
-        if len(terms) >= MIN_KEYWORDS and max((len(terms & w) / len(terms) for w in windows), default=0.0) < SUPPORT_MIN:
-            problems.append(f"“{_short(sentence)}” is not in the cited passages")
-    flat = _flat(source_text)
-    missing_numbers = sorted({n for n in _NUMBER.findall(text) if _flat(n) not in flat})
-    if missing_numbers:
-        problems.append(f"the number(s) {', '.join(missing_numbers[:5])} are not in the cited passages")
-    missing_names = sorted({name for name in _NAME.findall(text) if _flat(name) not in flat})
-    if missing_names:
-        problems.append(f"the name(s) {', '.join(missing_names[:5])} are not in the cited passages")
-    return Verdict(not problems, problems)
+def check_answer(answer: str, question: str, passages: Sequence[Passage], meaning: Meaning | None = None) -> Verdict:
+    """The guard's verdict on ``answer`` to ``question``, whose [n] cite ``passages`` (numbered from 1).
+    With ``meaning`` (sentence vectors), a sentence can also be supported by meaning."""
+    read = read_answer(answer, question, passages, meaning)
+    if not read.claims:
+        return Verdict((Problem("support", "the answer is empty"),))
+    failures = tuple(p for check in CHECKS for p in check.check(read))
+    kept = _refusal_kept(read, failures) if read.refusal else _trimmed(read, failures)
+    return Verdict(failures, read.refusal, kept)
 
 
-def _windows(passages: Sequence[Passage]) -> list[set[str]]:
-    """The keywords of each sentence of the passages together with the next one (and the title and heading)."""
-    windows = []
-    for p in passages:
-        context = set(tokenize(f"{p.title} {p.heading}"))
-        parts = [set(tokenize(s)) for s in sentences(p.text)] or [set()]
-        for k, part in enumerate(parts):
-            windows.append(part | context | (parts[k + 1] if k + 1 < len(parts) else set()))
-    return windows
+def _trimmed(read: Answer, failures: tuple[Problem, ...]) -> str | None:
+    """Less than all or nothing: an answer whose only fault is a sentence or two its passages do
+    not support (no wrong number, name, binding or citation anywhere) is shown without them, with
+    a note, as long as a supported and cited sentence stays."""
+    if not failures or any(p.check != "support" or p.claim is None for p in failures):
+        return None
+    dropped = {p.claim for p in failures}
+    kept = [c for c in read.claims if c.index not in dropped]
+    if not any(len(c.words) >= support.MIN_WORDS for c in kept):
+        return None
+    text = without(read, dropped)
+    if not cited_numbers(text, len(read.passages)):  # the answer cited once, at the end of what is left out: the rest keeps it
+        marks = "".join(f"[{n}]" for n in cited_numbers(read.text, len(read.passages)))
+        text = f"{text.rstrip()}{'' if language_of(read.question) == 'zh' else ' '}{marks}"
+    note = LEFT_OUT_ZH if language_of(read.question) == "zh" else LEFT_OUT
+    return f"{text}\n\n{note.format(n=len(dropped))}"
 
 
-def _flat(text: str) -> str:
-    return re.sub(r"\s+", "", text).casefold()
-
-
-def _short(sentence: str, limit: int = 80) -> str:
-    return sentence if len(sentence) <= limit else sentence[: limit - 1] + "…"
+def _refusal_kept(read: Answer, failures: tuple[Problem, ...]) -> str | None:
+    """A refusal stays a refusal: when only sentences besides its refusal failed, it is shown without them."""
+    if not read.refusal or not failures or any(p.claim is None for p in failures):
+        return None
+    dropped = {p.claim for p in failures if p.claim is not None}
+    if any(c.index in dropped and c.refusal for c in read.claims):
+        return None  # what failed is in the refusal's own sentence (after its "but")
+    kept = without(read, dropped)
+    return kept if says_it_does_not_know(kept) else None

@@ -83,7 +83,7 @@ def footer_blocks(done: AnswerDone, answer_id: str | None) -> list[dict[str, Any
 
 
 def sources_text(done: AnswerDone) -> str:
-    lines = ["*Sources*"]
+    lines = [f"*{done.sources_heading}*"]
     for n, passage in enumerate(done.sources, start=1):
         mark = " ✓" if n in done.cited else ""
         lines.append(f"[{n}] {escape(passage_label(passage))} · {passage.score:.2f}{mark}")

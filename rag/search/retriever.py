@@ -28,10 +28,11 @@ import numpy as np
 
 from config.errors import TeambotError
 from config.settings import RagSettings
-from rag.ingest.embedder import setting_for
+from rag.ingest.embedder import embed_model_id, setting_for
 from rag.search.collection_cache import CollectionCache
 from rag.search.keyword import mostly_chinese, tokenize
 from rag.search.query_encoder import load_query_encoder
+from rag.search.sentence_vectors import SentenceVectors
 from rag.store.chroma import ChromaStore
 from rag.store.manifest import Manifest
 
@@ -89,6 +90,7 @@ class Retriever:
         self._caches: dict[str, CollectionCache] = {}
         self._cache_lock = threading.Lock()
         self._recent: dict[tuple[str, str], list[float]] = {}
+        self._sentences: SentenceVectors | None = None
 
     def warm_up(self, collections: Sequence[str]) -> None:
         """Loads the embedder, the tokenizer and the collections' caches now, not at the first question."""
@@ -155,10 +157,21 @@ class Retriever:
         SIMILARITY_TEXT_CHARS), by rag.embed_model's query encoder."""
         if not texts:
             return []
-        rag = self._settings
-        encoder = load_query_encoder(rag.embed_model, rag.embed_batch_size, self._models_dir)
-        vectors = encoder.many([text[:SIMILARITY_TEXT_CHARS] for text in texts])
+        vectors = self.sentences.rows([text[:SIMILARITY_TEXT_CHARS] for text in texts])
         return (vectors @ np.asarray(self._embed(query), dtype=np.float32)).tolist()
+
+    @property
+    def sentences(self) -> SentenceVectors:
+        """Vectors of short texts by rag.embed_model, each embedded once (evidence and the grounding guard share them)."""
+        if self._sentences is None:
+            rag = self._settings
+            encoder = load_query_encoder(rag.embed_model, rag.embed_batch_size, self._models_dir)
+            self._sentences = SentenceVectors(encoder.many, embed_model_id(rag.embed_model))
+        return self._sentences
+
+    def meaning(self, texts: Sequence[str]) -> np.ndarray:
+        """Unit vectors of short texts, each language's mean taken out: what the grounding guard compares sentences by."""
+        return self.sentences.centred([text[:SIMILARITY_TEXT_CHARS] for text in texts])
 
     def _fuse(
         self, collection: str, cache: CollectionCache, similarity: np.ndarray, query_terms: list[str], limit: int

@@ -1,0 +1,53 @@
+"""Every sentence of the answer is supported: a cited passage says it, in its words or in the
+other language's, or by meaning.
+
+A sentence is supported by a window of a cited passage (one of its sentences with the next one,
+under the passage's title and heading) that holds ``SUPPORT_MIN`` of the sentence's words, as
+themselves or as their translation (CC-CEDICT glosses; numbers by value). A paraphrase, or a
+sentence in the other language whose words the dictionary does not bridge, is supported when it
+holds ``MEANING_WORDS`` of them and the embedder finds it close in meaning to the window's
+sentences (cosine ``MEANING_MIN``, each language's mean taken out as retrieval does). Short
+sentences ("Yes.", "See [1].") and refusals are not judged on their own, and a sentence that
+announces a list or a command ("Three strategies:") is judged together with what follows it.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from bot.guard.answer import Answer, Claim, Problem
+from bot.guard.reading import PassageReading, covered
+
+SUPPORT_MIN = 0.7  # share of a sentence's words found in one window: supported by words alone
+MEANING_WORDS = 0.4  # share of its words that must be there for meaning to decide
+MEANING_MIN = 0.75  # cosine similarity (language means taken out) of the sentence to the window's sentences
+MIN_WORDS = 3  # shorter sentences are not judged on their own
+WINDOWS_BY_MEANING = 3  # the windows holding most of a sentence's words, compared by meaning
+_ANNOUNCES = (":", "：")  # a sentence that announces a list or a command is judged with what follows it
+
+
+def check(answer: Answer) -> list[Problem]:
+    windows = [(p, k, found) for p in answer.sources for k, found in p.windows()]
+    problems = []
+    for k, claim in enumerate(answer.claims):
+        if not claim.said or len(claim.words) < MIN_WORDS:
+            continue
+        said = claim.words
+        if claim.said.endswith(_ANNOUNCES) and k + 1 < len(answer.claims):
+            said = said + answer.claims[k + 1].words  # "Three strategies:" says what the list after it says
+        ranked = sorted(((covered(said, found), p, j) for p, j, found in windows), key=lambda x: -x[0])
+        if ranked and ranked[0][0] >= SUPPORT_MIN:
+            continue
+        if ranked and answer.meaning is not None and _close(answer, claim, [(p, k) for share, p, k in ranked[:WINDOWS_BY_MEANING] if share >= MEANING_WORDS]):
+            continue
+        problems.append(Problem("support", "is not in the cited passages", claim.text, claim.index))
+    return problems
+
+
+def _close(answer: Answer, claim: Claim, windows: list[tuple[PassageReading, int]]) -> bool:
+    if not windows:
+        return False
+    texts = list(dict.fromkeys(p.sentences[j].text for p, k in windows for j in (k, k + 1) if j < len(p.sentences)))
+    assert answer.meaning is not None
+    vectors = answer.meaning([claim.said, *texts])
+    return float(np.max(vectors[1:] @ vectors[0])) >= MEANING_MIN
