@@ -54,7 +54,8 @@ def _bound_words(claim: Claim, quantity: Quantity, question: str) -> tuple[dict[
     own = next((c for c in parts if quantity.text in c), claim.said)
     numbers = {key(q) for q in claim.quantities}
     bound: dict[str, float] = {}
-    for text, weight in ((own, 1.0), *((c, OTHER_CLAUSES) for c in parts if c != own), (question, QUESTION)):
+    others = [c for c in parts if c != own and not negated(c)]  # "杭州不在一线城市之列": not what the number is bound to
+    for text, weight in ((own, 1.0), *((c, OTHER_CLAUSES) for c in others), (question, QUESTION)):
         for word in words(text):
             if word not in numbers and not word[:1].isdigit():
                 bound.setdefault(word, weight)

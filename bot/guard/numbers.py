@@ -38,6 +38,9 @@ def _counted(quantity: Quantity, said: str, following: list[Claim]) -> bool:
     llama3", "有三个：" and three lines after it): the model counted, it did not invent."""
     if quantity.unit or not 2 <= quantity.value <= MAX_COUNTED:
         return False
+    before = re.split(r"[，。；：,;:]", said[: quantity.start])[-1]
+    if len([item for item in _ITEMS.split(re.sub(r"(?:这|那|these|those|the)\s*$", "", before.strip())) if item.strip()]) == quantity.value:
+        return True  # "北京、上海、广州、深圳这四个城市"
     colon = re.search(r"[:：]", said[quantity.end :])
     if colon is None:
         return False

@@ -3,7 +3,8 @@ other language's, or by meaning.
 
 A sentence is supported by a window of a cited passage (one of its sentences with the next one,
 under the passage's title and heading) that holds ``SUPPORT_MIN`` of the sentence's words, as
-themselves or as their translation (CC-CEDICT glosses; numbers by value). A paraphrase, or a
+themselves or as their translation (CC-CEDICT glosses; numbers by value; ``SUPPORT_MIN_ACROSS``
+for a passage in the other language, where the dictionary's glosses miss synonyms). A paraphrase, or a
 sentence in the other language whose words the dictionary does not bridge, is supported when it
 holds ``MEANING_WORDS`` of them and the embedder finds it close in meaning to the window's
 sentences (cosine ``MEANING_MIN``, each language's mean taken out as retrieval does). Short
@@ -17,8 +18,10 @@ import numpy as np
 
 from bot.guard.answer import Answer, Claim, Problem
 from bot.guard.reading import PassageReading, covered
+from bot.prompt import language_of
 
 SUPPORT_MIN = 0.7  # share of a sentence's words found in one window: supported by words alone
+SUPPORT_MIN_ACROSS = 0.6  # the same for a window in the other language (the dictionary misses synonyms: 事故 is "accident", not "incident")
 MEANING_WORDS = 0.4  # share of its words that must be there for meaning to decide
 MEANING_MIN = 0.75  # cosine similarity (language means taken out) of the sentence to the window's sentences
 MIN_WORDS = 3  # shorter sentences are not judged on their own
@@ -36,7 +39,8 @@ def check(answer: Answer) -> list[Problem]:
         if claim.said.endswith(_ANNOUNCES) and k + 1 < len(answer.claims):
             said = said + answer.claims[k + 1].words  # "Three strategies:" says what the list after it says
         ranked = sorted(((covered(said, found), p, j) for p, j, found in windows), key=lambda x: -x[0])
-        if ranked and ranked[0][0] >= SUPPORT_MIN:
+        language = language_of(claim.said)
+        if any(share >= (SUPPORT_MIN if p.language == language else SUPPORT_MIN_ACROSS) for share, p, _ in ranked):
             continue
         if ranked and answer.meaning is not None and _close(answer, claim, [(p, k) for share, p, k in ranked[:WINDOWS_BY_MEANING] if share >= MEANING_WORDS]):
             continue
