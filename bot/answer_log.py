@@ -47,6 +47,11 @@ CREATE TABLE IF NOT EXISTS votes (
     PRIMARY KEY (answer_id, "user")
 );
 """,
+    """
+-- what produced each answer (generative, extractive, not-found) and why (the guard's verdict, the model failing or too slow)
+ALTER TABLE answers ADD COLUMN mode TEXT NOT NULL DEFAULT '';
+ALTER TABLE answers ADD COLUMN reason TEXT NOT NULL DEFAULT '';
+""",
 ]
 
 
@@ -66,6 +71,8 @@ class LoggedAnswer:
     sources: list[dict[str, object]]
     found: bool
     created_at: float
+    mode: str = ""  # what produced the answer: generative, extractive, not-found
+    reason: str = ""  # why that answer (the guard's verdict, the model failing or too slow)
     up: int = 0
     down: int = 0
 
@@ -95,9 +102,13 @@ class AnswerLog(Stored):
         sources = [{"n": n, "path": p.path, "title": p.title, "score": p.score} for n, p in enumerate(done.sources, start=1)]
         with self._write() as db:
             db.execute(
-                "INSERT INTO answers VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (answer_id, platform, channel, thread, user, question, done.answer, json.dumps(sources, ensure_ascii=False), int(done.found), time.time()),
-            )
+                """INSERT INTO answers (id, platform, channel, thread, "user", question, answer, sources, found, created_at, mode, reason)
+                   VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)""",
+                (
+                    answer_id, platform, channel, thread, user, question, done.answer, json.dumps(sources, ensure_ascii=False),
+                    int(done.found), time.time(), done.mode, done.reason,
+                ),
+            )  # fmt: skip
         self.prune()  # the retention holds however long teambot runs; a range scan of the time index, usually empty
         return answer_id
 

@@ -13,6 +13,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 
+from bot import guard
 from bot.answer_log import AnswerLog
 from bot.answering import AnswerFlow
 from bot.core import AnswerEngine
@@ -136,7 +137,13 @@ async def open_runtime(settings: Settings, *, with_llm: bool, serving: bool = Fa
             yield runtime
             return
         runtime.server = make_server(settings)
-        warm_up = asyncio.create_task(asyncio.to_thread(runtime.retriever.warm_up, list(settings.collection_dirs())))
+
+        def load() -> None:
+            runtime.retriever.warm_up(list(settings.collection_dirs()))
+            if settings.bot.answer_mode != "extractive":
+                guard.warm_up()
+
+        warm_up = asyncio.create_task(asyncio.to_thread(load))
         try:
             runtime.endpoint = await runtime.server.start(progress)
             await warm_up

@@ -26,6 +26,7 @@ QUESTION = 0.3  # and the question's words (what a short answer is bound to) thi
 EXTRA_WORDS = 0.2  # taken off for a clause made mostly of words the answer does not bind (times their share)
 NEGATION = 0.3  # taken off when one of the two is negated and the other is not
 MARGIN = 0.2  # how much better the rival clause must score
+MIN_OWN_WORDS = 2  # a sentence with fewer words of its own than this is bound to the question's words
 
 
 def check(answer: Answer) -> list[Problem]:
@@ -59,7 +60,10 @@ def _bound_words(claim: Claim, quantity: Quantity, question: str) -> tuple[dict[
         for word in words(text):
             if word not in numbers and not word[:1].isdigit():
                 bound.setdefault(word, weight)
-    return bound, negated(own)
+    # Whether it is negated is the business of the words it is bound to: its clause's, else the question's ("5 minutes." to
+    # "How long until a page the primary does not acknowledge escalates?").
+    said_words = [w for w, weight in bound.items() if weight > QUESTION]
+    return bound, negated(own) if len(said_words) >= MIN_OWN_WORDS else negated(question)
 
 
 def _score(bound: dict[str, float], is_negated: bool, clause: Clause, sentence: PassageSentence) -> float:

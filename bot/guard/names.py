@@ -66,7 +66,10 @@ def _found(name: str, passage: PassageReading) -> bool:
     if " " in name or not _WORD.match(name):  # code, a path, an address: as written, spaces aside
         return _same_identifier(flat(name)) in _same_identifier(passage.flat)
     after = "" if len(name) >= MIN_PREFIX else r"(?![\w])"
-    if re.search(rf"(?<![\w-]){re.escape(_same_identifier(name.casefold()))}{after}", _same_identifier(passage.plain)):
+    if name.isupper():  # an acronym is not the word it spells: "IT" is not "it"
+        if re.search(rf"(?<![\w-]){re.escape(_same_identifier(name))}{after}", _same_identifier(passage.cased)):
+            return True
+    elif re.search(rf"(?<![\w-]){re.escape(_same_identifier(name.casefold()))}{after}", _same_identifier(passage.plain)):
         return True
     entry = dictionary().entry(name)
     if entry is not None and entry.proper:  # a Chinese name: its English name in an English passage

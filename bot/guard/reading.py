@@ -24,7 +24,7 @@ from functools import lru_cache
 from bot.evidence import paragraphs
 from bot.guard.quantities import Quantity, quantities
 from bot.prompt import CITATION, language_of
-from rag.search.bilingual import dictionary
+from rag.search.bilingual import KEPT_STOPWORDS, dictionary
 from rag.search.keyword import STOPWORDS, _jieba, _normalise
 
 _WORDLIKE = re.compile(r"[0-9A-Za-z\u00c0-\u024f\u3400-\u4dbf\u4e00-\u9fff]")
@@ -70,7 +70,7 @@ def words(text: str) -> list[str]:
     out = [key(q) for q in found]
     for token in _jieba().lcut(_ABBREVIATIONS.sub(" ", rest)):
         token = token.strip().lower()
-        if token and token not in STOPWORDS and token not in FILLER and _WORDLIKE.search(token) and not _LETTER.match(token):
+        if token and (token not in STOPWORDS or token in KEPT_STOPWORDS) and token not in FILLER and _WORDLIKE.search(token) and not _LETTER.match(token):
             out.append(_normalise(token))
     return out
 
@@ -155,7 +155,8 @@ class PassageReading:
     language: str
     sentences: tuple[PassageSentence, ...]
     context: Said  # the title's and heading's words: every sentence of the passage is under them
-    plain: str  # the whole text (title and heading too), case-folded, white space as single spaces: for names
+    cased: str  # the whole text (title and heading too), white space as single spaces: for names
+    plain: str  # the same, case-folded
     flat: str  # the same without any white space: for code
 
     def windows(self) -> list[tuple[int, Said]]:
@@ -171,8 +172,8 @@ class PassageReading:
 
 
 def read_passage(n: int, title: str, heading: str, text: str) -> PassageReading:
-    language, read, context, plain_text = _read_passage(title, heading, text)
-    return PassageReading(n, language, read, context, plain_text, flat(plain_text))
+    language, read, context, cased = _read_passage(title, heading, text)
+    return PassageReading(n, language, read, context, cased, cased.casefold(), flat(cased))
 
 
 @lru_cache(maxsize=4096)
@@ -183,11 +184,7 @@ def _read_passage(title: str, heading: str, text: str) -> tuple[str, tuple[Passa
         for sentence in paragraph:
             parts = tuple(Clause(c, said(c), tuple(words(c)), negated(c), tuple(quantities(c))) for c in clauses(sentence))
             read.append(PassageSentence(sentence, said(sentence), around, parts))
-    return language_of(text), tuple(read), said(f"{title}\n{heading}"), plain(f"{title}\n{heading}\n{text}")
-
-
-def plain(text: str) -> str:
-    return re.sub(r"\s+", " ", text).casefold()
+    return language_of(text), tuple(read), said(f"{title}\n{heading}"), re.sub(r"\s+", " ", f"{title}\n{heading}\n{text}")
 
 
 def flat(text: str) -> str:

@@ -69,10 +69,8 @@ class Dictionary:
         return found
 
     def _stemmed(self, word: str) -> frozenset[str]:
-        from rag.search.keyword import tokenize
-
         entry = self._entries[word]
-        return frozenset(tokenize(" ".join((*entry.glosses, entry.name))))
+        return frozenset(english_words(" ".join((*entry.glosses, entry.name))))
 
     def split(self, word: str) -> list[str]:
         """``word`` as the longest dictionary words from the left (unknown characters alone)."""
@@ -86,6 +84,18 @@ class Dictionary:
     def is_name(self, word: str) -> bool:
         entry = self._entries.get(word)
         return entry is not None and entry.proper
+
+
+# Stopwords to a search, but what tells two clauses apart ("其他城市" is "other cities", not "first-tier cities").
+KEPT_STOPWORDS = frozenset("other same only more most before after".split())
+
+
+def english_words(text: str) -> list[str]:
+    """The English words of ``text`` as the keyword search stems them, stopwords left out but KEPT_STOPWORDS."""
+    from rag.search.keyword import STOPWORDS, _normalise
+
+    words = (w.lower() for w in re.findall(r"[A-Za-z][A-Za-z'-]*", text))
+    return [_normalise(w) for w in words if w not in STOPWORDS or w in KEPT_STOPWORDS]
 
 
 def cedict_path() -> Path:
