@@ -10,6 +10,14 @@ BIN    := $(VENV)/bin
 TORCH_VERSION ?= 2.13.0
 TORCH_INDEX   ?=
 
+# llama.cpp is compiled for AVX2, not for the build machine (-march=native): on CPUs with AMX
+# (Sapphire Rapids and later) llama.cpp 0.3.36's AMX kernels crash in the first matrix product
+# (seen here: SIGSEGV in ggml_backend_amx_mul_mat), and a wheel built natively on one machine can
+# fail on another. The wheel is kept in LLAMA_WHEELS, so later installs take a minute.
+LLAMA_VERSION    := 0.3.36
+LLAMA_CMAKE_ARGS ?= -DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_BMI2=ON
+LLAMA_WHEELS     ?= $(HOME)/.cache/teambot/llama-cpp-python-$(LLAMA_VERSION)-avx2
+
 # The admin console's browser test drives Debian's chromium (Playwright's own browser download
 # needs the internet); `make test` installs it when it is missing.
 CHROMIUM ?= /usr/bin/chromium
@@ -28,8 +36,12 @@ $(BIN)/python:
 
 $(VENV)/.installed: pyproject.toml | $(BIN)/python
 	$(BIN)/pip install --quiet torch==$(TORCH_VERSION) $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX))
-	@echo "installing teambot (the first time, llama-cpp-python compiles llama.cpp: about 5 minutes)"
-	$(BIN)/pip install --quiet -e .
+	@ls $(LLAMA_WHEELS)/llama_cpp_python-$(LLAMA_VERSION)-*.whl >/dev/null 2>&1 || { \
+	  echo "compiling llama.cpp for llama-cpp-python $(LLAMA_VERSION) (the first time on this machine: about 5 minutes)"; \
+	  CMAKE_ARGS="$(LLAMA_CMAKE_ARGS)" $(BIN)/pip wheel --quiet --no-deps --no-cache-dir -w $(LLAMA_WHEELS) llama-cpp-python==$(LLAMA_VERSION); }
+	$(BIN)/pip install --quiet --find-links $(LLAMA_WHEELS) 'llama-cpp-python[server]==$(LLAMA_VERSION)'
+	@echo "installing teambot"
+	$(BIN)/pip install --quiet --find-links $(LLAMA_WHEELS) -e .
 	touch $@
 
 $(VENV)/.installed-dev: $(VENV)/.installed

@@ -103,7 +103,12 @@ def test_ask_with_nothing_relevant_says_so(indexed_settings: Settings) -> None:
 def test_ask_with_the_llm_server_down_fails_clearly(indexed_settings: Settings) -> None:
     port = closed_port()
     env = teambot_env(indexed_settings, **external(Endpoint(f"http://127.0.0.1:{port}/v1")), TEAMBOT_INFERENCE__MAX_RETRIES="1")
-    result = run(["ask", ON_CALL_QUESTION], env)
+    # In auto mode the quotes are there already: the user gets them, and the reason says the model failed.
+    quoted = json.loads(run(["ask", ON_CALL_QUESTION, "--json"], env).stdout)
+    assert quoted["mode"] == "extractive" and "secondary on-call engineer" in quoted["answer"]
+    assert quoted["reason"].startswith(f"the model's answer was replaced: the model failed: the LLM server at http://127.0.0.1:{port}/v1 is not reachable")
+    # In generative mode the model's answer is the answer: its failure is the user's to read.
+    result = run(["ask", ON_CALL_QUESTION], {**env, "TEAMBOT_BOT__ANSWER_MODE": "generative"})
     assert result.returncode == 1
     assert f"the LLM server at http://127.0.0.1:{port}/v1 is not reachable" in result.stderr
     assert "inference.base_url" in result.stderr  # the hint says what to fix

@@ -146,7 +146,7 @@ async def test_cancelling_a_question_frees_its_slot_and_closes_the_stream(make_e
 
 
 async def test_a_question_past_its_deadline_times_out_cleanly(make_engine, fake_llm: FakeLLM) -> None:  # type: ignore[no-untyped-def]
-    engine = make_engine(fake_endpoint(fake_llm), answer_timeout_s=2)
+    engine = make_engine(fake_endpoint(fake_llm), answer_timeout_s=2, answer_mode="generative")
     fake_llm.script.append(Reply(never_finish=True))
     with pytest.raises(AnswerTimeout) as caught:
         await collect(engine, ON_CALL_QUESTION)
@@ -155,10 +155,29 @@ async def test_a_question_past_its_deadline_times_out_cleanly(make_engine, fake_
 
 
 async def test_llm_server_down_is_a_clear_error(make_engine) -> None:  # type: ignore[no-untyped-def]
-    engine = make_engine(Endpoint(base_url=f"http://127.0.0.1:{closed_port()}/v1", model="m", down_hint="start it"))
+    engine = make_engine(Endpoint(base_url=f"http://127.0.0.1:{closed_port()}/v1", model="m", down_hint="start it"), answer_mode="generative")
     with pytest.raises(LLMUnavailable) as caught:
         await collect(engine, ON_CALL_QUESTION)
     assert "is not reachable" in str(caught.value) and caught.value.hint == "start it"
+    assert engine.busy == 0
+
+
+async def test_in_auto_a_model_that_is_down_gives_way_to_the_quotes(make_engine) -> None:  # type: ignore[no-untyped-def]
+    engine = make_engine(Endpoint(base_url=f"http://127.0.0.1:{closed_port()}/v1", model="m", down_hint="start it"))
+    deltas, done = await collect(engine, ON_CALL_QUESTION)
+    assert deltas == [] and done.mode == "extractive" and "secondary on-call engineer" in done.answer and done.cited
+    assert done.reason.startswith("the model's answer was replaced: the model failed: the LLM server at") and "is not reachable" in done.reason
+    assert not done.replaced and done.guard is None and engine.busy == 0  # nothing was streamed, nothing is taken back
+
+
+async def test_in_auto_a_model_that_writes_past_the_generation_timeout_gives_way_to_the_quotes(make_engine, fake_llm: FakeLLM) -> None:  # type: ignore[no-untyped-def]
+    engine = make_engine(fake_endpoint(fake_llm), generation_timeout_s=1)
+    fake_llm.script.append(Reply(tokens=["Bob from accounting", " is paged"], never_finish=True))  # one piece, then nothing
+    deltas, done = await collect(engine, ON_CALL_QUESTION)
+    assert deltas == ["Bob from accounting"] and done.replaced and done.generated == "Bob from accounting"
+    assert done.mode == "extractive" and "Bob" not in done.answer and "secondary on-call engineer" in done.answer
+    assert done.reason == "the model's answer was replaced: the model had not finished within bot.generation_timeout_s = 1 s"
+    await wait_for(lambda: fake_llm.streams_open == 0, "the abandoned stream to be closed")
     assert engine.busy == 0
 
 

@@ -5,6 +5,7 @@ from a real answer log, and the command on the sample knowledge base with CI flo
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -14,6 +15,7 @@ from bot.answer_log import AnswerLog
 from bot.core import AnswerDone
 from bot.evaluation.calibrate import Searched, fit, score_bar
 from bot.evaluation.questions import EvalItem, QuestionSetError, load_question_set
+from bot.evaluation.replay import numbered, pieces
 from bot.evaluation.scoring import ItemResult, contains, has_facts, refusals, says_it_does_not_know, summarize
 from bot.evaluation.variants import _kv_cache_mib, parse_variant
 from config.errors import ConfigError
@@ -256,7 +258,8 @@ def test_export_feedback_turns_voted_down_answers_into_items(settings: Settings,
 
 def test_eval_of_whole_answers_with_the_shipped_model_meets_the_ci_floors(indexed_settings: Settings, llamacpp_endpoint: Endpoint) -> None:
     """The sample set, answered by the real SmolLM2 through llama.cpp, in the default `auto` mode."""
-    env = teambot_env(indexed_settings, **external(llamacpp_endpoint), TEAMBOT_INFERENCE__MAX_TOKENS="128")
+    # The model's own time is not what is measured: a loaded machine must not turn its answers into quotes.
+    env = teambot_env(indexed_settings, **external(llamacpp_endpoint), TEAMBOT_INFERENCE__MAX_TOKENS="128", TEAMBOT_BOT__GENERATION_TIMEOUT_S="3000")
     floors = [arg for pair in ANSWER_FLOORS.items() for arg in pair]
     result = run(["eval", str(KNOWLEDGE_SET), "--json", *floors], env, timeout=3000)
     report = json.loads(result.stdout)
@@ -266,3 +269,97 @@ def test_eval_of_whole_answers_with_the_shipped_model_meets_the_ci_floors(indexe
     modes = {item["mode"] for item in report["items"]}
     assert modes <= {"generative", "extractive", "not-found"} and "extractive" in modes
     assert all(item["guard_ok"] is not False for item in report["items"] if item["mode"] == "generative")
+
+
+
+# --- written model answers (--model-answers) ---------------------------------------------------
+
+ACK = "How quickly do I have to acknowledge a page?"
+SMALL_SET = {
+    "name": "written",
+    "items": [
+        {"id": "ack", "kind": "direct", "question": ACK, "expect_sources": ["oncall-guide.md"], "expect_facts": ["5 minutes"], "model_answers": [
+            {"text": "Within 5 minutes, even if you can't start work on it yet [oncall-guide.md].", "correct": True},
+            {"text": "You have 15 minutes to acknowledge a page [oncall-guide.md].", "correct": False, "wrong": "binding"},
+            {"text": "Within 2 minutes, through Opsgenie [oncall-guide.md].", "correct": False, "wrong": "blatant"},
+        ]},
+        {"id": "hotel-shanghai", "kind": "cross-lingual", "question": "How much can I claim per night for a hotel in Shanghai?",
+         "expect_sources": ["expense-policy-zh.md"], "expect_facts": ["600"], "model_answers": [
+            {"text": "Up to 600 yuan per night: Shanghai is a first-tier city [expense-policy-zh.md].", "correct": True},
+            {"text": "Up to 600 yuan per night [faq.txt].", "correct": True},  # cites a file retrieval did not bring
+        ]},
+        {"id": "stipend", "kind": "off-topic", "question": "What is the on-call stipend amount in euros?", "refuse": True, "model_answers": [
+            {"text": "The documents don't give the stipend amount; the on-call guide only says engineers receive a stipend for each week on call [oncall-guide.md].", "correct": True},
+            {"text": "The on-call stipend is 250 euros for each week on call [oncall-guide.md].", "correct": False, "wrong": "blatant"},
+        ]},
+        {"id": "weather", "kind": "off-topic", "question": "What will the weather be like in Paris tomorrow?", "refuse": True, "model_answers": [
+            {"text": "I don't know.", "correct": True},  # nothing passes the relevance bar: the model is never asked
+        ]},
+    ],
+}  # fmt: skip
+
+
+def test_eval_model_answers_replays_written_answers_through_the_answer_flow(indexed_settings: Settings, tmp_path: Path) -> None:
+    questions = tmp_path / "written.yaml"
+    questions.write_text(yaml.safe_dump(SMALL_SET, allow_unicode=True), encoding="utf-8")
+    floors = ["--min-correct-shown", "1", "--min-blatant-blocked", "1", "--min-binding-blocked", "1", "--min-refusals-kept", "1"]
+    result = run(["eval", str(questions), "--model-answers", "--json", *floors], teambot_env(indexed_settings))
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    summary = report["model_answers"]["summary"]
+    assert (summary["correct"]["ok_reached"], summary["correct"]["reached"], summary["correct"]["of"]) == (2, 2, 3)  # [faq.txt] was not retrieved
+    assert summary["cited_missing"] == 1 and summary["not_asked"] == 1
+    assert (summary["blatant"]["ok"], summary["blatant"]["of"]) == (2, 2) and (summary["binding"]["ok"], summary["binding"]["of"]) == (1, 1)
+    assert (summary["refusal"]["ok_reached"], summary["refusal"]["reached"], summary["refusal"]["ok"]) == (1, 1, 2)
+    answers = {(a["id"], a["text"][:12]): a for a in report["model_answers"]["answers"]}
+    binding = answers[("ack", "You have 15 ")]
+    assert binding["outcome"] == "replaced" and any("puts 15 minutes where the cited passage has 5 minutes" in p for p in binding["problems"])
+    shown = answers[("ack", "Within 5 min")]
+    assert shown["outcome"] == "shown" and shown["shown_text"].endswith("[1].") and "[oncall-guide.md]" not in shown["shown_text"]
+    assert answers[("hotel-shanghai", "Up to 600 yu")]["crosses_languages"]
+    assert answers[("stipend", "The document")]["outcome"] == "refused" and answers[("weather", "I don't know")]["model_asked"] is False
+    assert "answers across languages" in report["model_answers"]["rows"] and "lang en" in report["model_answers"]["rows"]
+
+    text = run(["eval", str(questions), "--model-answers", "--min-correct-shown", "1", "--min-blatant-blocked", "1"], teambot_env(indexed_settings))
+    assert text.returncode == 0 and "correct shown" in text.stdout and "binding blocked" in text.stdout
+    missed = run(["eval", str(questions), "--model-answers", "--min-correct-shown", "1", "--min-refusals-kept", "1.0"], teambot_env(indexed_settings))
+    assert missed.returncode == 0  # every reached refusal was kept
+    without = tmp_path / "none.yaml"
+    without.write_text(yaml.safe_dump({"items": [{"question": "a?", "refuse": True}]}), encoding="utf-8")
+    nothing = run(["eval", str(without), "--model-answers"], teambot_env(indexed_settings))
+    assert nothing.returncode == 2 and "has no model_answers" in nothing.stderr
+
+
+def test_a_written_answer_that_is_malformed_is_refused_clearly(tmp_path: Path) -> None:
+    path = tmp_path / "set.yaml"
+    for answers, message in (
+        ([{"text": "x", "correct": "yes"}], "correct = 'yes'"),
+        ([{"text": "x", "correct": False}], "wrong = None"),
+        ([{"text": "x", "correct": True, "wrong": "binding"}], "is correct and also wrong"),
+        ([{"correct": True}], "has no text"),
+        ([{"text": "x", "correct": True, "label": "a"}], "unknown key(s) label"),
+    ):
+        path.write_text(yaml.safe_dump({"items": [{"id": "a", "question": "q?", "refuse": True, "model_answers": answers}]}), encoding="utf-8")
+        with pytest.raises(QuestionSetError, match=re.escape(message)):
+            load_question_set(path)
+
+
+def test_the_replay_cites_the_passages_it_was_shown_by_number() -> None:
+    prompt = "Context passages:\n\n[1] On-call guide (oncall-guide.md, Paging)\ntext\n\n[2] 差旅 (expense-policy-zh.md)\nx\n\n[3] On-call guide (oncall-guide.md, Rotation)\ny"
+    assert numbered("Acknowledge within 5 minutes [oncall-guide.md].", prompt) == "Acknowledge within 5 minutes [1][3]."
+    assert numbered("600 元 [expense-policy-zh.md]。See [faq.txt] and [release.rst].", prompt) == "600 元 [2]。See [4] and [5]."  # not shown: past the last
+    text = "出差期间每天有 100 元餐补，不需要提供发票 [2]。Yes, swaps are fine."
+    assert "".join(pieces(text)) == text and len(list(pieces(text))) > 5
+
+
+def test_the_shipped_sets_carry_written_answers_of_every_kind() -> None:
+    counts: dict[str, int] = {}
+    crossing = 0
+    for path in (KNOWLEDGE_SET, REPO / "examples" / "eval" / "lmdeploy-docs.yaml"):
+        for item in load_question_set(path).items:
+            for answer in item.model_answers:
+                label = answer.label(item.refuse)
+                counts[label] = counts.get(label, 0) + 1
+                crossing += label == "correct" and item.kind == "cross-lingual"
+    assert sum(counts.values()) >= 150 and counts["correct"] >= 60 and crossing >= 20
+    assert counts["blatant"] + counts["binding"] >= 40 and counts["binding"] >= 20 and counts["refusal"] >= 20

@@ -7,6 +7,7 @@ import hashlib
 import hmac
 import json
 import os
+import re
 import signal
 import sys
 import threading
@@ -20,6 +21,7 @@ import httpx
 import pytest
 
 from bot.answer_log import AnswerLog
+from bot.evaluation.replay import ReplayModel
 from bot.runtime import knowledge_runtime
 from bot.slack.render import PLACEHOLDER
 from config.settings import Settings
@@ -485,3 +487,36 @@ async def test_a_hostile_answer_is_escaped_and_its_links_show_their_targets(
             for c in fake_slack.called(name)]  # fmt: skip
     assert not [s for s in sent if "<!" in s or "<http" in s or "[click" in s or "y>" in s]  # never a ping or a masked link, not even for a moment
     assert (answer["text"] if streaming else answer["blocks"][0]["text"]["text"]) == SAFE_TEXT
+
+
+@pytest.mark.parametrize("streaming", [False, True], ids=["chat.update", "chat streaming API"])
+async def test_a_capable_models_answer_and_its_refusal_reach_slack_as_written(indexed_settings: Settings, tmp_path: Path, streaming: bool) -> None:
+    """The replay model (bot.evaluation.replay) writes as a capable model does: its accepted answer
+    stays the message, and its honest "the documents don't say" stays a refusal, without quotes."""
+    fake = await FakeSlack(streaming=streaming).start()
+    answer = "Within 5 minutes, even if you can't start work on it yet [oncall-guide.md]."
+    stipend = "What is the on-call stipend amount in euros?"
+    refusal = "The documents don't give the stipend amount; the on-call guide only says engineers receive a stipend for each week on call [oncall-guide.md]."
+    data, knowledge = indexed_copy(indexed_settings, tmp_path)
+    try:
+        with ReplayModel() as replay:
+            replay.answer("How quickly do I have to acknowledge a page?", answer)
+            replay.answer(stipend, refusal)
+            async with teambot(slack_settings(data, knowledge, replay.base_url, fake)):
+                asked = await mention(fake, "How quickly do I have to acknowledge a page?")
+                [accepted] = await until(lambda: final_answers(fake, CHANNEL, asked["ts"]), "the accepted answer")
+                refused_event = await mention(fake, stipend)
+                [refused] = await until(lambda: final_answers(fake, CHANNEL, refused_event["ts"]), "the refusal")
+    finally:
+        await fake.stop()
+    assert re.fullmatch(r"Within 5 minutes, even if you can't start work on it yet (\[\d\])+\.", accepted["text"])  # the model's text, numbered
+    assert "*Sources*" in block_text(accepted) and "> " in block_text(accepted)  # its sources, each with its quote
+    assert refused["text"].startswith("The documents don't give the stipend amount") and "Here is what the documents say" not in refused["text"]
+    sources = block_text(refused).split("*Searched (they do not answer this)*")[1]
+    assert "oncall-guide.md" in sources and "> " not in sources  # listed as searched, without quotes of passages that do not answer
+    log = AnswerLog(data / "answers.sqlite")
+    try:
+        logged = {a.question: a for a in log.recent(5)}
+    finally:
+        log.close()
+    assert logged[stipend].mode == "generative" and "the documents do not answer the question" in logged[stipend].reason
