@@ -14,12 +14,14 @@ import threading
 import time
 from collections import deque
 from dataclasses import dataclass, field
+from typing import Any
 
-import uvicorn
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
+
+from bot.evaluation.replay import serve_in_thread, stop_server
 
 MODEL = "fake-model"
 
@@ -40,7 +42,7 @@ class FakeLLM:
         self.script: deque[Reply] = deque()
         self.streams_open = 0
         self._lock = threading.Lock()
-        self._server: uvicorn.Server | None = None
+        self._server: Any = None
         self._thread: threading.Thread | None = None
         self.port = 0
 
@@ -55,23 +57,12 @@ class FakeLLM:
                 Route("/v1/chat/completions", self._chat, methods=["POST"]),
             ]
         )
-        config = uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning", lifespan="off")
-        self._server = uvicorn.Server(config)
-        self._thread = threading.Thread(target=self._server.run, daemon=True)
-        self._thread.start()
-        deadline = time.monotonic() + 10
-        while not (self._server.started and self._server.servers):
-            if time.monotonic() > deadline:
-                raise RuntimeError("the fake LLM server did not start within 10 s")
-            time.sleep(0.01)
-        self.port = self._server.servers[0].sockets[0].getsockname()[1]
+        self._server, self._thread, self.port = serve_in_thread(app, "fake LLM server")
         return self
 
     def stop(self) -> None:
         if self._server is not None:
-            self._server.should_exit = True
-            assert self._thread is not None
-            self._thread.join(timeout=10)
+            stop_server(self._server, self._thread)
 
     async def _models(self, request: Request) -> Response:
         return JSONResponse({"object": "list", "data": [{"id": MODEL, "object": "model", "owned_by": "tests"}]})

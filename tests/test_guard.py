@@ -10,15 +10,8 @@ from bot.guard import LEFT_OUT, check_answer
 from bot.guard.quantities import quantities
 from bot.guard.refusal import is_refusal, says_it_does_not_know
 from rag.search.retriever import Passage
+from tests.test_grounding import ONCALL, passage
 
-ONCALL = """## Paging and escalation
-
-Alerts page the primary on-call engineer through PagerDuty. Acknowledge a page within
-5 minutes, even if you cannot start work on it yet.
-
-If the primary does not acknowledge a page within 15 minutes, PagerDuty escalates it to the
-secondary on-call engineer. If neither acknowledges within 30 minutes, it escalates to the
-engineering manager."""
 ROTATION = """The rotation is one week long. Handoff happens every Monday at 10:00 in the #oncall channel.
 
 Each week has a primary and a secondary on-call engineer. Swaps are fine: agree on them with
@@ -30,11 +23,7 @@ HOTEL = """出差住宿按城市分级报销：一线城市（北京、上海、
 SECURITY = "Install operating system updates within seven days of their release. Report a lost laptop to security@example.com within one hour."
 
 
-def passage(text: str, title: str = "On-call guide", path: str = "oncall-guide.md") -> Passage:
-    return Passage("default", path, title, "", "", text, 0.6, 0.6, 0.6, f"{path}:0")
-
-
-EN = [passage(ONCALL), passage(ROTATION)]
+EN = [passage(ONCALL, "On-call guide", "oncall-guide.md"), passage(ROTATION, "On-call guide", "oncall-guide.md")]
 ZH = [passage(HOTEL, "差旅与报销政策", "expense-policy-zh.md")]
 
 
@@ -98,7 +87,7 @@ def test_place_names_match_their_translation_and_invented_ones_do_not() -> None:
 
 
 def test_a_short_capitalised_word_is_a_whole_word_not_a_substring() -> None:
-    wrong = verdict("Ask IT; the password is on the IT wiki [1].", "Where is the Wi-Fi password?", [passage("It is printed on the card next to the coffee machine.")])
+    wrong = verdict("Ask IT; the password is on the IT wiki [1].", "Where is the Wi-Fi password?", [passage("It is printed on the card next to the coffee machine.", "Team FAQ", "faq.txt")])
     assert not wrong.ok and any(p.check == "names" and "IT" in p.why for p in wrong.failures)
 
 
@@ -199,5 +188,5 @@ def test_every_problem_names_its_check_and_span() -> None:
 def test_an_answer_in_the_wrong_language_or_without_citations_is_refused() -> None:
     assert "it is not in the language of the question" in verdict("Up to 600 yuan [1].", "出差住宿每晚可以报销多少钱？", ZH).problems
     assert "it cites no source" in verdict("Up to 600 yuan per night.", "How much per night?", ZH).problems
-    code = verdict("用 `--quant-policy 8` 启动 `lmdeploy serve api_server` 即可 [1]。", "怎么打开 int8 KV cache？", [passage("Use lmdeploy serve api_server with --quant-policy 8 for int8 KV cache.")])
+    code = verdict("用 `--quant-policy 8` 启动 `lmdeploy serve api_server` 即可 [1]。", "怎么打开 int8 KV cache？", [passage("Use lmdeploy serve api_server with --quant-policy 8 for int8 KV cache.", "KV cache", "kv.md")])
     assert "it is not in the language of the question" not in code.problems  # code is no language

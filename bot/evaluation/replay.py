@@ -47,27 +47,16 @@ class ReplayModel:
             self._answers[question.strip()] = text
 
     def __enter__(self) -> ReplayModel:
-        import uvicorn
         from starlette.applications import Starlette
         from starlette.routing import Route
 
         app = Starlette(routes=[Route("/v1/models", self._models), Route("/v1/chat/completions", self._chat, methods=["POST"])])
-        self._server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning", lifespan="off"))
-        self._thread = threading.Thread(target=self._server.run, name="replay-model", daemon=True)
-        self._thread.start()
-        deadline = time.monotonic() + START_TIMEOUT_S
-        while not (self._server.started and self._server.servers):
-            if time.monotonic() > deadline or not self._thread.is_alive():
-                raise RuntimeError(f"the replay model did not start within {START_TIMEOUT_S:g} s")
-            time.sleep(0.01)
-        self.port = self._server.servers[0].sockets[0].getsockname()[1]
+        self._server, self._thread, self.port = serve_in_thread(app, "replay model")
         return self
 
     def __exit__(self, *exc: object) -> None:
         if self._server is not None:
-            self._server.should_exit = True
-            assert self._thread is not None
-            self._thread.join(timeout=10)
+            stop_server(self._server, self._thread)
 
     async def _models(self, request: Any) -> Any:
         from starlette.responses import JSONResponse
@@ -128,3 +117,24 @@ def _events(text: str) -> Iterator[str]:
 def _event(payload: dict[str, Any]) -> str:
     chunk = {"id": "chatcmpl-replay", "object": "chat.completion.chunk", "created": int(time.time()), "model": MODEL, **payload}
     return f"data: {json.dumps(chunk, ensure_ascii=False)}\n\n"
+
+
+def serve_in_thread(app: Any, name: str) -> tuple[Any, threading.Thread, int]:
+    """``app`` served by uvicorn on 127.0.0.1 and a free port, in a daemon thread: (server, thread, port)."""
+    import uvicorn
+
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning", lifespan="off"))
+    thread = threading.Thread(target=server.run, name=name, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + START_TIMEOUT_S
+    while not (server.started and server.servers):
+        if time.monotonic() > deadline or not thread.is_alive():
+            raise RuntimeError(f"the {name} did not start within {START_TIMEOUT_S:g} s")
+        time.sleep(0.01)
+    return server, thread, server.servers[0].sockets[0].getsockname()[1]
+
+
+def stop_server(server: Any, thread: threading.Thread | None) -> None:
+    server.should_exit = True
+    if thread is not None:
+        thread.join(timeout=10)
