@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 from bot.core import AnswerDone
+from bot.evidence import Evidence
 from bot.discord import messages as msg
 from bot.discord.adapter import invite_url
-from bot.discord.render import MESSAGE_LIMIT, PLACEHOLDER, answer_pages, error_text, progress_pages, thread_name
+from bot.discord.render import MESSAGE_LIMIT, PLACEHOLDER, answer_only, answer_pages, error_text, progress_pages, thread_name
 from bot.prompt import Turn
 from config.settings import DiscordSettings
 from rag.search.retriever import Passage
@@ -75,3 +76,15 @@ def test_mentions_thread_names_and_the_invite() -> None:
     url = invite_url(123)
     assert "client_id=123" in url and "scope=bot+applications.commands" in url
     assert "permissions=309237713920" in url  # view, send, send in threads, create public threads, read history
+
+
+def test_a_refusal_lists_its_sources_as_searched_without_quotes() -> None:
+    sources = [Passage("default", "oncall-guide.md", "On-call guide", "Compensation", "", "t", 0.6, 0.6, 0.6, "x:0")]
+    evidence = [Evidence(1, "On-call engineers receive a stipend for each week on call.", 0.9)]
+    answered = AnswerDone("The stipend is paid weekly [1].", sources, [1], True, evidence=evidence)
+    refused = AnswerDone("The documents don't give the stipend amount.", sources, [], True, evidence=evidence, refusal=True)
+    [with_quote] = answer_pages(answered)
+    [page] = answer_pages(refused)
+    assert "**Sources**" in with_quote and "> On-call engineers receive a stipend" in with_quote
+    assert "**Searched (they do not answer this)**" in page and "> " not in page and "oncall-guide.md" in page
+    assert answer_only(page) == "The documents don't give the stipend amount."  # what the conversation history keeps

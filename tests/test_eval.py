@@ -274,6 +274,21 @@ def test_eval_of_whole_answers_with_the_shipped_model_meets_the_ci_floors(indexe
 
 # --- written model answers (--model-answers) ---------------------------------------------------
 
+# What users read of the sample set's 192 written answers (docs/benchmarks.md, "What users read when a capable model
+# answers"): the guard before it judged correct answers shown 0.79, blatant 0.90, binding 0.52, refusals kept 0.00.
+MODEL_ANSWER_FLOORS = {"--min-correct-shown": "0.95", "--min-blatant-blocked": "0.95", "--min-binding-blocked": "0.65", "--min-refusals-kept": "1.0"}
+
+
+def test_eval_model_answers_on_the_sample_set_meets_the_ci_floors(indexed_settings: Settings) -> None:
+    floors = [arg for pair in MODEL_ANSWER_FLOORS.items() for arg in pair]
+    result = run(["eval", str(KNOWLEDGE_SET), "--model-answers", "--json", *floors], teambot_env(indexed_settings), timeout=900)
+    report = json.loads(result.stdout)
+    assert result.returncode == 0, f"{report['missed_floors']}\n{result.stderr[-2000:]}"
+    rows = report["model_answers"]["rows"]
+    for language in ("lang en", "lang zh"):
+        assert rows[language]["correct"]["share_reached"] >= 0.9, (language, rows[language]["correct"])
+    assert rows["answers across languages"]["correct"]["share_reached"] >= 0.85
+
 ACK = "How quickly do I have to acknowledge a page?"
 SMALL_SET = {
     "name": "written",
