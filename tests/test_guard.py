@@ -190,3 +190,18 @@ def test_an_answer_in_the_wrong_language_or_without_citations_is_refused() -> No
     assert "it cites no source" in verdict("Up to 600 yuan per night.", "How much per night?", ZH).problems
     code = verdict("用 `--quant-policy 8` 启动 `lmdeploy serve api_server` 即可 [1]。", "怎么打开 int8 KV cache？", [passage("Use lmdeploy serve api_server with --quant-policy 8 for int8 KV cache.", "KV cache", "kv.md")])
     assert "it is not in the language of the question" not in code.problems  # code is no language
+
+
+SEVERITY = """- **SEV1**: customers cannot use the product. Start an incident channel, name an incident commander and post status updates every 30 minutes.
+- **SEV2**: a major feature is degraded for many customers. Post updates every hour."""
+
+
+def test_a_name_with_a_number_put_in_anothers_place_is_caught() -> None:
+    """SmolLM2 wrote this one: every word is in the passage, but the incident channel is SEV1's."""
+    severity = [passage(SEVERITY, "On-call guide", "oncall-guide.md")]
+    wrong = verdict("A SEV2 also gets its own incident channel and an incident commander [1].", "What about a SEV2?", severity)
+    assert not wrong.ok and any(p.check == "bindings" and "puts SEV2 where the cited passage has SEV1" in p.why for p in wrong.failures)
+    assert verdict("A SEV1 gets its own incident channel and an incident commander [1].", "What about a SEV1?", severity).ok
+    assert not verdict("During a SEV1 you post updates every hour [1].", "How often during a SEV1?", severity).ok
+    memory = [passage("FP32 recurrent state is more precise, but uses twice the memory of FP16 or BF16.", "TurboMind config", "turbomind.md")]
+    assert verdict("An FP32 recurrent state takes twice the memory of FP16 [1].", "What does FP32 cost?", memory).ok  # a comparison, not a swap

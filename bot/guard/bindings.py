@@ -1,5 +1,5 @@
-"""Each number in an answer sentence stands, in its cited passage, in the clause of the words it
-is bound to in that sentence.
+"""Each number in an answer sentence (and each name with a number in it: SEV1, int8) stands, in
+its cited passage, in the clause of the words it is bound to in that sentence.
 
 "You have 15 minutes to acknowledge a page" has every number and word of the passage, but the
 passage's 15 is in "If the primary does not acknowledge a page within 15 minutes" and the clause
@@ -17,7 +17,7 @@ clause holding this one scores clearly lower (``MARGIN``).
 from __future__ import annotations
 
 from bot.guard.answer import Answer, Claim, Problem
-from bot.guard.quantities import Quantity
+from bot.guard.quantities import Quantity, codes, quantities
 from bot.guard.reading import Clause, PassageSentence, clauses, key, negated, words
 
 SENTENCE_SHARE = 0.5  # the rest of the passage clause's paragraph (or list item) counts this much
@@ -30,11 +30,14 @@ MIN_OWN_WORDS = 2  # a sentence with fewer words of its own than this is bound t
 
 
 def check(answer: Answer) -> list[Problem]:
-    stated = [(q, c, s) for p in answer.sources for q, c, s in p.quantities()]
+    stated = [(q, c, s) for p in answer.sources for s in p.sentences for c in s.clauses for q in (*c.quantities, *c.codes)]
     problems = []
     for claim in answer.claims:
-        for quantity in claim.quantities:
+        named = codes(claim.said)
+        for quantity in (*claim.quantities, *named):
             rivals = [(q, c, s) for q, c, s in stated if quantity.rival(q)]
+            if quantity in named:  # "FP32 takes twice the memory of FP16" compares the two: neither is in the other's place
+                rivals = [(q, c, s) for q, c, s in rivals if not any(q.same(m) for m in named)]
             own = [(q, c, s) for q, c, s in stated if quantity.same(q) and q.unit]
             if not rivals or not own:
                 continue  # nothing to confuse it with (or it is not in the passages: the numbers check says so)
@@ -53,9 +56,11 @@ def _bound_words(claim: Claim, quantity: Quantity, question: str) -> tuple[dict[
     sentence's other words less, the question's least), and whether its clause is negated."""
     parts = clauses(claim.said)
     own = next((c for c in parts if quantity.text in c), claim.said)
-    numbers = {key(q) for q in claim.quantities}
+    numbers = {key(q) for q in claim.quantities} | set(words(quantity.text))  # the amounts, and a code itself, bind nothing
     bound: dict[str, float] = {}
-    others = [c for c in parts if c != own and not negated(c)]  # "杭州不在一线城市之列": not what the number is bound to
+    # Not what it is bound to: a negated clause ("杭州不在一线城市之列"), or one with another amount of its kind
+    # ("4 表示 kv int4 量化，8 表示 kv int8 量化": int4's words are not int8's).
+    others = [c for c in parts if c != own and not negated(c) and not any(quantity.rival(q) for q in (*quantities(c), *codes(c)))]
     for text, weight in ((own, 1.0), *((c, OTHER_CLAUSES) for c in others), (question, QUESTION)):
         for word in words(text):
             if word not in numbers and not word[:1].isdigit():

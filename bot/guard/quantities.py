@@ -217,3 +217,16 @@ def _chinese(text: str) -> float | None:
 
 def _float(text: str) -> float:
     return float(text.replace(",", ""))
+
+
+_CODE = re.compile(r"(?<![\w-])([A-Za-z]{2,})[-_]?(\d{1,4})(?![\w.-])")
+
+
+def codes(text: str) -> list[Quantity]:
+    """Names with a number in them (SEV1, int8, sm70, fp16), as quantities of their family
+    (unit "code:sev", value 1): what a wrong binding swaps ("SEV2 gets an incident channel" where
+    the passage gives it to SEV1) like it swaps numbers."""
+    return [
+        Quantity(float(m.group(2)), f"code:{m.group(1).lower()}", m.group(0), m.start(), m.end(), float(m.group(2)))
+        for m in _CODE.finditer(text)
+    ]

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 
 from bot.evidence import paragraphs
-from bot.guard.quantities import Quantity, quantities
+from bot.guard.quantities import Quantity, codes, quantities
 from bot.prompt import CITATION, language_of
 from rag.search.bilingual import KEPT_STOPWORDS, dictionary
 from rag.search.keyword import STOPWORDS, _jieba, _normalise
@@ -137,6 +137,7 @@ class Clause:
     words: tuple[str, ...]
     negated: bool
     quantities: tuple[Quantity, ...]
+    codes: tuple[Quantity, ...]  # names with a number in them (SEV1, int8): bound like numbers
 
 
 @dataclass(frozen=True)
@@ -182,7 +183,7 @@ def _read_passage(title: str, heading: str, text: str) -> tuple[str, tuple[Passa
     for paragraph in paragraphs(text):
         around = said(" ".join(paragraph))
         for sentence in paragraph:
-            parts = tuple(Clause(c, said(c), tuple(words(c)), negated(c), tuple(quantities(c))) for c in clauses(sentence))
+            parts = tuple(Clause(c, said(c), tuple(words(c)), negated(c), tuple(quantities(c)), tuple(codes(c))) for c in clauses(sentence))
             read.append(PassageSentence(sentence, said(sentence), around, parts))
     return language_of(text), tuple(read), said(f"{title}\n{heading}"), re.sub(r"\s+", " ", f"{title}\n{heading}\n{text}")
 
