@@ -202,6 +202,6 @@ def test_a_name_with_a_number_put_in_anothers_place_is_caught() -> None:
     wrong = verdict("A SEV2 also gets its own incident channel and an incident commander [1].", "What about a SEV2?", severity)
     assert not wrong.ok and any(p.check == "bindings" and "puts SEV2 where the cited passage has SEV1" in p.why for p in wrong.failures)
     assert verdict("A SEV1 gets its own incident channel and an incident commander [1].", "What about a SEV1?", severity).ok
-    assert not verdict("During a SEV1 you post updates every hour [1].", "How often during a SEV1?", severity).ok
+    assert not verdict("During a SEV1 you post a status update every hour [1].", "How often during a SEV1?", severity).ok
     memory = [passage("FP32 recurrent state is more precise, but uses twice the memory of FP16 or BF16.", "TurboMind config", "turbomind.md")]
     assert verdict("An FP32 recurrent state takes twice the memory of FP16 [1].", "What does FP32 cost?", memory).ok  # a comparison, not a swap
