@@ -16,7 +16,7 @@ from typing import Any
 
 from bot.answering import AnswerFlow
 from bot.evaluation.questions import EvalItem, ModelAnswer
-from bot.evaluation.replay import ReplayModel, numbered
+from bot.evaluation.replay import FILE_CITATION, ReplayModel
 from bot.evaluation.runner import answer_result
 from bot.evaluation.scoring import ItemResult, groups, percentile
 from bot.prompt import language_of
@@ -194,15 +194,10 @@ async def run_replays(
 
 
 def _judged(item: EvalItem, answer: ModelAnswer, asked: ItemResult) -> ReplayResult:
-    shown = {path: text for path, text in zip(asked.paths, asked.texts, strict=True)}
-    prompt = "\n".join(f"[{n}] ({path})" for n, path in enumerate(asked.paths, start=1))
-    cited_numbers = numbered(answer.text, prompt)
-    cited_missing = any(f"[{n}]" in cited_numbers for n in range(len(asked.paths) + 1, len(asked.paths) + 10))
-    cited_files = [path for path in shown if f"[{path}]" in answer.text]
-    crosses = any(language_of(shown[path]) != item.language for path in cited_files)
-    if not cited_files and item.kind == "cross-lingual":
-        crosses = True
-    return ReplayResult(item, answer, asked, cited_missing=cited_missing, crosses=crosses)
+    shown = {path: text for path, text in zip(asked.paths, asked.texts, strict=True)}  # the passages' files, and a text of each
+    cited = set(FILE_CITATION.findall(answer.text))
+    crosses = any(language_of(shown[path]) != item.language for path in cited & shown.keys())
+    return ReplayResult(item, answer, asked, cited_missing=bool(cited - shown.keys()), crosses=crosses or (not cited & shown.keys() and item.kind == "cross-lingual"))
 
 
 def replay_lines(report: ReplayReport) -> list[str]:
@@ -232,14 +227,10 @@ def replay_lines(report: ReplayReport) -> list[str]:
 def _cell(count: Count) -> str:
     if not count.of:
         return "-"
-    reached = f"{count.ok_reached}/{count.reached} {_num2(count.share())}" if count.reached else "-"
+    reached = f"{count.ok_reached}/{count.reached} {_num(count.share(), 2)}" if count.reached else "-"
     trimmed = f" +{count.trimmed}✂" if count.trimmed else ""
     return f"{reached}{trimmed} · {count.ok}/{count.of}"
 
 
-def _num2(value: float | None) -> str:
-    return "-" if value is None else f"{value:.2f}"
-
-
-def _num(value: float | None) -> str:
-    return "-" if value is None else f"{value:.0f}"
+def _num(value: float | None, digits: int = 0) -> str:
+    return "-" if value is None else f"{value:.{digits}f}"
