@@ -26,6 +26,12 @@ _LATIN_NAME = re.compile(
     r"|(?<![.!?。！？:：]\s)(?<!^)(?<!^[-*•]\s)\b[A-Z][a-zA-Z]*(?:[-_][A-Za-z0-9]+)*\b"  # capitalised inside a sentence
 )
 NOT_NAMES = frozenset({"I", "RMB", "CNY", "OK", "AM", "PM", "A.M", "P.M", "True", "False", "None"})
+# Computing's vocabulary written in capitals: words a technical answer uses as it uses "file" or "server", not names of
+# this team's things (IT, SEV, AWQ are names: a wrong one is a wrong answer).
+VOCABULARY = frozenset(
+    """API APIs CLI CPU CPUs GPU GPUs JSON YAML TOML CSV HTTP HTTPS URL URLs REST POST GET PUT DELETE PATCH OOM SSH SQL
+    UI OS RAM VRAM SDK TCP UDP DNS IP ID IDs PID ENV UTF""".split()
+)
 MIN_PREFIX = 4  # a name this long may start a longer identifier of the passage ("PyTorch" in "PytorchEngineConfig")
 _LATIN = re.compile(r"^[A-Za-z]+$")
 _HAN = re.compile(r"[\u3400-\u4dbf\u4e00-\u9fff]")
@@ -47,7 +53,7 @@ def check(answer: Answer) -> list[Problem]:
 
 def _names(text: str) -> list[str]:
     found = [m.group(0).strip("`.,:;") for m in _LATIN_NAME.finditer(text)]
-    found = [n for n in found if len(n) > 1 and n not in NOT_NAMES]
+    found = [n for n in found if len(n) > 1 and n not in NOT_NAMES and n not in VOCABULARY]
     if _HAN.search(text):  # Chinese place names (北京, 杭州) as jieba tags them and CC-CEDICT knows them
         words = dictionary()
         found += [w for w, tag in _posseg().lcut(text) if tag == "ns" and len(w) > 1 and words.is_name(w)]
