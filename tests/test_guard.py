@@ -152,6 +152,14 @@ def test_what_a_refusal_goes_on_to_claim_is_checked() -> None:
 # --- openers and answers with a sentence too many ---------------------------------------------
 
 
+def test_an_answer_that_says_nothing_is_no_answer() -> None:
+    """SmolLM2 wrote "No, no. No." and cited a passage; the guard before accepted it."""
+    nothing = verdict("No, no. No.\n\n[2] Release process (release-process.rst)", "And if a fix can't wait that long?", EN)
+    assert not nothing.ok and any("says nothing" in p for p in nothing.problems)
+    assert verdict("Within 5 minutes [1].", "How quickly do I have to acknowledge a page?", EN).ok  # short, with a number
+    assert verdict("Through PagerDuty [1].", "How are alerts paged?", EN).ok  # short, with a name
+
+
 def test_a_short_yes_opener_needs_no_support_of_its_own() -> None:
     question = "Can I swap an on-call shift with a teammate?"
     assert verdict("Yes. Agree on the swap with your teammate and update the schedule in PagerDuty before the shift starts [2].", question, EN).ok

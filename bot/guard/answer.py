@@ -15,6 +15,7 @@ from bot.guard.reading import PassageReading, opener, read_passage, without_cita
 from bot.guard.refusal import claimed_after, is_refusal, says_it_does_not_know
 from bot.prompt import CITATION
 
+_SOURCE_LABEL = re.compile(r"^\s*\[\d{1,3}\]\s*[^\n]{0,200}\([^()\n]*\.[A-Za-z0-9]{1,5}[,)]")
 _CODE = re.compile(r"```[\s\S]*?(?:```|$)|`[^`\n]*`")
 _CJK_END = re.compile(r"[\u3000-\u303f\u3400-\u9fff\uff00-\uffef]$")
 from rag.search.retriever import Passage
@@ -72,8 +73,8 @@ def read_answer(text: str, question: str, passages: Sequence[Passage], meaning: 
     claims = []
     for k, written in enumerate(sentences(text)):
         sentence = " ".join(without_citations(written).split())
-        if not sentence or not any(ch.isalnum() for ch in sentence):
-            continue
+        if not sentence or not any(ch.isalnum() for ch in sentence) or _SOURCE_LABEL.match(written):
+            continue  # nothing, or a source's label the model copied ("[2] Release process (release-process.rst)"): a citation
         refusal = is_refusal(sentence)
         said = claimed_after(sentence) if refusal else sentence[len(opener(sentence)) :].strip()
         claims.append(Claim(k, written, sentence, said, words(said), quantities(said), refusal))

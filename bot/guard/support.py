@@ -9,10 +9,13 @@ sentence in the other language whose words the dictionary does not bridge, is su
 holds ``MEANING_WORDS`` of them and the embedder finds it close in meaning to the window's
 sentences (cosine ``MEANING_MIN``, each language's mean taken out as retrieval does). Short
 sentences ("Yes.", "See [1].") and refusals are not judged on their own, and a sentence that
-announces a list or a command ("Three strategies:") is judged together with what follows it.
+announces a list or a command ("Three strategies:") is judged together with what follows it. An
+answer of nothing but such short sentences ("No, no. No.") says nothing to support: refused.
 """
 
 from __future__ import annotations
+
+import re
 
 import numpy as np
 
@@ -25,8 +28,10 @@ SUPPORT_MIN_ACROSS = 0.6  # the same for a window in the other language (the dic
 MEANING_WORDS = 0.4  # share of its words that must be there for meaning to decide
 MEANING_MIN = 0.75  # cosine similarity (language means taken out) of the sentence to the window's sentences
 MIN_WORDS = 3  # shorter sentences are not judged on their own
+SOMETHING_WORDS = 2  # an answer needs a sentence this long (or a number or a name): "The finance department." is one, "No, no." is not
 WINDOWS_BY_MEANING = 3  # the windows holding most of a sentence's words, compared by meaning
-_ANNOUNCES = (":", "：")  # a sentence that announces a list or a command is judged with what follows it
+_ANNOUNCES = (":", "：")
+_NAMED = re.compile(r"[A-Z0-9]{2,}|[A-Z][a-z]+[A-Z]|`|--[a-z]")  # "SEV1.", "PagerDuty.", "`--tp 2`": short, but something  # a sentence that announces a list or a command is judged with what follows it
 
 
 def check(answer: Answer) -> list[Problem]:
@@ -45,6 +50,8 @@ def check(answer: Answer) -> list[Problem]:
         if ranked and answer.meaning is not None and _close(answer, claim, [(p, k) for share, p, k in ranked[:WINDOWS_BY_MEANING] if share >= MEANING_WORDS]):
             continue
         problems.append(Problem("support", "is not in the cited passages", claim.text, claim.index))
+    if not answer.refusal and not any(len(c.words) >= SOMETHING_WORDS or c.quantities or _NAMED.search(c.said) for c in answer.claims):
+        problems.append(Problem("support", "it says nothing the passages could support (only “yes”, “no” or a few words)"))
     return problems
 
 
