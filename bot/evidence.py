@@ -91,7 +91,7 @@ def _prose(text: str) -> list[str]:
             joinable = False  # a blank line or a table rule ends the paragraph; a heading is no answer (the passage names it)
             continue
         if joinable and not starts_item and segments:
-            segments[-1] = _joined(segments[-1], line)
+            segments[-1] = joined(segments[-1], line)
         else:
             segments.append(line)
         joinable = not line.endswith(("。", "！", "？", ":", "："))
@@ -151,9 +151,9 @@ def _worth_embedding(question: str, passages: Sequence[Passage], candidates: lis
     return sorted(same[:MAX_EMBEDDED] + foreign[:MAX_EMBEDDED])
 
 
-def _joined(text: str, more: str) -> str:
+def joined(text: str, more: str) -> str:
     """``more`` after ``text``: with a space, but none next to Chinese."""
-    glue = "" if _CJK_END.search(text) or _CJK_START.match(more) else " "
+    glue = "" if not text or _CJK_END.search(text) or _CJK_START.match(more) else " "
     return f"{text}{glue}{more}"
 
 
@@ -165,10 +165,10 @@ def _quote(parts: list[str], k: int) -> str:
     quote, end = parts[k], k + 1
     announced = quote.endswith(_COLONS)
     if end < len(parts) and (len(quote) < SHORT_QUOTE or announced or len(quote) + 1 + len(parts[end]) <= MAX_QUOTE):
-        quote, end = _joined(quote, parts[end]), end + 1
+        quote, end = joined(quote, parts[end]), end + 1
         announced = announced or quote.endswith(_COLONS)
         while announced and end < len(parts) and len(quote) + 1 + len(parts[end]) <= MAX_QUOTE:
-            quote, end = _joined(quote, parts[end]), end + 1
+            quote, end = joined(quote, parts[end]), end + 1
     return quote if len(quote) <= MAX_QUOTE else quote[: MAX_QUOTE - 1] + "…"
 
 

@@ -41,7 +41,7 @@ LEFT_OUT_ZH = "（已略去 {n} 句来源中没有依据的内容。）"
 class Verdict:
     failures: tuple[Problem, ...] = ()
     refusal: bool = False  # the answer says the documents do not answer the question
-    kept: str | None = None  # shown instead of the answer: it without the sentences that failed (see ``trimmed``)
+    kept: str | None = None  # shown instead of the answer as written: it without the sentences that failed
 
     @property
     def ok(self) -> bool:
@@ -86,19 +86,19 @@ def _trimmed(read: Answer, failures: tuple[Problem, ...]) -> str | None:
     dropped = {p.claim for p in failures}
     judged = [c for c in read.claims if len(c.words) >= support.MIN_WORDS]
     kept = [c for c in judged if c.index not in dropped]
-    if len(kept) <= len(judged) - len(kept) or judged[0].index in dropped:
+    if not judged or len(kept) <= len(judged) - len(kept) or judged[0].index in dropped:
         return None  # most of it, or its first claim, is what failed: quotes say more than what is left
+    chinese = language_of(read.question) == "zh"
     text = without(read, dropped)
     if not cited_numbers(text, len(read.passages)):  # the answer cited once, at the end of what is left out: the rest keeps it
         marks = "".join(f"[{n}]" for n in cited_numbers(read.text, len(read.passages)))
-        text = f"{text.rstrip()}{'' if language_of(read.question) == 'zh' else ' '}{marks}"
-    note = LEFT_OUT_ZH if language_of(read.question) == "zh" else LEFT_OUT
-    return f"{text}\n\n{note.format(n=len(dropped))}"
+        text = f"{text.rstrip()}{'' if chinese else ' '}{marks}"
+    return f"{text}\n\n{(LEFT_OUT_ZH if chinese else LEFT_OUT).format(n=len(dropped))}"
 
 
 def _refusal_kept(read: Answer, failures: tuple[Problem, ...]) -> str | None:
     """A refusal stays a refusal: when only sentences besides its refusal failed, it is shown without them."""
-    if not read.refusal or not failures or any(p.claim is None for p in failures):
+    if not failures or any(p.claim is None for p in failures):
         return None
     dropped = {p.claim for p in failures if p.claim is not None}
     if any(c.index in dropped and c.refusal for c in read.claims):

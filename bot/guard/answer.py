@@ -3,13 +3,14 @@ is held to. Built once per answer; every check reads it."""
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
 
-from bot.evidence import sentences
+from bot.evidence import joined, sentences
 from bot.guard.quantities import Quantity, quantities
 from bot.guard.reading import PassageReading, opener, read_passage, without_citations, words
 from bot.guard.refusal import claimed_after, is_refusal, says_it_does_not_know
@@ -17,7 +18,6 @@ from bot.prompt import CITATION
 
 _SOURCE_LABEL = re.compile(r"^\s*\[\d{1,3}\]\s*[^\n]{0,200}\([^()\n]*\.[A-Za-z0-9]{1,5}[,)]")
 _CODE = re.compile(r"```[\s\S]*?(?:```|$)|`[^`\n]*`")
-_CJK_END = re.compile(r"[\u3000-\u303f\u3400-\u9fff\uff00-\uffef]$")
 from rag.search.retriever import Passage
 
 # Sentence vectors for texts (rows, unit length, each language's mean taken out where the
@@ -68,8 +68,8 @@ def read_answer(text: str, question: str, passages: Sequence[Passage], meaning: 
     numbers = [int(m.group(1)) for m in CITATION.finditer(_CODE.sub(" ", text)) if m.group(1) != "0"]  # x[0] in code cites nothing
     cited = sorted({n for n in numbers if 1 <= n <= len(passages)})
     wrong = sorted({n for n in numbers if not 1 <= n <= len(passages)})
-    held_to = [passages[n - 1] for n in cited] or list(passages)
-    sources = [read_passage(passages.index(p) + 1, p.title, p.heading, p.text) for p in held_to]
+    held_to = cited or range(1, len(passages) + 1)
+    sources = [read_passage(n, passages[n - 1].title, passages[n - 1].heading, passages[n - 1].text) for n in held_to]
     claims = []
     for k, written in enumerate(sentences(text)):
         sentence = " ".join(without_citations(written).split())
@@ -83,15 +83,7 @@ def read_answer(text: str, question: str, passages: Sequence[Passage], meaning: 
 
 def without(answer: Answer, dropped: set[int]) -> str:
     """The answer's text without the sentences numbered ``dropped``."""
-    kept = [c.written for c in answer.claims if c.index not in dropped]
-    return _join(kept)
-
-
-def _join(parts: list[str]) -> str:
-    out = ""
-    for part in parts:
-        out = f"{out}{'' if not out or _CJK_END.search(out) else ' '}{part}"
-    return out
+    return functools.reduce(joined, (c.written for c in answer.claims if c.index not in dropped), "")
 
 
 def _short(text: str, limit: int = 80) -> str:
