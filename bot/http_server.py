@@ -4,6 +4,9 @@ Slack's Events API at /slack/events, /healthz, /metrics and the admin console at
 Every request body is limited by its path (``BodyLimits``) before any handler reads it: a
 Content-Length over the limit is answered 413 at once, and a chunked body is counted as it
 arrives and cut off with 413 once it passes the limit. Nothing is read before that check.
+
+A connection the server closes is closed gracefully (``LingeringClose``): a client still sending a
+refused body would otherwise get a TCP reset in place of the 413 it was sent.
 """
 
 from __future__ import annotations
@@ -21,12 +24,14 @@ from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.routing import BaseRoute
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from uvicorn.protocols.http.auto import AutoHTTPProtocol
 
 from config.errors import TeambotError
 
 log = logging.getLogger(__name__)
 
 START_TIMEOUT_S = 15.0
+LINGER_S = 2.0  # how long a closed connection still takes (and drops) what its client sends
 
 
 class Limit(NamedTuple):
@@ -111,11 +116,77 @@ async def _too_large(send: Send, limit: Limit) -> None:
     await send({"type": "http.response.body", "body": body})
 
 
+class LingeringClose:
+    """A connection's transport whose ``close`` is graceful, as nginx's lingering close: the
+    answer is sent and followed by FIN, and what the client still sends is read and dropped
+    until it closes too or ``LINGER_S`` pass. Closing a socket that holds unread data makes
+    the kernel reset the connection and drop what is not yet sent, so a client uploading an
+    oversized body would often get "connection reset" instead of its 413."""
+
+    def __init__(self, transport: asyncio.Transport, protocol: asyncio.Protocol) -> None:
+        self._transport, self._protocol = transport, protocol
+        self._closing = False
+        self.lingers = True  # off while the server shuts down: it closes at once then
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self._transport, name)  # write, get_extra_info, pause_reading... as they are
+
+    def is_closing(self) -> bool:
+        return self._closing or self._transport.is_closing()
+
+    def write(self, data: bytes) -> None:
+        if not self._closing:
+            self._transport.write(data)
+
+    def close(self) -> None:
+        if self.is_closing():
+            return
+        self._closing = True
+        transport = self._transport
+        if not (self.lingers and transport.can_write_eof()):
+            transport.close()
+            return
+        transport.set_protocol(_Draining(transport, self._protocol))
+        transport.write_eof()  # FIN once what is buffered is sent
+        transport.resume_reading()
+
+
+class _Draining(asyncio.Protocol):
+    """Drops what a client sends after its connection was closed by the server; closes it when
+    the client closes its side or after ``LINGER_S``, and then tells the HTTP protocol."""
+
+    def __init__(self, transport: asyncio.Transport, protocol: asyncio.Protocol) -> None:
+        self._transport, self._protocol = transport, protocol
+        self._deadline = asyncio.get_running_loop().call_later(LINGER_S, transport.close)
+
+    def data_received(self, data: bytes) -> None:
+        pass
+
+    def eof_received(self) -> bool:
+        return False  # the transport closes itself
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._deadline.cancel()
+        self._protocol.connection_lost(exc)
+
+
+class LingeringHttp(AutoHTTPProtocol):  # type: ignore[misc,valid-type]
+    """uvicorn's HTTP protocol (httptools or h11, as it picks) with connections closed by ``LingeringClose``."""
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        super().connection_made(LingeringClose(transport, self))
+
+    def shutdown(self) -> None:
+        self.transport.lingers = False  # a server shutting down waits for its connections to close
+        super().shutdown()
+
+
 class HttpServer:
     def __init__(self, host: str, port: int, routes: list[BaseRoute], limits: BodyLimits, *, where: str = "TEAMBOT_HTTP_HOST/TEAMBOT_HTTP_PORT") -> None:
         self._host, self._port, self._where = host, port, where
         app = Starlette(routes=routes, middleware=[Middleware(LimitBodies, limits=limits)])
-        self._config = uvicorn.Config(app, log_level="warning", lifespan="off", access_log=False)
+        self._config = uvicorn.Config(app, http=LingeringHttp, log_level="warning", lifespan="off", access_log=False)
         self._server = uvicorn.Server(self._config)
         self._socket: socket.socket | None = None
         self._task: asyncio.Task[None] | None = None
