@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 from bot.console import console_body_limits, console_routes
 from bot.health import health_route
-from bot.http_server import BodyLimits, HttpServer, Limit
+from bot.http_server import BodyLimits, ConnectionLimits, HttpServer, Limit
 from bot.runtime import Runtime
 from rag.operations.scheduler import IndexScheduler
 
@@ -59,11 +59,13 @@ class Service:
             await self.scheduler.start()
             console, self.console_off = console_routes(settings, self.flow, runtime.desk, self.scheduler, self.answers, self.platform.sessions)
             limits = BodyLimits(Limit(settings.http_max_body_kb * 1024, "raise http_max_body_kb (TEAMBOT_HTTP_MAX_BODY_KB)"), console_body_limits(settings))
+            connections = ConnectionLimits(settings.http_max_connections, settings.http_header_timeout_s, settings.http_body_timeout_s)
+            connections.fit_open_files()
             if settings.console.port is None:
                 routes += console
             elif console:
                 self.console_http = HttpServer(
-                    settings.console.host, settings.console.port, console, limits, where="console.host/console.port (TEAMBOT_CONSOLE__PORT)"
+                    settings.console.host, settings.console.port, console, limits, connections, where="console.host/console.port (TEAMBOT_CONSOLE__PORT)"
                 )
                 await self.console_http.start()
             if self.console_off:
@@ -79,7 +81,7 @@ class Service:
 
                 self.discord = DiscordAdapter(settings, self.flow, runtime.desk, self.answers, self.platform.seen)
                 await self.discord.start()
-            self.http = HttpServer(settings.http_host, settings.http_port, routes, limits)
+            self.http = HttpServer(settings.http_host, settings.http_port, routes, limits, connections)
             await self.http.start()
         except BaseException:
             await self.stop()

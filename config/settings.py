@@ -350,6 +350,16 @@ class Settings(BaseSettings):
     """(env: TEAMBOT_HTTP_PORT; 0 picks a free port)"""
     http_max_body_kb: int = Field(1024, ge=1, le=1024 * 1024)
     """The largest request body the HTTP server reads (Slack events; the console has its own limits). (env: TEAMBOT_HTTP_MAX_BODY_KB)"""
+    http_max_connections: int = Field(256, ge=1, le=100_000)
+    """The most HTTP connections open at once, on all of teambot's listeners (each is a file descriptor); more are
+    answered 503 and closed at once. Lowered at start to fit the open-file limit (ulimit -n) beside teambot's own
+    files. (env: TEAMBOT_HTTP_MAX_CONNECTIONS)"""
+    http_header_timeout_s: float = Field(10.0, gt=0, le=3600)
+    """A request's line and headers must arrive within this many seconds of the connection (or of the request's
+    first byte), else 408 and the connection is closed. (env: TEAMBOT_HTTP_HEADER_TIMEOUT_S)"""
+    http_body_timeout_s: float = Field(30.0, gt=0, le=3600)
+    """A request body that stops arriving for this many seconds gets 408 and its connection is closed (a slow
+    upload that keeps moving is not cut). (env: TEAMBOT_HTTP_BODY_TIMEOUT_S)"""
     slack_api_url: str = Field("https://slack.com/api/", validation_alias=AliasChoices("SLACK_API_URL", "slack_api_url"))
     """Slack's Web API base URL (env: SLACK_API_URL), e.g. an Enterprise Grid proxy."""
     discord_api_url: str = Field("https://discord.com/api/v10", validation_alias=AliasChoices("DISCORD_API_URL", "discord_api_url"))
