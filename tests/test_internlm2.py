@@ -377,29 +377,6 @@ def test_teambot_quantize_converts_an_internlm2_model_and_quantizes_the_copy_wit
     assert any("Llama layout" in line for line in said)
 
 
-def test_a_model_that_ships_code_is_quantized_with_trust_remote_code(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from inference import quantize as quantize_module
-    from tests.conftest import make_settings
-
-    source, _ = internlm2_folder(tmp_path / "other")
-    internlm2.convert(source, tmp_path / "llama", progress=lambda m: None)
-    model = tmp_path / "llama"
-    config = json.loads((model / "config.json").read_text())
-    (model / "config.json").write_text(json.dumps({**config, "auto_map": {"AutoConfig": "configuration_x.XConfig"}}))
-    calls: list[bool] = []
-    monkeypatch.setattr(quantize_module, "check_can_quantize", lambda: None)
-    monkeypatch.setattr(quantize_module, "_run_auto_awq", lambda *args: calls.append(args[6]))
-    quantize_module.quantize(
-        make_settings(tmp_path / "data", tmp_path / "k"),
-        str(model),
-        tmp_path / "out",
-        group_size=32,
-        calib_dataset="none",
-        progress=lambda m: None,
-    )
-    assert calls == [True]
-
-
 def test_a_full_disk_during_the_conversion_names_the_file_and_what_to_do(tmp_path: Path) -> None:
     """RLIMIT_FSIZE stands in for a full disk (in a child process, so the limit stays there)."""
     import subprocess
