@@ -87,6 +87,8 @@ def model_format(path: Path, setting: str) -> str:
     if setting != "auto":
         return setting
     quantization = read_config(path).get("quantization_config") or {}
+    if not isinstance(quantization, dict):
+        raise ConfigError(f"{path / 'config.json'}: quantization_config is {quantization!r}, not an object", 'use the config.json the model was written with, or set inference.lmdeploy.model_format')
     return "awq" if str(quantization.get("quant_method", "")).lower() == "awq" else "hf"
 
 

@@ -29,11 +29,17 @@ CHECK_TIMEOUT_S = 300.0  # loading a tokenizer takes seconds; a folder on a hung
 
 
 def read_json(path: Path) -> dict[str, Any]:
-    """A JSON file of the model folder ({} when it is not there), or a ConfigError naming it."""
+    """A JSON object file of the model folder ({} when it is not there), or a ConfigError naming it."""
     try:
-        return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+        value = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
     except (OSError, ValueError) as exc:
         raise ConfigError(f"{path} cannot be read: {exc}", "check the model folder") from exc
+    if not isinstance(value, dict):
+        raise ConfigError(
+            f"{path} holds a JSON {type(value).__name__}, not a JSON object of named fields",
+            "use the file the model was published with (its first character is '{')",
+        )
+    return value
 
 
 def read_config(folder: Path) -> dict[str, Any]:
@@ -107,7 +113,8 @@ def known_trouble(transformers: str | None, sentencepiece: str | None) -> list[s
 
 def vocab_size(folder: Path) -> int | None:
     config = read_json(folder / "config.json")
-    size = config.get("vocab_size") or (config.get("text_config") or {}).get("vocab_size")
+    text_config = config.get("text_config")
+    size = config.get("vocab_size") or (text_config.get("vocab_size") if isinstance(text_config, dict) else None)
     return size if isinstance(size, int) else None
 
 

@@ -183,10 +183,14 @@ def check_group_size(model: Path, group_size: int) -> None:
 
 
 def check_source(model: Path, group_size: int, trust_remote_code: bool) -> None:
-    """The model suits --group-size, and ships no code of its own unless --trust-remote-code (InternLM2's is converted away)."""
-    check_group_size(model, group_size)
-    if not internlm2.is_internlm2(read_config(model)):
+    """The model suits --group-size, an InternLM2 config converts, and the model ships no code of its own
+    unless --trust-remote-code (InternLM2's is converted away)."""
+    config = read_config(model)
+    if internlm2.is_internlm2(config):
+        internlm2.llama_config(config, model / "config.json")  # a malformed config is refused before any work
+    else:
         check_remote_code(model, trust_remote_code, TRUST_OPT_IN)
+    check_group_size(model, group_size)
 
 
 def check_can_quantize() -> None:

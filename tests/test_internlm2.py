@@ -401,3 +401,40 @@ def test_a_full_disk_during_the_conversion_names_the_file_and_what_to_do(tmp_pat
     )
     assert done.returncode == 3, done.stderr[-2000:]
     assert "cannot write" in done.stdout and "free space" in done.stdout
+
+
+def _as_list(config: dict[str, Any]) -> Any:
+    return [config]
+
+
+@pytest.mark.parametrize(
+    ("change", "field", "value"),
+    [
+        (_as_list, "a JSON object", "list"),
+        (lambda c: {**c, "num_attention_heads": 0}, "num_attention_heads", "0"),
+        (lambda c: {k: v for k, v in c.items() if k != "hidden_size"}, "hidden_size", "missing"),
+        (lambda c: {**c, "vocab_size": "320"}, "vocab_size", "'320'"),
+        (lambda c: {**c, "num_key_value_heads": 3}, "num_key_value_heads", "3"),
+        (lambda c: {**c, "hidden_size": 60}, "hidden_size", "60"),  # not a multiple of the 8 heads
+        (lambda c: {**c, "rope_scaling": "dynamic"}, "rope_scaling", "'dynamic'"),
+        (lambda c: {**c, "rope_scaling": {"type": "dynamic"}}, "rope_scaling.factor", "missing"),
+        (lambda c: {**c, "rope_theta": "1e6"}, "rope_theta", "'1e6'"),
+    ],
+)  # fmt: skip
+def test_a_malformed_config_names_the_file_the_field_and_the_value(tmp_path: Path, change: Any, field: str, value: str) -> None:
+    """What a hand-edited or truncated config.json holds: a clear error, never a KeyError or ZeroDivisionError."""
+    from inference import quantize as quantize_module
+    from tests.conftest import make_settings
+
+    folder = tmp_path / "m"
+    folder.mkdir()
+    path = folder / "config.json"
+    path.write_text(json.dumps(change(dict(CONFIG))))
+    with pytest.raises(ConfigError) as caught:
+        internlm2.convert(folder, tmp_path / "out", progress=lambda m: None)
+    message = str(caught.value)
+    assert str(path) in message and field in message and value in message, message
+    assert not (tmp_path / "out").exists()  # refused before anything was written
+    with pytest.raises(ConfigError) as caught:  # and `teambot quantize` refuses it before any work
+        quantize_module.quantize(make_settings(tmp_path / "data", tmp_path / "k"), str(folder), tmp_path / "q", group_size=32, progress=lambda m: None)
+    assert str(path) in str(caught.value) and field in str(caught.value)
