@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
@@ -42,6 +43,12 @@ CHECK_TEXTS = (
 )  # fmt: skip
 
 Progress = Callable[[str], None]
+
+# A chat template that opens with the BOS token. lmdeploy renders the template to text and encodes that
+# adding the tokenizer's BOS (its HF-template and built-in InternLM2 paths alike), so where the rebuilt
+# tokenizer adds BOS (InternLM2's add_bos_token) the copy's template must not write it too: lmdeploy
+# warned "Detected duplicate bos token 1 in prompt" on every question.
+TEMPLATE_BOS = re.compile(r"^\s*\{\{-?\s*bos_token\s*-?\}\}")
 
 # InternLM2 parameter names -> Llama's (the per-layer part after "model.layers.N.").
 LAYER_NAMES = {
@@ -339,6 +346,8 @@ def write_tokenizer(source: Path, dest: Path, check_texts: Iterable[str] = ()) -
     tokenizer.save(str(dest / "tokenizer.json"))
     keep = ("bos_token", "eos_token", "unk_token", "pad_token", "additional_special_tokens", "chat_template", "model_max_length")
     out = {key: tokenizer_config[key] for key in keep if key in tokenizer_config}
+    if tokenizer.post_processor is not None and isinstance(out.get("chat_template"), str):
+        out["chat_template"] = TEMPLATE_BOS.sub("", out["chat_template"], count=1)
     out.update({"tokenizer_class": "PreTrainedTokenizerFast", "clean_up_tokenization_spaces": False})
     (dest / "tokenizer_config.json").write_text(json.dumps(out, indent=2, ensure_ascii=False), encoding="utf-8")
     return {token: tokenizer.token_to_id(token) for token in ("<|im_start|>", "<|im_end|>") if tokenizer.token_to_id(token) is not None}

@@ -247,9 +247,32 @@ def test_the_rebuilt_tokenizer_encodes_like_sentencepiece_with_chat_tokens_on_th
         assert tokenizer(text, add_special_tokens=False)["input_ids"] == sp.encode(text)
         assert tokenizer.decode(sp.encode(text)) == sp.decode(sp.encode(text))
     prompt = tokenizer.apply_chat_template([{"role": "user", "content": "hi"}], add_generation_prompt=True, tokenize=False)
-    ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
-    assert ids.count(sp.bos_id()) == 1  # the template writes <s> itself
+    ids = tokenizer(prompt)["input_ids"]  # as lmdeploy encodes a rendered prompt: with the tokenizer's special tokens
     assert ids[0] == sp.bos_id() and ids[1] == chat_ids["<|im_start|>"] and chat_ids["<|im_end|>"] in ids
+
+
+@pytest.mark.parametrize("template_bos", ["{{ bos_token }}", "{{- bos_token -}}", ""])
+def test_a_rendered_chat_prompt_encodes_with_exactly_one_bos(tmp_path: Path, template_bos: str) -> None:
+    """lmdeploy renders the chat template to text, then encodes it adding the tokenizer's BOS; the copy's
+    template must not write <s> too (lmdeploy warned "Detected duplicate bos token 1" on every question)."""
+    import sentencepiece as spm
+    from transformers import AutoTokenizer
+
+    source, _ = internlm2_folder(tmp_path / "m")
+    config_path = source / "tokenizer_config.json"
+    tokenizer_config = json.loads(config_path.read_text())
+    tokenizer_config["chat_template"] = tokenizer_config["chat_template"].replace("{{ bos_token }}", template_bos)
+    config_path.write_text(json.dumps(tokenizer_config))
+    out = tmp_path / "out"
+    out.mkdir()
+    internlm2.write_tokenizer(source, out)
+    bos = spm.SentencePieceProcessor(model_file=str(source / "tokenizer.model")).bos_id()
+    tokenizer = AutoTokenizer.from_pretrained(str(out))
+    messages = [{"role": "system", "content": "Answer from the documents."}, {"role": "user", "content": "Who gets paged?"}]
+    prompt = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+    ids = tokenizer(prompt)["input_ids"]
+    assert ids.count(bos) == 1 and ids[0] == bos, ids[:4]
+    assert tokenizer("plain text")["input_ids"][0] == bos  # a completion without the template starts with <s> too
 
 
 def test_a_tokenizer_the_rebuild_cannot_match_is_refused_and_nothing_is_written(tmp_path: Path) -> None:
