@@ -218,6 +218,9 @@ def quantize(
         str, typer.Option("--calib-dataset", help="knowledge: the indexed documents; none: data-free; or one of lmdeploy's (e.g. wikitext2, downloaded).")
     ] = "knowledge",
     batch_size: Annotated[int, typer.Option("--batch-size", min=1, max=256, help="Calibration samples run at once (more is faster, needs more GPU memory).")] = 1,
+    trust_remote_code: Annotated[
+        bool, typer.Option("--trust-remote-code", help="Let this model's own Python code (auto_map) run, in a child process without teambot's tokens.")
+    ] = False,
 ) -> None:
     """W4A16: quantize a model's weights to 4 bits (AWQ, lmdeploy lite) for the lmdeploy backend."""
     settings: Settings = ctx.obj
@@ -228,7 +231,7 @@ def quantize(
     result = guarded(
         lambda: run_quantize(
             settings, model, target, group_size=group_size, calib_samples=calib_samples, calib_seqlen=calib_seqlen,
-            calib_dataset=calib_dataset, batch_size=batch_size, progress=progress_line,
+            calib_dataset=calib_dataset, batch_size=batch_size, trust_remote_code=trust_remote_code, progress=progress_line,
         )
     )  # fmt: skip
     gb = 1024**3

@@ -77,13 +77,29 @@ class LMDeploySettings(_Section):
     """Sequences decoded at once; empty: lmdeploy's default for the GPU."""
     tp: int = Field(1, ge=1, le=64)
     """Tensor parallelism: GPUs one server spreads the model over."""
-    trust_remote_code: bool | Literal["auto"] = "auto"
-    """Let the model folder's own Python code run (--trust-remote-code). auto: only for a model whose
-    config.json or tokenizer_config.json names such code (``auto_map``; InternLM2 does)."""
+    trust_remote_code: Path | None = None
+    """The model folder whose own Python code (``auto_map`` in its config.json or tokenizer_config.json)
+    may run, in lmdeploy's process and the tokenizer check's, never in teambot's; it must be model_path
+    itself, so a changed model_path does not inherit it. Empty (the default): no model's code runs.
+    InternLM2 needs none: `teambot quantize` converts it to the Llama layout."""
     extra_args: list[str] = []
     """More `lmdeploy serve api_server` arguments, as they are written on its command line."""
     start_timeout_s: float = Field(600.0, gt=0)
     """lmdeploy compiles kernels and captures CUDA graphs at start: 1-2 minutes is normal."""
+
+    @field_validator("trust_remote_code", mode="before")
+    @classmethod
+    def _a_folder_not_a_switch(cls, value: object) -> object:
+        # true and "auto" were accepted before 2026-12: they let any model folder's code run.
+        text = str(value).strip().lower()
+        if value is False or text in ("", "false", "no", "0"):
+            return None
+        if value is True or text in ("true", "yes", "1", "auto"):
+            raise ValueError(
+                f"{value!r} is no longer accepted: name the model folder whose own code may run (the same path as "
+                "inference.lmdeploy.model_path), or leave it empty so that no model's code runs"
+            )
+        return value
 
     @field_validator("quant_policy", mode="before")
     @classmethod
@@ -401,6 +417,8 @@ class Settings(BaseSettings):
             self.inference.model_path = self.inference.model_path.expanduser().resolve()
         lmdeploy = self.inference.lmdeploy
         lmdeploy.model_path = (lmdeploy.model_path or self.models_dir / DEFAULT_LMDEPLOY_MODEL_DIR).expanduser().resolve()
+        if lmdeploy.trust_remote_code:
+            lmdeploy.trust_remote_code = lmdeploy.trust_remote_code.expanduser().resolve()
         return self
 
     @property

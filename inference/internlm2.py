@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
@@ -42,6 +43,12 @@ CHECK_TEXTS = (
 )  # fmt: skip
 
 Progress = Callable[[str], None]
+
+# A chat template that opens with the BOS token. lmdeploy renders the template to text and encodes that
+# adding the tokenizer's BOS (its HF-template and built-in InternLM2 paths alike), so where the rebuilt
+# tokenizer adds BOS (InternLM2's add_bos_token) the copy's template must not write it too: lmdeploy
+# warned "Detected duplicate bos token 1 in prompt" on every question.
+TEMPLATE_BOS = re.compile(r"^\s*\{\{-?\s*bos_token\s*-?\}\}")
 
 # InternLM2 parameter names -> Llama's (the per-layer part after "model.layers.N.").
 LAYER_NAMES = {
@@ -70,28 +77,59 @@ def is_internlm2(config: dict[str, Any]) -> bool:
 # --- config ---------------------------------------------------------------------------------
 
 
-def llama_config(config: dict[str, Any]) -> dict[str, Any]:
-    """The Llama config.json for an InternLM2 config.json (same shapes, RoPE and norms)."""
+CONFIG_FIX = "use the config.json the model was published with"
+_MISSING = object()
+
+
+def _bad(path: Path, field: str, value: object, rule: str) -> ConversionError:
+    shown = "missing" if value is _MISSING else repr(value)
+    return ConversionError(f"{path}: {field} is {shown}; {rule}", CONFIG_FIX)
+
+
+def _whole(config: dict[str, Any], key: str, path: Path, default: object = _MISSING) -> int:
+    """config[key] as a positive whole number, or a ConversionError naming the file, the field and the value."""
+    value = config.get(key, default)
+    if value is _MISSING or isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise _bad(path, key, value, "it must be a whole number of at least 1")
+    return value
+
+
+def _number(config: dict[str, Any], key: str, path: Path, default: object = _MISSING, prefix: str = "") -> float:
+    """config[key] as a number above 0, or a ConversionError naming the file, the field (``prefix`` + key) and the value."""
+    value = config.get(key, default)
+    if value is _MISSING or isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
+        raise _bad(path, prefix + key, value, "it must be a number above 0")
+    return float(value)
+
+
+def llama_config(config: dict[str, Any], path: Path) -> dict[str, Any]:
+    """The Llama config.json for an InternLM2 config.json (``path``: same shapes, RoPE and norms); a
+    ConversionError naming the field and its value for one that is missing or malformed."""
     if config.get("bias"):
         raise ConversionError(
-            "this InternLM2 model has biases in its projections (config bias = true)",
+            f"this InternLM2 model has biases in its projections ({path}: bias = true)",
             "only InternLM2 models without biases (all published chat models) convert",
         )
-    heads = config["num_attention_heads"]
+    hidden, heads = _whole(config, "hidden_size", path), _whole(config, "num_attention_heads", path)
+    kv_heads = heads if config.get("num_key_value_heads") is None else _whole(config, "num_key_value_heads", path)
+    if hidden % heads:
+        raise _bad(path, "hidden_size", hidden, f"it must be a multiple of num_attention_heads = {heads}")
+    if heads % kv_heads:
+        raise _bad(path, "num_key_value_heads", kv_heads, f"it must divide num_attention_heads = {heads}")
     out = {
         "architectures": ["LlamaForCausalLM"],
         "model_type": "llama",
-        "hidden_size": config["hidden_size"],
-        "intermediate_size": config["intermediate_size"],
-        "num_hidden_layers": config["num_hidden_layers"],
+        "hidden_size": hidden,
+        "intermediate_size": _whole(config, "intermediate_size", path),
+        "num_hidden_layers": _whole(config, "num_hidden_layers", path),
         "num_attention_heads": heads,
-        "num_key_value_heads": config.get("num_key_value_heads") or heads,
-        "head_dim": config["hidden_size"] // heads,
+        "num_key_value_heads": kv_heads,
+        "head_dim": hidden // heads,
         "hidden_act": config.get("hidden_act", "silu"),
-        "max_position_embeddings": config.get("max_position_embeddings", 2048),
-        "rms_norm_eps": config.get("rms_norm_eps", 1e-6),
-        "rope_theta": config.get("rope_theta", 10000),
-        "vocab_size": config["vocab_size"],
+        "max_position_embeddings": _whole(config, "max_position_embeddings", path, 2048),
+        "rms_norm_eps": _number(config, "rms_norm_eps", path, 1e-6),
+        "rope_theta": _number(config, "rope_theta", path, 10000),
+        "vocab_size": _whole(config, "vocab_size", path),
         "tie_word_embeddings": bool(config.get("tie_word_embeddings", False)),
         "attention_bias": False,
         "mlp_bias": False,
@@ -103,10 +141,12 @@ def llama_config(config: dict[str, Any]) -> dict[str, Any]:
     }
     scaling = config.get("rope_scaling")
     if scaling:
+        if not isinstance(scaling, dict):
+            raise _bad(path, "rope_scaling", scaling, 'it must be an object like {"type": "dynamic", "factor": 2.0}, or null')
         kind = scaling.get("type") or scaling.get("rope_type")
         if kind not in ("dynamic", "linear"):
-            raise ConversionError(f"unknown rope_scaling type {kind!r} in config.json", "InternLM2 uses dynamic or linear RoPE scaling")
-        out["rope_scaling"] = {"type": kind, "rope_type": kind, "factor": float(scaling["factor"])}
+            raise _bad(path, "rope_scaling.type", kind if kind is not None else _MISSING, "InternLM2 uses dynamic or linear RoPE scaling")
+        out["rope_scaling"] = {"type": kind, "rope_type": kind, "factor": _number(scaling, "factor", path, prefix="rope_scaling.")}
     return out
 
 
@@ -306,6 +346,8 @@ def write_tokenizer(source: Path, dest: Path, check_texts: Iterable[str] = ()) -
     tokenizer.save(str(dest / "tokenizer.json"))
     keep = ("bos_token", "eos_token", "unk_token", "pad_token", "additional_special_tokens", "chat_template", "model_max_length")
     out = {key: tokenizer_config[key] for key in keep if key in tokenizer_config}
+    if tokenizer.post_processor is not None and isinstance(out.get("chat_template"), str):
+        out["chat_template"] = TEMPLATE_BOS.sub("", out["chat_template"], count=1)
     out.update({"tokenizer_class": "PreTrainedTokenizerFast", "clean_up_tokenization_spaces": False})
     (dest / "tokenizer_config.json").write_text(json.dumps(out, indent=2, ensure_ascii=False), encoding="utf-8")
     return {token: tokenizer.token_to_id(token) for token in ("<|im_start|>", "<|im_end|>") if tokenizer.token_to_id(token) is not None}
@@ -319,7 +361,7 @@ def convert(source: Path, dest: Path, progress: Progress = print, check_texts: I
     config = read_config(source)
     if not is_internlm2(config):
         raise ConversionError(f"{source} is not an InternLM2 model (architectures {config.get('architectures')})", "only InternLM2 models are converted")  # fmt: skip
-    new_config = llama_config(config)
+    new_config = llama_config(config, source / "config.json")
     checkpoint_shards(source)
     dest.mkdir(parents=True, exist_ok=True)
     progress(f"converting {source.name} from InternLM2 to the Llama layout (lossless) in {dest}")

@@ -25,7 +25,7 @@ from typing import Literal
 from config.errors import ConfigError
 from config.settings import InferenceSettings, LMDeploySettings
 from inference.client import Endpoint
-from inference.model_check import check_tokenizer, needs_remote_code, read_config
+from inference.model_check import check_remote_code, check_tokenizer_in_child, read_config
 from inference.process import Progress, ServerProcess, free_port
 
 log = logging.getLogger(__name__)
@@ -87,6 +87,8 @@ def model_format(path: Path, setting: str) -> str:
     if setting != "auto":
         return setting
     quantization = read_config(path).get("quantization_config") or {}
+    if not isinstance(quantization, dict):
+        raise ConfigError(f"{path / 'config.json'}: quantization_config is {quantization!r}, not an object", 'use the config.json the model was written with, or set inference.lmdeploy.model_format')
     return "awq" if str(quantization.get("quant_method", "")).lower() == "awq" else "hf"
 
 
@@ -126,8 +128,16 @@ def server_args(settings: LMDeploySettings, model: Path, fmt: str, port: int) ->
 
 
 def trust_remote_code(settings: LMDeploySettings, model: Path) -> bool:
-    """inference.lmdeploy.trust_remote_code, with auto decided from the model folder."""
-    return needs_remote_code(model) if settings.trust_remote_code == "auto" else settings.trust_remote_code
+    """Whether ``model``'s own code may run: only when inference.lmdeploy.trust_remote_code names that very folder."""
+    return settings.trust_remote_code is not None and settings.trust_remote_code.resolve() == model.resolve()
+
+
+def check_trusted(settings: LMDeploySettings, model: Path) -> None:
+    """A ConfigError when ``model`` ships code of its own that inference.lmdeploy.trust_remote_code does not let run."""
+    opt_in = f'set inference.lmdeploy.trust_remote_code = "{model}"'
+    if settings.trust_remote_code is not None and not trust_remote_code(settings, model):
+        opt_in += f" (it names {settings.trust_remote_code} now, which is not the model folder)"
+    check_remote_code(model, trust_remote_code(settings, model), opt_in)
 
 
 def launch_command(args: list[str], key_fd: int) -> list[str]:
@@ -178,11 +188,12 @@ class LMDeployServer:
             raise ConfigError(f"lmdeploy needs a CUDA GPU: {problem}", 'set inference.backend = "llamacpp" to run on the CPU')
         assert self.model_path is not None
         check_model(self.model_path)
+        check_trusted(self._settings, self.model_path)
         fmt = model_format(self.model_path, self._settings.model_format)
         if self._port is None:  # the first start; a restart serves the same, already checked folder
             if progress:
                 progress(f"checking the tokenizer of {self.model_path.name}")
-            await asyncio.to_thread(check_tokenizer, self.model_path, trust_remote_code(self._settings, self.model_path))
+            await asyncio.to_thread(check_tokenizer_in_child, self.model_path, trust_remote_code(self._settings, self.model_path))
         port = self._port = self._port or free_port()
         args = server_args(self._settings, self.model_path, fmt, port)
         if progress:

@@ -2,7 +2,9 @@
 
 - Remote code: a model whose config.json or tokenizer_config.json has an ``auto_map`` runs code
   from its own folder (InternLM2 does), which transformers loads only with trust_remote_code.
-  teambot passes ``--trust-remote-code`` for such models and only for them.
+  teambot refuses such a folder unless the operator named it (``check_remote_code``); then its
+  code runs only in child processes with the LLM server's environment, which holds none of
+  teambot's tokens: lmdeploy's, and the tokenizer check's (``check_tokenizer_in_child``).
 - Chat tokens inside the vocabulary: a tokenizer that gives a special token an id at or past
   the model's ``vocab_size`` crashes lmdeploy on the first chat (a CUDA index error). This is
   what InternLM2's remote tokenizer does on transformers 5; teambot says so before it starts.
@@ -13,19 +15,31 @@ from __future__ import annotations
 
 import importlib.metadata as md
 import json
+import os
 import re
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
 from config.errors import ConfigError
+from inference.process import child_env, describe_exit
+
+CHECK_TIMEOUT_S = 300.0  # loading a tokenizer takes seconds; a folder on a hung network disk should not hang the start
 
 
 def read_json(path: Path) -> dict[str, Any]:
-    """A JSON file of the model folder ({} when it is not there), or a ConfigError naming it."""
+    """A JSON object file of the model folder ({} when it is not there), or a ConfigError naming it."""
     try:
-        return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+        value = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
     except (OSError, ValueError) as exc:
         raise ConfigError(f"{path} cannot be read: {exc}", "check the model folder") from exc
+    if not isinstance(value, dict):
+        raise ConfigError(
+            f"{path} holds a JSON {type(value).__name__}, not a JSON object of named fields",
+            "use the file the model was published with (its first character is '{')",
+        )
+    return value
 
 
 def read_config(folder: Path) -> dict[str, Any]:
@@ -36,9 +50,30 @@ def read_config(folder: Path) -> dict[str, Any]:
     return read_json(path)
 
 
+def remote_code(folder: Path) -> list[str]:
+    """The files of the model folder that name code of its own (``auto_map``): config.json, tokenizer_config.json."""
+    return [name for name in ("config.json", "tokenizer_config.json") if read_json(folder / name).get("auto_map")]
+
+
 def needs_remote_code(folder: Path) -> bool:
     """True when the model's config or tokenizer is code in its folder (``auto_map``)."""
-    return bool(read_json(folder / "config.json").get("auto_map") or read_json(folder / "tokenizer_config.json").get("auto_map"))
+    return bool(remote_code(folder))
+
+
+def check_remote_code(folder: Path, trusted: bool, opt_in: str) -> None:
+    """A ConfigError when ``folder`` ships code of its own and the operator has not said it may run (``opt_in``: how to)."""
+    files = remote_code(folder)
+    if not files or trusted:
+        return
+    named = ", ".join(f"{folder / name} (auto_map)" for name in files)
+    if "InternLM2ForCausalLM" in (read_json(folder / "config.json").get("architectures") or []):
+        hint = f"run `teambot quantize --model {folder}`: it converts the model to the Llama layout, which needs no code of its own"
+    else:
+        hint = (
+            f"if transformers and lmdeploy support this architecture themselves, delete auto_map from {' and '.join(files)}; "
+            f"if you trust the code, {opt_in} (it then runs in a child process without teambot's tokens)"
+        )
+    raise ConfigError(f"the model folder {folder} ships Python code of its own, named in {named}; teambot runs a model's code only when told to", hint)
 
 
 def version_tuple(version: str) -> tuple[int, ...]:
@@ -78,7 +113,8 @@ def known_trouble(transformers: str | None, sentencepiece: str | None) -> list[s
 
 def vocab_size(folder: Path) -> int | None:
     config = read_json(folder / "config.json")
-    size = config.get("vocab_size") or (config.get("text_config") or {}).get("vocab_size")
+    text_config = config.get("text_config")
+    size = config.get("vocab_size") or (text_config.get("vocab_size") if isinstance(text_config, dict) else None)
     return size if isinstance(size, int) else None
 
 
@@ -110,8 +146,42 @@ def check_tokenizer(folder: Path, trust_remote_code: bool) -> None:
         )
 
 
+def check_tokenizer_in_child(folder: Path, trust_remote_code: bool, timeout_s: float = CHECK_TIMEOUT_S) -> None:
+    """``check_tokenizer`` in a child process with the LLM server's environment (``child_env``): a tokenizer
+    that is code runs there, never in teambot's process, and sees none of teambot's tokens."""
+    command = [sys.executable, "-m", "inference.model_check", str(folder), *(["--trust-remote-code"] if trust_remote_code else [])]
+    env = child_env(os.environ, {"PYTHONPATH": os.pathsep.join(p for p in sys.path if p)})
+    try:
+        done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=timeout_s, check=False)
+    except subprocess.TimeoutExpired:
+        raise ConfigError(f"loading the tokenizer in {folder} took more than {timeout_s:.0f} s", "check that the model folder's disk answers") from None
+    if done.returncode == CHECK_FAILED:
+        reply = json.loads(done.stdout.strip().splitlines()[-1])
+        raise ConfigError(reply["message"], reply["hint"])
+    if done.returncode != 0:
+        tail = "\n".join(done.stderr.strip().splitlines()[-5:])
+        raise ConfigError(f"the tokenizer check of {folder} ended with {describe_exit(done.returncode)}: {tail}", _fix(folder))
+
+
+CHECK_FAILED = 3  # the child's exit code when check_tokenizer refused the folder (its last stdout line says why, as JSON)
+
+
+def main(argv: list[str]) -> int:
+    """`python -m inference.model_check FOLDER [--trust-remote-code]`: the child of ``check_tokenizer_in_child``."""
+    try:
+        check_tokenizer(Path(argv[0]), trust_remote_code="--trust-remote-code" in argv[1:])
+    except ConfigError as exc:
+        print(json.dumps({"message": exc.message, "hint": exc.hint}), flush=True)
+        return CHECK_FAILED
+    return 0
+
+
 def _fix(folder: Path) -> str:
     config = read_json(folder / "config.json")
     if "InternLM2ForCausalLM" in (config.get("architectures") or []):
         return f"run `teambot quantize --model {folder}`: it converts the model to the Llama layout with a rebuilt tokenizer, then quantizes it"
     return "use the tokenizer files the model was published with, or a transformers version its remote code was written for"
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

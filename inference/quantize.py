@@ -16,10 +16,14 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import shutil
+import subprocess
+import sys
+import tempfile
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +31,8 @@ from config.errors import ConfigError, TeambotError
 from config.settings import Settings
 from inference import internlm2
 from inference.lmdeploy import GPU_INSTALL, check_model, gpu_problem, lmdeploy_installed
-from inference.model_check import installed, known_trouble, needs_remote_code, read_config
+from inference.model_check import check_remote_code, installed, known_trouble, needs_remote_code, read_config
+from inference.process import child_env, describe_exit
 from rag.ingest.documents import DocumentError, read_document
 from rag.ingest.indexer import folder_of
 from rag.store.manifest import Manifest
@@ -41,6 +46,7 @@ DATA_FREE = "none"  # --calib-dataset: no calibration text at all
 LMDEPLOY_DATASETS = ("wikitext2", "c4", "pileval", "gsm8k", "neuralmagic_calibration", "open-platypus", "openwebtext")
 MIN_CALIB_SAMPLES = 4
 MODEL_HINT = f"give --model a Hugging Face-format model folder, or a hub ID like {DEFAULT_MODEL}"
+TRUST_OPT_IN = "pass --trust-remote-code"
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt")
 
 Progress = Callable[[str], None]
@@ -56,6 +62,20 @@ class CalibrationPlan:
     samples: list[Any]  # [1, seqlen] token tensors, for KNOWLEDGE
     seqlen: int
     note: str  # one line for the user: where the calibration text comes from
+
+
+@dataclass(frozen=True)
+class AwqJob:
+    """What lmdeploy lite quantizes, and how: the part of `teambot quantize` that loads the model's tokenizer and weights."""
+
+    model: Path  # the folder lmdeploy quantizes: the model, or its Llama-layout copy
+    out: Path
+    calib_dataset: str
+    calib_samples: int
+    calib_seqlen: int
+    group_size: int
+    batch_size: int
+    trust_remote_code: bool
 
 
 @dataclass(frozen=True)
@@ -162,6 +182,17 @@ def check_group_size(model: Path, group_size: int) -> None:
             raise ConfigError(f"--group-size {group_size} does not divide {key} = {width} of {model.name}", hint)
 
 
+def check_source(model: Path, group_size: int, trust_remote_code: bool) -> None:
+    """The model suits --group-size, an InternLM2 config converts, and the model ships no code of its own
+    unless --trust-remote-code (InternLM2's is converted away)."""
+    config = read_config(model)
+    if internlm2.is_internlm2(config):
+        internlm2.llama_config(config, model / "config.json")  # a malformed config is refused before any work
+    else:
+        check_remote_code(model, trust_remote_code, TRUST_OPT_IN)
+    check_group_size(model, group_size)
+
+
 def check_can_quantize() -> None:
     if not lmdeploy_installed():
         raise ConfigError("lmdeploy is not installed, and `teambot quantize` runs lmdeploy lite", GPU_INSTALL)
@@ -179,19 +210,23 @@ def quantize(
     calib_seqlen: int = 2048,
     calib_dataset: str = KNOWLEDGE,
     batch_size: int = 1,
+    trust_remote_code: bool = False,
     progress: Progress = print,
 ) -> QuantizeResult:
-    """W4A16 AWQ through lmdeploy lite's auto_awq, with calibration text from the knowledge base."""
+    """W4A16 AWQ through lmdeploy lite's auto_awq, with calibration text from the knowledge base.
+
+    A model that ships code of its own (``auto_map``) is refused unless ``trust_remote_code``; its
+    code then runs in a child process with the LLM server's environment, never in this one."""
     started = time.monotonic()
     check_dataset(calib_dataset)
     source = local_model(model)
     if source is not None:
-        check_group_size(source, group_size)
+        check_source(source, group_size, trust_remote_code)
     check_can_quantize()
     if source is None:
         progress(f"fetching {model}")
         source = download_model(model)
-        check_group_size(source, group_size)
+        check_source(source, group_size, trust_remote_code)
     progress(f"model: {source}")
     if out.resolve() == source:
         raise ConfigError(f"--out {out} is the model folder itself", "give another folder; the source model is kept")
@@ -212,13 +247,8 @@ def quantize(
         # The copy sits beside the output (the same disk); it is removed when quantization ends.
         converted = working = internlm2.convert(source, out.parent / f".{out.name}.llama-layout", progress, check_texts=texts[:50])
     try:
-        from transformers import AutoTokenizer
-
-        trust = needs_remote_code(working)
-        tokenizer = AutoTokenizer.from_pretrained(str(working), trust_remote_code=trust)
-        plan = plan_calibration(calib_dataset, texts, tokenizer, calib_samples, calib_seqlen)
-        progress(f"calibration: {plan.note}")
-        _run_auto_awq(working, out, plan, calib_samples, group_size, batch_size, trust, progress)
+        job = AwqJob(working, out, calib_dataset, calib_samples, calib_seqlen, group_size, batch_size, needs_remote_code(working))
+        note = quantize_in_child(job, texts) if job.trust_remote_code else calibrate_and_quantize(job, texts, progress)
         if converted is not None:
             marker = json.loads((converted / internlm2.MARKER).read_text(encoding="utf-8"))
             (out / internlm2.MARKER).write_text(json.dumps({**marker, "quantized": f"AWQ W4A16, group size {group_size}"}, indent=2), encoding="utf-8")
@@ -226,7 +256,47 @@ def quantize(
         if converted is not None:
             shutil.rmtree(converted, ignore_errors=True)
     before, after = weights_bytes(source), weights_bytes(out)
-    return QuantizeResult(source, out, before, after, time.monotonic() - started, plan.note)
+    return QuantizeResult(source, out, before, after, time.monotonic() - started, note)
+
+
+def calibrate_and_quantize(job: AwqJob, texts: Sequence[str], progress: Progress) -> str:
+    """Loads the model's tokenizer, cuts the calibration samples and runs auto_awq; returns the calibration note."""
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(str(job.model), trust_remote_code=job.trust_remote_code)
+    plan = plan_calibration(job.calib_dataset, texts, tokenizer, job.calib_samples, job.calib_seqlen)
+    progress(f"calibration: {plan.note}")
+    _run_auto_awq(job.model, job.out, plan, job.calib_samples, job.group_size, job.batch_size, job.trust_remote_code, progress)
+    return plan.note
+
+
+def quantize_in_child(job: AwqJob, texts: Sequence[str]) -> str:
+    """``calibrate_and_quantize`` in a child process with the LLM server's environment (``child_env``: none of
+    teambot's tokens), for a model whose own code runs; its output goes to this terminal."""
+    with tempfile.TemporaryDirectory(prefix="teambot-quantize-") as work:
+        request, reply = Path(work) / "job.json", Path(work) / "reply.json"
+        request.write_text(json.dumps({"job": asdict(job), "texts": list(texts)}, default=str), encoding="utf-8")
+        env = child_env(os.environ, {"PYTHONPATH": os.pathsep.join(p for p in sys.path if p)})
+        done = subprocess.run([sys.executable, "-m", "inference.quantize", str(request), str(reply)], env=env, check=False)
+        answer = json.loads(reply.read_text(encoding="utf-8")) if reply.is_file() else {}
+    if "note" in answer:
+        return answer["note"]
+    if "message" in answer:
+        raise QuantizeError(answer["message"], answer["hint"])
+    raise QuantizeError(f"quantizing {job.model} in a child process failed ({describe_exit(done.returncode)})", "see the output above")
+
+
+def main(argv: list[str]) -> int:
+    """`python -m inference.quantize JOB REPLY`: the child of ``quantize_in_child``."""
+    request, reply = Path(argv[0]), Path(argv[1])
+    given = json.loads(request.read_text(encoding="utf-8"))
+    job = AwqJob(**{**given["job"], "model": Path(given["job"]["model"]), "out": Path(given["job"]["out"])})
+    try:
+        answer = {"note": calibrate_and_quantize(job, given["texts"], lambda line: print(line, flush=True))}
+    except TeambotError as exc:
+        answer = {"message": exc.message, "hint": exc.hint}
+    reply.write_text(json.dumps(answer), encoding="utf-8")
+    return 0 if "note" in answer else 1
 
 
 def _run_auto_awq(
@@ -252,3 +322,7 @@ def _run_auto_awq(
         raise QuantizeError(f"lmdeploy lite could not quantize {source}: {exc}", "see the output above; lmdeploy supports the models its docs list") from exc
     finally:
         calibrate.get_calib_loaders = own_loader
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -247,9 +247,32 @@ def test_the_rebuilt_tokenizer_encodes_like_sentencepiece_with_chat_tokens_on_th
         assert tokenizer(text, add_special_tokens=False)["input_ids"] == sp.encode(text)
         assert tokenizer.decode(sp.encode(text)) == sp.decode(sp.encode(text))
     prompt = tokenizer.apply_chat_template([{"role": "user", "content": "hi"}], add_generation_prompt=True, tokenize=False)
-    ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
-    assert ids.count(sp.bos_id()) == 1  # the template writes <s> itself
+    ids = tokenizer(prompt)["input_ids"]  # as lmdeploy encodes a rendered prompt: with the tokenizer's special tokens
     assert ids[0] == sp.bos_id() and ids[1] == chat_ids["<|im_start|>"] and chat_ids["<|im_end|>"] in ids
+
+
+@pytest.mark.parametrize("template_bos", ["{{ bos_token }}", "{{- bos_token -}}", ""])
+def test_a_rendered_chat_prompt_encodes_with_exactly_one_bos(tmp_path: Path, template_bos: str) -> None:
+    """lmdeploy renders the chat template to text, then encodes it adding the tokenizer's BOS; the copy's
+    template must not write <s> too (lmdeploy warned "Detected duplicate bos token 1" on every question)."""
+    import sentencepiece as spm
+    from transformers import AutoTokenizer
+
+    source, _ = internlm2_folder(tmp_path / "m")
+    config_path = source / "tokenizer_config.json"
+    tokenizer_config = json.loads(config_path.read_text())
+    tokenizer_config["chat_template"] = tokenizer_config["chat_template"].replace("{{ bos_token }}", template_bos)
+    config_path.write_text(json.dumps(tokenizer_config))
+    out = tmp_path / "out"
+    out.mkdir()
+    internlm2.write_tokenizer(source, out)
+    bos = spm.SentencePieceProcessor(model_file=str(source / "tokenizer.model")).bos_id()
+    tokenizer = AutoTokenizer.from_pretrained(str(out))
+    messages = [{"role": "system", "content": "Answer from the documents."}, {"role": "user", "content": "Who gets paged?"}]
+    prompt = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+    ids = tokenizer(prompt)["input_ids"]
+    assert ids.count(bos) == 1 and ids[0] == bos, ids[:4]
+    assert tokenizer("plain text")["input_ids"][0] == bos  # a completion without the template starts with <s> too
 
 
 def test_a_tokenizer_the_rebuild_cannot_match_is_refused_and_nothing_is_written(tmp_path: Path) -> None:
@@ -377,29 +400,6 @@ def test_teambot_quantize_converts_an_internlm2_model_and_quantizes_the_copy_wit
     assert any("Llama layout" in line for line in said)
 
 
-def test_a_model_that_ships_code_is_quantized_with_trust_remote_code(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from inference import quantize as quantize_module
-    from tests.conftest import make_settings
-
-    source, _ = internlm2_folder(tmp_path / "other")
-    internlm2.convert(source, tmp_path / "llama", progress=lambda m: None)
-    model = tmp_path / "llama"
-    config = json.loads((model / "config.json").read_text())
-    (model / "config.json").write_text(json.dumps({**config, "auto_map": {"AutoConfig": "configuration_x.XConfig"}}))
-    calls: list[bool] = []
-    monkeypatch.setattr(quantize_module, "check_can_quantize", lambda: None)
-    monkeypatch.setattr(quantize_module, "_run_auto_awq", lambda *args: calls.append(args[6]))
-    quantize_module.quantize(
-        make_settings(tmp_path / "data", tmp_path / "k"),
-        str(model),
-        tmp_path / "out",
-        group_size=32,
-        calib_dataset="none",
-        progress=lambda m: None,
-    )
-    assert calls == [True]
-
-
 def test_a_full_disk_during_the_conversion_names_the_file_and_what_to_do(tmp_path: Path) -> None:
     """RLIMIT_FSIZE stands in for a full disk (in a child process, so the limit stays there)."""
     import subprocess
@@ -424,3 +424,40 @@ def test_a_full_disk_during_the_conversion_names_the_file_and_what_to_do(tmp_pat
     )
     assert done.returncode == 3, done.stderr[-2000:]
     assert "cannot write" in done.stdout and "free space" in done.stdout
+
+
+def _as_list(config: dict[str, Any]) -> Any:
+    return [config]
+
+
+@pytest.mark.parametrize(
+    ("change", "field", "value"),
+    [
+        (_as_list, "a JSON object", "list"),
+        (lambda c: {**c, "num_attention_heads": 0}, "num_attention_heads", "0"),
+        (lambda c: {k: v for k, v in c.items() if k != "hidden_size"}, "hidden_size", "missing"),
+        (lambda c: {**c, "vocab_size": "320"}, "vocab_size", "'320'"),
+        (lambda c: {**c, "num_key_value_heads": 3}, "num_key_value_heads", "3"),
+        (lambda c: {**c, "hidden_size": 60}, "hidden_size", "60"),  # not a multiple of the 8 heads
+        (lambda c: {**c, "rope_scaling": "dynamic"}, "rope_scaling", "'dynamic'"),
+        (lambda c: {**c, "rope_scaling": {"type": "dynamic"}}, "rope_scaling.factor", "missing"),
+        (lambda c: {**c, "rope_theta": "1e6"}, "rope_theta", "'1e6'"),
+    ],
+)  # fmt: skip
+def test_a_malformed_config_names_the_file_the_field_and_the_value(tmp_path: Path, change: Any, field: str, value: str) -> None:
+    """What a hand-edited or truncated config.json holds: a clear error, never a KeyError or ZeroDivisionError."""
+    from inference import quantize as quantize_module
+    from tests.conftest import make_settings
+
+    folder = tmp_path / "m"
+    folder.mkdir()
+    path = folder / "config.json"
+    path.write_text(json.dumps(change(dict(CONFIG))))
+    with pytest.raises(ConfigError) as caught:
+        internlm2.convert(folder, tmp_path / "out", progress=lambda m: None)
+    message = str(caught.value)
+    assert str(path) in message and field in message and value in message, message
+    assert not (tmp_path / "out").exists()  # refused before anything was written
+    with pytest.raises(ConfigError) as caught:  # and `teambot quantize` refuses it before any work
+        quantize_module.quantize(make_settings(tmp_path / "data", tmp_path / "k"), str(folder), tmp_path / "q", group_size=32, progress=lambda m: None)
+    assert str(path) in str(caught.value) and field in str(caught.value)

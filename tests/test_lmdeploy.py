@@ -78,24 +78,74 @@ INTERNLM2_AUTO_MAP = {"AutoConfig": "configuration_internlm2.InternLM2Config", "
 @pytest.mark.parametrize(
     ("config_key", "setting", "expected"),
     [
-        ("config.json", "auto", True),  # InternLM2's own folder: config and modeling code are remote
-        ("tokenizer_config.json", "auto", True),  # a tokenizer written as code is enough
-        (None, "auto", False),
-        ("config.json", False, False),  # the team said no: lmdeploy will say what it cannot load
-        (None, True, True),
+        ("config.json", None, False),  # the default: no model's code runs
+        ("tokenizer_config.json", None, False),
+        ("config.json", "model", True),  # the setting names this very folder
+        ("config.json", "other", False),  # a setting written for another folder is not inherited
     ],
 )
-def test_remote_code_is_trusted_only_for_a_model_that_ships_code(tmp_path: Path, config_key: str | None, setting: object, expected: bool) -> None:
-    settings = settings_with(tmp_path, trust_remote_code=setting)
+def test_remote_code_is_trusted_only_for_the_folder_the_setting_names(tmp_path: Path, config_key: str, setting: str | None, expected: bool) -> None:
+    named = {"model": tmp_path / "data" / "models" / "internlm2_5-1_8b-chat-w4a16", "other": tmp_path / "other"}.get(setting or "")
+    settings = settings_with(tmp_path, **({"trust_remote_code": str(named)} if named else {}))  # none: the default
     model = awq_model(settings.inference.lmdeploy.model_path, quantized=False)  # type: ignore[arg-type]
-    if config_key:
-        path = model / config_key
-        current = json.loads(path.read_text()) if path.exists() else {}
-        path.write_text(json.dumps({**current, "auto_map": INTERNLM2_AUTO_MAP}))
+    path = model / config_key
+    current = json.loads(path.read_text()) if path.exists() else {}
+    path.write_text(json.dumps({**current, "auto_map": INTERNLM2_AUTO_MAP}))
     command = server_args(settings.inference.lmdeploy, model, model_format(model, "auto"), 23333)
     assert ("--trust-remote-code" in command) is expected
+    from inference.lmdeploy import check_trusted
+
+    if expected:
+        check_trusted(settings.inference.lmdeploy, model)
+    else:
+        with pytest.raises(ConfigError, match="ships Python code of its own") as caught:
+            check_trusted(settings.inference.lmdeploy, model)
+        assert str(model / config_key) in caught.value.message
+        assert "teambot quantize --model" in caught.value.hint  # InternLM2: the conversion needs no code
 
 
+# Stands in for lmdeploy's entry point: records the arguments it was given, then ends (as lmdeploy does on a bad model).
+FAKE_LMDEPLOY_EXITS = "import json, sys\n\ndef run():\n    print('argv', json.dumps(sys.argv), flush=True)\n    sys.exit(1)\n"
+
+
+@pytest.mark.parametrize("setting", [None, "other", "model"])
+async def test_a_model_folders_code_runs_only_when_named_and_never_in_teambots_process(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, setting: str | None
+) -> None:
+    """The tokenizer check loads a tokenizer that is code: by default nothing of it runs and the start is refused
+    with the setting to change; named, it runs in a child that sees none of teambot's secrets."""
+    import inference.lmdeploy
+    from config.errors import TeambotError
+    from tests.remote_code import SECRETS, leaked, read_marker, remote_code_folder
+
+    site = tmp_path / "site"
+    (site / "lmdeploy" / "cli").mkdir(parents=True)
+    (site / "lmdeploy" / "__init__.py").write_text("")
+    (site / "lmdeploy" / "cli" / "__init__.py").write_text(FAKE_LMDEPLOY_EXITS)
+    monkeypatch.syspath_prepend(str(site))
+    monkeypatch.setenv("PYTHONPATH", str(site))
+    monkeypatch.setenv("HF_MODULES_CACHE", str(tmp_path / "hf-modules"))
+    monkeypatch.setattr(inference.lmdeploy, "gpu_problem", lambda: None)  # this machine may have no GPU; nothing here uses one
+    for name, value in SECRETS.items():
+        monkeypatch.setenv(name, value)
+    model, marker = tmp_path / "model", tmp_path / "ran.json"
+    remote_code_folder(model, marker)
+    named = {"model": model, "other": tmp_path / "other"}.get(setting or "")
+    server = make_server(settings_with(tmp_path, model_path=str(model), **({"trust_remote_code": str(named)} if named else {})))
+    if setting != "model":
+        with pytest.raises(ConfigError) as caught:
+            await server.start()
+        assert not marker.exists()  # nothing of the model's code ran
+        assert f"{model / 'tokenizer_config.json'} (auto_map)" in caught.value.message
+        assert f'inference.lmdeploy.trust_remote_code = "{model}"' in caught.value.hint
+        assert not server.log_path.exists()  # lmdeploy was not started
+        return
+    with pytest.raises(TeambotError):  # the stand-in lmdeploy ends at once
+        await server.start()
+    ran = read_marker(marker)
+    assert ran["pid"] != os.getpid() and leaked(ran["environ"]) == []
+    seen = json.loads(server.process.output().split("argv", 1)[1].splitlines()[0])
+    assert "--trust-remote-code" in seen
 @pytest.mark.parametrize(
     ("lmdeploy", "expected"),
     [

@@ -122,3 +122,48 @@ def test_the_command_says_what_is_missing(settings: Settings, tmp_path: Path) ->
     expected = "lmdeploy is not installed" if not lmdeploy_installed() else "quantization needs a CUDA GPU"
     assert expected in result.stderr and "Traceback" not in result.stderr
     assert not (settings.data_dir / "models" / "internlm2_5-1_8b-chat-w4a16").exists()  # nothing half-made is left
+
+
+# Stands in for lmdeploy lite (it needs a CUDA GPU): records what auto_awq was asked, writes a weights file.
+FAKE_CALIBRATE = "def get_calib_loaders(*args, **kwargs):\n    raise RuntimeError('teambot supplies the samples')\n"
+FAKE_AUTO_AWQ = """
+import json, os
+from pathlib import Path
+
+def auto_awq(model, work_dir, **options):
+    Path(work_dir, "model.safetensors").write_bytes(b"0" * 10)
+    Path(work_dir, "auto_awq.json").write_text(json.dumps({"model": model, "pid": os.getpid(), **options}))
+"""
+
+
+def test_a_model_folders_code_runs_only_with_trust_remote_code_and_only_in_a_child(
+    settings: Settings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import inference.quantize
+    from tests.remote_code import SECRETS, leaked, read_marker, remote_code_folder
+
+    site = tmp_path / "site"
+    (site / "lmdeploy" / "lite" / "apis").mkdir(parents=True)
+    for package in ("lmdeploy", "lmdeploy/lite", "lmdeploy/lite/apis"):
+        (site / package / "__init__.py").write_text("")
+    (site / "lmdeploy" / "lite" / "apis" / "calibrate.py").write_text(FAKE_CALIBRATE)
+    (site / "lmdeploy" / "lite" / "apis" / "auto_awq.py").write_text(FAKE_AUTO_AWQ)
+    monkeypatch.syspath_prepend(str(site))
+    monkeypatch.setenv("HF_MODULES_CACHE", str(tmp_path / "hf-modules"))
+    monkeypatch.setattr(inference.quantize, "check_can_quantize", lambda: None)  # this machine may have no GPU; nothing here uses one
+    for name, value in SECRETS.items():
+        monkeypatch.setenv(name, value)
+    model, marker, out = tmp_path / "model", tmp_path / "ran.json", tmp_path / "out"
+    remote_code_folder(model, marker)
+
+    with pytest.raises(ConfigError, match="ships Python code of its own") as caught:
+        quantize(settings, str(model), out, group_size=64, calib_dataset="none", progress=lambda line: None)
+    assert not marker.exists() and not out.exists()  # refused before anything of the model was loaded
+    assert f"{model / 'tokenizer_config.json'} (auto_map)" in caught.value.message and "--trust-remote-code" in caught.value.hint
+
+    result = quantize(settings, str(model), out, group_size=64, calib_dataset="none", trust_remote_code=True, progress=lambda line: None)
+    ran = read_marker(marker)
+    assert ran["pid"] != os.getpid() and leaked(ran["environ"]) == []  # the tokenizer's code ran in a child without the secrets
+    asked = json.loads((out / "auto_awq.json").read_text())
+    assert asked["trust_remote_code"] is True and asked["pid"] == ran["pid"] and asked["w_group_size"] == 64
+    assert result.bytes_after == 10 and "data-free" in result.calibration

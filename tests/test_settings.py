@@ -8,7 +8,7 @@ from typer.testing import CliRunner
 
 from bot.cli import app
 from config.errors import ConfigError
-from config.settings import load_settings
+from config.settings import LMDeploySettings, load_settings
 
 
 def write(path: Path, text: str) -> Path:
@@ -48,10 +48,19 @@ def test_kv_cache_policy_from_the_environment(monkeypatch: pytest.MonkeyPatch, t
     assert load_settings().inference.lmdeploy.quant_policy == expected
 
 
-@pytest.mark.parametrize(("text", "expected"), [("auto", "auto"), ("true", True), ("false", False)])
-def test_trust_remote_code_from_the_environment(monkeypatch: pytest.MonkeyPatch, text: str, expected: object) -> None:
+@pytest.mark.parametrize(("text", "expected"), [("false", None), ("", None), ("~/models/m", Path("~/models/m").expanduser())])
+def test_trust_remote_code_names_a_model_folder(monkeypatch: pytest.MonkeyPatch, text: str, expected: object) -> None:
     monkeypatch.setenv("TEAMBOT_INFERENCE__LMDEPLOY__TRUST_REMOTE_CODE", text)
     assert load_settings().inference.lmdeploy.trust_remote_code == expected
+    assert LMDeploySettings().trust_remote_code is None  # by default no model's code runs
+
+
+@pytest.mark.parametrize("text", ["auto", "true", "1"])
+def test_trust_remote_code_for_any_folder_is_refused(monkeypatch: pytest.MonkeyPatch, text: str) -> None:
+    monkeypatch.setenv("TEAMBOT_INFERENCE__LMDEPLOY__TRUST_REMOTE_CODE", text)
+    with pytest.raises(ConfigError, match="inference.lmdeploy.trust_remote_code") as caught:
+        load_settings()
+    assert "name the model folder whose own code may run" in str(caught.value)
 
 
 def test_an_unknown_kv_cache_policy_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
