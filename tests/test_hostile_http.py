@@ -242,6 +242,47 @@ async def test_a_malformed_slack_timestamp_is_refused_without_a_traceback(served
     assert "Traceback" not in log and "Exception in ASGI application" not in log
 
 
+MALFORMED_SIGNED_BODIES = [  # each signed with the right secret: bolt read them and answered 500 with a traceback
+    ("application/json", b"not json"),
+    ("application/json", b"[]"),
+    ("application/json", b"null"),
+    ("application/json", b'"event_callback"'),
+    ("application/json", b"[" * 100_000),  # deeper than json.loads recurses
+    ("application/json", b'{"type": "event_callback", "event_id": "Ev0MAL1", "event": "app_mention"}'),
+    ("application/json", b'{"type": "event_callback", "event_id": "Ev0MAL2", "event": null}'),
+    ("application/json", b'{"type": "event_callback", "event_id": "Ev0MAL3", "event": {"type": "app_mention"}, "authorizations": "x"}'),
+    ("application/json", b'{"type": "event_callback", "event_id": "Ev0MAL4", "event": {"type": "app_mention"}, "team": ["T1"]}'),
+    ("application/json", b'{"type": "event_callback", "event_id": "Ev0MAL5", "event": {"type": "message", "message": 7}}'),
+    ("application/x-www-form-urlencoded", b"payload=not-json"),
+    ("application/x-www-form-urlencoded", b"payload=%5B1%5D"),
+    ("application/x-www-form-urlencoded", b"payload=%7B%22type%22%3A%22block_actions%22%2C%22actions%22%3A%22x%22%7D"),
+]
+
+
+async def test_a_signed_malformed_slack_body_is_refused_400_without_a_traceback(served: Served, client: httpx.AsyncClient) -> None:
+    """Issue 22.12: through the real slack-bolt, a correctly signed body bolt cannot read."""
+    for content_type, body in MALFORMED_SIGNED_BODIES:
+        response = await client.post("/slack/events", content=body, headers=slack_headers(body, str(int(time.time())), content_type))
+        assert response.status_code == 400, (body[:80], response.status_code, response.text[:200])
+        error = response.json()["error"]
+        assert error.startswith("invalid request: ") and len(error) < 120, error
+    # The service carries on: a well-formed event is still answered.
+    slack = served.fake_slack
+    event = slack.user_message(CHANNEL, "U1", "<@UBOT> Where is the bike room?")
+    body = json.dumps(slack.event_body({**event, "type": "app_mention"}, event_id="Ev0AFTERMAL")).encode()
+    assert (await client.post("/slack/events", content=body, headers=slack_headers(body, str(int(time.time()))))).status_code == 200
+    await async_wait_for(lambda: any(m.get("thread_ts") == event["ts"] for m in slack.messages[CHANNEL]), "the answer after them", timeout=120)
+    # A marker logged after those requests were handled: a wrong sign-in from an address of its own.
+    transport = httpx.AsyncHTTPTransport(local_address="127.0.0.4")
+    async with httpx.AsyncClient(base_url=served.url, transport=transport, timeout=120) as marker:
+        assert (await marker.post("/admin/api/login", json={"password": "marker-guess"})).status_code == 401
+    log = await async_wait_for(
+        lambda: (text := served.log()) and "wrong admin token was given from 127.0.0.4" in text and text, "the marker in the log"
+    )
+    assert "Traceback" not in log and "Exception in ASGI application" not in log and "Failed to run" not in log
+    assert "a signed Slack request was refused: its event is not an object" in log
+
+
 async def test_a_replayed_signed_slash_command_is_answered_once(served: Served, client: httpx.AsyncClient) -> None:
     slack = served.fake_slack
 
