@@ -352,3 +352,34 @@ async def test_the_image_listens_on_all_interfaces_and_its_healthcheck_probes_he
         sys.executable, *command[1:], env={**os.environ, "TEAMBOT_HTTP_PORT": str(closed_port())}, stderr=asyncio.subprocess.DEVNULL
     )
     assert await asyncio.wait_for(down.wait(), 120) != 0
+
+
+def dockerfile_env() -> dict[str, str]:
+    """The environment the image sets (its ENV instructions), by name."""
+    return dict(item.split("=", 1) for item in dockerfile_instruction("ENV").split()[1:])
+
+
+async def test_the_image_serves_the_console_on_a_port_of_its_own(settings: Settings, fake_llm: FakeLLM) -> None:
+    """Issue 22.13: `teambot serve` with the image's settings (its ports swapped for free ones here)
+    serves /admin only on the console's listener, on every interface, and not beside /slack/events."""
+    image = dockerfile_env()
+    assert image["TEAMBOT_CONSOLE__PORT"] != image["TEAMBOT_HTTP_PORT"]
+    taken_from_image = {k: v for k, v in image.items() if k.startswith("TEAMBOT_") and k not in ("TEAMBOT_DATA_DIR", "TEAMBOT_RAG__KNOWLEDGE_DIR")}
+    http_port, console_port = closed_port(), closed_port()
+    env = process_env(
+        settings, TEAMBOT_INFERENCE__BACKEND="external", TEAMBOT_INFERENCE__BASE_URL=fake_llm.base_url, TEAMBOT_ADMIN_TOKEN=ADMIN_TOKEN
+    )
+    env.update(taken_from_image, TEAMBOT_HTTP_PORT=str(http_port), TEAMBOT_CONSOLE__PORT=str(console_port))
+    process, url, stderr = await start_serve(env)
+    try:
+        assert f"Admin console at http://0.0.0.0:{console_port}/admin" in "".join(stderr)
+        async with httpx.AsyncClient(timeout=120) as http:
+            assert "checks" in (await http.get(f"http://127.0.0.1:{http_port}/healthz")).json()  # served here (503 only for lack of an index)
+            for path in ("/admin", "/admin/api/login"):
+                assert (await http.get(f"http://127.0.0.1:{http_port}{path}")).status_code == 404, path
+            assert (await http.get(f"http://127.0.0.1:{console_port}/admin")).status_code == 200
+            login = await http.post(f"http://127.0.0.1:{console_port}/admin/api/login", json={"password": ADMIN_TOKEN})
+            assert login.status_code == 200, login.text
+    finally:
+        process.terminate()
+        await asyncio.wait_for(process.wait(), 120)
