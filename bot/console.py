@@ -32,7 +32,7 @@ from starlette.routing import BaseRoute, Route
 
 from bot.answer_log import AnswerLog
 from bot.answering import AnswerFlow, AnswerRequest, error_text
-from bot.console_guard import Refused, RequestCheck, SignInThrottle, allowed_hosts, check_admin_token
+from bot.console_guard import ClientAddress, Refused, RequestCheck, SignInThrottle, allowed_hosts, check_admin_token
 from bot.core import AnswerDone, AnswerEvidence
 from bot.http_server import Limit
 from bot.platform_state import ConsoleSessions, session_key
@@ -100,6 +100,7 @@ class Console:
         self._sessions = sessions  # in the state database: a browser's next request may reach any replica
         self._session_key = session_key(self._token)  # sessions signed in with another token are not valid here
         self._throttle = SignInThrottle()
+        self._client = ClientAddress.trusting(settings)  # X-Forwarded-For only from console.trusted_proxies
         self._check = RequestCheck(allowed_hosts(settings))
         self._page = files("bot").joinpath("console.html").read_text(encoding="utf-8")
 
@@ -127,7 +128,7 @@ class Console:
         return HTMLResponse(self._page, headers={"Cache-Control": "no-store", "X-Frame-Options": "DENY"})
 
     async def login(self, request: Request) -> Response:
-        client = request.client.host if request.client else "?"
+        client = self._client.of(request)
         self._throttle.take(client)  # before the body is read
         try:
             password = str((await request.json()).get("password", ""))
