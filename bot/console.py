@@ -7,7 +7,9 @@ and scores), and read recent questions with their 👍/👎 votes. Without the t
 does not start: /admin says how to turn it on.
 
 Sessions: a random id in an HttpOnly, SameSite=Strict cookie, valid for
-``console.session_hours``, kept (hashed) in the state database so that any replica knows it. Every request is checked first (bot.console_guard): its Host, and for
+``console.session_hours``, kept in the state database so that any replica knows it, as a MAC keyed
+by the admin token: a new token ends every session (bot.platform_state). Every request is checked
+first (bot.console_guard): its Host, and for
 changes its Origin and Content-Type; sign-in attempts are throttled per address.
 """
 
@@ -30,10 +32,10 @@ from starlette.routing import BaseRoute, Route
 
 from bot.answer_log import AnswerLog
 from bot.answering import AnswerFlow, AnswerRequest, error_text
-from bot.console_guard import Refused, RequestCheck, SignInThrottle, allowed_hosts, check_admin_token
+from bot.console_guard import ClientAddress, Refused, RequestCheck, SignInThrottle, allowed_hosts, check_admin_token
 from bot.core import AnswerDone, AnswerEvidence
 from bot.http_server import Limit
-from bot.platform_state import ConsoleSessions
+from bot.platform_state import ConsoleSessions, session_key
 from config.errors import ConfigError, TeambotError
 from config.settings import DEFAULT_COLLECTION, SECRET_ENV, Settings, check_collection_name
 from rag.operations.desk import KnowledgeDesk, UploadError
@@ -96,7 +98,9 @@ class Console:
         self._answers = answers
         self._token = check_admin_token(settings)
         self._sessions = sessions  # in the state database: a browser's next request may reach any replica
+        self._session_key = session_key(self._token)  # sessions signed in with another token are not valid here
         self._throttle = SignInThrottle()
+        self._client = ClientAddress.trusting(settings)  # X-Forwarded-For only from console.trusted_proxies
         self._check = RequestCheck(allowed_hosts(settings))
         self._page = files("bot").joinpath("console.html").read_text(encoding="utf-8")
 
@@ -124,7 +128,7 @@ class Console:
         return HTMLResponse(self._page, headers={"Cache-Control": "no-store", "X-Frame-Options": "DENY"})
 
     async def login(self, request: Request) -> Response:
-        client = request.client.host if request.client else "?"
+        client = self._client.of(request)
         self._throttle.take(client)  # before the body is read
         try:
             password = str((await request.json()).get("password", ""))
@@ -135,7 +139,7 @@ class Console:
             return _error(f"wrong admin token: use the value of {SECRET_ENV['admin_token']} that teambot was started with", 401)
         self._throttle.succeeded(client)
         try:
-            session = await asyncio.to_thread(self._sessions.start, self._settings.console.session_hours * 3600)
+            session = await asyncio.to_thread(self._sessions.start, self._session_key, self._settings.console.session_hours * 3600)
         except TeambotError as exc:
             return _error(error_text(exc), 503)
         response = JSONResponse({"ok": True})
@@ -146,7 +150,7 @@ class Console:
         return response
 
     async def logout(self, request: Request) -> Response:
-        await asyncio.to_thread(self._sessions.end, request.cookies.get(COOKIE, ""))
+        await asyncio.to_thread(self._sessions.end, self._session_key, request.cookies.get(COOKIE, ""))
         response = JSONResponse({"ok": True})
         response.delete_cookie(COOKIE, path="/admin")
         return response
@@ -167,7 +171,7 @@ class Console:
     def _signed_in(self, handler: Handler) -> Handler:
         async def guarded(request: Request) -> Response:
             try:
-                if not await asyncio.to_thread(self._sessions.valid, request.cookies.get(COOKIE, "")):
+                if not await asyncio.to_thread(self._sessions.valid, self._session_key, request.cookies.get(COOKIE, "")):
                     return _error("sign in first (your session ended or was never started)", 401)
                 return await handler(request)
             except (UploadError, ConfigError) as exc:  # a refused file, a bad collection name: the request's fault

@@ -1,10 +1,13 @@
 """What the admin console checks before a request reaches its handler: the Host it was sent to
 (against DNS rebinding), the Origin of a state-changing request and its Content-Type (against
 cross-site requests, which SameSite cookies alone do not stop), and how often one address may
-try to sign in (a token bucket, so that parallel guesses are refused, not just slowed)."""
+try to sign in (a token bucket, so that parallel guesses are refused, not just slowed), counted per
+client address: the connecting one, or X-Forwarded-For's only from a proxy in console.trusted_proxies
+(anyone else could name a new address in every guess)."""
 
 from __future__ import annotations
 
+import ipaddress
 import math
 import socket
 import time
@@ -84,6 +87,35 @@ def _host_name(host: str) -> str:
         return (urlsplit(f"//{host}").hostname or "").lower()
     except ValueError:  # a malformed port or IPv6 literal
         return ""
+
+
+@dataclass(frozen=True)
+class ClientAddress:
+    """Where a request comes from: the connecting address, or, when that is one of the trusted
+    proxies, the last address in X-Forwarded-For that is not (proxies append what connected to them)."""
+
+    proxies: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]
+
+    @classmethod
+    def trusting(cls, settings: Settings) -> ClientAddress:
+        return cls(tuple(ipaddress.ip_network(p, strict=False) for p in settings.console.trusted_proxies))
+
+    def of(self, request: Request) -> str:
+        peer = request.client.host if request.client else "?"
+        if not self._trusted(peer):
+            return peer
+        forwarded = [a.strip() for v in request.headers.getlist("x-forwarded-for") for a in v.split(",") if a.strip()]
+        for address in reversed(forwarded):
+            if not self._trusted(address):
+                return address
+        return forwarded[0] if forwarded else peer
+
+    def _trusted(self, address: str) -> bool:
+        try:
+            ip = ipaddress.ip_address(address)
+        except ValueError:
+            return False
+        return any(ip in network for network in self.proxies)
 
 
 class SignInThrottle:

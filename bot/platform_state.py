@@ -4,7 +4,10 @@
 - ``SeenOnce``: keys already handled (Slack's event ids, signed requests), each for a time to
   live, so that a retry delivered to another replica is not answered again;
 - ``ConsoleSessions``: signed-in console sessions, so a load balancer may send a browser's next
-  request to any replica. Only a hash of each session id is stored.
+  request to any replica. Only a MAC of each session id is stored, keyed by a key derived from
+  the admin token (``session_key``): a session is valid only where teambot runs with the token
+  it was signed in with, so changing the token ends every session on every replica, and the
+  stored rows neither reveal the token nor let anyone who reads them make a session.
 
 Times are the database's clock (``Database.now``), one clock for every replica.
 """
@@ -13,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import hmac
 import logging
 import secrets
 from pathlib import Path
@@ -30,7 +34,7 @@ CREATE TABLE IF NOT EXISTS seen_once (
 );
 CREATE INDEX IF NOT EXISTS seen_once_by_expiry ON seen_once (expires_at);
 CREATE TABLE IF NOT EXISTS console_sessions (
-    id_sha256  TEXT PRIMARY KEY,   -- of the session id the browser's cookie holds
+    id_sha256  TEXT PRIMARY KEY,   -- HMAC-SHA256 of the session id the browser's cookie holds, keyed by session_key(admin token)
     expires_at REAL NOT NULL
 );
 """,
@@ -84,28 +88,37 @@ async def claim_once(seen: SeenOnce, key: str, ttl_s: float) -> bool:
         return True
 
 
+def session_key(admin_token: bytes) -> bytes:
+    """The key console sessions are bound to: derived from the admin token (which is never stored),
+    the same on every replica started with that token, another with any other."""
+    return hmac.new(admin_token, b"teambot console sessions v1", hashlib.sha256).digest()
+
+
 class ConsoleSessions:
+    """Console sessions, each bound to the ``key`` (``session_key`` of the admin token) it was started with."""
+
     def __init__(self, db: Database) -> None:
         self._db = db
 
-    def start(self, ttl_s: float) -> str:
-        """A new session id, valid for ``ttl_s`` on every replica; expired sessions are deleted."""
+    def start(self, key: bytes, ttl_s: float) -> str:
+        """A new session id, valid for ``ttl_s`` on every replica that has ``key``; expired sessions are deleted."""
         session = secrets.token_urlsafe(32)
         with self._db.write() as tx:
             tx.execute(f"DELETE FROM console_sessions WHERE expires_at < {self._db.now}")
-            tx.execute(f"INSERT INTO console_sessions VALUES (?, {self._db.now} + ?)", (_sha256(session), ttl_s))
+            tx.execute(f"INSERT INTO console_sessions VALUES (?, {self._db.now} + ?)", (_mac(key, session), ttl_s))
         return session
 
-    def valid(self, session: str) -> bool:
+    def valid(self, key: bytes, session: str) -> bool:
+        """Whether ``session`` was started with ``key`` and has not expired or ended."""
         if not session:
             return False
-        rows = self._db.read(f"SELECT 1 FROM console_sessions WHERE id_sha256 = ? AND expires_at > {self._db.now}", (_sha256(session),))
+        rows = self._db.read(f"SELECT 1 FROM console_sessions WHERE id_sha256 = ? AND expires_at > {self._db.now}", (_mac(key, session),))
         return bool(rows)
 
-    def end(self, session: str) -> None:
+    def end(self, key: bytes, session: str) -> None:
         with self._db.write() as tx:
-            tx.execute("DELETE FROM console_sessions WHERE id_sha256 = ?", (_sha256(session),))
+            tx.execute("DELETE FROM console_sessions WHERE id_sha256 = ?", (_mac(key, session),))
 
 
-def _sha256(text: str) -> str:
-    return hashlib.sha256(text.encode()).hexdigest()
+def _mac(key: bytes, session: str) -> str:
+    return hmac.new(key, session.encode(), hashlib.sha256).hexdigest()

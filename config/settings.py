@@ -9,6 +9,7 @@ Relative paths are taken from the directory teambot is started in.
 from __future__ import annotations
 
 import os
+import ipaddress
 import re
 import tomllib
 from pathlib import Path
@@ -328,6 +329,20 @@ class ConsoleSettings(_Section):
     machine's name and the host it listens on: add the public name a proxy serves it under ("*": any)."""
     max_request_kb: int = Field(64, ge=1, le=1024 * 1024)
     """The largest console request body (sign-in, questions) but uploads, which rag.max_file_mb limits."""
+    trusted_proxies: list[str] = []
+    """Addresses or networks (10.0.0.5, 10.0.0.0/8, ::1) of the reverse proxies in front of teambot:
+    only a request from one of them has its client address read from X-Forwarded-For (for the sign-in
+    throttle). Empty: X-Forwarded-For is ignored and the throttle counts the connecting address."""
+
+    @field_validator("trusted_proxies")
+    @classmethod
+    def _proxy_networks(cls, value: list[str]) -> list[str]:
+        for proxy in value:
+            try:
+                ipaddress.ip_network(proxy.strip(), strict=False)
+            except ValueError:
+                raise ValueError(f"{proxy!r} is not an IP address or network: write e.g. 127.0.0.1, 10.0.0.0/8 or ::1") from None
+        return [proxy.strip() for proxy in value]
 
     @field_validator("allowed_hosts")
     @classmethod

@@ -37,7 +37,7 @@ def indexed_copy(indexed: Settings, tmp_path: Path) -> tuple[Path, Path]:
 
 
 def console_settings(data: Path, knowledge: Path, llm_url: str, **extra: Any) -> Settings:
-    secrets = {} if extra.pop("no_token", False) else {"TEAMBOT_ADMIN_TOKEN": ADMIN_TOKEN}
+    secrets = {} if extra.pop("no_token", False) else {"TEAMBOT_ADMIN_TOKEN": extra.pop("TEAMBOT_ADMIN_TOKEN", ADMIN_TOKEN)}
     rag = {"max_file_mb": 0.05, **extra.pop("rag", {})}
     return make_settings(data, knowledge, inference={"backend": "external", "base_url": llm_url}, http_port=0, rag=rag, **secrets, **extra)
 
@@ -193,6 +193,33 @@ async def test_a_bad_question_request_is_refused_clearly(settings: Settings, fak
         await sign_in(client)
         response = await client.post("/admin/api/ask", content=body, headers={"Content-Type": "application/json"})
         assert response.status_code == 400 and response.json()["error"]
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+async def test_a_new_admin_token_ends_the_old_tokens_sessions(settings: Settings, fake_llm: FakeLLM, backend: str, request: pytest.FixtureRequest) -> None:
+    """Issue 22.7: teambot restarted with another TEAMBOT_ADMIN_TOKEN refuses the sessions signed in
+    with the old one, with the state in the data dir or shared by the replicas in PostgreSQL."""
+    shared = {"state_url": request.getfixturevalue("state_url")} if backend == "postgresql" else {}
+    old_token, new_token = ADMIN_TOKEN, "console-test-token-rotated-7a3c"
+
+    def with_token(token: str) -> Settings:
+        return console_settings(settings.data_dir, settings.rag.knowledge_dir, fake_llm.base_url, TEAMBOT_ADMIN_TOKEN=token, **shared)
+
+    async with serving(with_token(old_token)) as (_, client):
+        await sign_in(client)
+        old_session = {"Cookie": f"teambot_console={client.cookies['teambot_console']}"}
+        assert (await client.get("/admin/api/session", headers=old_session)).status_code == 200
+    async with serving(with_token(old_token)) as (_, client):  # a restart with the same token keeps the session
+        assert (await client.get("/admin/api/session", headers=old_session)).status_code == 200
+    async with serving(with_token(new_token)) as (_, client):
+        client.cookies.clear()
+        refused = await client.get("/admin/api/session", headers=old_session)
+        assert refused.status_code == 401 and "sign in first" in refused.json()["error"]
+        assert (await client.post("/admin/api/login", json={"password": old_token})).status_code == 401
+        assert (await client.post("/admin/api/login", json={"password": new_token})).status_code == 200
+        assert (await client.get("/admin/api/session")).status_code == 200
+    log = (settings.data_dir / "logs" / "teambot.log").read_text() if (settings.data_dir / "logs" / "teambot.log").exists() else ""
+    assert old_token not in log and new_token not in log
 
 
 async def test_a_short_admin_token_is_refused_at_start(settings: Settings, fake_llm: FakeLLM) -> None:

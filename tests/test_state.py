@@ -6,6 +6,7 @@ and shared uploads; and the interface itself (migrations, the cross-process lock
 from __future__ import annotations
 
 import hashlib
+import hmac
 import threading
 import time
 from collections.abc import Callable
@@ -15,7 +16,7 @@ import pytest
 
 from bot.answer_log import AnswerLog
 from bot.core import AnswerDone
-from bot.platform_state import PlatformState
+from bot.platform_state import PlatformState, session_key
 from config.errors import StoreError
 from rag.operations.lease import IndexLease, read_lease
 from rag.operations.run_history import RunHistory
@@ -148,15 +149,33 @@ def test_event_ids_are_claimed_once_until_they_expire(open_db: Open) -> None:
 
 def test_console_sessions_are_known_to_every_replica_and_stored_hashed(open_db: Open) -> None:
     one, other = PlatformState(open_db(PlatformState)), PlatformState(open_db(PlatformState))
+    key = session_key(b"an-admin-token-of-length")
     try:
-        session = one.sessions.start(3600)
-        assert other.sessions.valid(session) and not other.sessions.valid("forged") and not other.sessions.valid("")
+        session = one.sessions.start(key, 3600)
+        assert other.sessions.valid(key, session) and not other.sessions.valid(key, "forged") and not other.sessions.valid(key, "")
         stored = [row["id_sha256"] for row in one.db.read("SELECT id_sha256 FROM console_sessions")]
-        assert stored == [hashlib.sha256(session.encode()).hexdigest()]  # not the id itself
-        other.sessions.end(session)
-        assert not one.sessions.valid(session)
-        short = one.sessions.start(0.3)
-        wait_for(lambda: not other.sessions.valid(short), "the session to expire", timeout=30, every=0.05)
+        assert stored == [hmac.new(key, session.encode(), hashlib.sha256).hexdigest()]  # not the id itself
+        other.sessions.end(key, session)
+        assert not one.sessions.valid(key, session)
+        short = one.sessions.start(key, 0.3)
+        wait_for(lambda: not other.sessions.valid(key, short), "the session to expire", timeout=30, every=0.05)
+    finally:
+        one.close()
+        other.close()
+
+
+def test_a_console_session_is_valid_only_with_the_admin_token_it_was_started_with(open_db: Open) -> None:
+    """Issue 22.7: a replica started with a new admin token refuses every session of the old one."""
+    old_token, new_token = b"the-old-admin-token-1234", b"the-new-admin-token-5678"
+    one, other = PlatformState(open_db(PlatformState)), PlatformState(open_db(PlatformState))
+    try:
+        session = one.sessions.start(session_key(old_token), 3600)
+        assert other.sessions.valid(session_key(old_token), session)
+        assert not other.sessions.valid(session_key(new_token), session)
+        assert not one.sessions.valid(session_key(new_token), session)
+        stored = " ".join(row["id_sha256"] for row in one.db.read("SELECT id_sha256 FROM console_sessions"))
+        for secret in (old_token, hashlib.sha256(old_token).hexdigest().encode(), session_key(old_token).hex().encode(), session.encode()):
+            assert secret.decode() not in stored
     finally:
         one.close()
         other.close()

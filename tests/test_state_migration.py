@@ -11,7 +11,7 @@ import pytest
 
 from bot.answer_log import AnswerLog
 from bot.core import AnswerDone
-from bot.platform_state import PlatformState
+from bot.platform_state import PlatformState, session_key
 from bot.runtime import knowledge_runtime
 from config.errors import ConfigError
 from config.settings import Settings
@@ -21,6 +21,7 @@ from tests.conftest import EXAMPLES, indexed_copy, make_settings
 from tests.test_cli import run, teambot_env
 from tests.test_indexer import assert_consistent
 
+SESSION_KEY = session_key(b"migration-test-admin-token")
 DONE = AnswerDone("In the basement [1].", [], [1], True)
 
 
@@ -38,7 +39,7 @@ def test_a_data_dir_moves_into_postgresql_and_is_served_from_there(indexed_setti
     log.vote(answer, "U2", "down")
     log.close()
     platform = PlatformState(PlatformState.database(None, data))
-    session = platform.sessions.start(3600)
+    session = platform.sessions.start(SESSION_KEY, 3600)
     platform.close()
 
     moved = run(["state", "migrate", "--to", state_url], teambot_env(settings))
@@ -59,7 +60,7 @@ def test_a_data_dir_moves_into_postgresql_and_is_served_from_there(indexed_setti
         assert (report.added, report.updated, report.deleted, report.unchanged) == (0, 0, 0, len(documents))  # nothing embedded again
         assert_consistent(runtime, "default")
         assert [(a.id, a.down) for a in runtime.answers.recent()] == [(answer, 1)]  # type: ignore[union-attr]
-        assert runtime.platform.sessions.valid(session)  # type: ignore[union-attr]
+        assert runtime.platform.sessions.valid(SESSION_KEY, session)  # type: ignore[union-attr]
         [waiting] = runtime.history.waiting()
         assert waiting.trigger == "console"
         assert runtime.history.request("cli").id == waiting.id + 1  # ids continue after the copied ones
