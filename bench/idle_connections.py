@@ -46,7 +46,10 @@ async def serve(tree: Path, work: Path, fake_llm: FakeLLM) -> tuple[asyncio.subp
     knowledge = work / "knowledge"
     knowledge.mkdir(parents=True)
     shutil.copy(EXAMPLE, knowledge)
-    env = process_env(bench_settings(work, knowledge), TEAMBOT_INFERENCE__BACKEND="external", TEAMBOT_INFERENCE__BASE_URL=fake_llm.base_url)
+    env = process_env(
+        bench_settings(work, knowledge), TEAMBOT_INFERENCE__BACKEND="external", TEAMBOT_INFERENCE__BASE_URL=fake_llm.base_url,
+        TEAMBOT_ADMIN_TOKEN="bench-idle-admin-token-5d1c",
+    )
     env["PYTHONPATH"] = str(tree)
     process, url, _ = await start_serve(env)
     return process, url

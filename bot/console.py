@@ -145,7 +145,7 @@ class Console:
         response = JSONResponse({"ok": True})
         response.set_cookie(
             COOKIE, session, max_age=int(self._settings.console.session_hours * 3600),
-            httponly=True, samesite="strict", path="/admin", secure=request.url.scheme == "https",
+            httponly=True, samesite="strict", path="/admin", secure=self._client.scheme(request) == "https",
         )  # fmt: skip
         return response
 

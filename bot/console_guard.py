@@ -110,6 +110,12 @@ class ClientAddress:
                 return address
         return forwarded[0] if forwarded else peer
 
+    def scheme(self, request: Request) -> str:
+        """http or https as the browser sees it: X-Forwarded-Proto's from a trusted proxy (one that ends TLS), else the connection's."""
+        peer = request.client.host if request.client else "?"
+        forwarded = request.headers.get("x-forwarded-proto", "").split(",")[-1].strip().lower()
+        return forwarded if self._trusted(peer) and forwarded in ("http", "https") else request.url.scheme
+
     def _trusted(self, address: str) -> bool:
         try:
             ip = ipaddress.ip_address(address)

@@ -24,11 +24,13 @@ import resource
 import socket
 import time
 from dataclasses import dataclass, field
+from collections.abc import Callable
 from typing import Any, NamedTuple
 
 import uvicorn
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
+from starlette.requests import ClientDisconnect
 from starlette.routing import BaseRoute
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
@@ -40,6 +42,7 @@ log = logging.getLogger(__name__)
 START_TIMEOUT_S = 15.0
 LINGER_S = 2.0  # how long a closed connection still takes (and drops) what its client sends
 RESERVED_FILES = 256  # descriptors kept for teambot's own files (Chroma, logs, models, its HTTP clients)
+ACCEPT_BURST = 16  # the listen backlog: asyncio accepts this many at once, before any is counted (a flood: a few bursts)
 LOG_EVERY_S = 60.0  # a repeated connection problem is logged at most this often
 
 
@@ -102,6 +105,8 @@ class LimitBodies:
 
         try:
             await self._app(scope, counting_receive, watching_send)
+        except ClientDisconnect:
+            pass  # the client left, or was closed for a body that stopped (408): nobody to answer
         except BodyTooLarge:
             if started:
                 raise
@@ -132,8 +137,8 @@ class LingeringClose:
     the kernel reset the connection and drop what is not yet sent, so a client uploading an
     oversized body would often get "connection reset" instead of its 413."""
 
-    def __init__(self, transport: asyncio.Transport, protocol: asyncio.Protocol) -> None:
-        self._transport, self._protocol = transport, protocol
+    def __init__(self, transport: asyncio.Transport, protocol: asyncio.Protocol, on_linger: Callable[[], None] = lambda: None) -> None:
+        self._transport, self._protocol, self._on_linger = transport, protocol, on_linger
         self._closing = False
         self.lingers = True  # off while the server shuts down: it closes at once then
 
@@ -158,6 +163,12 @@ class LingeringClose:
         transport.set_protocol(_Draining(transport, self._protocol))
         transport.write_eof()  # FIN once what is buffered is sent
         transport.resume_reading()
+        self._on_linger()
+
+    def close_now(self) -> None:
+        """Closes the connection at once, lingering or not (its descriptor is wanted)."""
+        self._closing = True
+        self._transport.close()
 
 
 class _Draining(asyncio.Protocol):
@@ -202,8 +213,9 @@ class ConnectionLimits:
     """What clients may hold of the HTTP server, shared by its listeners: open connections (file
     descriptors), the time to send a request head, the longest pause in a request body.
 
-    At the cap, the connection that has waited longest without a request (opened and silent, or
-    kept alive after its answer) is closed to make room: a flood of idle connections then pushes
+    At the cap, a connection already answered and closed but still lingering goes first, else the
+    one that has waited longest without a request (opened and silent, or kept alive after its
+    answer) is closed to make room: a flood of idle connections then pushes
     out its own, and a real request (whose head comes at once) still gets in. Only when every open
     connection is in a request is a new one answered 503."""
 
@@ -212,6 +224,7 @@ class ConnectionLimits:
     body_timeout_s: float
     open: int = 0
     idle: dict[TeambotHttp, None] = field(default_factory=dict)  # open connections without a request, oldest first
+    closing: dict[TeambotHttp, None] = field(default_factory=dict)  # answered and closed, lingering (LingeringClose)
     refused: EveryMinute = field(default_factory=lambda: EveryMinute(
         "HTTP connection refused (503): %d are open and all in a request, http_max_connections allows %d; "
         "raise TEAMBOT_HTTP_MAX_CONNECTIONS if these are real clients"))
@@ -223,18 +236,21 @@ class ConnectionLimits:
     def fit_open_files(self) -> None:
         """Lowers ``max_connections`` to what the process's open-file limit leaves beside teambot's own files."""
         soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
-        room = max(16, soft - RESERVED_FILES) if soft != resource.RLIM_INFINITY else self.max_connections
+        room = max(16, soft - RESERVED_FILES - 4 * ACCEPT_BURST) if soft != resource.RLIM_INFINITY else self.max_connections
         if self.max_connections > room:
             log.warning(
                 "http_max_connections = %d does not fit the open-file limit of %d (ulimit -n, systemd's LimitNOFILE) beside "
-                "teambot's own %d: at most %d connections are taken; raise the limit or lower TEAMBOT_HTTP_MAX_CONNECTIONS",
-                self.max_connections, soft, RESERVED_FILES, room,
+                "teambot's own %d files and %d being accepted: at most %d connections are taken; raise the limit or lower "
+                "TEAMBOT_HTTP_MAX_CONNECTIONS", self.max_connections, soft, RESERVED_FILES, ACCEPT_BURST, room,
             )
             self.max_connections = room
 
     def make_room(self) -> bool:
         """Whether one more connection may open: under the cap, or once the longest idle one is closed."""
         if self.open < self.max_connections:
+            return True
+        if self.closing:
+            next(iter(self.closing)).close_now()
             return True
         if not self.idle:
             self.refused.note(self.open, self.max_connections)
@@ -273,7 +289,7 @@ class TeambotHttp(HttpToolsProtocol):  # type: ignore[misc]
             return
         self._taken = self._counted = True
         self._limits.open += 1
-        super().connection_made(LingeringClose(transport, self))
+        super().connection_made(LingeringClose(transport, self, self._lingering))
         self._wait_for_request()
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -288,11 +304,17 @@ class TeambotHttp(HttpToolsProtocol):  # type: ignore[misc]
         """Closes this connection without lingering, and stops counting it at once (its descriptor goes now)."""
         self._uncount()
         self._forget_deadline()
-        self.transport.lingers = False
-        self.transport.close()
+        self.transport.close_now()
+
+    def _lingering(self) -> None:
+        self._forget_deadline()
+        self._limits.idle.pop(self, None)
+        if self._counted:
+            self._limits.closing[self] = None
 
     def _uncount(self) -> None:
         self._limits.idle.pop(self, None)
+        self._limits.closing.pop(self, None)
         if self._counted:
             self._counted = False
             self._limits.open -= 1
@@ -388,7 +410,9 @@ class HttpServer:
         self._host, self._port, self._where = host, port, where
         app = Starlette(routes=routes, middleware=[Middleware(LimitBodies, limits=limits)])
         protocol = functools.partial(TeambotHttp, limits=connections)
-        self._config = uvicorn.Config(app, http=protocol, log_level="warning", lifespan="off", access_log=False)  # type: ignore[arg-type]
+        # proxy_headers off: uvicorn would take X-Forwarded-For/-Proto from any local client; the console reads
+        # them only from console.trusted_proxies (bot/console_guard.py).
+        self._config = uvicorn.Config(app, http=protocol, proxy_headers=False, backlog=ACCEPT_BURST, log_level="warning", lifespan="off", access_log=False)  # type: ignore[arg-type]
         self._server = uvicorn.Server(self._config)
         self._socket: socket.socket | None = None
         self._task: asyncio.Task[None] | None = None

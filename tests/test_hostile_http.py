@@ -179,11 +179,6 @@ async def test_parallel_wrong_sign_ins_are_refused_429_per_address(served: Serve
         assert (await other.post("/admin/api/login", json={"password": ADMIN_TOKEN})).status_code == 200
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="needs uvicorn's own X-Forwarded-For handling off (proxy_headers=False in bot/http_server.py's uvicorn.Config), "
-    "left to the change that owns that file; with it this passes. Remove this mark then.",
-)
 async def test_forwarded_for_from_an_untrusted_address_does_not_dodge_the_sign_in_throttle(served: Served) -> None:
     """Issue 22.11: from 127.0.0.1 (uvicorn trusted it as a proxy), each guess naming another
     X-Forwarded-For address had a bucket of its own; console.trusted_proxies is empty here."""
