@@ -41,6 +41,10 @@ class FakeLLM:
         self.requests: list[dict] = []
         self.script: deque[Reply] = deque()
         self.streams_open = 0
+        self.models_asked = 0
+        # Like llama-cpp-python's server: one request at a time (its /v1/models waits for the model's
+        # lock, which a streaming answer holds).
+        self.one_at_a_time = False
         self._lock = threading.Lock()
         self._server: Any = None
         self._thread: threading.Thread | None = None
@@ -65,6 +69,10 @@ class FakeLLM:
             stop_server(self._server, self._thread)
 
     async def _models(self, request: Request) -> Response:
+        with self._lock:
+            self.models_asked += 1
+        while self.one_at_a_time and self.streams_open:
+            await asyncio.sleep(0.01)
         return JSONResponse({"object": "list", "data": [{"id": MODEL, "object": "model", "owned_by": "tests"}]})
 
     async def _chat(self, request: Request) -> Response:
