@@ -223,7 +223,6 @@ async def test_healthz_says_hung_while_requests_wait_without_progress_and_health
             await async_wait_for(lambda: fake_llm.streams_open == 1, "the answer to start streaming")
             deadline = time.monotonic() + 120
             while (health := await client.get("/healthz")).status_code == 200:
-                assert health.json()["checks"]["llm"]["state"] == "busy", health.text
                 assert time.monotonic() < deadline, "/healthz did not say the silent LLM server hung"
                 await asyncio.sleep(0.2)
             llm = health.json()["checks"]["llm"]
