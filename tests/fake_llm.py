@@ -34,6 +34,7 @@ class Reply:
     tokens: list[str] = field(default_factory=lambda: ["Hello", " from", " the", " fake", " [1]", "."])
     hold: threading.Event | None = None  # set by the test to let the stream finish
     never_finish: bool = False  # stream one token, then nothing until the client gives up
+    token_delay_s: float = 0.0  # before each token: a model generating at that pace
 
 
 class FakeLLM:
@@ -89,6 +90,8 @@ class FakeLLM:
             self.streams_open += 1
         try:
             for k, token in enumerate(reply.tokens):
+                if reply.token_delay_s:
+                    await asyncio.sleep(reply.token_delay_s)
                 yield _event({"choices": [{"index": 0, "delta": {"content": token}, "finish_reason": None}]})
                 if k == 0 and reply.never_finish:
                     await asyncio.Event().wait()
