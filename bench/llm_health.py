@@ -116,7 +116,10 @@ async def serving(tree: Path, work: Path, **env: str) -> tuple[Any, httpx.AsyncC
     serve, url, _ = await start_serve(environ)
     client = httpx.AsyncClient(base_url=url, timeout=600)
     assert (await client.post("/admin/api/login", json={"password": ADMIN_TOKEN})).status_code == 200
-    assert await ask(client, QUESTIONS[0]) == "done"  # the first index run, then a first answer
+    deadline = time.monotonic() + 300
+    while await ask(client, QUESTIONS[0]) != "done":  # the first index run, then a first answer
+        assert time.monotonic() < deadline, f"{tree}: no first answer within 300 s"
+        await asyncio.sleep(0.5)
     return serve, client
 
 
