@@ -21,6 +21,7 @@ from bot.metrics import Metrics
 from bot.platform_state import PlatformState
 from config.errors import ConfigError
 from config.settings import Settings
+from inference.activity import LLMActivity
 from inference.client import ChatClient, Endpoint
 from inference.process import Progress
 from inference.server import LLMServer, make_server
@@ -57,6 +58,7 @@ class Runtime:
     server: LLMServer | None = None
     supervisor: ServerSupervisor | None = None  # serving with a server teambot started
     endpoint: Endpoint | None = None
+    activity: LLMActivity | None = None  # with the LLM: its requests in flight and whether they progress
     engine: AnswerEngine | None = None
     flow: AnswerFlow | None = None
 
@@ -148,8 +150,9 @@ async def open_runtime(settings: Settings, *, with_llm: bool, serving: bool = Fa
             runtime.endpoint = await runtime.server.start(progress)
             await warm_up
             inference = settings.inference
+            runtime.activity = LLMActivity(inference.hang_timeout_s)
             if serving and isinstance(runtime.server, SupervisedServer):
-                runtime.supervisor = ServerSupervisor(runtime.server, inference)
+                runtime.supervisor = ServerSupervisor(runtime.server, inference, runtime.activity)
                 runtime.supervisor.start()
             client = ChatClient(
                 runtime.endpoint,
@@ -158,6 +161,7 @@ async def open_runtime(settings: Settings, *, with_llm: bool, serving: bool = Fa
                 temperature=inference.temperature,
                 max_tokens=inference.max_tokens,
                 unavailable=runtime.supervisor.unavailable if runtime.supervisor else None,
+                activity=runtime.activity,
             )
             runtime.engine = AnswerEngine(runtime.retriever, client, settings.bot)
             runtime.flow = AnswerFlow(runtime.engine, runtime.answers, runtime.metrics)

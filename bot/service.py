@@ -11,7 +11,7 @@ import socket
 from typing import TYPE_CHECKING, Any
 
 from bot.console import console_body_limits, console_routes
-from bot.health import health_route
+from bot.health import LLMProbe, health_route
 from bot.http_server import BodyLimits, ConnectionLimits, HttpServer, Limit
 from bot.runtime import Runtime
 from rag.operations.scheduler import IndexScheduler
@@ -36,6 +36,7 @@ class Service:
         self.console_http: HttpServer | None = None  # the console's own listener, when console.port is set
         self.console_off: str | None = None  # why the admin console is not served, if it is not
         self.scheduler = IndexScheduler(runtime.settings, runtime.runs, info=self._lease_info)
+        self.llm_probe = LLMProbe(runtime.endpoint, runtime.activity) if runtime.endpoint and runtime.activity else None
 
     def _lease_info(self) -> dict[str, Any]:
         """What other processes see of this one with the index lease."""
@@ -54,7 +55,7 @@ class Service:
     async def start(self) -> None:
         runtime = self._runtime
         settings = runtime.settings
-        routes = [health_route(runtime, self.scheduler), self.metrics.route()]
+        routes = [health_route(runtime, self.scheduler, self.llm_probe), self.metrics.route()]
         try:
             await self.scheduler.start()
             console, self.console_off = console_routes(settings, self.flow, runtime.desk, self.scheduler, self.answers, self.platform.sessions)
@@ -97,3 +98,5 @@ class Service:
         if self.discord is not None:
             await self.discord.stop()
         await self.scheduler.stop()
+        if self.llm_probe is not None:
+            await self.llm_probe.aclose()

@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import logging
 from collections.abc import AsyncIterator, Callable, Sequence
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 
 import openai
 
 from config.errors import TeambotError
+from inference.activity import LLMActivity
 
 log = logging.getLogger(__name__)
 
@@ -54,9 +56,12 @@ class ChatClient:
         temperature: float,
         max_tokens: int,
         unavailable: Callable[[], TeambotError | None] | None = None,
+        activity: LLMActivity | None = None,
     ) -> None:
-        """``unavailable`` says why the server cannot answer now (e.g. it is being restarted), or None."""
+        """``unavailable`` says why the server cannot answer now (e.g. it is being restarted), or None;
+        ``activity`` is told of each request and each sign of life (so that busy is not taken for hung)."""
         self.endpoint = endpoint
+        self._activity = activity
         self._unavailable = unavailable
         self._temperature = temperature
         self._max_tokens = max_tokens
@@ -74,7 +79,9 @@ class ChatClient:
         self._check_available()
         if self._model is None:
             try:
-                models = await self._client.models.list()
+                with self._track():
+                    models = await self._client.models.list()
+                    self._progressed()
             except openai.OpenAIError as exc:
                 raise self._translate(exc) from None
             if not models.data:
@@ -86,22 +93,32 @@ class ChatClient:
         """Yields the answer's text as it is generated."""
         model = await self.model()
         try:
-            stream = await self._client.chat.completions.create(
-                model=model,
-                messages=[{"role": m.role, "content": m.content} for m in messages],
-                stream=True,
-                temperature=self._temperature,
-                max_tokens=self._max_tokens,
-            )
-            async with stream:
-                async for chunk in stream:
-                    if chunk.choices and chunk.choices[0].delta.content:
-                        yield chunk.choices[0].delta.content
+            with self._track():
+                stream = await self._client.chat.completions.create(
+                    model=model,
+                    messages=[{"role": m.role, "content": m.content} for m in messages],
+                    stream=True,
+                    temperature=self._temperature,
+                    max_tokens=self._max_tokens,
+                )
+                self._progressed()
+                async with stream:
+                    async for chunk in stream:
+                        self._progressed()
+                        if chunk.choices and chunk.choices[0].delta.content:
+                            yield chunk.choices[0].delta.content
         except openai.OpenAIError as exc:
             raise self._translate(exc) from None
 
     async def aclose(self) -> None:
         await self._client.close()
+
+    def _track(self) -> AbstractContextManager[None]:
+        return self._activity.track() if self._activity is not None else nullcontext()
+
+    def _progressed(self) -> None:
+        if self._activity is not None:
+            self._activity.progressed()
 
     def _check_available(self) -> None:
         if self._unavailable is not None and (problem := self._unavailable()) is not None:

@@ -102,7 +102,7 @@ class LlamaCppServer:
         return Endpoint(
             base_url=base_url,
             model=self.model_path.stem,
-            down_hint=f"the embedded llama.cpp server stopped; its log is {self.log_path}",
+            down_hint=f"read the embedded llama.cpp server's log, {self.log_path}",
         )
 
     async def stop(self) -> None:

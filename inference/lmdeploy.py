@@ -217,7 +217,7 @@ class LMDeployServer:
             base_url=base_url,
             model=self.model_path.name,
             api_key=self._api_key,
-            down_hint=f"the lmdeploy server stopped; its log is {self.log_path}",
+            down_hint=f"read the lmdeploy server's log, {self.log_path}",
         )
 
     async def stop(self) -> None:

@@ -198,6 +198,7 @@ class ServerProcess:
             return
         if process.poll() is None:
             _signal_group(process, signal.SIGTERM)
+            _signal_group(process, signal.SIGCONT)  # a stopped (SIGSTOP, hung) process handles SIGTERM only once continued
             try:
                 await asyncio.to_thread(process.wait, STOP_GRACE_S)
             except subprocess.TimeoutExpired:

@@ -5,7 +5,9 @@ supervisor reaps it, logs how it ended with the last lines of its log, stops wha
 process group (lmdeploy's engine workers hold the GPU memory), and starts it again on the same
 port, after ``inference.restart_backoff_s``, doubled after each failed restart in a row. Meanwhile
 the chat client says "the language model is restarting" instead of asking, and /healthz
-reports it. After ``inference.max_restarts`` failed restarts in a row it gives up: ``wait()``
+reports it. A server that lives but makes no progress while requests wait (``LLMActivity``
+says hung: no response or token for ``inference.hang_timeout_s``) is stopped and restarted the
+same way. After ``inference.max_restarts`` failed restarts in a row it gives up: ``wait()``
 raises LLMGaveUp and `teambot serve` exits non-zero, for its supervisor (systemd, Docker) to
 start all of it again.
 """
@@ -20,6 +22,7 @@ from typing import Literal, Protocol, runtime_checkable
 
 from config.errors import TeambotError
 from config.settings import InferenceSettings
+from inference.activity import LLMActivity
 from inference.client import Endpoint, LLMUnavailable
 from inference.process import Progress, ServerProcess
 
@@ -54,14 +57,16 @@ class SupervisedServer(Protocol):
 
 
 class ServerSupervisor:
-    def __init__(self, server: SupervisedServer, settings: InferenceSettings) -> None:
+    def __init__(self, server: SupervisedServer, settings: InferenceSettings, activity: LLMActivity | None = None) -> None:
         self._server = server
+        self.activity = activity or LLMActivity(settings.hang_timeout_s)
         self._max_restarts = settings.max_restarts
         self._backoff_s = settings.restart_backoff_s
         self.state: Literal["up", "restarting", "failed"] = "up"
         self.restarts = 0  # successful restarts
         self.failures = 0  # failed restarts in a row
         self.last_exit = ""  # how the server last ended, e.g. "killed by SIGKILL"
+        self._ended = "stopped"  # or "hung": what happened to it, for the messages
         self._task: asyncio.Task[None] | None = None
 
     def start(self) -> None:
@@ -93,25 +98,34 @@ class ServerSupervisor:
         if self.unavailable() is None:
             return None
         if self.state == "failed":
-            return f"{self._server.description} stopped ({self.last_exit}) and {self.failures} restarts in a row failed; teambot is exiting"
-        return f"{self._server.description} stopped ({self.last_exit or 'just now'}); restarting it ({self.failures} failed restarts in a row so far)"
+            return f"{self._server.description} {self._ended} ({self.last_exit}) and {self.failures} restarts in a row failed; teambot is exiting"
+        return f"{self._server.description} {self._ended} ({self.last_exit or 'just now'}); restarting it ({self.failures} failed restarts in a row so far)"
 
     async def _watch(self) -> None:
         up_since, restarted = time.monotonic(), False
         while True:
-            while self._server.process.running:
+            hung = False
+            while self._server.process.running and not (hung := self.activity.report_hang()):
                 await asyncio.sleep(WATCH_INTERVAL_S)
             self.state = "restarting"
-            reason = await asyncio.to_thread(self._server.process.exit_reason) or "it stopped"  # waits a moment for its last output
-            self.last_exit = reason.split(";", 1)[0]
             lived = time.monotonic() - up_since
+            if hung:
+                self._ended, self.last_exit = "hung", self.activity.hang_detail()
+                log.error(
+                    "%s (pid %s) is alive but %s; restarting it (its log: %s)",
+                    self._server.description, self._server.process.pid, self.last_exit, self._server.process.log_path,
+                )  # fmt: skip
+            else:
+                reason = await asyncio.to_thread(self._server.process.exit_reason) or "it stopped"  # waits a moment for its last output
+                self._ended, self.last_exit = "stopped", reason.split(";", 1)[0]
+                log.error("%s (pid %s) stopped after %.0f s: %s", self._server.description, self._server.process.pid, lived, reason)
             if restarted and lived < STABLE_AFTER_S:
                 self.failures += 1  # the last restart did not hold
             elif restarted or lived >= STABLE_AFTER_S:
                 self.failures = 0
-            log.error("%s (pid %s) stopped after %.0f s: %s", self._server.description, self._server.process.pid, lived, reason)
             await self._server.stop()  # reaps it and ends what is left of its process group
             await self._restart()
+            self.activity.restarted()
             up_since, restarted = time.monotonic(), True
 
     async def _restart(self) -> None:
@@ -120,7 +134,7 @@ class ServerSupervisor:
             if self.failures >= self._max_restarts:
                 self.state = "failed"
                 message = (
-                    f"{self._server.description} stopped ({self.last_exit}) and {self.failures} restarts in a row failed "
+                    f"{self._server.description} {self._ended} ({self.last_exit}) and {self.failures} restarts in a row failed "
                     f"(inference.max_restarts = {self._max_restarts})"
                 )
                 log.critical("%s; teambot serve exits", message)

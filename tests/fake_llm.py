@@ -34,6 +34,7 @@ class Reply:
     tokens: list[str] = field(default_factory=lambda: ["Hello", " from", " the", " fake", " [1]", "."])
     hold: threading.Event | None = None  # set by the test to let the stream finish
     never_finish: bool = False  # stream one token, then nothing until the client gives up
+    token_delay_s: float = 0.0  # before each token: a model generating at that pace
 
 
 class FakeLLM:
@@ -41,6 +42,10 @@ class FakeLLM:
         self.requests: list[dict] = []
         self.script: deque[Reply] = deque()
         self.streams_open = 0
+        self.models_asked = 0
+        # Like llama-cpp-python's server: one request at a time (its /v1/models waits for the model's
+        # lock, which a streaming answer holds).
+        self.one_at_a_time = False
         self._lock = threading.Lock()
         self._server: Any = None
         self._thread: threading.Thread | None = None
@@ -65,6 +70,10 @@ class FakeLLM:
             stop_server(self._server, self._thread)
 
     async def _models(self, request: Request) -> Response:
+        with self._lock:
+            self.models_asked += 1
+        while self.one_at_a_time and self.streams_open:
+            await asyncio.sleep(0.01)
         return JSONResponse({"object": "list", "data": [{"id": MODEL, "object": "model", "owned_by": "tests"}]})
 
     async def _chat(self, request: Request) -> Response:
@@ -81,6 +90,8 @@ class FakeLLM:
             self.streams_open += 1
         try:
             for k, token in enumerate(reply.tokens):
+                if reply.token_delay_s:
+                    await asyncio.sleep(reply.token_delay_s)
                 yield _event({"choices": [{"index": 0, "delta": {"content": token}, "finish_reason": None}]})
                 if k == 0 and reply.never_finish:
                     await asyncio.Event().wait()

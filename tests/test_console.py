@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import json
 import shutil
+import threading
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -21,7 +23,7 @@ from config.errors import ConfigError
 from config.settings import Settings
 from inference.client import Endpoint
 from tests.conftest import make_settings
-from tests.fake_llm import FakeLLM
+from tests.fake_llm import FakeLLM, Reply
 from tests.proc import async_wait_for
 from tests.raw_http import MiB, post_lazily
 
@@ -39,7 +41,8 @@ def indexed_copy(indexed: Settings, tmp_path: Path) -> tuple[Path, Path]:
 def console_settings(data: Path, knowledge: Path, llm_url: str, **extra: Any) -> Settings:
     secrets = {} if extra.pop("no_token", False) else {"TEAMBOT_ADMIN_TOKEN": extra.pop("TEAMBOT_ADMIN_TOKEN", ADMIN_TOKEN)}
     rag = {"max_file_mb": 0.05, **extra.pop("rag", {})}
-    return make_settings(data, knowledge, inference={"backend": "external", "base_url": llm_url}, http_port=0, rag=rag, **secrets, **extra)
+    inference = {"backend": "external", "base_url": llm_url, **extra.pop("inference", {})}
+    return make_settings(data, knowledge, inference=inference, http_port=0, rag=rag, **secrets, **extra)
 
 
 @asynccontextmanager
@@ -177,6 +180,63 @@ async def test_healthz_names_a_dead_llm_server(indexed_settings: Settings, fake_
         assert "does not answer" in body["checks"]["llm"]["detail"]
         assert fake_llm.base_url not in health.text and str(data) not in health.text  # unauthenticated: no addresses or paths
     assert f"the LLM server at {fake_llm.base_url} does not answer" in caplog.text  # the details go to the log
+
+
+def start_question(client: httpx.AsyncClient) -> asyncio.Task[httpx.Response]:
+    return asyncio.create_task(client.post("/admin/api/ask", json={"question": ON_CALL_QUESTION, "collections": ["default"]}))
+
+
+async def test_healthz_says_busy_not_down_while_the_llm_serves_one_request_at_a_time(
+    indexed_settings: Settings, fake_llm: FakeLLM, tmp_path: Path
+) -> None:
+    data, knowledge = indexed_copy(indexed_settings, tmp_path)
+    fake_llm.one_at_a_time = True  # like llama.cpp's server: /models waits for the answer being generated
+    release = threading.Event()
+    fake_llm.script.append(Reply(hold=release))
+    async with serving(console_settings(data, knowledge, fake_llm.base_url, inference={"hang_timeout_s": 600})) as (_, client):
+        await sign_in(client)
+        question = start_question(client)
+        try:
+            await async_wait_for(lambda: fake_llm.streams_open == 1, "the answer to start streaming")
+            probes = fake_llm.models_asked
+            health = await client.get("/healthz")
+            assert health.status_code == 200, health.text
+            assert health.json()["checks"]["llm"]["state"] == "busy"
+            assert fake_llm.models_asked == probes  # not probed: a probe would wait behind the answer
+        finally:
+            release.set()
+        assert (await question).status_code == 200
+        health = await client.get("/healthz")
+        assert health.status_code == 200 and health.json()["checks"]["llm"]["state"] == "idle"
+
+
+async def test_healthz_says_hung_while_requests_wait_without_progress_and_healthy_once_it_resumes(
+    indexed_settings: Settings, fake_llm: FakeLLM, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    data, knowledge = indexed_copy(indexed_settings, tmp_path)
+    release = threading.Event()
+    fake_llm.script.append(Reply(hold=release))  # one token, then silence until released
+    async with serving(console_settings(data, knowledge, fake_llm.base_url, inference={"hang_timeout_s": 2})) as (_, client):
+        await sign_in(client)
+        question = start_question(client)
+        try:
+            await async_wait_for(lambda: fake_llm.streams_open == 1, "the answer to start streaming")
+            deadline = time.monotonic() + 120
+            while (health := await client.get("/healthz")).status_code == 200:
+                assert time.monotonic() < deadline, "/healthz did not say the silent LLM server hung"
+                await asyncio.sleep(0.2)
+            llm = health.json()["checks"]["llm"]
+            assert health.status_code == 503 and llm["state"] == "hung", health.text
+            assert "made no progress" in llm["detail"] and "inference.hang_timeout_s = 2" in llm["detail"]
+            assert (await client.get("/healthz")).json()["checks"]["llm"]["state"] == "hung"
+            assert caplog.text.count("is reachable but made no progress") == 1  # logged once
+            assert "stopped" not in caplog.text
+        finally:
+            release.set()
+        assert (await question).status_code == 200
+        await async_wait_for(lambda: "made progress again" in caplog.text, "the recovery in the log")
+        health = await client.get("/healthz")
+        assert health.status_code == 200, health.text
 
 
 async def test_without_an_admin_token_the_console_is_off_and_says_so(settings: Settings, fake_llm: FakeLLM) -> None:

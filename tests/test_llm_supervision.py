@@ -253,6 +253,39 @@ async def test_serve_restarts_a_killed_llamacpp_server_and_answers_again(indexed
     assert code == 0, "".join(stderr)
 
 
+async def test_serve_restarts_a_hung_llamacpp_server_and_never_says_it_stopped(indexed_settings: Settings, tmp_path: Path) -> None:
+    data, knowledge = indexed_copy(indexed_settings, tmp_path)
+    settings = make_settings(data, knowledge)
+    model = place_model(tmp_path / "model.gguf")
+    serve, url, stderr = await start_serve(serve_env(settings, model, TEAMBOT_INFERENCE__HANG_TIMEOUT_S="15"))
+    try:
+        async with httpx.AsyncClient(base_url=url, timeout=180) as client:
+            assert (await client.post("/admin/api/login", json={"password": ADMIN_TOKEN})).status_code == 200
+            health = await client.get("/healthz")
+            assert health.status_code == 200 and health.json()["checks"]["llm"]["state"] == "idle", health.text
+            first = llm_child(serve.pid)
+            assert first
+            os.kill(first, signal.SIGSTOP)  # alive, listening, answering nothing
+            question = asyncio.create_task(ask(client))  # waits on it
+            log = settings.logs_dir / "teambot.log"
+            await async_wait_for(lambda: "is alive but made no progress" in log.read_text(), "the hang in teambot.log", timeout=120)
+            await async_wait_for(lambda: llm_child(serve.pid) not in (0, first), "a new llama.cpp server", timeout=120)
+            assert not Path(f"/proc/{first}").exists()  # the stopped one was ended (SIGTERM, SIGCONT) and reaped
+            assert "done" in await question  # the quotes, or the answer when the restart came in time for a retry
+            deadline = time.monotonic() + 120
+            while not (done := await answered(client)):
+                assert time.monotonic() < deadline, "no answer within 120 s of the restart"
+                await asyncio.sleep(0.2)
+            assert done["found"]
+            assert (await client.get("/healthz")).status_code == 200
+            text = log.read_text()
+            assert text.count("is alive but made no progress") == 1 and "inference.hang_timeout_s = 15" in text and "restarted in" in text
+            assert "stopped after" not in text and "server stopped" not in text
+    finally:
+        code = await stop_serve(serve)
+    assert code == 0, "".join(stderr)
+
+
 async def test_serve_exits_non_zero_when_restarts_keep_failing(indexed_settings: Settings, tmp_path: Path) -> None:
     data, knowledge = indexed_copy(indexed_settings, tmp_path)
     settings = make_settings(data, knowledge)
