@@ -31,6 +31,7 @@ from config.errors import ConfigError, StoreError
 from config.settings import Settings
 from rag.ingest.documents import SUPPORTED_SUFFIXES
 from rag.ingest.indexer import COLLECTION_ROOT, FolderWalk, folder_files
+from rag.operations.file_names import stored_name_problem
 from rag.operations.lease import IndexLease, read_lease
 from rag.operations.run_history import RunHistory
 from rag.operations.shared_uploads import SharedUploads
@@ -182,6 +183,9 @@ def _store_files(tx: Transaction, settings: Settings, now: str, progress: Callab
         for path in walk.files:
             name = path.relative_to(folder.resolve()).as_posix()
             if path.suffix.lower() not in SUPPORTED_SUFFIXES:
+                continue
+            if problem := stored_name_problem(collection, name):
+                skipped.append(f"{collection}/{name}: replicas would not write it ({problem}); rename it, or keep it in that folder on the replicas")
                 continue
             if path.stat().st_size > max_bytes:
                 skipped.append(f"{collection}/{name}: over rag.max_file_mb ({settings.rag.max_file_mb:g} MB); keep it in that folder on the replicas")

@@ -185,7 +185,7 @@ class RagSettings(_Section):
     max_unpacked_mb: float = Field(200.0, gt=0)
     """A .docx whose parts unpack to more than this is refused before it is parsed (a zip bomb)."""
     max_pdf_pages: int = Field(5000, ge=1)
-    """PDFs with more pages are refused (the page count is read first; 100,000 pages took 47 s to parse)."""
+    """PDFs with more pages are refused before any text is read (the pages in the file are counted, not its stated count; 100,000 pages took 47 s to parse)."""
     parse_memory_mb: int = Field(1024, ge=256, le=65536)
     """Memory (address space) of the process that parses PDF, .docx and HTML files; a file that needs more fails."""
     parse_cpu_s: float = Field(60.0, gt=0, le=3600)

@@ -83,3 +83,30 @@ def slow_pdf(path: Path, content_mb: int) -> Path:
     with path.open("wb") as out:
         writer.write(out)
     return path
+
+
+def false_count_pdf(path: Path, pages: int, declared: int = 1) -> Path:
+    """``pages`` pages of a line of text each, whose page tree says it holds ``declared``: a reader
+    trusting /Count lets any number of pages past a page limit (2,000 pages take a fraction of a second)."""
+    from pypdf.generic import DecodedStreamObject, DictionaryObject, NameObject, NumberObject
+
+    writer = pypdf.PdfWriter()
+    font = writer._add_object(
+        DictionaryObject(
+            {
+                NameObject("/Type"): NameObject("/Font"),
+                NameObject("/Subtype"): NameObject("/Type1"),
+                NameObject("/BaseFont"): NameObject("/Helvetica"),
+            }
+        )
+    )
+    for number in range(1, pages + 1):
+        page = writer.add_blank_page(612, 792)
+        page[NameObject("/Resources")] = DictionaryObject({NameObject("/Font"): DictionaryObject({NameObject("/F1"): font})})
+        text = DecodedStreamObject()
+        text.set_data(f"BT /F1 12 Tf 72 712 Td (Page {number} of the appendix.) Tj ET\n".encode())
+        page[NameObject("/Contents")] = writer._add_object(text)
+    writer.root_object["/Pages"].get_object()[NameObject("/Count")] = NumberObject(declared)
+    with path.open("wb") as out:
+        writer.write(out)
+    return path

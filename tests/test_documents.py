@@ -188,6 +188,25 @@ def test_the_worker_process_reads_files_within_memory_and_cpu_limits(tmp_path: P
         quick.close()
 
 
+def test_the_worker_does_not_import_modules_from_the_working_directory(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A pypdf.py in the directory `teambot serve` runs in (anyone's, in a shared folder) is not
+    what the worker parses PDFs with: it starts without the working directory on its path."""
+    from rag.ingest.documents import ParseLimits
+    from rag.ingest.isolation import DocumentReader
+
+    workdir = tmp_path / "serve-here"
+    workdir.mkdir()
+    marker = tmp_path / "imported.txt"
+    (workdir / "pypdf.py").write_text(f"open({str(marker)!r}, 'w').write('the pypdf.py of the working directory ran')\n")
+    monkeypatch.chdir(workdir)
+    reader = DocumentReader(ParseLimits(), memory_mb=1024, cpu_s=60)
+    try:
+        assert reader.read(EXAMPLES / "security-policy.pdf").title == "Security policy"
+    finally:
+        reader.close()
+    assert not marker.exists()
+
+
 def test_the_worker_is_read_from_in_a_process_with_more_than_1024_open_files(tmp_path: Path) -> None:
     """A busy `teambot serve` holds many descriptors; select() refuses any past 1023, which made
     every parse fail with "filedescriptor out of range" once the worker's pipe got one of those."""

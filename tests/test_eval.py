@@ -159,6 +159,41 @@ def test_a_malformed_question_set_is_refused_clearly(tmp_path: Path, content: st
         load_question_set(path)
 
 
+def laughing_set(levels: int = 6, fanout: int = 9) -> str:
+    """A question set whose last id is an alias of aliases: fanout ** levels strings once printed
+    (9 ** 6: about 4 MB here; 9 levels of 9 are gigabytes from under 600 bytes)."""
+    lines = ["name: laughs", "items:", "  - {id: l0, question: 'Who is paged?', refuse: true, notes: &l0 [lol, lol, lol, lol, lol, lol, lol, lol, lol]}"]
+    for level in range(1, levels):
+        refs = ", ".join([f"*l{level - 1}"] * fanout)
+        lines.append(f"  - {{id: l{level}, question: 'Question {level}?', refuse: true, notes: &l{level} [{refs}]}}")
+    lines.append(f"  - {{id: *l{levels - 1}, question: 'The last?', refuse: true}}")
+    return "\n".join(lines) + "\n"
+
+
+def test_a_question_set_with_yaml_aliases_is_refused_before_they_expand(settings: Settings, tmp_path: Path) -> None:
+    path = tmp_path / "laughs.yaml"
+    path.write_text(laughing_set(), encoding="utf-8")
+    with pytest.raises(QuestionSetError) as caught:
+        load_question_set(path)
+    assert caught.value.message == f"{path}, line 4: the YAML alias *l0 is refused in a question set"
+    assert caught.value.hint == "write out in full what &l0 names wherever it is used"
+    refused = run(["eval", str(path)], teambot_env(settings))
+    assert refused.returncode == 1 and "the YAML alias *l0 is refused" in refused.stderr and "Traceback" not in refused.stderr
+
+
+def test_a_question_set_over_the_size_limit_is_refused_unread(tmp_path: Path) -> None:
+    limit = 5 * 1024 * 1024  # MAX_SET_MB
+    path = tmp_path / "big.jsonl"
+    item = json.dumps({"id": "a", "question": "Who is paged?", "refuse": True})
+    path.write_text(item + "\n" + " " * limit, encoding="utf-8")  # valid, and over the limit
+    with pytest.raises(QuestionSetError) as caught:
+        load_question_set(path)
+    assert caught.value.message == f"{path} is 5.0 MB, over the limit of 5 MB for a question set"
+    assert caught.value.hint == "split it into several sets and run `teambot eval` on each"
+    path.write_text(item + "\n" + " " * (limit - len(item) - 1), encoding="utf-8")  # at the limit: read
+    assert [i.id for i in load_question_set(path).items] == ["a"]
+
+
 def test_jsonl_sets_and_items_with_nothing_to_check(tmp_path: Path) -> None:
     path = tmp_path / "set.jsonl"
     lines = [

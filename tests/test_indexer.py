@@ -159,6 +159,27 @@ def test_oversized_file_is_refused(tmp_path: Path, knowledge: Path) -> None:
     assert report.added == sum(1 for p in knowledge.iterdir() if p.stat().st_size <= 1048)
 
 
+def test_a_pdf_whose_page_tree_understates_its_pages_is_refused_by_the_pages_it_holds(tmp_path: Path, knowledge: Path) -> None:
+    """/Count 1 on 2,000 pages: the run reports the file over the page limit by the pages counted,
+    reads none of its text, and indexes every other file."""
+    from tests.hostile_files import false_count_pdf
+
+    false_count_pdf(knowledge / "appendix.pdf", pages=2000, declared=1)
+    settings = make_settings(tmp_path / "data", knowledge, rag={"max_pdf_pages": 1000})
+    with knowledge_runtime(settings) as runtime:
+        report = runtime.desk.index(None, "default")
+        failed = {f["path"]: f["error"] for f in report.failed}
+        assert failed == {
+            "appendix.pdf": "appendix.pdf: 2,000 pages (its page tree claims 1), over the limit of rag.max_pdf_pages = 1,000\n"
+            "  hint: split it into smaller PDFs, or raise rag.max_pdf_pages"
+        }
+        assert report.added == SAMPLE_FILES
+        assert sorted(r.path for r in runtime.manifest.files("default").values() if r.state == "indexed") == sorted(
+            p.name for p in EXAMPLES.iterdir()
+        )
+        assert_consistent(runtime)
+
+
 class _StoreThatFailsMidWrite(ChromaStore):
     """Writes half of a batch to the real Chroma, then fails, as a full disk or a kill would."""
 

@@ -8,6 +8,8 @@ from __future__ import annotations
 import hashlib
 from pathlib import Path
 
+import pytest
+
 from bot.runtime import knowledge_runtime
 from rag.operations.run_history import Run
 from rag.operations.scheduler import IndexScheduler
@@ -51,3 +53,50 @@ async def test_a_file_stored_by_a_replica_that_died_is_indexed_and_removed_by_th
         finally:
             await scheduler.stop()
             other_replica.close()
+
+
+def test_a_migrated_file_in_a_subfolder_reaches_a_replica_with_an_empty_folder(state_url: str, tmp_path: Path) -> None:
+    knowledge = tmp_path / "knowledge"
+    knowledge.mkdir()
+    settings = make_settings(tmp_path / "data", knowledge, state_url=state_url)
+    migrated = SharedUploads(SharedUploads.database(state_url, tmp_path))
+    migrated.put("default", "sub/deeper/nested.md", LATE_DOC, keep_versions=5)  # as `teambot state migrate` stores it
+    migrated.close()
+    with knowledge_runtime(settings) as runtime:
+        report = runtime.desk.index(None, "default")
+        assert report.added == 1 and not report.failed
+        assert (knowledge / "sub" / "deeper" / "nested.md").read_bytes() == LATE_DOC
+        assert [r.path for r in runtime.manifest.files("default").values()] == ["sub/deeper/nested.md"]
+        assert [p.name for p in (knowledge / "sub" / "deeper").iterdir()] == ["nested.md"]  # no staging file left
+
+
+HOSTILE_ROWS = [  # (collection, name) that someone who can write the shared database stored
+    ("default", "../../escaped-from-db.md"),
+    ("default", "sub/../../../escaped-through-sub.md"),
+    ("../../escaped-collection", "notes.md"),
+    ("/tmp", "escaped-absolute-collection.md"),
+    ("default", "."),
+    ("default", ".hidden-escaped.md"),
+    ("default", "evil\nname-escaped.md"),
+    ("default", "run-escaped.sh"),
+]
+
+
+def test_stored_names_that_an_upload_could_not_have_are_not_written(state_url: str, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    knowledge = tmp_path / "deep" / "er" / "knowledge"  # every escape above still lands inside tmp_path, where it is looked for
+    knowledge.mkdir(parents=True)
+    settings = make_settings(tmp_path / "deep" / "er" / "data", knowledge, state_url=state_url)
+    database = SharedUploads(SharedUploads.database(state_url, tmp_path))
+    for collection, name in HOSTILE_ROWS:
+        database.put(collection, name, b"# Owned\n\nWritten by whoever could write the database.\n", keep_versions=5)
+    database.put("default", "parking.md", LATE_DOC, keep_versions=5)
+    database.close()
+    with knowledge_runtime(settings) as runtime:
+        report = runtime.desk.index(None, "default")
+        assert report.added == 1 and not report.failed  # the run goes on: the good file is indexed
+        assert [r.path for r in runtime.manifest.files("default").values()] == ["parking.md"]
+    assert sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*escaped*")) == []
+    refused = [r.getMessage() for r in caplog.records if "was not written" in r.getMessage()]
+    assert len(refused) == len(HOSTILE_ROWS)
+    assert any("'../../escaped-from-db.md'" in m and "'..' is not a safe file or folder name" in m and "delete the row" in m for m in refused)
+    assert any("collection '../../escaped-collection'" in m and "the collection name is not" in m for m in refused)

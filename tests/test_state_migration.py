@@ -29,6 +29,9 @@ def test_a_data_dir_moves_into_postgresql_and_is_served_from_there(indexed_setti
     data, knowledge = indexed_copy(indexed_settings, tmp_path)
     (tmp_path / "environ.txt").write_text("SLACK_BOT_TOKEN=xoxb-not-for-the-database\n")
     (knowledge / "environ.txt").symlink_to(tmp_path / "environ.txt")  # never copied into the shared state
+    (knowledge / "team").mkdir()
+    (knowledge / "team" / "rota.md").write_text("# Rota\n\nThe on-call week starts on Tuesday.\n")  # stored as team/rota.md
+    (knowledge / "team" / "Q&A.md").write_text("# Q and A\n\nAsk in #help.\n")  # a name no upload has: replicas would not write it
     settings = make_settings(data, knowledge)
     with knowledge_runtime(settings) as runtime:
         runtime.desk.index(None, "default")
@@ -46,7 +49,8 @@ def test_a_data_dir_moves_into_postgresql_and_is_served_from_there(indexed_setti
     assert moved.returncode == 0, moved.stderr
     assert "answers                  1 rows in SQLite,        1 in PostgreSQL" in moved.stdout
     assert f"files                    {len(documents)} rows in SQLite" in moved.stdout
-    assert "knowledge files          7" in moved.stdout
+    assert "knowledge files          8" in moved.stdout
+    assert "skipped default/team/Q&A.md: replicas would not write it ('Q&A.md' is not a safe file or folder name" in moved.stdout
     assert "skipped default/environ.txt: not read: a link to a file outside the knowledge folder" in moved.stdout
     assert f"for the Chroma store embedded on {socket.gethostname()} at {data / 'chroma'}" in moved.stdout
 
@@ -69,7 +73,7 @@ def test_a_data_dir_moves_into_postgresql_and_is_served_from_there(indexed_setti
         knowledge_runtime(elsewhere)  # its store holds none of the chunks the shared manifest lists
     uploads = SharedUploads(SharedUploads.database(state_url, data))
     try:
-        assert sorted(f.name for f in uploads.current("default")) == sorted(p.name for p in EXAMPLES.iterdir())
+        assert sorted(f.name for f in uploads.current("default")) == sorted([p.name for p in EXAMPLES.iterdir()] + ["team/rota.md"])
     finally:
         uploads.close()
 

@@ -3,7 +3,8 @@ must show. Read once into typed items; every mistake in the file is an error nam
 and the key.
 
 YAML: a mapping with ``name``, optional ``collection`` (the default for every item) and
-``items`` (a list). JSONL: one item per line. An item:
+``items`` (a list); no object tags and no aliases. JSONL: one item per line. A set is at most
+MAX_SET_MB. An item:
 
 - ``question`` (required)
 - ``id`` (default: its position), ``kind`` (a free label the report groups by: direct,
@@ -25,6 +26,7 @@ admin has not completed yet) is skipped with a warning.
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -38,6 +40,14 @@ ANSWER_KEYS = {"text", "correct", "wrong", "notes"}
 WrongKind = Literal["blatant", "binding"]
 WRONG_KINDS: tuple[WrongKind, ...] = ("blatant", "binding")
 SET_KEYS = {"name", "collection", "items", "corpus", "notes"}
+
+
+# The shipped sets are under 100 KB; thousands of questions with written answers stay under this.
+# YAML is parsed in Python at a few hundred KB a second (a 50 MB set took 155 s and 3.1 GB), so
+# a bigger file is refused unread.
+MAX_SET_MB = 5
+MB = 1024 * 1024
+MAX_SET_BYTES = MAX_SET_MB * MB
 
 
 class QuestionSetError(TeambotError):
@@ -91,10 +101,7 @@ class QuestionSet:
 
 
 def load_question_set(path: Path) -> QuestionSet:
-    try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise QuestionSetError(f"cannot read the question set {path}: {exc}", "give the path of a .yaml or .jsonl file") from None
+    text = _text(path)
     if path.suffix.lower() == ".jsonl":
         raw_items, name, default = _jsonl(path, text), path.stem, DEFAULT_COLLECTION
     else:
@@ -116,11 +123,40 @@ def load_question_set(path: Path) -> QuestionSet:
     return QuestionSet(name, path, items, skipped)
 
 
+def _text(path: Path) -> str:
+    """The file's text, read only if it is within MAX_SET_MB."""
+    try:
+        with path.open("rb") as file:
+            data = file.read(MAX_SET_BYTES + 1)
+            size = os.fstat(file.fileno()).st_size
+        if len(data) > MAX_SET_BYTES:
+            raise QuestionSetError(
+                f"{path} is {max(size, len(data)) / MB:.1f} MB, over the limit of {MAX_SET_MB} MB for a question set",
+                "split it into several sets and run `teambot eval` on each",
+            )
+        return data.decode("utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise QuestionSetError(f"cannot read the question set {path}: {exc}", "give the path of a .yaml or .jsonl file") from None
+
+
 def _yaml(path: Path, text: str) -> tuple[list[Any], str, str]:
     import yaml
 
+    class NoAliases(yaml.SafeLoader):
+        """safe_load's loader (no object tags), refusing aliases: `*a` repeats what `&a` names, and
+        a few nested ones make a few hundred bytes stand for gigabytes once anything prints them."""
+
+        def compose_node(self, parent: Any, index: Any) -> Any:
+            if self.check_event(yaml.AliasEvent):
+                alias = self.peek_event()
+                raise QuestionSetError(
+                    f"{path}, line {alias.start_mark.line + 1}: the YAML alias *{alias.anchor} is refused in a question set",
+                    f"write out in full what &{alias.anchor} names wherever it is used",
+                )
+            return super().compose_node(parent, index)
+
     try:
-        data = yaml.safe_load(text)
+        data = yaml.load(text, Loader=NoAliases)  # noqa: S506 (NoAliases is a SafeLoader)
     except yaml.YAMLError as exc:
         raise QuestionSetError(f"{path} is not valid YAML: {exc}", "fix the line it names") from None
     if isinstance(data, list):

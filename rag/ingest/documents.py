@@ -229,10 +229,15 @@ def _read_pdf(path: Path, limits: ParseLimits) -> ParsedDocument:
         reader = pypdf.PdfReader(str(path))
         if reader.is_encrypted:
             raise DocumentError(f"{path.name}: the PDF is encrypted", "upload a copy without a password")
-        # The page tree's own count, before any page is read. Were it to lie, pages past it are never read.
-        declared = reader.root_object["/Pages"].get_object().get("/Count")
-        _check_pages(path, int(declared.get_object()) if declared is not None else 0, limits)
-        parts = [Part(page.extract_text() or "", page=label) for page, label in zip(reader.pages, reader.page_labels)]
+        # The page tree's own count refuses an honest long PDF before the tree is walked; but /Count
+        # can say 1 of 100,000 pages, so the pages the walk finds (those read below) are counted too,
+        # before any text is read. pypdf's walk stops at 100,000 entries (a LimitReachedError).
+        count = reader.root_object["/Pages"].get_object().get("/Count")
+        declared = int(count.get_object()) if count is not None else 0
+        _check_pages(path, declared, limits)
+        pages = reader.pages
+        _check_pages(path, len(pages), limits, declared)
+        parts = [Part(page.extract_text() or "", page=label) for page, label in zip(pages, reader.page_labels)]
         metadata_title = (reader.metadata.title if reader.metadata else None) or ""
     except DocumentError:
         raise
@@ -243,9 +248,10 @@ def _read_pdf(path: Path, limits: ParseLimits) -> ParsedDocument:
     return ParsedDocument(title, parts)
 
 
-def _check_pages(path: Path, pages: int, limits: ParseLimits) -> None:
+def _check_pages(path: Path, pages: int, limits: ParseLimits, declared: int | None = None) -> None:
     if pages > limits.max_pdf_pages:
+        claim = f" (its page tree claims {declared:,})" if declared is not None and declared != pages else ""
         raise DocumentError(
-            f"{path.name}: {pages:,} pages, over the limit of rag.max_pdf_pages = {limits.max_pdf_pages:,}",
+            f"{path.name}: {pages:,} pages{claim}, over the limit of rag.max_pdf_pages = {limits.max_pdf_pages:,}",
             "split it into smaller PDFs, or raise rag.max_pdf_pages",
         )

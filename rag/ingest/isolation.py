@@ -7,7 +7,8 @@ pages). PDF, .docx and HTML files are therefore parsed by a worker process
 which gets rag.parse_cpu_s seconds of CPU per file; past either, that file fails with an error
 naming the setting, and the worker is replaced. A worker serves file after file, so a normal
 file costs a round trip, not a process start. The worker gets no secrets: its environment is
-the interpreter's path and nothing else. Plain text formats are read in the calling process;
+the interpreter's path and nothing else, and it starts without the working directory on that path
+(``python -P``). Plain text formats are read in the calling process;
 their cost is bounded by rag.max_file_mb.
 """
 
@@ -120,8 +121,10 @@ class _Worker:
             "PYTHONPATH": os.pathsep.join(p for p in sys.path if p),
             "LC_ALL": "C.UTF-8",
         }
+        # -P: the working directory is not put on the path (a pypdf.py there would be imported
+        # instead of the library). Its PYTHONPATH is this process's path.
         self._process = subprocess.Popen(
-            [sys.executable, "-m", "rag.ingest.isolation", str(memory_mb)],
+            [sys.executable, "-P", "-m", "rag.ingest.isolation", str(memory_mb)],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=env, close_fds=True,
         )  # fmt: skip
 

@@ -17,10 +17,8 @@ Blocking: front ends call it from a thread.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
-import re
 import shutil
 import time
 from collections.abc import Callable, Sequence
@@ -33,6 +31,7 @@ from config.errors import TeambotError
 from config.settings import Settings, check_collection_name
 from rag.ingest.documents import SUPPORTED_SUFFIXES, DocumentError
 from rag.ingest.indexer import IndexProgress, IndexReport
+from rag.operations.file_names import UploadError, safe_name
 from rag.operations.index_runs import IndexRuns
 from rag.operations.lease import LeaseState, read_lease
 from rag.operations.run_history import Run, RunProgress
@@ -40,17 +39,8 @@ from rag.store.manifest import FileRecord, Manifest
 
 log = logging.getLogger(__name__)
 
-# File systems allow 255 bytes a name (ext4, XFS, APFS, NTFS's 255 UTF-16 units), and UTF-8 takes 3 a
-# Chinese character. Longer names are cut to this, with a tag of the full name's hash so that two
-# long names stay two files.
-MAX_NAME_BYTES = 200
 FOLLOW_POLL_S = 0.25
 VERSIONS_DIR = ".versions"  # hidden: index runs skip it
-_UNSAFE = re.compile(r"[^\w.\- ()\u3400-\u9fff]+")
-
-
-class UploadError(TeambotError):
-    """An uploaded file or an admin request was refused; nothing was changed."""
 
 
 @dataclass(frozen=True)
@@ -392,18 +382,3 @@ class _BothProgress:
     def advance(self, path: str) -> None:
         for target in self._targets:
             target.advance(path)
-
-
-def safe_name(filename: str) -> str:
-    """A file name that stays inside its folder: no directories, no leading dots, tame characters,
-    at most MAX_NAME_BYTES in UTF-8 (cut at a character, the extension kept, a hash tag added)."""
-    name = _UNSAFE.sub("_", Path(filename.replace("\\", "/")).name).strip(" .")
-    if not name:
-        raise UploadError(f"{filename!r} is not a usable file name", "rename the file and upload it again")
-    if len(name.encode()) <= MAX_NAME_BYTES:
-        return name
-    stem, suffix = os.path.splitext(name)
-    suffix = suffix[:16]  # a longer one is no type teambot reads, and is refused as such
-    tag = "~" + hashlib.sha256(name.encode()).hexdigest()[:8]
-    room = MAX_NAME_BYTES - len(suffix.encode()) - len(tag)
-    return stem.encode()[:room].decode(errors="ignore").rstrip(" .") + tag + suffix

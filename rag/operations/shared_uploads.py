@@ -18,6 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from rag.operations.file_names import stored_name_problem
 from rag.store.database import Stored
 
 log = logging.getLogger(__name__)
@@ -113,6 +114,13 @@ class SharedUploads(Stored):
         ``folders``: the collections' folders on this replica; others go under ``default_folder``."""
         written, deleted = [], []
         for item in self.current():
+            if problem := stored_name_problem(item.collection, item.name):
+                log.warning(
+                    "shared uploads: row %d (%r in collection %r) was not written: %s; "
+                    "whoever can write the shared database put it there: check it, and delete the row",
+                    item.id, item.name, item.collection, problem,
+                )
+                continue
             folder = folders.get(item.collection, default_folder / item.collection)
             path = folder / item.name
             if not _inside(path, folder):
@@ -125,17 +133,21 @@ class SharedUploads(Stored):
                 continue
             if path.exists() and (item.id <= since or _sha256(path) == item.sha256):
                 continue
-            folder.mkdir(parents=True, exist_ok=True)
-            staging = folder / f".shared-{os.getpid()}-{item.id}{path.suffix}"  # hidden: index runs skip it
-            try:
-                staging.write_bytes(self.data(item.id))
-                os.replace(staging, path)
-            finally:
-                staging.unlink(missing_ok=True)
+            self._write_file(item, path)
             written.append(f"{item.collection}/{item.name}")
         if written or deleted:
             log.info("shared uploads: %d file(s) written, %d deleted in this replica's folders", len(written), len(deleted))
         return Materialized(written, deleted)
+
+    def _write_file(self, item: SharedFile, path: Path) -> None:
+        """Writes the stored version at ``path`` (its subfolders made), whole or not at all."""
+        path.parent.mkdir(parents=True, exist_ok=True)
+        staging = path.parent / f".shared-{os.getpid()}-{item.id}{path.suffix}"  # hidden: index runs skip it
+        try:
+            staging.write_bytes(self.data(item.id))
+            os.replace(staging, path)
+        finally:
+            staging.unlink(missing_ok=True)
 
 
 class UploadSync:
