@@ -51,7 +51,7 @@ def server_command(settings: InferenceSettings, model: Path, port: int) -> list[
     kv_type = str(KV_CACHE_GGML_TYPE[settings.kv_cache_type])
     threads = settings.threads or os.cpu_count() or 1
     return [
-        sys.executable, "-m", "llama_cpp.server",
+        sys.executable, "-P", "-m", "llama_cpp.server",  # -P: nothing imported from the working directory
         "--model", str(model),
         "--model_alias", model.stem,
         "--host", "127.0.0.1",

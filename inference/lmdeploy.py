@@ -142,7 +142,7 @@ def check_trusted(settings: LMDeploySettings, model: Path) -> None:
 
 def launch_command(args: list[str], key_fd: int) -> list[str]:
     """The child's command line: ``args`` for lmdeploy, the API key to be read from ``key_fd``."""
-    return [sys.executable, "-c", KEY_LAUNCHER, str(key_fd), *args]
+    return [sys.executable, "-P", "-c", KEY_LAUNCHER, str(key_fd), *args]  # -P: nothing imported from the working directory
 
 
 def key_pipe(api_key: str) -> int:

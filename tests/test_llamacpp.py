@@ -23,13 +23,13 @@ Q8_0_BYTES_PER_VALUE = 34 / 32
 
 def test_command_asks_for_an_int8_kv_cache_on_loopback() -> None:
     command = server_command(InferenceSettings(threads=3, context_size=2048), Path("/m/model.gguf"), 5555)
-    args = dict(zip(command[3::2], command[4::2]))
-    assert command[1:3] == ["-m", "llama_cpp.server"]
+    args = dict(zip(command[4::2], command[5::2]))
+    assert command[1:4] == ["-P", "-m", "llama_cpp.server"]
     assert args["--host"] == "127.0.0.1" and args["--port"] == "5555"
     assert args["--type_k"] == args["--type_v"] == "8"  # GGML_TYPE_Q8_0
     assert args["--flash_attn"] == "true"
     assert args["--n_threads"] == "3" and args["--n_ctx"] == "2048"
-    f16 = dict(zip(*[iter(server_command(InferenceSettings(kv_cache_type="f16"), Path("/m.gguf"), 1)[3:])] * 2))
+    f16 = dict(zip(*[iter(server_command(InferenceSettings(kv_cache_type="f16"), Path("/m.gguf"), 1)[4:])] * 2))
     assert f16["--type_k"] == "1"
 
 
@@ -100,3 +100,20 @@ def _alive(pid: int) -> bool:
     except ProcessLookupError:
         return False
     return True
+
+
+async def test_the_server_does_not_import_modules_from_the_working_directory(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # `python -m llama_cpp.server` put serve's working directory first on the import path: a
+    # llama_cpp package there ran in place of the library (as the parser worker's pypdf.py did).
+    planted = tmp_path / "cwd" / "llama_cpp"
+    planted.mkdir(parents=True)
+    marker = tmp_path / "planted-code-ran"
+    (planted / "__init__.py").write_text(f"open({str(marker)!r}, 'w').close()\n")
+    (planted / "server.py").write_text("raise SystemExit('the planted llama_cpp.server ran')\n")
+    monkeypatch.chdir(planted.parent)
+    server = LlamaCppServer(InferenceSettings(context_size=512), log_dir=tmp_path)
+    try:
+        await server.start(lambda _: None)
+        assert not marker.exists()
+    finally:
+        await server.stop()
