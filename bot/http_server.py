@@ -42,7 +42,8 @@ log = logging.getLogger(__name__)
 START_TIMEOUT_S = 15.0
 LINGER_S = 2.0  # how long a closed connection still takes (and drops) what its client sends
 RESERVED_FILES = 256  # descriptors kept for teambot's own files (Chroma, logs, models, its HTTP clients)
-ACCEPT_BURST = 16  # the listen backlog: asyncio accepts this many at once, before any is counted (a flood: a few bursts)
+ACCEPT_BURST = 16  # asyncio accepts this many connections at once (its backlog argument), before any is counted
+LISTEN_BACKLOG = 2048  # the kernel's queue of connections waiting to be accepted (holds no descriptor of ours)
 LOG_EVERY_S = 60.0  # a repeated connection problem is logged at most this often
 
 
@@ -452,6 +453,9 @@ class HttpServer:
             if time.monotonic() > deadline:
                 raise TeambotError(f"teambot's HTTP server did not start within {START_TIMEOUT_S:g} s")
             await asyncio.sleep(0.02)
+        # asyncio took ACCEPT_BURST as the listen backlog too: a burst of 100 connections then overflowed the
+        # kernel's queue and clients were reset. The kernel's queue is set again, larger; asyncio keeps its burst.
+        self._socket.listen(LISTEN_BACKLOG)
         log.info("HTTP server listening on %s:%d", self._host, self.port)
 
     async def stop(self) -> None:
