@@ -63,6 +63,9 @@ def server_command(settings: InferenceSettings, model: Path, port: int) -> list[
         "--type_v", kv_type,
         # llama.cpp stores a quantized V cache only with flash attention.
         "--flash_attn", "true",
+        # Otherwise a streaming answer ends with [DONE] (no finish_reason) whenever another request
+        # waits: parallel questions (bot.max_concurrent) read as whole answers cut in the middle.
+        "--interrupt_requests", "false",
     ]  # fmt: skip
 
 

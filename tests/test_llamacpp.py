@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import re
 import socket
@@ -117,3 +118,29 @@ async def test_the_server_does_not_import_modules_from_the_working_directory(tmp
         assert not marker.exists()
     finally:
         await server.stop()
+
+
+async def test_a_second_request_does_not_cut_a_streaming_answer_short(llamacpp_server) -> None:  # type: ignore[no-untyped-def]
+    # llama-cpp-python's server ends a streaming answer with [DONE] (no finish_reason) as soon as
+    # another request waits (interrupt_requests, on by default): with bot.max_concurrent questions at
+    # once, users read answers cut in the middle as if they were whole.
+    import json
+
+    import httpx
+
+    _, endpoint = llamacpp_server
+    long_answer = {"model": endpoint.model, "stream": True, "max_tokens": 200, "temperature": 0,
+                   "messages": [{"role": "user", "content": "Count from 1 to 100, one number per line."}]}  # fmt: skip
+    other = {"model": endpoint.model, "max_tokens": 4, "messages": [{"role": "user", "content": "Say hi"}]}
+    async with httpx.AsyncClient(base_url=endpoint.base_url, timeout=600) as http:
+        async with http.stream("POST", "/chat/completions", json=long_answer) as stream:
+            finish_reasons, second = [], None
+            async for line in stream.aiter_lines():
+                if not line.startswith("data: ") or line == "data: [DONE]":
+                    continue
+                chunk = json.loads(line.removeprefix("data: "))
+                finish_reasons += [c["finish_reason"] for c in chunk["choices"] if c.get("finish_reason")]
+                if second is None:  # the first chunk is out: a second question arrives while it streams
+                    second = asyncio.create_task(http.post("/chat/completions", json=other))
+        assert finish_reasons in (["length"], ["stop"]), f"the answer ended without a finish_reason: {finish_reasons}"
+        assert second is not None and (await second).status_code == 200
