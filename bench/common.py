@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import platform
+import shutil
 import statistics
 import time
 from pathlib import Path
@@ -22,11 +24,29 @@ QUESTIONS = [
     "Who is my onboarding buddy?",
 ]
 EMPTY_CONFIG = Path(__file__).resolve().parent.parent / "tests" / "teambot-test.toml"
+ONE_FILE = Path(__file__).resolve().parent.parent / "examples" / "knowledge" / "faq.txt"
 
 
 def bench_settings(work: Path, knowledge: Path, **overrides: Any) -> Settings:
     rag = {"knowledge_dir": str(knowledge), **overrides.pop("rag", {})}
     return load_settings(EMPTY_CONFIG, data_dir=str(work / "data"), rag=rag, **overrides)
+
+
+async def serve_tree(tree: Path, work: Path, **env: str) -> tuple[asyncio.subprocess.Process, str]:
+    """A fresh `teambot serve` of ``tree`` (another checkout, or this one) in ``work``, on a one-file
+    knowledge folder (the sample FAQ), with ``env`` added; its process and HTTP base URL. Call it from
+    a directory outside both trees, so that `python -m bot` finds ``tree``'s code."""
+    from tests.proc import process_env, start_serve
+
+    if work.exists():
+        shutil.rmtree(work)
+    knowledge = work / "knowledge"
+    knowledge.mkdir(parents=True)
+    shutil.copy(ONE_FILE, knowledge)
+    environment = process_env(bench_settings(work, knowledge), **env)
+    environment["PYTHONPATH"] = str(tree)
+    process, url, _ = await start_serve(environment)
+    return process, url
 
 
 def percentile(values: list[float], q: float) -> float:

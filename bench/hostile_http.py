@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import shutil
 import tempfile
 import time
 from collections import Counter
@@ -28,15 +27,13 @@ from typing import Any
 
 import httpx
 
-from bench.common import bench_settings, save
+from bench.common import save, serve_tree
 from tests.fake_llm import FakeLLM
 from tests.fake_slack import BOT_TOKEN, FakeSlack
 from tests.hostile_files import LONG_CHINESE_NAME, docx_bomb, malformed_docx, many_page_pdf, nested_html
-from tests.proc import process_env, start_serve
 from tests.raw_http import MiB, post_lazily, proc_status_kb
 
 THIS_TREE = Path(__file__).resolve().parent.parent
-EXAMPLE = THIS_TREE / "examples" / "knowledge" / "faq.txt"
 ADMIN_TOKEN = "bench-hostile-admin-token-0c4d"
 SIGNING_SECRET = "bench-hostile-signing-secret"
 BODIES = [  # name, path, bytes, sent with Content-Length (else chunked)
@@ -49,24 +46,16 @@ PARALLEL_SIGN_INS = 100
 
 
 async def serve(tree: Path, work: Path, fake_llm: FakeLLM, fake_slack: FakeSlack) -> tuple[asyncio.subprocess.Process, str]:
-    """A fresh `teambot serve` of ``tree`` on a one-file knowledge folder."""
-    if work.exists():
-        shutil.rmtree(work)
-    knowledge = work / "knowledge"
-    knowledge.mkdir(parents=True)
-    shutil.copy(EXAMPLE, knowledge)
-    env = process_env(
-        bench_settings(work, knowledge),
+    """A fresh `teambot serve` of ``tree`` with the console and Slack's HTTP Events API on."""
+    return await serve_tree(
+        tree, work,
         TEAMBOT_INFERENCE__BACKEND="external",
         TEAMBOT_INFERENCE__BASE_URL=fake_llm.base_url,
         TEAMBOT_ADMIN_TOKEN=ADMIN_TOKEN,
         SLACK_BOT_TOKEN=BOT_TOKEN,
         SLACK_API_URL=fake_slack.api_url,
         SLACK_SIGNING_SECRET=SIGNING_SECRET,
-    )
-    env["PYTHONPATH"] = str(tree)  # run from a directory outside both trees (main() moves there): python -m finds bot there
-    process, url, _ = await start_serve(env)
-    return process, url
+    )  # fmt: skip
 
 
 async def stop(process: asyncio.subprocess.Process) -> None:

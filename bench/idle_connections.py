@@ -17,7 +17,6 @@ import argparse
 import asyncio
 import os
 import resource
-import shutil
 import tempfile
 import time
 from pathlib import Path
@@ -26,33 +25,16 @@ from urllib.parse import urlsplit
 
 import httpx
 
-from bench.common import bench_settings, save
+from bench.common import save, serve_tree
 from tests.fake_llm import FakeLLM
-from tests.proc import process_env, start_serve
 from tests.raw_http import proc_status_kb
 
 THIS_TREE = Path(__file__).resolve().parent.parent
-EXAMPLE = THIS_TREE / "examples" / "knowledge" / "faq.txt"
 IDLE_CONNECTIONS = 1100
 OPEN_FILES = 1024
 HOLD_S = 45.0
 PROBE_EVERY_S = 3.0
 PROBE_TIMEOUT_S = 10.0
-
-
-async def serve(tree: Path, work: Path, fake_llm: FakeLLM) -> tuple[asyncio.subprocess.Process, str]:
-    if work.exists():
-        shutil.rmtree(work)
-    knowledge = work / "knowledge"
-    knowledge.mkdir(parents=True)
-    shutil.copy(EXAMPLE, knowledge)
-    env = process_env(
-        bench_settings(work, knowledge), TEAMBOT_INFERENCE__BACKEND="external", TEAMBOT_INFERENCE__BASE_URL=fake_llm.base_url,
-        TEAMBOT_ADMIN_TOKEN="bench-idle-admin-token-5d1c",
-    )
-    env["PYTHONPATH"] = str(tree)
-    process, url, _ = await start_serve(env)
-    return process, url
 
 
 Idle = tuple[asyncio.StreamReader, asyncio.StreamWriter]
@@ -104,7 +86,9 @@ def log_facts(work: Path) -> dict[str, Any]:
 
 
 async def measure(tree: Path, work: Path, fake_llm: FakeLLM) -> dict[str, Any]:
-    process, url = await serve(tree, work, fake_llm)
+    process, url = await serve_tree(
+        tree, work, TEAMBOT_INFERENCE__BACKEND="external", TEAMBOT_INFERENCE__BASE_URL=fake_llm.base_url, TEAMBOT_ADMIN_TOKEN="bench-idle-admin-token-5d1c"
+    )
     parts = urlsplit(url)
     idle: list[Idle] = []
     try:

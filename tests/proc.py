@@ -10,11 +10,17 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, TypeVar
+from urllib.parse import urlsplit
 
 from config.settings import Settings
+from tests.fake_llm import FakeLLM
+from tests.fake_slack import BOT_TOKEN, FakeSlack
+from tests.raw_http import proc_status_kb
 
 REPO = Path(__file__).resolve().parent.parent
 TEAMBOT_CMD = [sys.executable, "-m", "bot"]
@@ -137,3 +143,51 @@ def llm_child(serve_pid: int) -> int:
         if int(fields[1]) == serve_pid and fields[0] != "Z" and b"llama_cpp.server" in cmdline:
             return int(stat.parent.name)
     return 0
+
+
+@dataclass
+class Served:
+    """A running `teambot serve` (console and Slack's HTTP Events API) against the fake Slack and fake LLM."""
+
+    process: asyncio.subprocess.Process
+    url: str
+    stderr: list[str]
+    data_dir: Path
+    fake_slack: FakeSlack
+    fake_llm: FakeLLM
+
+    @property
+    def address(self) -> tuple[str, int]:
+        parts = urlsplit(self.url)
+        return parts.hostname or "127.0.0.1", parts.port or 80
+
+    def peak_kb(self) -> int:
+        return proc_status_kb(self.process.pid, "VmHWM")
+
+    def descriptors(self) -> int:
+        return len(os.listdir(f"/proc/{self.process.pid}/fd"))
+
+    def log(self) -> str:
+        log = self.data_dir / "logs" / "teambot.log"
+        return "".join(self.stderr) + (log.read_text(errors="replace") if log.exists() else "")
+
+
+@asynccontextmanager
+async def serve_with_fakes(settings: Settings, **env: str) -> AsyncIterator[Served]:
+    """`teambot serve` on ``settings``' folders with ``env`` added, its LLM the fake LLM and its Slack the fake Slack; stopped after."""
+    fake_slack = await FakeSlack().start()
+    fake_llm = FakeLLM().start()
+    try:
+        environment = process_env(
+            settings, TEAMBOT_INFERENCE__BACKEND="external", TEAMBOT_INFERENCE__BASE_URL=fake_llm.base_url,
+            SLACK_BOT_TOKEN=BOT_TOKEN, SLACK_API_URL=fake_slack.api_url, **env,
+        )  # fmt: skip
+        process, url, stderr = await start_serve(environment)
+        try:
+            yield Served(process, url, stderr, settings.data_dir, fake_slack, fake_llm)
+        finally:
+            process.terminate()
+            await asyncio.wait_for(process.wait(), 120)
+    finally:
+        await fake_slack.stop()
+        fake_llm.stop()

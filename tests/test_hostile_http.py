@@ -17,7 +17,6 @@ import socket
 import sys
 import time
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlencode, urlsplit
 
@@ -27,9 +26,9 @@ import pytest
 from config.settings import Settings
 from tests.conftest import closed_port, indexed_copy, make_settings
 from tests.fake_llm import FakeLLM
-from tests.fake_slack import BOT_TOKEN, TEAM, FakeSlack
-from tests.proc import async_wait_for, process_env, start_serve
-from tests.raw_http import post_lazily, proc_status_kb
+from tests.fake_slack import TEAM
+from tests.proc import Served, async_wait_for, process_env, serve_with_fakes, start_serve
+from tests.raw_http import post_lazily
 
 ADMIN_TOKEN = "hostile-test-admin-token-5b2e9"
 SIGNING_SECRET = "hostile-test-signing-secret"
@@ -38,46 +37,11 @@ MiB = 1024 * 1024
 MEMORY_GROWTH_ALLOWED_KB = 40 * 1024  # the server's peak may grow this much (buffers), not by the body
 
 
-@dataclass
-class Served:
-    process: asyncio.subprocess.Process
-    url: str
-    stderr: list[str]
-    data_dir: Path
-    fake_slack: FakeSlack
-    fake_llm: FakeLLM
-
-    def peak_kb(self) -> int:
-        return proc_status_kb(self.process.pid, "VmHWM")
-
-    def log(self) -> str:
-        log = self.data_dir / "logs" / "teambot.log"
-        return "".join(self.stderr) + (log.read_text(errors="replace") if log.exists() else "")
-
-
 @pytest.fixture(scope="module")
 async def served(indexed_settings: Settings, tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Served]:
-    fake_slack = await FakeSlack().start()
-    fake_llm = FakeLLM().start()
     data, knowledge = indexed_copy(indexed_settings, tmp_path_factory.mktemp("hostile"))
-    settings = make_settings(data, knowledge)
-    env = process_env(
-        settings,
-        TEAMBOT_INFERENCE__BACKEND="external",
-        TEAMBOT_INFERENCE__BASE_URL=fake_llm.base_url,
-        TEAMBOT_ADMIN_TOKEN=ADMIN_TOKEN,
-        SLACK_BOT_TOKEN=BOT_TOKEN,
-        SLACK_API_URL=fake_slack.api_url,
-        SLACK_SIGNING_SECRET=SIGNING_SECRET,
-    )
-    process, url, stderr = await start_serve(env)
-    try:
-        yield Served(process, url, stderr, data, fake_slack, fake_llm)
-    finally:
-        process.terminate()
-        await asyncio.wait_for(process.wait(), 120)
-        await fake_slack.stop()
-        fake_llm.stop()
+    async with serve_with_fakes(make_settings(data, knowledge), TEAMBOT_ADMIN_TOKEN=ADMIN_TOKEN, SLACK_SIGNING_SECRET=SIGNING_SECRET) as served:
+        yield served
 
 
 @pytest.fixture

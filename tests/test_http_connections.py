@@ -5,79 +5,39 @@ whose every connection is in a request. Connections are raw sockets, opened by t
 from __future__ import annotations
 
 import asyncio
-import os
 import resource
 import time
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
-from pathlib import Path
-from urllib.parse import urlsplit
 
 import httpx
 import pytest
 
 from config.settings import Settings
 from tests.conftest import indexed_copy, make_settings
-from tests.fake_llm import FakeLLM
-from tests.fake_slack import BOT_TOKEN, FakeSlack
-from tests.proc import process_env, start_serve
+from tests.proc import Served, serve_with_fakes
 
 MAX_CONNECTIONS = 24
 HEADER_TIMEOUT_S = 5.0
 BODY_TIMEOUT_S = 20.0  # longer than it can take here to open MAX_CONNECTIONS connections in requests
-HEADROOM_FILES = 64 + 40  # serve's open-file limit: what it holds idle, the cap, and this (ACCEPT_BURST and room)
+HEADROOM_FILES = 4 * 16 + 40  # serve's open-file limit: what it holds idle, the cap, and this (4 accept bursts, and room)
 DEADLINE_S = 120.0
-
-
-@dataclass
-class Served:
-    process: asyncio.subprocess.Process
-    url: str
-    stderr: list[str]
-    data_dir: Path
-
-    @property
-    def address(self) -> tuple[str, int]:
-        parts = urlsplit(self.url)
-        return parts.hostname or "127.0.0.1", parts.port or 80
-
-    def descriptors(self) -> int:
-        return len(os.listdir(f"/proc/{self.process.pid}/fd"))
-
-    def log(self) -> str:
-        log = self.data_dir / "logs" / "teambot.log"
-        return "".join(self.stderr) + (log.read_text(errors="replace") if log.exists() else "")
 
 
 @pytest.fixture(scope="module")
 async def served(indexed_settings: Settings, tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Served]:
-    fake_slack = await FakeSlack().start()
-    fake_llm = FakeLLM().start()
     data, knowledge = indexed_copy(indexed_settings, tmp_path_factory.mktemp("connections"))
-    env = process_env(
+    async with serve_with_fakes(
         make_settings(data, knowledge),
-        TEAMBOT_INFERENCE__BACKEND="external",
-        TEAMBOT_INFERENCE__BASE_URL=fake_llm.base_url,
-        SLACK_BOT_TOKEN=BOT_TOKEN,
-        SLACK_API_URL=fake_slack.api_url,
         SLACK_SIGNING_SECRET="connections-test-signing-secret",
         TEAMBOT_ADMIN_TOKEN="connections-test-admin-token-7f3a",
         TEAMBOT_HTTP_MAX_CONNECTIONS=str(MAX_CONNECTIONS),
         TEAMBOT_HTTP_HEADER_TIMEOUT_S=str(HEADER_TIMEOUT_S),
         TEAMBOT_HTTP_BODY_TIMEOUT_S=str(BODY_TIMEOUT_S),
-    )
-    process, url, stderr = await start_serve(env)
-    served = Served(process, url, stderr, data)
-    # As systemd's LimitNOFILE would, but tight: what serve holds now, the cap, and some room.
-    limit = served.descriptors() + MAX_CONNECTIONS + HEADROOM_FILES
-    resource.prlimit(process.pid, resource.RLIMIT_NOFILE, (limit, limit))
-    try:
+    ) as served:
+        # As systemd's LimitNOFILE would, but tight: what serve holds now, the cap, and some room.
+        limit = served.descriptors() + MAX_CONNECTIONS + HEADROOM_FILES
+        resource.prlimit(served.process.pid, resource.RLIMIT_NOFILE, (limit, limit))
         yield served
-    finally:
-        process.terminate()
-        await asyncio.wait_for(process.wait(), 120)
-        await fake_slack.stop()
-        fake_llm.stop()
 
 
 async def open_idle(served: Served) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
