@@ -102,13 +102,25 @@ class ChatClient:
                     max_tokens=self._max_tokens,
                 )
                 self._progressed()
+                finished = False
                 async with stream:
                     async for chunk in stream:
                         self._progressed()
-                        if chunk.choices and chunk.choices[0].delta.content:
-                            yield chunk.choices[0].delta.content
+                        if not chunk.choices:
+                            continue
+                        choice = chunk.choices[0]
+                        if choice.delta.content:
+                            yield choice.delta.content
+                        finished = finished or choice.finish_reason is not None
         except openai.OpenAIError as exc:
             raise self._translate(exc) from None
+        if not finished:
+            # A server that drops a stream (llama-cpp-python's interrupt_requests did, on a second request)
+            # ends it with [DONE] and no finish_reason: the text so far is a cut answer, not a whole one.
+            raise LLMUnavailable(
+                f"the LLM server at {self.endpoint.base_url} ended the answer before it was finished (the stream closed without a finish_reason)",
+                self.endpoint.down_hint,
+            )
 
     async def aclose(self) -> None:
         await self._client.close()

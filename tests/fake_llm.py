@@ -35,6 +35,7 @@ class Reply:
     hold: threading.Event | None = None  # set by the test to let the stream finish
     never_finish: bool = False  # stream one token, then nothing until the client gives up
     token_delay_s: float = 0.0  # before each token: a model generating at that pace
+    unfinished: bool = False  # end with [DONE] but no finish_reason, as a server that drops the stream
 
 
 class FakeLLM:
@@ -97,7 +98,8 @@ class FakeLLM:
                     await asyncio.Event().wait()
                 if k == 0 and reply.hold is not None:
                     await asyncio.to_thread(reply.hold.wait)
-            yield _event({"choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]})
+            if not reply.unfinished:
+                yield _event({"choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]})
             yield "data: [DONE]\n\n"
         finally:
             with self._lock:

@@ -22,6 +22,17 @@ async def test_streams_tokens_and_discovers_the_model(fake_llm: FakeLLM) -> None
     await client.aclose()
 
 
+async def test_a_stream_that_closes_without_a_finish_reason_is_a_cut_answer_not_a_whole_one(fake_llm: FakeLLM) -> None:
+    fake_llm.script.append(Reply(tokens=["If the primary", " does not"], unfinished=True))  # [DONE], no finish_reason
+    client = client_for(Endpoint(base_url=fake_llm.base_url, model=MODEL, down_hint="look at the server"))
+    seen: list[str] = []
+    with pytest.raises(LLMUnavailable, match="ended the answer before it was finished") as caught:
+        async for token in client.stream_chat(QUESTION):
+            seen.append(token)
+    assert seen == ["If the primary", " does not"] and caught.value.hint == "look at the server"
+    await client.aclose()
+
+
 async def test_retries_server_errors_with_backoff(fake_llm: FakeLLM) -> None:
     fake_llm.script.extend([Reply(status=503), Reply(status=502), Reply()])
     client = client_for(Endpoint(base_url=fake_llm.base_url, model=MODEL), max_retries=2)

@@ -181,6 +181,14 @@ async def test_in_auto_a_model_that_writes_past_the_generation_timeout_gives_way
     assert engine.busy == 0
 
 
+async def test_in_auto_a_cut_stream_gives_way_to_the_quotes(make_engine, fake_llm: FakeLLM) -> None:  # type: ignore[no-untyped-def]
+    # A faithful beginning the server dropped mid-sentence must not be shown as the whole answer.
+    fake_llm.script.append(Reply(tokens=FAITHFUL[:2], unfinished=True))
+    deltas, done = await collect(make_engine(fake_endpoint(fake_llm)), ON_CALL_QUESTION)
+    assert "".join(deltas) == "".join(FAITHFUL[:2]) and done.replaced and done.mode == "extractive"
+    assert "ended the answer before it was finished" in done.reason and "secondary on-call engineer" in done.answer
+
+
 # --- what reaches the user: evidence, the guard, the answer modes, the conversation ----------
 
 FAITHFUL = ["If the primary does not acknowledge within 15 minutes,", " PagerDuty escalates the page", " to the secondary on-call engineer [1]."]
