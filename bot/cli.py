@@ -328,7 +328,7 @@ def models_pull(
 ) -> None:
     """Download a model into <data_dir>/models/NAME/: resumable, checked against the hub's checksums."""
     settings: Settings = ctx.obj
-    from inference.model_hub import plan, pull
+    from inference.model_hub import plan, pull, size_text
 
     if source not in (None, "huggingface", "modelscope"):
         print_error(ConfigError(f"--source {source!r} is not a model hub teambot uses", "use huggingface or modelscope"))
@@ -336,10 +336,10 @@ def models_pull(
     result = guarded(lambda: pull(plan(settings, name, source, revision), progress_line))
     request = result.request
     if result.already:
-        out.print(f"{request.name} is already pulled: {request.target} ({result.files} files, {result.bytes / 1e9:.2f} GB)")
+        out.print(f"{request.name} is already pulled: {request.target} ({result.files} files, {size_text(result.bytes)})")
     else:
-        rate = result.bytes / max(result.seconds, 1e-3) / 1e6
-        out.print(f"pulled {request.repository} from {request.source} in {result.seconds:.0f} s ({result.files} files, {result.bytes / 1e9:.2f} GB, {rate:.1f} MB/s): {request.target}")
+        rate = size_text(int(result.bytes / max(result.seconds, 1e-3)))
+        out.print(f"pulled {request.repository} from {request.source} in {result.seconds:.1f} s ({result.files} files, {size_text(result.bytes)}, {rate}/s): {request.target}")
 
 
 @models_app.command("list")

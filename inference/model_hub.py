@@ -140,7 +140,7 @@ def _pull_huggingface(request: PullRequest, progress: Progress) -> tuple[int, in
     _start_staging(request.staging, commit)
     _check_disk(request, files)
     total = sum(f.size for f in files)
-    progress(f"pulling {len(files)} files ({_size(total)}) of {request.repository} at {commit[:12]} into {request.target}")
+    progress(f"pulling {len(files)} files ({size_text(total)}) of {request.repository} at {commit[:12]} into {request.target}")
     headers = build_hf_headers(token=token)
     for remote in files:
         final = request.staging / remote.path
@@ -153,7 +153,9 @@ def _pull_huggingface(request: PullRequest, progress: Progress) -> tuple[int, in
             part.unlink()
             have = 0
         if have:
-            progress(f"{remote.path}: resuming at {_size(have)} of {_size(remote.size)}")
+            progress(f"{remote.path}: resuming at {size_text(have)} of {size_text(remote.size)}")
+        else:
+            progress(f"{remote.path} ({size_text(remote.size)})")
         url = hf_hub_url(request.repository, remote.path, revision=commit, endpoint=endpoint)
         try:
             with part.open("ab") as f:
@@ -233,7 +235,7 @@ def _check_disk(request: PullRequest, files: list[RemoteFile]) -> None:
     free = shutil.disk_usage(request.staging).free
     if needed + DISK_MARGIN > free:
         raise PullError(
-            f"not enough disk for {request.repository}: {_size(needed)} to download, {_size(free)} free in {request.staging.parent}",
+            f"not enough disk for {request.repository}: {size_text(needed)} to download, {size_text(free)} free in {request.staging.parent}",
             "free some space there, or set data_dir (TEAMBOT_DATA_DIR) to a disk with more room",
         )
 
@@ -252,7 +254,7 @@ def _hub_error(request: PullRequest, exc: Exception, where: str, file: str | Non
     if isinstance(exc, RepositoryNotFoundError) or status == 404:
         return PullError(f"{where} has no repository {request.repository}" + (f" file {file}" if file else ""), "check the name (`teambot models list`)")
     what = f"{file} of {request.repository}" if file else request.repository
-    resume = f"; the {_size(kept.stat().st_size)} already downloaded are kept in {kept} and the next pull resumes there" if kept and kept.is_file() else ""
+    resume = f"; the {size_text(kept.stat().st_size)} already downloaded are kept in {kept} and the next pull resumes there" if kept and kept.is_file() else ""
     return PullError(
         f"cannot download {what} from {where}: {type(exc).__name__}: {_short(exc)}{resume}",
         f"check the route to {where} (a mirror: HF_ENDPOINT=https://hf-mirror.com; or models.source = \"modelscope\"), "
@@ -302,7 +304,7 @@ def _remove_if_empty(folder: Path) -> None:
         pass
 
 
-def _size(n: int) -> str:
+def size_text(n: int) -> str:
     for unit, scale in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
         if n >= scale:
             return f"{n / scale:.1f} {unit}"

@@ -1,0 +1,177 @@
+"""A local stand-in for the Hugging Face hub, at its HTTP API, for `teambot models pull` (chosen with HF_ENDPOINT).
+
+It speaks the routes huggingface_hub uses for a download: ``GET /api/models/{repo}/revision/{rev}``
+(``?blobs=true``: each file's size, git blob id and LFS sha256), and ``GET``/``HEAD``
+``/{repo}/resolve/{rev}/{file}`` with ``X-Repo-Commit`` and ``ETag``; an LFS file (weights,
+GGUF, tokenizer model) answers 302 to a CDN-like ``/cdn/{sha256}`` with ``X-Linked-Etag`` and
+``X-Linked-Size``, which serves Range requests (206, ``Content-Range``). It records every request
+and can misbehave the way a network or a mirror does: cut a connection in the middle, answer 503
+for a while, serve other bytes than it lists, ask for a token.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import threading
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from urllib.parse import unquote, urlparse
+
+COMMIT = "7f3c2a1b9d8e4f5061728394a5b6c7d8e9f00112"
+LFS_SUFFIXES = (".safetensors", ".gguf", ".model", ".bin")
+
+
+@dataclass
+class FakeHub:
+    repos: dict[str, dict[str, bytes]]  # repository ID -> file path -> content
+    cut_once: dict[str, int] = field(default_factory=dict)  # file -> byte at which its next download is cut
+    down_after_cut: bool = False  # after a cut, answer 503 to every download until ``down`` is cleared
+    corrupt: set[str] = field(default_factory=set)  # files served with other bytes than the listing's checksum
+    listed_size: dict[str, int] = field(default_factory=dict)  # file -> size the listing claims
+    token: str | None = None  # when set, every request needs "Authorization: Bearer TOKEN"
+    down: bool = False
+    requests: list[tuple[str, str, str | None, str | None]] = field(default_factory=list)  # method, path, Range, Authorization
+
+    def __post_init__(self) -> None:
+        self._lock = threading.Lock()
+        hub = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+            def do_HEAD(self) -> None:
+                hub._answer(self, body=False)
+
+            def do_GET(self) -> None:
+                hub._answer(self, body=True)
+
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self._server.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self._server.server_address[1]}"
+        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+        self._thread.start()
+
+    def close(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+
+    def ranges(self, file_sha: str) -> list[str | None]:
+        """The Range headers of the CDN downloads of one LFS file, in order."""
+        return [r for m, p, r, _ in self.requests if m == "GET" and p == f"/cdn/{file_sha}"]
+
+    # --- the routes ---------------------------------------------------------------------------
+
+    def _answer(self, handler: BaseHTTPRequestHandler, body: bool) -> None:
+        path = unquote(urlparse(handler.path).path)
+        with self._lock:
+            self.requests.append((handler.command, path, handler.headers.get("Range"), handler.headers.get("Authorization")))
+        if self.token and handler.headers.get("Authorization") != f"Bearer {self.token}":
+            return self._send(handler, 401, b'{"error":"Access to model is restricted."}', {"X-Error-Code": "GatedRepo", "X-Error-Message": "gated"}, body)
+        if path.startswith("/api/models/"):
+            return self._info(handler, path.removeprefix("/api/models/"), body)
+        if path.startswith("/cdn/"):
+            return self._cdn(handler, path.removeprefix("/cdn/"), body)
+        if "/resolve/" in path:
+            return self._resolve(handler, path, body)
+        self._send(handler, 404, b"{}", {}, body)
+
+    def _info(self, handler: BaseHTTPRequestHandler, rest: str, body: bool) -> None:
+        repo, _, _revision = rest.partition("/revision/")
+        files = self.repos.get(repo)
+        if files is None:
+            return self._send(handler, 404, b'{"error":"Repository not found"}', {"X-Error-Code": "RepoNotFound"}, body)
+        siblings = []
+        for name, content in sorted(files.items()):
+            sibling: dict[str, object] = {"rfilename": name, "size": self.listed_size.get(name, len(content)), "blobId": git_blob_id(content)}
+            if name.endswith(LFS_SUFFIXES):
+                sibling["lfs"] = {"sha256": sha256(content), "size": self.listed_size.get(name, len(content)), "pointerSize": 134}
+            siblings.append(sibling)
+        data = json.dumps({"id": repo, "modelId": repo, "sha": COMMIT, "private": False, "siblings": siblings}).encode()
+        self._send(handler, 200, data, {"Content-Type": "application/json"}, body)
+
+    def _find(self, path: str) -> tuple[str, bytes] | None:
+        for repo, files in self.repos.items():
+            prefix = f"/{repo}/resolve/"
+            if path.startswith(prefix):
+                name = path.removeprefix(prefix).partition("/")[2]
+                if name in files:
+                    return name, files[name]
+        return None
+
+    def _resolve(self, handler: BaseHTTPRequestHandler, path: str, body: bool) -> None:
+        found = self._find(path)
+        if found is None:
+            return self._send(handler, 404, b'{"error":"Entry not found"}', {"X-Error-Code": "EntryNotFound"}, body)
+        name, content = found
+        headers = {"X-Repo-Commit": COMMIT}
+        if name.endswith(LFS_SUFFIXES):
+            digest = sha256(content)
+            headers |= {"Location": f"/cdn/{digest}", "X-Linked-Etag": f'"{digest}"', "X-Linked-Size": str(len(content)), "ETag": f'"{git_blob_id(content)}"'}
+            return self._send(handler, 302, b"", headers, body)
+        headers["ETag"] = f'"{git_blob_id(content)}"'
+        self._send(handler, 200, self._served(name, content), headers, body)
+
+    def _cdn(self, handler: BaseHTTPRequestHandler, digest: str, body: bool) -> None:
+        match = [(name, content) for files in self.repos.values() for name, content in files.items() if _digest(content) == digest]
+        if not match:
+            return self._send(handler, 404, b"", {}, body)
+        if self.down:
+            return self._send(handler, 503, b"down for maintenance", {}, body)
+        name, content = match[0]
+        content = self._served(name, content)
+        start = 0
+        status, headers = 200, {"ETag": f'"{digest}"', "Accept-Ranges": "bytes"}
+        wanted = handler.headers.get("Range")
+        if wanted and wanted.startswith("bytes="):
+            start = int(wanted.removeprefix("bytes=").split("-")[0])
+            status = 206
+            headers["Content-Range"] = f"bytes {start}-{len(content) - 1}/{len(content)}"
+        part = content[start:]
+        cut = self.cut_once.pop(name, None)
+        if cut is None or not body:
+            return self._send(handler, status, part, headers, body)
+        handler.send_response(status)
+        for key, value in {**headers, "Content-Length": str(len(part))}.items():
+            handler.send_header(key, value)
+        handler.end_headers()
+        handler.wfile.write(part[: max(cut - start, 0)])
+        handler.wfile.flush()
+        handler.close_connection = True  # the rest never comes: a connection cut in the middle
+        if self.down_after_cut:
+            self.down = True
+
+    def _served(self, name: str, content: bytes) -> bytes:
+        return bytes(b ^ 0xFF for b in content) if name in self.corrupt else content
+
+    @staticmethod
+    def _send(handler: BaseHTTPRequestHandler, status: int, data: bytes, headers: dict[str, str], body: bool) -> None:
+        handler.send_response(status)
+        for key, value in headers.items():
+            handler.send_header(key, value)
+        handler.send_header("Content-Length", str(len(data)))
+        handler.end_headers()
+        if body:
+            handler.wfile.write(data)
+
+
+def sha256(content: bytes) -> str:
+    return hashlib.sha256(content).hexdigest()
+
+
+_digests: dict[int, tuple[bytes, str]] = {}
+
+
+def _digest(content: bytes) -> str:
+    """sha256 of a served file, worked out once per content."""
+    known = _digests.get(id(content))
+    if known is None or known[0] is not content:
+        known = _digests[id(content)] = (content, sha256(content))
+    return known[1]
+
+
+def git_blob_id(content: bytes) -> str:
+    return hashlib.sha1(f"blob {len(content)}\0".encode() + content).hexdigest()  # noqa: S324 (git's object id)
