@@ -277,7 +277,13 @@ def _pull_modelscope(request: PullRequest, progress: Progress) -> tuple[int, int
             request.repository, revision=None if request.revision == "main" else request.revision,
             local_dir=str(request.staging), allow_patterns=list(request.patterns) or None,
         )  # fmt: skip
-    except Exception as exc:  # noqa: BLE001 (modelscope raises many kinds, all mean the same here)
+    except Exception as exc:  # noqa: BLE001 (modelscope raises many kinds; only a checksum failure is told apart)
+        if "hash mismatch" in str(exc).lower():
+            raise PullError(
+                f"{request.repository} from ModelScope ({where}): the downloaded bytes do not match ModelScope's sha256 "
+                f"({_short(exc)}); modelscope removed the file",
+                "run the pull again; if it fails the same way, the server at MODELSCOPE_ENDPOINT serves other bytes than it lists",
+            ) from None
         raise PullError(
             f"cannot download {request.repository} from ModelScope ({where}): {type(exc).__name__}: {_short(exc)}",
             f"check the route to {where} (MODELSCOPE_ENDPOINT; MODELSCOPE_API_TOKEN for a private model), or models.source = \"huggingface\", "
@@ -285,7 +291,8 @@ def _pull_modelscope(request: PullRequest, progress: Progress) -> tuple[int, int
         ) from None
     files = [p for p in request.staging.rglob("*") if p.is_file() and not _is_client_state(p, request.staging)]
     if not files:
-        raise PullError(f"ModelScope sent no files of {request.repository}", request.by_hand())
+        wanted = ", ".join(request.patterns) or "any file"
+        raise PullError(f"ModelScope's {request.repository} has no {wanted}", "the repository changed: pull one of its files by repository ID, or " + request.by_hand())
     return len(files), sum(p.stat().st_size for p in files)
 
 
@@ -312,6 +319,7 @@ def size_text(n: int) -> str:
 
 
 def _short(exc: Exception) -> str:
-    text = str(exc).strip().splitlines()
-    return text[0][:300] if text else ""
+    """The first lines of an error, on one line (hub clients put the cause on the second)."""
+    lines = [line.strip() for line in str(exc).strip().splitlines() if line.strip()]
+    return "; ".join(lines[:3])[:400]
 

@@ -16,7 +16,8 @@ import json
 import threading
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from urllib.parse import unquote, urlparse
+from pathlib import Path
+from urllib.parse import parse_qs, unquote, urlparse
 
 COMMIT = "7f3c2a1b9d8e4f5061728394a5b6c7d8e9f00112"
 LFS_SUFFIXES = (".safetensors", ".gguf", ".model", ".bin")
@@ -175,3 +176,62 @@ def _digest(content: bytes) -> str:
 
 def git_blob_id(content: bytes) -> str:
     return hashlib.sha1(f"blob {len(content)}\0".encode() + content).hexdigest()  # noqa: S324 (git's object id)
+
+
+@dataclass
+class FakeModelScope:
+    """A local stand-in for ModelScope at the part of its HTTP API modelscope's ``snapshot_download`` uses
+    (chosen with MODELSCOPE_ENDPOINT): ``GET /api/v1/models/{repo}/repo/files?Revision=&Recursive=`` lists
+    each file's path, size and sha256; ``GET /api/v1/models/{repo}/repo?Revision=&FilePath=`` serves it
+    (Range requests too). It records every request and can serve other bytes than it lists."""
+
+    repos: dict[str, dict[str, bytes]]
+    corrupt: set[str] = field(default_factory=set)
+    requests: list[tuple[str, str]] = field(default_factory=list)  # method, path with query
+
+    def __post_init__(self) -> None:
+        store = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+            def do_HEAD(self) -> None:
+                store._answer(self, body=False)
+
+            def do_GET(self) -> None:
+                store._answer(self, body=True)
+
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self._server.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self._server.server_address[1]}"
+        threading.Thread(target=self._server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+
+    def _answer(self, handler: BaseHTTPRequestHandler, body: bool) -> None:
+        parsed = urlparse(handler.path)
+        path, query = unquote(parsed.path), {k: v[0] for k, v in parse_qs(parsed.query).items()}
+        self.requests.append((handler.command, handler.path))
+        rest = path.removeprefix("/api/v1/models/")
+        repo, route = (rest.removesuffix("/repo/files"), "files") if rest.endswith("/repo/files") else (rest.removesuffix("/repo"), "repo")
+        files = self.repos.get(repo)
+        if not path.startswith("/api/v1/models/") or files is None:
+            return FakeHub._send(handler, 404, json.dumps({"Code": 10010205001, "Message": "model not found", "Success": False}).encode(), {}, body)
+        if route == "files":
+            listing = [{"Name": Path(n).name, "Path": n, "Type": "blob", "Size": len(c), "Sha256": sha256(c), "Revision": COMMIT} for n, c in sorted(files.items())]
+            data = json.dumps({"Code": 200, "Data": {"Files": listing}, "Success": True}).encode()
+            return FakeHub._send(handler, 200, data, {"Content-Type": "application/json"}, body)
+        if route == "repo" and query.get("FilePath") in files:
+            name = query["FilePath"]
+            content = bytes(b ^ 0xFF for b in files[name]) if name in self.corrupt else files[name]
+            status, headers, start = 200, {"Accept-Ranges": "bytes"}, 0
+            if (wanted := handler.headers.get("Range")) and wanted.startswith("bytes="):
+                start = int(wanted.removeprefix("bytes=").split("-")[0])
+                status, headers["Content-Range"] = 206, f"bytes {start}-{len(content) - 1}/{len(content)}"
+            return FakeHub._send(handler, status, content[start:], headers, body)
+        FakeHub._send(handler, 404, json.dumps({"Code": 404, "Message": "file not found", "Success": False}).encode(), {}, body)

@@ -19,7 +19,7 @@ from config.settings import Settings, load_settings
 from inference.model_catalog import CATALOG, llamacpp_model, quantize_source
 from inference.server import make_server
 from tests.conftest import TEST_CONFIG, closed_port
-from tests.fake_hub import FakeHub, sha256
+from tests.fake_hub import FakeHub, FakeModelScope, sha256
 from tests.test_internlm2 import internlm2_folder
 
 TEAMBOT = str(Path(sys.executable).parent / "teambot")
@@ -227,10 +227,50 @@ def test_models_source_setting(tmp_path: Path) -> None:
 # --- ModelScope ------------------------------------------------------------------------------------
 
 
-def test_modelscope_is_chosen_by_the_setting_and_no_route_says_what_to_fetch(tmp_path: Path, hub: FakeHub) -> None:
+@pytest.fixture
+def modelscope(hub: FakeHub) -> Iterator[FakeModelScope]:
+    """The same GGUF and tiny InternLM2 model on a ModelScope stand-in, under ModelScope's repository IDs."""
     pytest.importorskip("modelscope")
-    env = env_for(tmp_path / "data", hub.url, TEAMBOT_MODELS__SOURCE="modelscope", MODELSCOPE_ENDPOINT=f"http://127.0.0.1:{closed_port()}",
-                  MODELSCOPE_CACHE=str(tmp_path / "ms-cache"), API_HTTP_CLIENT_MAX_RETRIES="0")  # fmt: skip
+    fake = FakeModelScope({
+        GGUF.modelscope: dict(hub.repos[GGUF.huggingface]), SAFETENSORS.modelscope: dict(hub.repos[SAFETENSORS.huggingface]),
+    })  # fmt: skip
+    yield fake
+    fake.close()
+
+
+def modelscope_env(tmp_path: Path, hub: FakeHub, endpoint: str) -> dict[str, str]:
+    return env_for(tmp_path / "data", hub.url, TEAMBOT_MODELS__SOURCE="modelscope", MODELSCOPE_ENDPOINT=endpoint, MODELSCOPE_CACHE=str(tmp_path / "ms-cache"))
+
+
+def test_modelscope_pulls_through_its_own_client_when_the_setting_says_so(tmp_path: Path, hub: FakeHub, modelscope: FakeModelScope) -> None:
+    env = modelscope_env(tmp_path, hub, modelscope.url)
+    pulled = teambot(["models", "pull", GGUF.name], env)
+    assert pulled.returncode == 0, pulled.stderr
+    target = models_dir(tmp_path) / GGUF.name
+    assert (target / GGUF.gguf_file).read_bytes() == hub.repos[GGUF.huggingface][GGUF.gguf_file]
+    assert [p.name for p in target.iterdir() if not p.name.startswith(".")] == [GGUF.gguf_file]
+    assert f"pulled {GGUF.modelscope} from modelscope" in pulled.stdout
+    assert (f"GET", f"/api/v1/models/{GGUF.modelscope}/repo?Revision=master&FilePath={GGUF.gguf_file}") in modelscope.requests
+    assert not hub.requests and not (models_dir(tmp_path) / ".pull").exists()
+    assert llamacpp_model(GGUF.name, models_dir(tmp_path)) == target / GGUF.gguf_file
+
+    by_option = teambot(["models", "pull", "internlm2_5-1_8b-chat", "--source", "modelscope"], env | {"TEAMBOT_MODELS__SOURCE": "huggingface"})
+    assert by_option.returncode == 0, by_option.stderr
+    assert (models_dir(tmp_path) / "internlm2_5-1_8b-chat" / "model.safetensors").read_bytes() == hub.repos[SAFETENSORS.huggingface]["model.safetensors"]
+
+
+def test_modelscope_bytes_that_do_not_match_are_refused(tmp_path: Path, hub: FakeHub, modelscope: FakeModelScope) -> None:
+    modelscope.corrupt = {GGUF.gguf_file}
+    failed = teambot(["models", "pull", GGUF.name], modelscope_env(tmp_path, hub, modelscope.url))
+    assert failed.returncode == 1 and "Traceback" not in failed.stderr
+    assert "do not match ModelScope's sha256" in failed.stderr and GGUF.gguf_file in failed.stderr
+    assert not (models_dir(tmp_path) / GGUF.name).exists()
+    assert not list((models_dir(tmp_path) / ".pull").rglob("*.gguf"))
+
+
+def test_modelscope_without_a_route_says_what_to_fetch(tmp_path: Path, hub: FakeHub) -> None:
+    pytest.importorskip("modelscope")
+    env = modelscope_env(tmp_path, hub, f"http://127.0.0.1:{closed_port()}")
     failed = teambot(["models", "pull", GGUF.name], env)
     assert failed.returncode == 1 and "Traceback" not in failed.stderr
     target = models_dir(tmp_path) / GGUF.name
