@@ -27,6 +27,8 @@ LFS_SUFFIXES = (".safetensors", ".gguf", ".model", ".bin")
 class FakeHub:
     repos: dict[str, dict[str, bytes]]  # repository ID -> file path -> content
     cut_once: dict[str, int] = field(default_factory=dict)  # file -> byte at which its next download is cut
+    hold_at: dict[str, int] = field(default_factory=dict)  # file -> byte at which its next download stalls until ``release`` is set
+    release: threading.Event = field(default_factory=threading.Event)
     down_after_cut: bool = False  # after a cut, answer 503 to every download until ``down`` is cleared
     corrupt: set[str] = field(default_factory=set)  # files served with other bytes than the listing's checksum
     listed_size: dict[str, int] = field(default_factory=dict)  # file -> size the listing claims
@@ -132,7 +134,8 @@ class FakeHub:
             status = 206
             headers["Content-Range"] = f"bytes {start}-{len(content) - 1}/{len(content)}"
         part = content[start:]
-        cut = self.cut_once.pop(name, None)
+        hold = self.hold_at.pop(name, None)
+        cut = self.cut_once.pop(name, None) if hold is None else hold
         if cut is None or not body:
             return self._send(handler, status, part, headers, body)
         handler.send_response(status)
@@ -141,6 +144,8 @@ class FakeHub:
         handler.end_headers()
         handler.wfile.write(part[: max(cut - start, 0)])
         handler.wfile.flush()
+        if hold is not None:
+            self.release.wait(timeout=120)  # a stalled transfer: the client is killed meanwhile
         handler.close_connection = True  # the rest never comes: a connection cut in the middle
         if self.down_after_cut:
             self.down = True

@@ -6,8 +6,10 @@ machine without a route is told what to download by hand. Short names resolve fo
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -118,6 +120,32 @@ def test_a_pull_stopped_by_an_outage_resumes_in_the_next_run(tmp_path: Path, hub
     assert hub.ranges(sha256(content))[-1] == f"bytes={CHUNK}-"
     assert (target / GGUF.gguf_file).read_bytes() == content
     assert not (models_dir(tmp_path) / ".pull").exists()
+
+
+def test_a_killed_pull_resumes_where_it_stopped(tmp_path: Path, hub: FakeHub) -> None:
+    content = hub.repos[GGUF.huggingface][GGUF.gguf_file]
+    hub.hold_at[GGUF.gguf_file] = CHUNK + 1000  # the transfer stalls past the first chunk
+    env = env_for(tmp_path / "data", hub.url)
+    part = models_dir(tmp_path) / ".pull" / GGUF.name / (GGUF.gguf_file + ".part")
+    process = subprocess.Popen([TEAMBOT, "models", "pull", GGUF.name], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 120
+        while not (part.is_file() and part.stat().st_size >= CHUNK):
+            assert process.poll() is None and time.monotonic() < deadline, "the pull never wrote its first chunk"
+            time.sleep(0.05)
+        process.send_signal(signal.SIGKILL)  # no chance to clean up
+        process.wait(timeout=60)
+    finally:
+        hub.release.set()
+        if process.poll() is None:
+            process.kill()
+    kept = part.stat().st_size
+    assert kept >= CHUNK and not (models_dir(tmp_path) / GGUF.name).exists()
+
+    resumed = teambot(["models", "pull", GGUF.name], env)
+    assert resumed.returncode == 0, resumed.stderr
+    assert hub.ranges(sha256(content)) == [None, f"bytes={kept}-"]
+    assert (models_dir(tmp_path) / GGUF.name / GGUF.gguf_file).read_bytes() == content
 
 
 def test_bytes_that_do_not_match_the_checksum_are_refused_and_removed(tmp_path: Path, hub: FakeHub, tiny_internlm2: dict[str, bytes]) -> None:
