@@ -148,6 +148,14 @@ class InferenceSettings(_Section):
     """Rotated server logs kept (llama-server.log.1, .2, ...)."""
     lmdeploy: LMDeploySettings = LMDeploySettings()
 
+    @field_validator("model_path", mode="before")
+    @classmethod
+    def _dot_path_is_a_path(cls, value: object) -> object:
+        # "./NAME" is a file in the working directory, not the model NAME: made absolute before Path drops the "./".
+        if isinstance(value, str) and value.startswith(("./", ".\\")):
+            return Path(value).resolve()
+        return value
+
     @field_validator("base_url")
     @classmethod
     def _http_url(cls, value: str | None) -> str | None:

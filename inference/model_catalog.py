@@ -122,7 +122,9 @@ def quantize_source(value: str, models_dir: Path) -> Path | None:
         return None
     model = find(text)
     if model is not None and model.kind != "hf-folder":
-        raise ConfigError(f"--model {model.name} is a GGUF for llama.cpp; `teambot quantize` needs safetensors", "use --model internlm2_5-1_8b-chat")
+        raise ConfigError(
+            f"--model {model.name} is a GGUF for llama.cpp; `teambot quantize` needs safetensors", "use --model internlm2_5-1_8b-chat"
+        )
     folder = pulled_folder(models_dir, model.name if model else text)
     if folder.is_dir():
         return folder
@@ -140,7 +142,13 @@ class ListedModel:
     path: Path | None  # where it lies; None: not pulled
 
     def to_json(self) -> dict[str, str | None]:
-        return {"name": self.name, "use": self.use, "repository": self.repository, "size": self.size, "path": str(self.path) if self.path else None}
+        return {
+            "name": self.name,
+            "use": self.use,
+            "repository": self.repository,
+            "size": self.size,
+            "path": str(self.path) if self.path else None,
+        }
 
 
 def listing(models_dir: Path, source: str) -> list[ListedModel]:
@@ -153,7 +161,9 @@ def listing(models_dir: Path, source: str) -> list[ListedModel]:
     for model in CATALOG.values():
         folder = pulled_folder(models_dir, model.name)
         where = folder / model.gguf_file if model.kind == "gguf" else folder
-        rows.append(ListedModel(model.name, model.use, f"{source}:{model.repository(source)}", model.size, where if where.exists() else None))
+        rows.append(
+            ListedModel(model.name, model.use, f"{source}:{model.repository(source)}", model.size, where if where.exists() else None)
+        )
     if models_dir.is_dir():
         for folder in sorted(models_dir.iterdir()):
             if folder.is_dir() and not folder.name.startswith(".") and folder.name not in CATALOG:

@@ -24,6 +24,7 @@ import hashlib
 import importlib.util
 import logging
 import os
+import re
 import shutil
 import time
 from collections.abc import Callable
@@ -45,6 +46,7 @@ DISK_MARGIN = 64 * 1024 * 1024  # free space kept beside a download
 HF_WEB = "https://huggingface.co"
 MODELSCOPE_WEB = "https://modelscope.cn"
 MODELSCOPE_INSTALL = "pip install modelscope"
+REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")  # owner/name, as both hubs spell them
 
 
 class PullError(TeambotError):
@@ -54,7 +56,7 @@ class PullError(TeambotError):
 @dataclass(frozen=True)
 class RemoteFile:
     path: str  # relative to the repository root
-    size: int
+    size: int | None  # None: the hub did not say (then only the checksum is checked)
     sha256: str | None  # LFS files: the sha256 of the content
     blob_id: str | None  # other files: git's blob id, sha1 of "blob SIZE\0" + content
 
@@ -76,7 +78,11 @@ class PullRequest:
 
     def by_hand(self, files: list[str] | None = None) -> str:
         """What to download without teambot, and where to put it."""
-        web = f"{MODELSCOPE_WEB}/models/{self.repository}/files" if self.source == "modelscope" else f"{HF_WEB}/{self.repository}/tree/{self.revision}"
+        web = (
+            f"{MODELSCOPE_WEB}/models/{self.repository}/files"
+            if self.source == "modelscope"
+            else f"{HF_WEB}/{self.repository}/tree/{self.revision}"
+        )
         wanted = ", ".join(files or self.patterns) or "every file of the repository"
         return f"download {wanted} from {web} (or a mirror) on a machine with a route, and put the files in {self.target}/"
 
@@ -97,11 +103,15 @@ def plan(settings: Settings, name_or_repo: str, source: str | None = None, revis
     model = find(name_or_repo)
     if model is not None:
         return PullRequest(model.name, source, model.repository(source), model.files, revision, pulled_folder(models_dir, model.name))
-    parts = name_or_repo.strip().strip("/").split("/")
-    if len(parts) != 2 or not all(parts):
+    repository = name_or_repo.strip().strip("/")
+    parts = repository.split("/")
+    if not REPO_ID.match(repository) or any(part.startswith(".") for part in parts):
         names = ", ".join(CATALOG)
-        raise ConfigError(f"{name_or_repo!r} is neither a model teambot knows nor a repository ID (owner/name)", f"use one of {names}, or e.g. internlm/internlm2_5-1_8b-chat")
-    return PullRequest(parts[1], source, "/".join(parts), (), revision, pulled_folder(models_dir, parts[1]))
+        raise ConfigError(
+            f"{name_or_repo!r} is neither a model teambot knows nor a repository ID (owner/name)",
+            f"use one of {names}, or e.g. internlm/internlm2_5-1_8b-chat",
+        )
+    return PullRequest(parts[1], source, repository, (), revision, pulled_folder(models_dir, parts[1]))
 
 
 def pull(request: PullRequest, progress: Progress = print) -> PullResult:
@@ -136,10 +146,10 @@ def _pull_huggingface(request: PullRequest, progress: Progress) -> tuple[int, in
     except Exception as exc:  # noqa: BLE001 (the hub client raises many kinds; each is told apart below)
         raise _hub_error(request, exc, where) from None
     commit = info.sha or request.revision
-    files = _wanted(request, [RemoteFile(s.rfilename, s.size or 0, s.lfs.sha256 if s.lfs else None, s.blob_id) for s in info.siblings or []])
+    files = _wanted(request, [RemoteFile(s.rfilename, s.size, s.lfs.sha256 if s.lfs else None, s.blob_id) for s in info.siblings or []])
     _start_staging(request.staging, commit)
     _check_disk(request, files)
-    total = sum(f.size for f in files)
+    total = sum(f.size or 0 for f in files)
     progress(f"pulling {len(files)} files ({size_text(total)}) of {request.repository} at {commit[:12]} into {request.target}")
     headers = build_hf_headers(token=token)
     for remote in files:
@@ -149,17 +159,19 @@ def _pull_huggingface(request: PullRequest, progress: Progress) -> tuple[int, in
         part = final.with_name(final.name + PART)
         part.parent.mkdir(parents=True, exist_ok=True)
         have = part.stat().st_size if part.is_file() else 0
-        if have > remote.size:
+        if remote.size is not None and have > remote.size:
             part.unlink()
             have = 0
-        if have:
-            progress(f"{remote.path}: resuming at {size_text(have)} of {size_text(remote.size)}")
-        else:
-            progress(f"{remote.path} ({size_text(remote.size)})")
+        size = size_text(remote.size) if remote.size is not None else "size not listed"
+        progress(f"{remote.path}: resuming at {size_text(have)} of {size}" if have else f"{remote.path} ({size})")
         url = hf_hub_url(request.repository, remote.path, revision=commit, endpoint=endpoint)
         try:
             with part.open("ab") as f:
                 http_get(url, f, resume_size=have, headers=headers, expected_size=remote.size, displayed_filename=remote.path)
+        except KeyboardInterrupt:
+            raise PullError(
+                f"interrupted: {size_text(part.stat().st_size)} of {remote.path} are kept in {part}", "run the same pull again to resume"
+            ) from None
         except Exception as exc:  # noqa: BLE001
             raise _hub_error(request, exc, where, remote.path, kept=part) from None
         _verify(request, remote, part)
@@ -169,6 +181,9 @@ def _pull_huggingface(request: PullRequest, progress: Progress) -> tuple[int, in
 
 
 def _wanted(request: PullRequest, files: list[RemoteFile]) -> list[RemoteFile]:
+    for remote in files:  # a listing is written by the server: no path may leave the model's folder
+        if remote.path.startswith("/") or ".." in remote.path.split("/"):
+            raise PullError(f"{request.repository} lists a file outside its folder: {remote.path!r}", "nothing was downloaded; use another mirror")
     if not request.patterns:
         return [f for f in files if f.path != ".gitattributes"]
     chosen = [f for f in files if any(fnmatch.fnmatch(f.path, p) for p in request.patterns)]
@@ -177,7 +192,8 @@ def _wanted(request: PullRequest, files: list[RemoteFile]) -> list[RemoteFile]:
         similar = [f.path for f in files if Path(f.path).suffix == Path(missing[0]).suffix] or [f.path for f in files]
         raise PullError(
             f"{request.repository} has no file {missing[0]} (it has {', '.join(similar[:12]) or 'no files'})",
-            "the repository changed: pull one of its files by repository ID, or give inference.model_path a GGUF you have",
+            f"the repository changed: download the file you want from it by hand into {request.target}/, "
+            "or give inference.model_path a GGUF file you have",
         )
     return chosen
 
@@ -209,7 +225,7 @@ def _sha256(path: Path) -> str:
 
 
 def _git_blob_id(path: Path) -> str:
-    digest = hashlib.sha1(f"blob {path.stat().st_size}\0".encode())  # noqa: S324 (git's own object id, not a security check)
+    digest = hashlib.sha1(f"blob {path.stat().st_size}\0".encode())
     with path.open("rb") as f:
         while chunk := f.read(1 << 20):
             digest.update(chunk)
@@ -230,7 +246,7 @@ def _check_disk(request: PullRequest, files: list[RemoteFile]) -> None:
     for remote in files:
         final = request.staging / remote.path
         part = final.with_name(final.name + PART)
-        if not final.is_file():
+        if not final.is_file() and remote.size is not None:
             needed += remote.size - (part.stat().st_size if part.is_file() else 0)
     free = shutil.disk_usage(request.staging).free
     if needed + DISK_MARGIN > free:
@@ -247,17 +263,29 @@ def _hub_error(request: PullRequest, exc: Exception, where: str, file: str | Non
     if isinstance(exc, OfflineModeIsEnabled):
         return PullError("HF_HUB_OFFLINE is set, so the hub is not asked", "unset HF_HUB_OFFLINE for `teambot models pull`")
     if isinstance(exc, GatedRepoError) or status in (401, 403):
-        hint = "HF_TOKEN is set but is not granted access: accept the model's terms on its page" if os.environ.get("HF_TOKEN") else "set HF_TOKEN to a token of an account granted access"
+        hint = (
+            "HF_TOKEN is set but is not granted access: accept the model's terms on its page"
+            if os.environ.get("HF_TOKEN")
+            else "set HF_TOKEN to a token of an account granted access"
+        )
         return PullError(f"{request.repository} is gated or private at {where}", hint)
     if isinstance(exc, RevisionNotFoundError):
-        return PullError(f"{request.repository} has no revision {request.revision!r} at {where}", "use --revision main or a commit that exists")
+        return PullError(
+            f"{request.repository} has no revision {request.revision!r} at {where}", "use --revision main or a commit that exists"
+        )
     if isinstance(exc, RepositoryNotFoundError) or status == 404:
-        return PullError(f"{where} has no repository {request.repository}" + (f" file {file}" if file else ""), "check the name (`teambot models list`)")
+        return PullError(
+            f"{where} has no repository {request.repository}" + (f" file {file}" if file else ""), "check the name (`teambot models list`)"
+        )
     what = f"{file} of {request.repository}" if file else request.repository
-    resume = f"; the {size_text(kept.stat().st_size)} already downloaded are kept in {kept} and the next pull resumes there" if kept and kept.is_file() else ""
+    resume = (
+        f"; the {size_text(kept.stat().st_size)} already downloaded are kept in {kept} and the next pull resumes there"
+        if kept and kept.is_file()
+        else ""
+    )
     return PullError(
         f"cannot download {what} from {where}: {type(exc).__name__}: {_short(exc)}{resume}",
-        f"check the route to {where} (a mirror: HF_ENDPOINT=https://hf-mirror.com; or models.source = \"modelscope\"), "
+        f'check the route to {where} (a mirror: HF_ENDPOINT=https://hf-mirror.com; or models.source = "modelscope"), '
         f"or {request.by_hand([file] if file else None)}",
     )
 
@@ -267,7 +295,10 @@ def _hub_error(request: PullRequest, exc: Exception, where: str, file: str | Non
 
 def _pull_modelscope(request: PullRequest, progress: Progress) -> tuple[int, int]:
     if importlib.util.find_spec("modelscope") is None:
-        raise ConfigError("models.source is \"modelscope\" but the modelscope client is not installed", f"run `{MODELSCOPE_INSTALL}`, or set models.source = \"huggingface\"")
+        raise ConfigError(
+            'models.source is "modelscope" but the modelscope client is not installed',
+            f'run `{MODELSCOPE_INSTALL}`, or set models.source = "huggingface"',
+        )
     from modelscope import snapshot_download
 
     where = os.environ.get("MODELSCOPE_ENDPOINT") or MODELSCOPE_WEB
@@ -286,13 +317,16 @@ def _pull_modelscope(request: PullRequest, progress: Progress) -> tuple[int, int
             ) from None
         raise PullError(
             f"cannot download {request.repository} from ModelScope ({where}): {type(exc).__name__}: {_short(exc)}",
-            f"check the route to {where} (MODELSCOPE_ENDPOINT; MODELSCOPE_API_TOKEN for a private model), or models.source = \"huggingface\", "
+            f'check the route to {where} (MODELSCOPE_ENDPOINT; MODELSCOPE_API_TOKEN for a private model), or models.source = "huggingface", '
             f"or {request.by_hand()}",
         ) from None
     files = [p for p in request.staging.rglob("*") if p.is_file() and not _is_client_state(p, request.staging)]
     if not files:
         wanted = ", ".join(request.patterns) or "any file"
-        raise PullError(f"ModelScope's {request.repository} has no {wanted}", "the repository changed: pull one of its files by repository ID, or " + request.by_hand())
+        raise PullError(
+            f"ModelScope's {request.repository} has no {wanted}",
+            "the repository changed: " + request.by_hand(),
+        )
     return len(files), sum(p.stat().st_size for p in files)
 
 
@@ -322,4 +356,3 @@ def _short(exc: Exception) -> str:
     """The first lines of an error, on one line (hub clients put the cause on the second)."""
     lines = [line.strip() for line in str(exc).strip().splitlines() if line.strip()]
     return "; ".join(lines[:3])[:400]
-

@@ -73,7 +73,9 @@ class FakeHub:
         with self._lock:
             self.requests.append((handler.command, path, handler.headers.get("Range"), handler.headers.get("Authorization")))
         if self.token and handler.headers.get("Authorization") != f"Bearer {self.token}":
-            return self._send(handler, 401, b'{"error":"Access to model is restricted."}', {"X-Error-Code": "GatedRepo", "X-Error-Message": "gated"}, body)
+            return self._send(
+                handler, 401, b'{"error":"Access to model is restricted."}', {"X-Error-Code": "GatedRepo", "X-Error-Message": "gated"}, body
+            )
         if path.startswith("/api/models/"):
             return self._info(handler, path.removeprefix("/api/models/"), body)
         if path.startswith("/cdn/"):
@@ -89,7 +91,11 @@ class FakeHub:
             return self._send(handler, 404, b'{"error":"Repository not found"}', {"X-Error-Code": "RepoNotFound"}, body)
         siblings = []
         for name, content in sorted(files.items()):
-            sibling: dict[str, object] = {"rfilename": name, "size": self.listed_size.get(name, len(content)), "blobId": git_blob_id(content)}
+            sibling: dict[str, object] = {
+                "rfilename": name,
+                "size": self.listed_size.get(name, len(content)),
+                "blobId": git_blob_id(content),
+            }
             if name.endswith(LFS_SUFFIXES):
                 sibling["lfs"] = {"sha256": sha256(content), "size": self.listed_size.get(name, len(content)), "pointerSize": 134}
             siblings.append(sibling)
@@ -113,7 +119,12 @@ class FakeHub:
         headers = {"X-Repo-Commit": COMMIT}
         if name.endswith(LFS_SUFFIXES):
             digest = sha256(content)
-            headers |= {"Location": f"/cdn/{digest}", "X-Linked-Etag": f'"{digest}"', "X-Linked-Size": str(len(content)), "ETag": f'"{git_blob_id(content)}"'}
+            headers |= {
+                "Location": f"/cdn/{digest}",
+                "X-Linked-Etag": f'"{digest}"',
+                "X-Linked-Size": str(len(content)),
+                "ETag": f'"{git_blob_id(content)}"',
+            }
             return self._send(handler, 302, b"", headers, body)
         headers["ETag"] = f'"{git_blob_id(content)}"'
         self._send(handler, 200, self._served(name, content), headers, body)
@@ -180,7 +191,7 @@ def _digest(content: bytes) -> str:
 
 
 def git_blob_id(content: bytes) -> str:
-    return hashlib.sha1(f"blob {len(content)}\0".encode() + content).hexdigest()  # noqa: S324 (git's object id)
+    return hashlib.sha1(f"blob {len(content)}\0".encode() + content).hexdigest()
 
 
 @dataclass
@@ -226,9 +237,14 @@ class FakeModelScope:
         repo, route = (rest.removesuffix("/repo/files"), "files") if rest.endswith("/repo/files") else (rest.removesuffix("/repo"), "repo")
         files = self.repos.get(repo)
         if not path.startswith("/api/v1/models/") or files is None:
-            return FakeHub._send(handler, 404, json.dumps({"Code": 10010205001, "Message": "model not found", "Success": False}).encode(), {}, body)
+            return FakeHub._send(
+                handler, 404, json.dumps({"Code": 10010205001, "Message": "model not found", "Success": False}).encode(), {}, body
+            )
         if route == "files":
-            listing = [{"Name": Path(n).name, "Path": n, "Type": "blob", "Size": len(c), "Sha256": sha256(c), "Revision": COMMIT} for n, c in sorted(files.items())]
+            listing = [
+                {"Name": Path(n).name, "Path": n, "Type": "blob", "Size": len(c), "Sha256": sha256(c), "Revision": COMMIT}
+                for n, c in sorted(files.items())
+            ]
             data = json.dumps({"Code": 200, "Data": {"Files": listing}, "Success": True}).encode()
             return FakeHub._send(handler, 200, data, {"Content-Type": "application/json"}, body)
         if route == "repo" and query.get("FilePath") in files:
