@@ -3,8 +3,9 @@
 It speaks the routes huggingface_hub uses for a download: ``GET /api/models/{repo}/revision/{rev}``
 (``?blobs=true``: each file's size, git blob id and LFS sha256), and ``GET``/``HEAD``
 ``/{repo}/resolve/{rev}/{file}`` with ``X-Repo-Commit`` and ``ETag``; an LFS file (weights,
-GGUF, tokenizer model) answers 302 to a CDN-like ``/cdn/{sha256}`` with ``X-Linked-Etag`` and
-``X-Linked-Size``, which serves Range requests (206, ``Content-Range``). It records every request
+GGUF, tokenizer model) answers 302 to a CDN on another host name (``http://localhost:PORT/cdn/{sha256}``,
+like the hub's signed CDN URLs: no token needed there, none must be sent) with ``X-Linked-Etag`` and
+``X-Linked-Size``; the CDN serves Range requests (206, ``Content-Range``). It records every request
 and can misbehave the way a network or a mirror does: cut a connection in the middle, answer 503
 for a while, serve other bytes than it lists, ask for a token.
 """
@@ -13,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import sys
 import threading
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -21,6 +23,15 @@ from urllib.parse import parse_qs, unquote, urlparse
 
 COMMIT = "7f3c2a1b9d8e4f5061728394a5b6c7d8e9f00112"
 LFS_SUFFIXES = (".safetensors", ".gguf", ".model", ".bin")
+
+
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+
+    def handle_error(self, request: object, client_address: object) -> None:
+        # A client killed or cut in the middle of a transfer is part of the tests, not an error of the stand-in.
+        if not isinstance(sys.exc_info()[1], (ConnectionResetError, BrokenPipeError)):
+            super().handle_error(request, client_address)  # type: ignore[arg-type]
 
 
 @dataclass
@@ -35,6 +46,7 @@ class FakeHub:
     token: str | None = None  # when set, every request needs "Authorization: Bearer TOKEN"
     down: bool = False
     requests: list[tuple[str, str, str | None, str | None]] = field(default_factory=list)  # method, path, Range, Authorization
+    body_bytes: int = 0  # response body bytes sent, all requests
 
     def __post_init__(self) -> None:
         self._lock = threading.Lock()
@@ -52,15 +64,21 @@ class FakeHub:
             def do_GET(self) -> None:
                 hub._answer(self, body=True)
 
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self._server.daemon_threads = True
+        self._server = _Server(("127.0.0.1", 0), Handler)
         self.url = f"http://127.0.0.1:{self._server.server_address[1]}"
+        self.cdn_url = f"http://localhost:{self._server.server_address[1]}"  # another host name, as the hub's CDN is
         self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
         self._thread.start()
 
     def close(self) -> None:
         self._server.shutdown()
         self._server.server_close()
+
+    def warm(self) -> None:
+        """Works out every file's checksums now, so that no request waits on them (for benchmarks)."""
+        for files in self.repos.values():
+            for content in files.values():
+                _digest(content), _digest(content, "git")
 
     def ranges(self, file_sha: str) -> list[str | None]:
         """The Range headers of the CDN downloads of one LFS file, in order."""
@@ -72,7 +90,7 @@ class FakeHub:
         path = unquote(urlparse(handler.path).path)
         with self._lock:
             self.requests.append((handler.command, path, handler.headers.get("Range"), handler.headers.get("Authorization")))
-        if self.token and handler.headers.get("Authorization") != f"Bearer {self.token}":
+        if self.token and not path.startswith("/cdn/") and handler.headers.get("Authorization") != f"Bearer {self.token}":
             return self._send(
                 handler, 401, b'{"error":"Access to model is restricted."}', {"X-Error-Code": "GatedRepo", "X-Error-Message": "gated"}, body
             )
@@ -94,10 +112,10 @@ class FakeHub:
             sibling: dict[str, object] = {
                 "rfilename": name,
                 "size": self.listed_size.get(name, len(content)),
-                "blobId": git_blob_id(content),
+                "blobId": _digest(content, "git"),
             }
             if name.endswith(LFS_SUFFIXES):
-                sibling["lfs"] = {"sha256": sha256(content), "size": self.listed_size.get(name, len(content)), "pointerSize": 134}
+                sibling["lfs"] = {"sha256": _digest(content), "size": self.listed_size.get(name, len(content)), "pointerSize": 134}
             siblings.append(sibling)
         data = json.dumps({"id": repo, "modelId": repo, "sha": COMMIT, "private": False, "siblings": siblings}).encode()
         self._send(handler, 200, data, {"Content-Type": "application/json"}, body)
@@ -118,15 +136,15 @@ class FakeHub:
         name, content = found
         headers = {"X-Repo-Commit": COMMIT}
         if name.endswith(LFS_SUFFIXES):
-            digest = sha256(content)
+            digest = _digest(content)
             headers |= {
-                "Location": f"/cdn/{digest}",
+                "Location": f"{self.cdn_url}/cdn/{digest}",
                 "X-Linked-Etag": f'"{digest}"',
                 "X-Linked-Size": str(len(content)),
-                "ETag": f'"{git_blob_id(content)}"',
+                "ETag": f'"{_digest(content, "git")}"',
             }
             return self._send(handler, 302, b"", headers, body)
-        headers["ETag"] = f'"{git_blob_id(content)}"'
+        headers["ETag"] = f'"{_digest(content, "git")}"'
         self._send(handler, 200, self._served(name, content), headers, body)
 
     def _cdn(self, handler: BaseHTTPRequestHandler, digest: str, body: bool) -> None:
@@ -155,6 +173,7 @@ class FakeHub:
         handler.end_headers()
         handler.wfile.write(part[: max(cut - start, 0)])
         handler.wfile.flush()
+        self.body_bytes += max(cut - start, 0)
         if hold is not None:
             self.release.wait(timeout=120)  # a stalled transfer: the client is killed meanwhile
         handler.close_connection = True  # the rest never comes: a connection cut in the middle
@@ -164,34 +183,39 @@ class FakeHub:
     def _served(self, name: str, content: bytes) -> bytes:
         return bytes(b ^ 0xFF for b in content) if name in self.corrupt else content
 
-    @staticmethod
-    def _send(handler: BaseHTTPRequestHandler, status: int, data: bytes, headers: dict[str, str], body: bool) -> None:
-        handler.send_response(status)
-        for key, value in headers.items():
-            handler.send_header(key, value)
-        handler.send_header("Content-Length", str(len(data)))
-        handler.end_headers()
+    def _send(self, handler: BaseHTTPRequestHandler, status: int, data: bytes, headers: dict[str, str], body: bool) -> None:
         if body:
-            handler.wfile.write(data)
+            self.body_bytes += len(data)
+        _send(handler, status, data, headers, body)
+
+
+def _send(handler: BaseHTTPRequestHandler, status: int, data: bytes, headers: dict[str, str], body: bool) -> None:
+    handler.send_response(status)
+    for key, value in headers.items():
+        handler.send_header(key, value)
+    handler.send_header("Content-Length", str(len(data)))
+    handler.end_headers()
+    if body:
+        handler.wfile.write(data)
 
 
 def sha256(content: bytes) -> str:
     return hashlib.sha256(content).hexdigest()
 
 
-_digests: dict[int, tuple[bytes, str]] = {}
-
-
-def _digest(content: bytes) -> str:
-    """sha256 of a served file, worked out once per content."""
-    known = _digests.get(id(content))
-    if known is None or known[0] is not content:
-        known = _digests[id(content)] = (content, sha256(content))
-    return known[1]
-
-
 def git_blob_id(content: bytes) -> str:
-    return hashlib.sha1(f"blob {len(content)}\0".encode() + content).hexdigest()
+    return hashlib.sha1(f"blob {len(content)}\0".encode() + content).hexdigest()  # noqa: S324 (git's object id)
+
+
+_digests: dict[tuple[int, str], tuple[bytes, str]] = {}
+
+
+def _digest(content: bytes, kind: str = "sha256") -> str:
+    """A served file's sha256 or git blob id, worked out once per content (a 1.2 GB file takes seconds)."""
+    known = _digests.get((id(content), kind))
+    if known is None or known[0] is not content:
+        known = _digests[(id(content), kind)] = (content, sha256(content) if kind == "sha256" else git_blob_id(content))
+    return known[1]
 
 
 @dataclass
@@ -220,8 +244,7 @@ class FakeModelScope:
             def do_GET(self) -> None:
                 store._answer(self, body=True)
 
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self._server.daemon_threads = True
+        self._server = _Server(("127.0.0.1", 0), Handler)
         self.url = f"http://127.0.0.1:{self._server.server_address[1]}"
         threading.Thread(target=self._server.serve_forever, daemon=True).start()
 
@@ -237,7 +260,7 @@ class FakeModelScope:
         repo, route = (rest.removesuffix("/repo/files"), "files") if rest.endswith("/repo/files") else (rest.removesuffix("/repo"), "repo")
         files = self.repos.get(repo)
         if not path.startswith("/api/v1/models/") or files is None:
-            return FakeHub._send(
+            return _send(
                 handler, 404, json.dumps({"Code": 10010205001, "Message": "model not found", "Success": False}).encode(), {}, body
             )
         if route == "files":
@@ -246,7 +269,7 @@ class FakeModelScope:
                 for n, c in sorted(files.items())
             ]
             data = json.dumps({"Code": 200, "Data": {"Files": listing}, "Success": True}).encode()
-            return FakeHub._send(handler, 200, data, {"Content-Type": "application/json"}, body)
+            return _send(handler, 200, data, {"Content-Type": "application/json"}, body)
         if route == "repo" and query.get("FilePath") in files:
             name = query["FilePath"]
             content = bytes(b ^ 0xFF for b in files[name]) if name in self.corrupt else files[name]
@@ -254,5 +277,5 @@ class FakeModelScope:
             if (wanted := handler.headers.get("Range")) and wanted.startswith("bytes="):
                 start = int(wanted.removeprefix("bytes=").split("-")[0])
                 status, headers["Content-Range"] = 206, f"bytes {start}-{len(content) - 1}/{len(content)}"
-            return FakeHub._send(handler, status, content[start:], headers, body)
-        FakeHub._send(handler, 404, json.dumps({"Code": 404, "Message": "file not found", "Success": False}).encode(), {}, body)
+            return _send(handler, status, content[start:], headers, body)
+        _send(handler, 404, json.dumps({"Code": 404, "Message": "file not found", "Success": False}).encode(), {}, body)

@@ -184,6 +184,8 @@ def test_a_gated_repository_takes_the_token_from_the_environment_and_never_shows
     pulled = teambot(["models", "pull", GGUF.name], env | {"HF_TOKEN": TOKEN})
     assert pulled.returncode == 0, pulled.stderr
     assert TOKEN not in pulled.stdout + pulled.stderr + refused.stderr
+    assert all(auth is None for _, p, _, auth in hub.requests if p.startswith("/cdn/"))  # the token stays on the hub, not its CDN
+    assert any(auth == f"Bearer {TOKEN}" for _, p, _, auth in hub.requests if p.startswith("/api/"))
     logs = "".join(p.read_text(errors="replace") for p in (tmp_path / "data" / "logs").glob("*"))
     assert TOKEN not in logs
 
