@@ -313,6 +313,52 @@ def state_migrate(
     out.print("set state_url (TEAMBOT_STATE_URL) on every replica, and rag.chroma_url to that store")
 
 
+models_app = typer.Typer(help="Models: download one (`pull`), see what is here (`list`).", no_args_is_help=True)
+app.add_typer(models_app, name="models")
+
+
+@models_app.command("pull")
+def models_pull(
+    ctx: typer.Context,
+    name: Annotated[str, typer.Argument(help="A short name from `teambot models list`, or a repository ID (owner/name).")],
+    source: Annotated[
+        str | None, typer.Option("--source", help="huggingface (HF_ENDPOINT for a mirror) or modelscope (default: models.source).")
+    ] = None,
+    revision: Annotated[str, typer.Option("--revision", help="Branch, tag or commit of the repository.")] = "main",
+) -> None:
+    """Download a model into <data_dir>/models/NAME/: resumable, checked against the hub's checksums."""
+    settings: Settings = ctx.obj
+    from inference.model_hub import plan, pull, size_text
+
+    if source not in (None, "huggingface", "modelscope"):
+        print_error(ConfigError(f"--source {source!r} is not a model hub teambot uses", "use huggingface or modelscope"))
+        raise typer.Exit(2)
+    result = guarded(lambda: pull(plan(settings, name, source, revision), progress_line))
+    request = result.request
+    if result.already:
+        out.print(f"{request.name} is already pulled: {request.target} ({result.files} files, {size_text(result.bytes)})")
+    else:
+        rate = size_text(int(result.bytes / max(result.seconds, 1e-3)))
+        out.print(f"pulled {request.repository} from {request.source} in {result.seconds:.1f} s ({result.files} files, {size_text(result.bytes)}, {rate}/s): {request.target}")
+
+
+@models_app.command("list")
+def models_list(ctx: typer.Context, as_json: JsonOption = False) -> None:
+    """The models teambot knows by short name, whether each is here, and the other folders of <data_dir>/models/."""
+    settings: Settings = ctx.obj
+    from inference.model_catalog import listing
+
+    rows = listing(settings.models_dir, settings.models.source)
+    if as_json:
+        print_json({"models_dir": str(settings.models_dir), "models": [row.to_json() for row in rows]})
+        return
+    for row in rows:
+        state = f"[green]here[/green] {escape(str(row.path))}" if row.path else f"[yellow]not pulled[/yellow]: teambot models pull {row.name}"
+        source = f" from {escape(row.repository)}" if row.repository else ""
+        size = f" ({row.size})" if row.size else ""
+        out.print(f"[bold]{escape(row.name)}[/bold]{size}{source}\n  {escape(row.use)}\n  {state}")
+
+
 @app.command("config")
 def config_command(ctx: typer.Context) -> None:
     """Print the effective settings (secrets hidden)."""

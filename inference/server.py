@@ -52,5 +52,7 @@ def make_server(settings: Settings) -> LLMServer:
     if backend == "lmdeploy":
         return LMDeployServer(inference, log_dir=settings.logs_dir, api_key=api_key)
     from inference.llamacpp import LlamaCppServer
+    from inference.model_catalog import llamacpp_model
 
-    return LlamaCppServer(inference, log_dir=settings.logs_dir)
+    model = llamacpp_model(inference.model_path, settings.models_dir)  # a short name: the pulled GGUF
+    return LlamaCppServer(inference.model_copy(update={"model_path": model}), log_dir=settings.logs_dir)

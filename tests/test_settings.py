@@ -177,3 +177,21 @@ def test_with_values_sets_dotted_keys_checked_like_the_file() -> None:
         with_values(settings, {"inference.kv_cache_type": "q2"})
     with pytest.raises(ConfigError, match="no such setting in this section: nope"):
         with_values(settings, {"rag.nope": "1"})
+
+
+def test_models_source_from_the_file_and_the_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    assert load_settings().models.source == "huggingface"
+    config = write(tmp_path / "teambot.toml", '[models]\nsource = "modelscope"\n')
+    assert load_settings(config).models.source == "modelscope"
+    monkeypatch.setenv("TEAMBOT_MODELS__SOURCE", "huggingface")
+    assert load_settings(config).models.source == "huggingface"
+    monkeypatch.setenv("TEAMBOT_MODELS__SOURCE", "github")
+    with pytest.raises(ConfigError, match="models.source"):
+        load_settings(config)
+
+
+def test_inference_model_path_keeps_a_short_name_and_resolves_a_path(tmp_path: Path) -> None:
+    named = load_settings(inference={"model_path": "internlm2_5-1_8b-chat-q4_k_m"})
+    assert str(named.inference.model_path) == "internlm2_5-1_8b-chat-q4_k_m"  # a model name, resolved by model_catalog
+    for path in ("models/x.gguf", "x.gguf", "./internlm2_5-1_8b-chat-q4_k_m"):
+        assert load_settings(inference={"model_path": path}).inference.model_path == (tmp_path / path).resolve()
