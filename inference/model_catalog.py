@@ -6,7 +6,10 @@ folder, and a name not yet pulled gets an error that says ``teambot models pull 
 
 Repositories: the InternLM team's own uploads on both hubs (Hugging Face ``internlm/...``,
 ModelScope ``Shanghai_AI_Laboratory/...``), never a third party's re-upload, so the checksums
-the hub reports are those of the files the model's authors published.
+the hub reports are those of the files the model's authors published. The GGUF's file name and
+size (internlm2_5-1_8b-chat-q4_k_m.gguf, 1,172,364,032 bytes) are as public projects that fetch it
+from internlm/internlm2_5-1_8b-chat-gguf (and its hf-mirror.com copy) list them; not fetched here
+(no route). Should the repository rename it, the pull names the .gguf files it has instead.
 """
 
 from __future__ import annotations
