@@ -29,11 +29,14 @@ from bot.status import render_status
 from bot.terminal import TerminalView, chat, stdin_is_terminal, terminal_request
 from config.errors import ConfigError, TeambotError
 from config.settings import DEFAULT_COLLECTION, Settings, load_settings
+from inference.llamacpp import LlamaCppServer
 from inference.supervisor import ServerSupervisor
 from rag.ingest.indexer import IndexReport
 from rag.operations.desk import IndexStatus
 from rag.operations.run_history import Run
 from rag.search.retriever import Retrieval
+
+log = logging.getLogger(__name__)
 
 app = typer.Typer(
     help="teambot: answers from your team's documents, with a local LLM.",
@@ -183,6 +186,9 @@ def serve(ctx: typer.Context, collection: CollectionOption = [DEFAULT_COLLECTION
             await service.start()
             try:
                 err.print(f"teambot is up: {runtime.server.description}, OpenAI-compatible API at {runtime.endpoint.base_url}")
+                if isinstance(runtime.server, LlamaCppServer) and runtime.server.model_notice:
+                    log.warning("%s", runtime.server.model_notice)
+                    err.print(f"[yellow]{escape(runtime.server.model_notice)}[/yellow]")
                 if service.http is not None:
                     err.print(f"HTTP server at {service.http.url}: /healthz, /metrics" + (", Slack events at /slack/events" if service.slack else ""))
                     if service.console_off:
