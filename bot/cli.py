@@ -264,7 +264,7 @@ def quantize(
 def _quantize_gguf(settings: Settings, model: str, out_dir: Path | None, gguf_type: str, threads: int) -> None:
     from inference.gguf_export import default_output, export_gguf
 
-    source = Path(model).expanduser()
+    source = Path(model).expanduser().resolve()
     target = out_dir or default_output(settings.models_dir, source, gguf_type)
     result = guarded(lambda: export_gguf(source, target, gguf_type=gguf_type, threads=threads, progress=progress_line))
     gb = 1024**3

@@ -394,10 +394,11 @@ def export_gguf(
         if problem:
             raise GgufError(f"llama.cpp reads the vocabulary written from {model / 'tokenizer.model'} unlike sentencepiece {problem}", "this tokenizer is not supported; nothing was written")  # fmt: skip
         if gguf_type != "f16":
-            gib = 1024**3
+            mib = 1024**2
             progress(
-                f"quantizing with llama.cpp to {gguf_type.upper()}: {f16.stat().st_size / gib:.2f} GiB f16 -> about "
-                f"{f16.stat().st_size * SIZE_OF_F16[gguf_type] / gib:.2f} GiB (one call; llama.cpp prints each tensor)"
+                f"quantizing with llama.cpp to {gguf_type.upper()}: {f16.stat().st_size / mib:,.0f} MiB f16 -> about "
+                f"{f16.stat().st_size * SIZE_OF_F16[gguf_type] / mib:,.0f} MiB. One call that shows no progress of its own: "
+                "minutes for a 1.8B model on a few cores"
             )
             quantize_file(f16, partial, gguf_type, threads)
         os.replace(partial, out)

@@ -83,7 +83,7 @@ def test_the_command_writes_a_q4_k_m_gguf_and_says_how_to_serve_it(exported: dic
     q4 = exported["files"]["q4_k_m"]
     assert q4.is_file() and q4.read_bytes()[:4] == b"GGUF"
     assert f"TEAMBOT_INFERENCE__MODEL_PATH={q4} teambot serve" in exported["stdout"]
-    assert "f16 GGUF: tensor 1/" in exported["stderr"] and "quantizing with llama.cpp to Q4_K_M" in exported["stderr"]
+    assert "f16 GGUF: tensor 1/" in exported["stderr"] and "quantizing with llama.cpp to Q4_K_M" in exported["stderr"] and "MiB f16" in exported["stderr"]
     assert [p.name for p in q4.parent.iterdir()] == [q4.name]  # the f16 intermediate and the partial file are gone
     f16 = exported["files"]["f16"]
     assert q4.stat().st_size < 0.45 * f16.stat().st_size
@@ -269,3 +269,5 @@ def test_teambot_ask_streams_the_models_answer_and_stops_at_im_end(indexed_setti
     assert "after end" not in result.stdout and CHAT_END not in result.stdout
     assert "oncall-guide.md" in sources
     assert "scripted.gguf" in result.stderr  # served by llama.cpp from the converted file
+    template = json.loads((source / "tokenizer_config.json").read_text())["chat_template"]
+    assert f"Using gguf chat template: {template}" in (settings.logs_dir / "llama-server.log").read_text()  # the model's own
