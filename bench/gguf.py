@@ -138,7 +138,14 @@ def main() -> None:
     plan += [(model, t, "q8_0", 2, args.prompt) for model, t in (("internlm2_5-1_8b-chat", "q4_k_m"), ("smollm2-135m", "q4_1"))]
     for model, gguf_type, kv, threads, prompt in plan:
         path = files[gguf_type] if model.startswith("internlm2") else shipped_model_path()
-        row = {"model": model, "type": gguf_type, "kv_cache": kv, "threads": threads, "prompt_tokens": prompt, **measure(path, threads, kv, prompt, args.decode)}
+        row = {
+            "model": model,
+            "type": gguf_type,
+            "kv_cache": kv,
+            "threads": threads,
+            "prompt_tokens": prompt,
+            **measure(path, threads, kv, prompt, args.decode),
+        }
         runs.append(row)
         print(json.dumps(row), flush=True)
     path = save("gguf", {

@@ -163,7 +163,7 @@ def vocabulary(folder: Path, vocab_size: int) -> Vocabulary:
         )
     tokens, scores, types = [], [], []
     for i in range(vocab_size):
-        if i in pinned:
+        if i in pinned and not (i < size and sp.id_to_piece(i) == pinned[i]):  # <s>, </s>, <unk> keep sentencepiece's kinds
             special = bool((added.get(str(i)) or {}).get("special", True)) if isinstance(added.get(str(i)), dict) else True
             tokens.append(pinned[i])
             scores.append(sp.get_score(i) if i < size else 0.0)
@@ -356,7 +356,13 @@ def quantize_file(f16: Path, out: Path, gguf_type: str, threads: int) -> None:
 
 
 def export_gguf(
-    model: Path, out: Path, *, gguf_type: str = DEFAULT_GGUF_TYPE, threads: int = 0, check_texts: list[str] | None = None, progress: Progress = print
+    model: Path,
+    out: Path,
+    *,
+    gguf_type: str = DEFAULT_GGUF_TYPE,
+    threads: int = 0,
+    check_texts: list[str] | None = None,
+    progress: Progress = print,
 ) -> GgufResult:
     """Writes ``out``, a GGUF of the model folder ``model`` in ``gguf_type`` (q4_k_m, q8_0 or f16)."""
     started = time.monotonic()
