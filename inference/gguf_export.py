@@ -19,6 +19,7 @@ Files appear only complete: each is written under a temporary name and renamed a
 from __future__ import annotations
 
 import ctypes
+import logging
 import os
 import shutil
 import time
@@ -327,20 +328,42 @@ def check_free_space(where: Path, needed: int, what: str) -> None:
         raise GgufError(f"{where} has {free / gib:.2f} GiB free; {what} need about {needed / gib:.2f} GiB", "free space there, or give --out on another disk")  # fmt: skip
 
 
+def llama_cpp_tokens(vocab: Any, text: str) -> list[int]:
+    """``text`` encoded by llama.cpp's tokenizer (no BOS; chat tokens in the text read as text)."""
+    import llama_cpp
+
+    data = text.encode("utf-8")
+    room = len(data) + 8  # a token covers at least one byte
+    tokens = (llama_cpp.llama_token * room)()
+    count = llama_cpp.llama_tokenize(vocab, data, len(data), tokens, room, False, False)
+    return list(tokens[:count])
+
+
 def tokenizer_mismatch(gguf: Path, folder: Path, texts: list[str]) -> str | None:
-    """Where llama.cpp, reading the GGUF's vocabulary, first encodes a text unlike sentencepiece; None when all agree."""
+    """Where llama.cpp, reading the GGUF's vocabulary, first encodes a text unlike sentencepiece; None when all agree.
+    (The vocabulary alone is loaded, with no context: nothing is computed.)"""
     import llama_cpp
 
     sp = internlm2.load_sentencepiece(sentencepiece_file(folder))
-    llm = llama_cpp.Llama(str(gguf), vocab_only=True, verbose=False)
+    quiet = logging.getLogger("llama-cpp-python")  # llama.cpp's own messages go through it: errors only here
+    level = quiet.level
+    quiet.setLevel(logging.ERROR)
+    params = llama_cpp.llama_model_default_params()
+    params.vocab_only = True
+    model = llama_cpp.llama_model_load_from_file(str(gguf).encode(), params)
+    if not model:
+        quiet.setLevel(level)
+        raise GgufError(f"llama.cpp cannot read the GGUF it was given ({gguf})", "see llama.cpp's messages above; this is a bug in teambot")
     try:
+        vocab = llama_cpp.llama_model_get_vocab(model)
         for text in texts:
-            expected, got = sp.encode(text), llm.tokenize(text.encode("utf-8"), add_bos=False, special=False)
+            expected, got = sp.encode(text), llama_cpp_tokens(vocab, text)
             if got != expected:
                 at = next((k for k, (a, b) in enumerate(zip(expected, got, strict=False)) if a != b), min(len(expected), len(got)))
                 return f"in {text[:40]!r}, from token {at}: sentencepiece {expected[at : at + 4]}, llama.cpp {got[at : at + 4]}"
     finally:
-        llm.close()
+        llama_cpp.llama_model_free(model)
+        quiet.setLevel(level)
     return None
 
 
@@ -350,7 +373,13 @@ def quantize_file(f16: Path, out: Path, gguf_type: str, threads: int) -> None:
     params = llama_cpp.llama_model_quantize_default_params()
     params.ftype = GGUF_TYPES[gguf_type]
     params.nthread = threads
-    code = llama_cpp.llama_model_quantize(str(f16).encode(), str(out).encode(), ctypes.byref(params))
+    shown = logging.getLogger("llama-cpp-python")  # llama.cpp lists each tensor at INFO as it quantizes it: the progress
+    level = shown.level
+    shown.setLevel(logging.INFO)
+    try:
+        code = llama_cpp.llama_model_quantize(str(f16).encode(), str(out).encode(), ctypes.byref(params))
+    finally:
+        shown.setLevel(level)
     if code != 0:
         raise GgufError(f"llama.cpp could not quantize {f16} to {gguf_type.upper()} (code {code})", "see llama.cpp's messages above")
 
@@ -403,8 +432,8 @@ def export_gguf(
             mib = 1024**2
             progress(
                 f"quantizing with llama.cpp to {gguf_type.upper()}: {f16.stat().st_size / mib:,.0f} MiB f16 -> about "
-                f"{f16.stat().st_size * SIZE_OF_F16[gguf_type] / mib:,.0f} MiB. One call that shows no progress of its own: "
-                "minutes for a 1.8B model on a few cores"
+                f"{f16.stat().st_size * SIZE_OF_F16[gguf_type] / mib:,.0f} MiB; minutes for a 1.8B model on a few cores "
+                "(llama.cpp lists each tensor)"
             )
             quantize_file(f16, partial, gguf_type, threads)
         os.replace(partial, out)

@@ -94,6 +94,9 @@ def test_the_command_writes_a_q4_k_m_gguf_and_says_how_to_serve_it(exported: dic
         and "quantizing with llama.cpp to Q4_K_M" in exported["stderr"]
         and "MiB f16" in exported["stderr"]
     )
+    # llama.cpp's own progress, one line a tensor: every matrix went to a k-quant (the widths suit them)
+    assert "blk.1.ffn_up.weight" in exported["stderr"] and "converting to q4_K" in exported["stderr"]
+    assert "possible training context overflow" not in exported["stderr"]  # the tokenizer check loads no context
     assert [p.name for p in q4.parent.iterdir()] == [q4.name]  # the f16 intermediate and the partial file are gone
     f16 = exported["files"]["f16"]
     assert q4.stat().st_size < 0.45 * f16.stat().st_size
