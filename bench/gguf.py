@@ -111,11 +111,36 @@ def measure(path: Path, threads: int, kv: str, prompt: int, decode: int) -> dict
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
+def thread_scaling(q4: Path, rounds: int, decode: int, prompt: int = 256) -> None:
+    """1 thread against 2, alternating, ``rounds`` times, Q4_K_M and SmolLM2 (KV q8_0): on a machine shared
+    with other work, the best of the rounds is the nearest to what the cores can do."""
+    runs = []
+    for k in range(rounds):
+        for threads in (1, 2) if k % 2 == 0 else (2, 1):
+            for model, path in (("internlm2_5-1_8b-chat", q4), ("smollm2-135m", shipped_model_path())):
+                row = {"model": model, "threads": threads, "round": k, **measure(path, threads, "q8_0", prompt, decode)}
+                runs.append(row)
+                print(json.dumps(row), flush=True)
+    best = {}
+    for model in ("internlm2_5-1_8b-chat", "smollm2-135m"):
+        for threads in (1, 2):
+            mine = [r for r in runs if r["model"] == model and r["threads"] == threads]
+            best[f"{model} {threads} thread(s)"] = {
+                "prompt_tokens_per_s": max(r["prompt_tokens_per_s"] for r in mine),
+                "decode_tokens_per_s": max(r["decode_tokens_per_s"] for r in mine),
+            }
+    path = save("gguf-threads", {"command": f"python -m bench.gguf --threads-rounds {rounds}", "prompt_tokens": prompt,
+                                 "decode_tokens": decode, "best_of_rounds": best, "runs": runs})  # fmt: skip
+    print(json.dumps(best, indent=2))
+    print(f"results: {path}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--work", type=Path, default=Path("/tmp/teambot-bench-gguf"))
     parser.add_argument("--prompt", type=int, default=1000)
     parser.add_argument("--decode", type=int, default=32)
+    parser.add_argument("--threads-rounds", type=int, default=0, help="instead: N rounds of 1 and 2 threads alternating (gguf-threads.json)")
     args = parser.parse_args()
     source = make_model(args.work / "internlm2_5-1_8b-chat-random")
     files: dict[str, Path] = {}
@@ -129,6 +154,9 @@ def main() -> None:
             print(f"{gguf_type}: {result.bytes_after / 2**30:.2f} GiB in {result.seconds:.0f} s", flush=True)
         files[gguf_type] = out
     sizes = {t: round(p.stat().st_size / 2**30, 3) for t, p in files.items()}
+    if args.threads_rounds:
+        thread_scaling(files["q4_k_m"], args.threads_rounds, args.decode)
+        return
     runs = []
     # One thread first: on this shared machine another process often holds one core, and llama.cpp's
     # threads wait for each other at every step, so 2 threads suffer far more from it than 1.

@@ -165,7 +165,8 @@ def vocabulary(folder: Path, vocab_size: int) -> Vocabulary:
     tokens, scores, types = [], [], []
     for i in range(vocab_size):
         if i in pinned and not (i < size and sp.id_to_piece(i) == pinned[i]):  # <s>, </s>, <unk> keep sentencepiece's kinds
-            special = bool((added.get(str(i)) or {}).get("special", True)) if isinstance(added.get(str(i)), dict) else True
+            entry = added.get(str(i))
+            special = not isinstance(entry, dict) or bool(entry.get("special", True))
             tokens.append(pinned[i])
             scores.append(sp.get_score(i) if i < size else 0.0)
             types.append(TokenType.CONTROL if special else TokenType.USER_DEFINED)
@@ -390,10 +391,10 @@ def export_gguf(
     *,
     gguf_type: str = DEFAULT_GGUF_TYPE,
     threads: int = 0,
-    check_texts: list[str] | None = None,
     progress: Progress = print,
 ) -> GgufResult:
-    """Writes ``out``, a GGUF of the model folder ``model`` in ``gguf_type`` (q4_k_m, q8_0 or f16)."""
+    """Writes ``out`` (replacing a file there, once the new one is complete), a GGUF of the model folder
+    ``model`` in ``gguf_type`` (q4_k_m, q8_0 or f16)."""
     started = time.monotonic()
     if gguf_type not in GGUF_TYPES:
         raise ConfigError(f"--type {gguf_type} is not one of {', '.join(GGUF_TYPES)}", "use --type q4_k_m (the default), q8_0 or f16")
@@ -425,7 +426,7 @@ def export_gguf(
     partial = out.with_name(f".{out.name}.partial")
     try:
         write_f16(model, shape, vocab, template, f16, progress)
-        problem = tokenizer_mismatch(f16, model, [*internlm2.CHECK_TEXTS, *(check_texts or [])])
+        problem = tokenizer_mismatch(f16, model, list(internlm2.CHECK_TEXTS))
         if problem:
             raise GgufError(f"llama.cpp reads the vocabulary written from {model / 'tokenizer.model'} unlike sentencepiece {problem}", "this tokenizer is not supported; nothing was written")  # fmt: skip
         if gguf_type != "f16":
