@@ -188,6 +188,20 @@ def test_a_llama_layout_model_converts_directly(exported: dict[str, Any], tmp_pa
     assert np.array_equal(gguf_logits(gguf, ids), gguf_logits(exported["files"]["f16"], ids))
 
 
+def test_a_pytorch_bin_checkpoint_converts_like_safetensors(exported: dict[str, Any], tmp_path: Path) -> None:
+    import shutil
+
+    from safetensors.torch import load_file
+
+    folder = Path(shutil.copytree(exported["source"], tmp_path / "bin"))
+    torch.save(load_file(str(folder / "model.safetensors")), folder / "pytorch_model.bin")
+    (folder / "model.safetensors").unlink()
+    gguf = export_gguf(folder, tmp_path / "bin.gguf", gguf_type="f16", progress=lambda line: None).out
+    assert gguf.read_bytes()[-4096:] == exported["files"]["f16"].read_bytes()[-4096:]  # the same weights, in the same place
+    ids = text_ids(folder)[:40]
+    assert np.array_equal(gguf_logits(gguf, ids), gguf_logits(exported["files"]["f16"], ids))
+
+
 def test_folders_that_do_not_convert_say_which_file_and_field(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="no such folder"):
         export_gguf(tmp_path / "nowhere", tmp_path / "out.gguf", progress=lambda line: None)
