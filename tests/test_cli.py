@@ -132,6 +132,10 @@ def test_serve_runs_until_sigterm_and_stops_its_llm_server(indexed_settings: Set
     try:
         banner = _read_until(process, "waiting for SIGTERM", timeout_s=180)
         assert "No chat platform is configured" in banner and "SLACK_BOT_TOKEN" in banner
+        said = " ".join(banner.split())  # as the terminal wraps it
+        assert said.count("SmolLM2-135M, is too small for grounded answers") == 1, banner  # once, at start
+        assert "teambot models pull internlm2_5-1_8b-chat-q4_k_m" in said and "inference.model_path" in said
+        assert "too small for grounded answers" in (indexed_settings.logs_dir / "teambot.log").read_text()
         url = re.search(r"API at (http://127\.0\.0\.1:(\d+)/v1)", banner)
         assert url, banner
         process.send_signal(signal.SIGTERM)

@@ -138,8 +138,11 @@ def train_sentencepiece(folder: Path, dummy_prefix: bool = False, normalization:
     return prefix.with_suffix(".model")
 
 
-def internlm2_folder(folder: Path, dummy_prefix: bool = False, normalization: str = "identity") -> tuple[Path, dict[str, torch.Tensor]]:
-    """A complete InternLM2-style model folder: config, broken remote code, weights, sentencepiece tokenizer."""
+def internlm2_folder(
+    folder: Path, dummy_prefix: bool = False, normalization: str = "identity", **shape: Any
+) -> tuple[Path, dict[str, torch.Tensor]]:
+    """A complete InternLM2-style model folder: config (CONFIG, with ``shape``'s fields in place of its own),
+    broken remote code, weights, sentencepiece tokenizer."""
     import sentencepiece as spm
     from safetensors.torch import save_file
 
@@ -147,7 +150,7 @@ def internlm2_folder(folder: Path, dummy_prefix: bool = False, normalization: st
     model_file = train_sentencepiece(folder, dummy_prefix, normalization)
     sp = spm.SentencePieceProcessor(model_file=str(model_file))
     pinned = {sp.piece_to_id(RESERVED[0]): "<|im_end|>", sp.piece_to_id(RESERVED[1]): "<|im_start|>"}
-    config = {**CONFIG, "vocab_size": sp.get_piece_size()}
+    config = {**CONFIG, **shape, "vocab_size": sp.get_piece_size()}
     (folder / "config.json").write_text(json.dumps(config))
     (folder / "modeling_internlm2.py").write_text(BROKEN_REMOTE_CODE)
     tokenizer_config = {

@@ -13,8 +13,9 @@ import pytest
 from config.errors import ConfigError, TeambotError
 from config.settings import InferenceSettings
 from inference.client import Endpoint
-from inference.llamacpp import LlamaCppServer, server_command, shipped_model_path
-from tests.conftest import client_for
+from inference.llamacpp import SHIPPED_MODEL_NOTICE, LlamaCppServer, server_command, shipped_model_path
+from inference.server import make_server
+from tests.conftest import client_for, make_settings
 
 # SmolLM2-135M's attention shape (from its GGUF metadata): 30 layers, 3 KV heads of 64 dims.
 SMOLLM2_LAYERS, SMOLLM2_KV_HEADS, SMOLLM2_HEAD_DIM = 30, 3, 64
@@ -32,6 +33,18 @@ def test_command_asks_for_an_int8_kv_cache_on_loopback() -> None:
     assert args["--n_threads"] == "3" and args["--n_ctx"] == "2048"
     f16 = dict(zip(*[iter(server_command(InferenceSettings(kv_cache_type="f16"), Path("/m.gguf"), 1)[4:])] * 2))
     assert f16["--type_k"] == "1"
+
+
+def test_only_the_shipped_model_comes_with_the_notice_that_answers_will_be_quotes(tmp_path: Path) -> None:
+    shipped = LlamaCppServer(InferenceSettings(), log_dir=tmp_path)
+    assert shipped.model_notice == SHIPPED_MODEL_NOTICE and "teambot models pull internlm2_5-1_8b-chat-q4_k_m" in SHIPPED_MODEL_NOTICE
+    assert LlamaCppServer(InferenceSettings(model_path=tmp_path / "m.gguf"), log_dir=tmp_path).model_notice is None
+    # As `teambot serve` builds it: model_path names resolved to the file first (nothing set, or the shipped model's name).
+    for model_path in ({}, {"model_path": "smollm2-135m"}, {"model_path": str(tmp_path / "m.gguf")}):
+        settings = make_settings(tmp_path / "data", tmp_path, inference={"backend": "llamacpp", **model_path})
+        served = make_server(settings)
+        assert isinstance(served, LlamaCppServer)
+        assert (served.model_notice == SHIPPED_MODEL_NOTICE) == (model_path.get("model_path") != str(tmp_path / "m.gguf")), model_path
 
 
 def test_shipped_model_is_a_4bit_gguf() -> None:
