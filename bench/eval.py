@@ -2,7 +2,8 @@
 
     python -m bench.eval --set knowledge                       # examples/eval/knowledge.yaml over examples/knowledge
     python -m bench.eval --set lmdeploy-docs --corpus PATH     # examples/eval/lmdeploy-docs.yaml over lmdeploy's docs
-    options: --retrieval-only, --calibrate, --variants, --model-answers, --label NAME, --set-value KEY=VALUE (repeatable)
+    options: --retrieval-only, --calibrate, --variants, --model-answers, --label NAME, --set-value KEY=VALUE (repeatable),
+             --data-dir DIR (keep the index there: the next run with it indexes nothing again)
 
 The lmdeploy corpus is third-party and never committed: PATH is a clone of
 https://github.com/InternLM/lmdeploy (its docs/en and docs/zh_cn are read at the commit the
@@ -92,11 +93,12 @@ def main() -> None:
     parser.add_argument("--label", default="", help="a name for this run's result file")
     parser.add_argument("--set-value", action="append", default=[], help="a setting for this run, e.g. rag.min_score=0.45")
     parser.add_argument("--limit", type=int)
+    parser.add_argument("--data-dir", type=Path, help="keep the corpus and the index here, to be reused by the next run (default: a fresh one)")
     args = parser.parse_args()
 
     question_set = load_question_set(SETS[args.set])
     with tempfile.TemporaryDirectory(prefix="teambot-eval-") as tmp:
-        work = Path(tmp)
+        work = args.data_dir or Path(tmp)
         if args.set == "knowledge":
             knowledge = REPO / "examples" / "knowledge"
         else:

@@ -135,7 +135,8 @@ def search(
         print_json({"sources": [p.to_json() for p in retrieval.passages], "timings_ms": retrieval.timings_ms})
         return
     if not retrieval.passages:
-        out.print(f"nothing relevant (no passage scores {settings.rag.bar:g} or more)")
+        decision = "rag.relevance" if settings.rag.relevance else f"rag.min_score = {settings.rag.bar:g}"
+        out.print(f"nothing relevant (no passage passes {decision})")
     for n, passage in enumerate(retrieval.passages, start=1):
         out.print(f"[bold][{n}] {escape(passage_label(passage))}[/bold]  [dim]score {passage.score:.2f}[/dim]")
         out.print(escape(passage.text), "\n")

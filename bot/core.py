@@ -166,7 +166,7 @@ class AnswerEngine:
                 text = not_found_answer(question)
                 timings["first_token"] = timings["total"] = elapsed_ms()
                 yield AnswerDelta(text)
-                yield AnswerDone(text, [], [], found=False, timings_ms=timings, mode="not-found", reason="no passage reached rag.min_score")
+                yield AnswerDone(text, [], [], found=False, timings_ms=timings, mode="not-found", reason="no passage passed the relevance decision (rag.relevance or rag.min_score)")
                 return
             yield AnswerEvidence(passages, evidence)
             timings["evidence"] = elapsed_ms()

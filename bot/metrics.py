@@ -35,7 +35,7 @@ class Metrics:
         self.first_token_seconds = Histogram(
             "teambot_first_token_seconds", "Time from question to the answer's first text", ["platform"], buckets=LATENCY_BUCKETS, registry=r
         )
-        self.nothing_relevant = Counter("teambot_retrieval_nothing_relevant", "Questions for which no passage passed rag.min_score", ["platform"], registry=r)
+        self.nothing_relevant = Counter("teambot_retrieval_nothing_relevant", "Questions for which no passage passed the relevance decision (rag.relevance or rag.min_score)", ["platform"], registry=r)
         self.answer_errors = Counter("teambot_answer_errors", "Questions that ended in an error, by error type", ["platform", "error"], registry=r)
         self.index_runs = Counter("teambot_index_runs", "Index runs of the scheduler, by how they ended", ["state"], registry=r)
         self.index_run_seconds = Histogram("teambot_index_run_seconds", "Duration of index runs", buckets=(1, 5, 10, 30, 60, 300, 900, 3600), registry=r)

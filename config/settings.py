@@ -170,6 +170,10 @@ class InferenceSettings(_Section):
         return self
 
 
+# The features rag.relevance may weigh (rag.search.relevance.FEATURES; config imports nothing of rag).
+RELEVANCE_FEATURES = ("vector", "keyword", "cross", "chinese", "cross_vector", "cross_keyword", "absent")
+
+
 class RagSettings(_Section):
     knowledge_dir: Path = Path("knowledge")
     """The folder of the 'default' collection."""
@@ -185,9 +189,22 @@ class RagSettings(_Section):
     chunk_overlap: int = Field(30, ge=0)
     top_k: int = Field(4, ge=1, le=50)
     min_score: float | None = Field(None, ge=0.0, le=1.0)
-    """Passages scoring below this are not relevant; none left means "I don't know". Empty: the
-    embedder's own (0.27 for multilingual-e5-small, whose cosines are taken with each language's
-    mean removed; 0.3 otherwise). `teambot eval --calibrate` fits it on your questions."""
+    """A single relevance bar: passages whose hybrid score is below it are not relevant; none
+    left means "I don't know". Set it or rag.relevance, not both. Empty (and rag.relevance
+    empty): the embedder's own (0.27 for multilingual-e5-small, whose cosines are taken with
+    each language's mean removed; 0.3 otherwise)."""
+    relevance: dict[str, float] = {}
+    """The relevance decision as a rule on more than one number: a passage is relevant when
+    bias + sum(weight * feature) >= 0, features vector, keyword, cross, chinese, cross_vector,
+    cross_keyword, absent (rag.search.relevance says what each is), e.g. {bias = -0.3, vector = 0.7,
+    keyword = 0.3}. `teambot eval --calibrate` fits one on your questions and prints it."""
+    translate_query: bool = True
+    """Keyword search with the question's words translated into the other language too
+    (Chinese <-> English through CC-CEDICT, rag.search.expansion)."""
+    translated_vector: bool = False
+    """A second question vector from the question's words in the other language; a chunk in
+    that language takes the better of its two cosines. Off: it ranked worse on both shipped
+    question sets (docs/benchmarks.md, issue 24)."""
     vector_weight: float | None = Field(None, ge=0.0, le=1.0)
     """Hybrid score = vector_weight * cosine similarity + (1 - vector_weight) * keyword match.
     Empty: the embedder's own (0.7 for multilingual-e5-small, 0.5 otherwise)."""
@@ -238,21 +255,34 @@ class RagSettings(_Section):
             raise ValueError(f"chunk_overlap ({self.chunk_overlap}) must be smaller than chunk_size ({self.chunk_size})")
         return self
 
+    @field_validator("relevance")
+    @classmethod
+    def _relevance_features(cls, value: dict[str, float]) -> dict[str, float]:
+        unknown = sorted(set(value) - set(RELEVANCE_FEATURES) - {"bias"})
+        if unknown:
+            raise ValueError(f"unknown feature {', '.join(unknown)}: use bias and {', '.join(RELEVANCE_FEATURES)} (`teambot eval --calibrate` prints a fitted rule)")
+        return value
+
     @model_validator(mode="after")
     def _embedder_defaults(self) -> RagSettings:
-        """The relevance bar and the vector weight the embedder's scores need, unless set."""
+        """The relevance decision and the vector weight the embedder's scores need, unless set."""
         e5 = self.embed_model == MULTILINGUAL_E5
-        if self.min_score is None:
-            self.min_score = 0.27 if e5 else 0.3
+        if self.relevance and self.min_score is not None:
+            raise ValueError(
+                "rag.min_score (a single bar) and rag.relevance (a fitted rule) are both set: keep one; "
+                "`teambot eval --calibrate` prints a rag.relevance that replaces rag.min_score"
+            )
         if self.vector_weight is None:
             self.vector_weight = 0.7 if e5 else 0.5
         return self
 
     @property
     def bar(self) -> float:
-        """rag.min_score as it applies (the embedder's default when it is not set)."""
-        assert self.min_score is not None
-        return self.min_score
+        """rag.min_score as it applies: the embedder's own when it is not set (0.27 for e5, 0.3
+        otherwise; no fitted rule beat that bar on the other shipped question set, docs/benchmarks.md, issue 24)."""
+        if self.min_score is not None:
+            return self.min_score
+        return 0.27 if self.embed_model == MULTILINGUAL_E5 else 0.3
 
     @property
     def weight(self) -> float:

@@ -13,14 +13,16 @@ import yaml
 
 from bot.answer_log import AnswerLog
 from bot.core import AnswerDone
-from bot.evaluation.calibrate import Searched, fit, score_bar
+from bot.evaluation.calibrate import Found, Searched, fit, fits, score_rule
+from bot.evaluation.report import calibration_lines
 from bot.evaluation.questions import EvalItem, QuestionSetError, load_question_set
 from bot.evaluation.replay import numbered, pieces
 from bot.evaluation.scoring import ItemResult, contains, has_facts, refusals, says_it_does_not_know, summarize
 from bot.evaluation.variants import _kv_cache_mib, parse_variant
 from config.errors import ConfigError
-from config.settings import Settings
+from config.settings import Settings, load_settings
 from inference.client import Endpoint
+from rag.search.relevance import RelevanceRule
 from tests.conftest import REPO
 from tests.test_cli import external, run, teambot_env
 
@@ -28,8 +30,9 @@ KNOWLEDGE_SET = REPO / "examples" / "eval" / "knowledge.yaml"
 # Retrieval on the sample knowledge base as measured (docs/benchmarks.md): a change that makes
 # retrieval or refusals worse fails CI. Before evidence, the guard and multilingual-e5-small
 # (2026-11-25, first measurement) they were hit@4 0.61, MRR 0.61, refusal F1 0.48; before each
-# language's mean was taken out of e5's cosines (2026-11-26) 0.64, 0.64 and 0.54.
-RETRIEVAL_FLOORS = {"--min-hit-at-k": "0.72", "--min-mrr": "0.72", "--min-refusal-f1": "0.60"}
+# language's mean was taken out of e5's cosines (2026-11-26) 0.64, 0.64 and 0.54; before the
+# question's words were translated (issue 24, 2026-12-04) 0.74, 0.74 and 0.62 (now 0.86, 0.85, 0.68).
+RETRIEVAL_FLOORS = {"--min-hit-at-k": "0.82", "--min-mrr": "0.80", "--min-refusal-f1": "0.64"}
 # Whole answers with the shipped model, `auto` mode: the code before evidence and the guard
 # measured facts 0.18, refusal F1 0.48, hit@4 0.61, and before the language means facts 0.56,
 # refusal F1 0.54, hit@4 0.64 (docs/benchmarks.md), so both fail these.
@@ -105,24 +108,76 @@ def test_refusal_f1_is_undefined_without_refusals() -> None:
 # --- calibration ----------------------------------------------------------------------------
 
 
+def found(path: str, score: float, **features: float) -> Found:
+    """A passage whose hybrid score is ``score`` (its features: vector = keyword = score unless given)."""
+    return Found(path, score, {"vector": score, "keyword": score, **features})
+
+
+BAR_03 = RelevanceRule.bar(0.3, 0.7)
+
+
 def test_calibration_finds_the_bar_that_separates_the_questions() -> None:
-    answerable = [Searched(item(f"a{k}", expect_sources=("a.md",)), [("a.md", s)]) for k, s in enumerate((0.62, 0.58, 0.55))]
-    offtopic = [Searched(item(f"o{k}", refuse=True), [("a.md", s)]) for k, s in enumerate((0.41, 0.44, 0.47))]
+    answerable = [Searched(item(f"a{k}", expect_sources=("a.md",)), [found("a.md", s)]) for k, s in enumerate((0.62, 0.58, 0.55))]
+    offtopic = [Searched(item(f"o{k}", refuse=True), [found("a.md", s)]) for k, s in enumerate((0.41, 0.44, 0.47))]
     searched = answerable + offtopic
-    before = score_bar(searched, 0.3)
+    before = score_rule(searched, BAR_03)
     assert before.refusal.f1 == 0.0 and before.hit_at_k == 1.0  # nothing is refused at 0.3
-    fitted = fit(searched, current=0.3)
-    assert 0.47 < fitted.after.bar < 0.55  # anywhere between the highest off-topic and the lowest answerable score
-    assert fitted.after.refusal.f1 == 1.0 and fitted.after.hit_at_k == 1.0
-    assert fitted.before.bar == 0.3
+    fitted = fit(searched, BAR_03, vector_weight=0.7)
+    assert fitted.bar is not None
+    assert 0.47 < -fitted.bar.rule.bias < 0.55  # anywhere between the highest off-topic and the lowest answerable score
+    assert fitted.bar.refusal.f1 == 1.0 and fitted.bar.hit_at_k == 1.0
+    assert fitted.after.refusal.f1 == 1.0 and fitted.after.hit_at_k == 1.0  # the rule separates them as well
+    assert fitted.before.rule == BAR_03
 
 
 def test_calibration_keeps_the_right_passages_where_the_f1_ties() -> None:
     # Any bar between 0.45 and 0.5 refuses the off-topic question; above 0.5 the answerable one loses its passage.
-    answerable = Searched(item("a", expect_sources=("a.md",)), [("b.md", 0.62), ("a.md", 0.5)])
-    offtopic = Searched(item("o", refuse=True), [("b.md", 0.45)])
-    fitted = fit([answerable, offtopic], current=0.3)
-    assert 0.45 < fitted.after.bar <= 0.5 and fitted.after.refusal.f1 == 1.0 and fitted.after.hit_at_k == 1.0
+    answerable = Searched(item("a", expect_sources=("a.md",)), [found("b.md", 0.62), found("a.md", 0.5)])
+    offtopic = Searched(item("o", refuse=True), [found("b.md", 0.45)])
+    fitted = fit([answerable, offtopic], BAR_03, vector_weight=0.7)
+    assert fitted.bar is not None
+    assert 0.45 < -fitted.bar.rule.bias <= 0.5 and fitted.bar.refusal.f1 == 1.0 and fitted.bar.hit_at_k == 1.0
+
+
+def test_calibration_finds_a_rule_no_single_bar_finds() -> None:
+    # Known best rule: relevant when keyword coverage >= 0.5, whatever the cosine. The cosines of the
+    # questions to refuse are as high as the answerable ones' (near misses), so no bar on the hybrid
+    # score separates them; a rule weighing the keyword coverage does.
+    answerable, refused = [], []
+    for k in range(12):
+        vector = 0.3 + 0.03 * k
+        answerable.append(Searched(item(f"a{k}", expect_sources=("a.md",)), [found("a.md", 0.7 * vector + 0.3 * 0.8, vector=vector, keyword=0.6 + 0.02 * k)]))
+        refused.append(Searched(item(f"o{k}", refuse=True), [found("a.md", 0.7 * (vector + 0.1) + 0.3 * 0.2, vector=vector + 0.1, keyword=0.1 + 0.02 * k)]))
+    searched = answerable + refused
+    fitted = fit(searched, BAR_03, vector_weight=0.7)
+    assert fitted.bar is not None and fitted.bar.refusal.f1 is not None and fitted.bar.refusal.f1 < 0.9
+    assert fitted.after.refusal.f1 == 1.0 and fitted.after.hit_at_k == 1.0
+    rule = fitted.after.rule
+    assert rule.weights["keyword"] > abs(rule.weights["vector"])  # the rule reads the keyword coverage first
+    # The fitted rule, as rag.relevance, is what the settings accept.
+    settings = Settings.model_validate({"rag": {"relevance": rule.to_setting()}})
+    assert RelevanceRule.from_setting(settings.rag.relevance).passes({"vector": 0.3, "keyword": 0.7})
+
+
+def test_the_printed_rule_is_a_line_for_the_settings_file(tmp_path: Path) -> None:
+    """`teambot eval --calibrate` prints each fitted rule as a `[rag]` line a team pastes into teambot.toml."""
+    answerable = [Searched(item(f"a{k}", expect_sources=("a.md",)), [found("a.md", 0.5, keyword=0.8, absent=0.0)]) for k in range(4)]
+    refused = [Searched(item(f"o{k}", refuse=True), [found("a.md", 0.5, keyword=0.1, absent=0.5)]) for k in range(4)]
+    fitted = fits(answerable + refused, BAR_03, vector_weight=0.7)
+    line = next(x for x in calibration_lines(fitted) if x.strip().startswith("all: [rag] relevance = "))
+    config = tmp_path / "teambot.toml"
+    config.write_text("[rag]\n" + line.split("[rag] ", 1)[1] + "\n", encoding="utf-8")
+    settings = load_settings(config)
+    assert settings.rag.relevance == fitted[0].after.rule.to_setting() and settings.rag.min_score is None
+    rule = RelevanceRule.from_setting(settings.rag.relevance)
+    assert all(rule.passes(s.found[0].features) for s in answerable) and not any(rule.passes(s.found[0].features) for s in refused)
+
+
+def test_a_rule_and_a_single_bar_together_are_refused_with_both_names() -> None:
+    with pytest.raises(ValueError, match=r"rag\.min_score.*rag\.relevance"):
+        Settings.model_validate({"rag": {"relevance": {"bias": -0.3, "vector": 1.0}, "min_score": 0.3}})
+    with pytest.raises(ValueError, match="unknown feature cosine"):
+        Settings.model_validate({"rag": {"relevance": {"bias": -0.3, "cosine": 1.0}}})
 
 
 # --- the question-set file ------------------------------------------------------------------
@@ -311,7 +366,10 @@ def test_eval_of_whole_answers_with_the_shipped_model_meets_the_ci_floors(indexe
 
 # What users read of the sample set's 192 written answers (docs/benchmarks.md, "What users read when a capable model
 # answers"): the guard before it judged correct answers shown 0.79, blatant 0.90, binding 0.52, refusals kept 0.00.
-MODEL_ANSWER_FLOORS = {"--min-correct-shown": "0.95", "--min-blatant-blocked": "0.95", "--min-binding-blocked": "0.65", "--min-refusals-kept": "1.0"}
+# Issue 24's translated question words brought 12 more answers to the guard (cross-lingual questions retrieval used
+# to refuse): correct answers shown rose from 73 to 80 of 101, but the guard replaces 6 correct cross-lingual answers
+# by quotes, so their share among the answers the guard judged fell from 0.97 to 0.92 (zh 0.87, across languages 0.74).
+MODEL_ANSWER_FLOORS = {"--min-correct-shown": "0.90", "--min-blatant-blocked": "0.95", "--min-binding-blocked": "0.65", "--min-refusals-kept": "1.0"}
 
 
 def test_eval_model_answers_on_the_sample_set_meets_the_ci_floors(indexed_settings: Settings) -> None:
@@ -321,8 +379,9 @@ def test_eval_model_answers_on_the_sample_set_meets_the_ci_floors(indexed_settin
     assert result.returncode == 0, f"{report['missed_floors']}\n{result.stderr[-2000:]}"
     rows = report["model_answers"]["rows"]
     for language in ("lang en", "lang zh"):
-        assert rows[language]["correct"]["share_reached"] >= 0.9, (language, rows[language]["correct"])
-    assert rows["answers across languages"]["correct"]["share_reached"] >= 0.85
+        assert rows[language]["correct"]["share_reached"] >= 0.84, (language, rows[language]["correct"])
+    assert rows["answers across languages"]["correct"]["share_reached"] >= 0.7
+    assert report["model_answers"]["summary"]["correct"]["share"] >= 0.77  # of all 101 correct answers, shown as written (0.72 before issue 24)
 
 ACK = "How quickly do I have to acknowledge a page?"
 SMALL_SET = {

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from bot.runtime import knowledge_runtime
-from config.settings import Settings
+from config.settings import Settings, with_values
 from rag.search.retriever import NothingIndexed
 
 
@@ -58,10 +58,26 @@ def test_chinese_question_finds_the_chinese_document_through_its_words(retriever
         ("回滚一次部署大概需要多长时间？", "release-process.rst"),
     ],
 )
-def test_a_question_finds_the_page_written_in_the_other_language(retriever, question: str, path: str) -> None:  # type: ignore[no-untyped-def]
-    """No shared word: only the vectors, with each language's mean taken out, can match them."""
-    passages = retriever.search(question, ["default"]).passages
+def test_a_question_finds_the_page_written_in_the_other_language(indexed_settings: Settings, question: str, path: str) -> None:
+    """With no translation, no shared word: only the vectors, with each language's mean taken out, can match them."""
+    with knowledge_runtime(with_values(indexed_settings, {"rag.translate_query": "false"})) as runtime:
+        passages = runtime.retriever.search(question, ["default"]).passages
     assert passages and passages[0].path == path and passages[0].keyword_score == 0
+
+
+@pytest.mark.parametrize(
+    ("question", "path", "heading"),
+    [
+        ("How much is the daily meal allowance on a business trip?", "expense-policy-zh.md", "餐补"),
+        ("Within how many days do I have to submit an expense claim?", "expense-policy-zh.md", "报销流程"),
+        ("代码冻结期从哪天开始？", "release-process.rst", "The release train > Code freeze"),
+    ],
+)
+def test_the_translated_words_match_the_page_in_the_other_language(retriever, question: str, path: str, heading: str) -> None:  # type: ignore[no-untyped-def]
+    """rag.translate_query (the default): the question's words reach the other language's page through CC-CEDICT."""
+    best = retriever.search(question, ["default"]).passages[0]
+    assert (best.path, best.heading) == (path, heading)
+    assert best.keyword_score > 0.1 and best.features["cross"] == 1.0
 
 
 @pytest.mark.parametrize(
@@ -104,3 +120,16 @@ def test_search_spans_several_collections(settings: Settings, tmp_path: Path) ->
         assert runtime.retriever.search(question, ["default"]).passages == []
         both = runtime.retriever.search(question, ["default", "hr"]).passages
     assert both[0].collection == "hr" and both[0].path == "leave.md"
+
+
+def test_the_relevance_rule_of_the_settings_decides(indexed_settings: Settings) -> None:
+    """rag.relevance, as `teambot eval --calibrate` prints it, is what search uses in place of rag.min_score."""
+    question = "What is the on-call stipend amount in euros?"  # a near miss: its words are in the on-call guide
+    strict = {"rag.relevance": "{ bias = 0.0, keyword = 1.0, absent = -1.0 }"}  # as a --set-value or a --variant gives it
+    lenient = {"rag.relevance": "{ bias = 0.0, vector = 1.0 }"}
+    with knowledge_runtime(with_values(indexed_settings, lenient)) as runtime:
+        found = runtime.retriever.search(question, ["default"]).passages
+    assert found and all(p.features["absent"] > 0 for p in found)  # "euros" is in no document
+    with knowledge_runtime(with_values(indexed_settings, strict)) as runtime:
+        assert runtime.retriever.search(question, ["default"]).passages == []
+        assert runtime.retriever.search("How quickly do I have to acknowledge a page?", ["default"]).passages

@@ -43,7 +43,7 @@ def run_command(
     ctx: typer.Context,
     file: Annotated[Path, typer.Argument(help="The question set (YAML or JSONL; see the README).")],
     retrieval_only: Annotated[bool, typer.Option("--retrieval-only", help="Only retrieval and refusals: no LLM is started.")] = False,
-    calibrate: Annotated[bool, typer.Option("--calibrate", help="Fit rag.min_score for the best refusal F1 on these questions.")] = False,
+    calibrate: Annotated[bool, typer.Option("--calibrate", help="Fit the relevance decision (rag.relevance) for the best refusal F1 on these questions.")] = False,
     variants: Annotated[bool, typer.Option("--variants", help="Answer with each KV cache precision of the backend (llama.cpp f16/q8_0/q4_0, lmdeploy quant_policy 0/8/4).")] = False,
     variant: Annotated[list[str] | None, typer.Option("--variant", help="A variant of your own: NAME:key=value[,key=value] (repeatable).")] = None,
     model_answers: Annotated[
@@ -111,7 +111,7 @@ def evaluate(
                 runtime.retriever.warm_up([])
                 report = EvalReport(question_set.name, "retrieval only", run_retrieval(runtime.retriever, items, bar.step), k, question_set.skipped)
                 if calibrate:
-                    report.calibration = fits(search_all(runtime.retriever, items, bar.step), settings.rag.bar)
+                    report.calibration = fits(search_all(runtime.retriever, items, bar.step), runtime.retriever.rule, settings.rag.weight, k)
         else:
 
             async def answers() -> EvalReport:
@@ -120,7 +120,7 @@ def evaluate(
                     results = await run_answers(runtime.require_flow(), items, bar.step)
                     report = EvalReport(question_set.name, f"answers by {runtime.server.description}", results, k, question_set.skipped)
                     if calibrate:
-                        report.calibration = fits(await asyncio.to_thread(search_all, runtime.retriever, items, bar.step), settings.rag.bar)
+                        report.calibration = fits(await asyncio.to_thread(search_all, runtime.retriever, items, bar.step), runtime.retriever.rule, settings.rag.weight, k)
                 return report
 
             report = asyncio.run(answers())

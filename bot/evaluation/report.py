@@ -136,7 +136,7 @@ def render(report: EvalReport, show_all: bool = False) -> str:
         if len(shown) > 40 and not show_all:
             lines.append(f"  … and {len(shown) - 40} more (--json lists every question)")
     if report.calibration:
-        lines += ["", "relevance bar (rag.min_score) fitted for the best refusal F1:"]
+        lines += ["", "relevance decision fitted for the best refusal F1 (configured -> fitted rule; a single bar, rag.min_score, for comparison):"]
         lines += calibration_lines(report.calibration)
     if report.variants:
         lines += ["", "inference variants:"]
@@ -145,13 +145,17 @@ def render(report: EvalReport, show_all: bool = False) -> str:
 
 
 def calibration_lines(fits: Sequence[Fit]) -> list[str]:
-    lines = [f"  {'questions':<12} {'n':>4}  {'min_score':>16}  {'refusal F1':>16}  {'hit@k':>16}"]
+    lines = [f"  {'questions':<12} {'n':>4}  {'refusal F1':>16}  {'hit@k':>16}  {'single bar':>10} {'F1':>5} {'hit@k':>5}"]
     for f in fits:
-        b, a = f.before, f.after
+        b, a, bar = f.before, f.after, f.bar
+        single = f"{-bar.rule.bias:>10.3f} {_num(bar.refusal.f1):>5} {_num(bar.hit_at_k):>5}" if bar else ""
         lines.append(
-            f"  {f.scope:<12} {f.questions:>4}  {b.bar:>7.3f} -> {a.bar:<6.3f}  {_num(b.refusal.f1):>7} -> {_num(a.refusal.f1):<6}  "
-            f"{_num(b.hit_at_k):>7} -> {_num(a.hit_at_k):<6}"
+            f"  {f.scope:<12} {f.questions:>4}  {_num(b.refusal.f1):>7} -> {_num(a.refusal.f1):<6}  "
+            f"{_num(b.hit_at_k):>7} -> {_num(a.hit_at_k):<6}  {single}"
         )
+    for f in fits:
+        values = ", ".join(f"{k} = {v:g}" for k, v in f.after.rule.to_setting().items())
+        lines.append(f"  {f.scope}: [rag] relevance = {{ {values} }}")
     return lines
 
 

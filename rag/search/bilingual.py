@@ -30,6 +30,7 @@ log = logging.getLogger(__name__)
 
 MAX_GLOSSES = 8  # per entry: the first glosses are the common senses
 MAX_GLOSS_WORDS = 4  # longer glosses explain rather than translate
+HEADED_WEIGHT = 0.5  # a Chinese word whose gloss is two words, one of them the English word asked
 _LINE = re.compile(r"^(\S+) (\S+) \[([^\]]*)\] /(.*)/\s*$")
 _PARENTHESES = re.compile(r"\([^)]*\)|（[^）]*）")
 _SKIPPED_GLOSS = re.compile(r"^(?:CL:|abbr\.?|variant of|old variant|also written|see |see:|surname |used in|lit\.|fig\.|pr\.|\(|Japanese variant|erhua variant|Taiwan pr)", re.IGNORECASE)
@@ -47,6 +48,9 @@ class Dictionary:
     def __init__(self, entries: dict[str, Entry]) -> None:
         self._entries = entries
         self._stems: dict[str, frozenset[str]] = {}
+        self._glossed: dict[str, dict[str, float]] | None = None  # stemmed English word -> Chinese words and weights (glossed_by)
+        self._glossed_lock = threading.Lock()
+        self._gloss_words: dict[tuple[str, int], tuple[str, ...]] = {}  # (word, max_words) -> gloss_words's answer
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -71,6 +75,43 @@ class Dictionary:
     def _stemmed(self, word: str) -> frozenset[str]:
         entry = self._entries[word]
         return frozenset(english_words(" ".join((*entry.glosses, entry.name))))
+
+    def gloss_words(self, word: str, max_words: int) -> tuple[str, ...]:
+        """The stemmed English words of a Chinese word's glosses of at most ``max_words`` content
+        words, in the entry's order (the common senses first); empty for an unknown word."""
+        key = (word, max_words)
+        known = self._gloss_words.get(key)
+        if known is not None:
+            return known
+        entry = self._entries.get(word)
+        found: dict[str, None] = {}
+        for gloss in entry.glosses if entry else ():
+            words = english_words(gloss)
+            if 0 < len(words) <= max_words:
+                found.update(dict.fromkeys(words))
+        self._gloss_words[key] = tuple(found)
+        return self._gloss_words[key]
+
+    def glossed_by(self, stem: str) -> dict[str, float]:
+        """The Chinese words (of two characters or more) that an English word glosses, stemmed as
+        the keyword search stems it ("quantiz" gives 量化 ...): weight 1 where a gloss is that
+        word alone, HEADED_WEIGHT where it is one of a gloss's two content words ("apply for
+        reimbursement" for 报销)."""
+        with self._glossed_lock:
+            if self._glossed is None:
+                glossed: dict[str, dict[str, float]] = {}
+                for word, entry in self._entries.items():
+                    if len(word) < 2:
+                        continue  # one character is a word of many senses
+                    for gloss in entry.glosses:
+                        words = english_words(gloss)
+                        if 0 < len(words) <= 2:
+                            weight = 1.0 if len(words) == 1 else HEADED_WEIGHT
+                            for english in words:
+                                found = glossed.setdefault(english, {})
+                                found[word] = max(found.get(word, 0.0), weight)
+                self._glossed = glossed
+        return self._glossed.get(stem, {})
 
     def split(self, word: str) -> list[str]:
         """``word`` as the longest dictionary words from the left (unknown characters alone)."""

@@ -20,7 +20,7 @@ import math
 import re
 import threading
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from functools import cache, lru_cache
 
@@ -79,6 +79,24 @@ def tokenize(text: str) -> list[str]:
 
 
 WEIGHTS_KEPT = 4_000_000  # postings whose BM25 scores are kept between questions (16 MB of scores)
+UNIONS_KEPT = 256  # translated words whose rows are kept (a question's words are asked three times: BM25, coverage, absent)
+
+
+@dataclass(frozen=True)
+class QueryWord:
+    """A word of the question and the words that stand for it in the other language (its
+    translations, rag.search.expansion), each with a weight; a row holding any of them holds the word."""
+
+    forms: tuple[str, ...]  # the word itself first
+    weights: tuple[float, ...]  # per form, in (0, 1]: the word itself 1
+
+    @classmethod
+    def plain(cls, term: str) -> QueryWord:
+        return cls((term,), (1.0,))
+
+
+def plain_words(terms: Sequence[str]) -> list[QueryWord]:
+    return [QueryWord.plain(t) for t in terms]
 
 
 @dataclass(frozen=True)
@@ -105,6 +123,7 @@ class KeywordIndex:
         self._alive = np.zeros(0, dtype=bool)
         self._norm: np.ndarray | None = None  # per row: K1 * (1 - B + B * length / average length)
         self._weights: dict[str, tuple[np.ndarray, np.ndarray]] = {}  # word -> its rows and their BM25 share, as last asked
+        self._unions: dict[tuple[str, ...], np.ndarray] = {}  # a translated word's forms -> the live rows holding any, as last asked
         self.size = 0  # rows not removed
         self.add(corpus)
 
@@ -134,6 +153,7 @@ class KeywordIndex:
         self.size += len(corpus)
         self._norm = None
         self._weights = {}
+        self._unions = {}
 
     def _joined(self) -> scipy.sparse.csc_matrix:
         """The counts of every row: the rows added since the last search joined in once (not once per batch)."""
@@ -154,6 +174,7 @@ class KeywordIndex:
         self._alive[rows] = False
         self._norm = None
         self._weights = {}
+        self._unions = {}
 
     def keep(self, rows: np.ndarray) -> None:
         """Keeps only ``rows`` (live ones), renumbered 0.. in that order."""
@@ -164,6 +185,7 @@ class KeywordIndex:
         self.size = len(rows)
         self._norm = None
         self._weights = {}
+        self._unions = {}
 
     def _postings(self, term: str) -> tuple[np.ndarray, np.ndarray]:
         """The live rows holding ``term`` (ascending) and how often it occurs in each."""
@@ -184,11 +206,39 @@ class KeywordIndex:
 
     def scores(self, query_terms: Sequence[str]) -> np.ndarray:
         """Every row's BM25 score for the query (float32; 0 for rows without its words and removed rows)."""
+        return self.word_scores(plain_words(query_terms))
+
+    def word_scores(self, words: Sequence[QueryWord]) -> np.ndarray:
+        """Every row's BM25 score for the query's words: a word with translations counts once per
+        row, with the IDF of the rows holding any of its forms and the best weighted term
+        frequency of its forms, so that many translations, or a rare one, weigh no more than the
+        word would (a word of one form scores exactly as BM25)."""
         scores = np.zeros(self.rows, dtype=np.float32)
-        for term in query_terms:  # as bm25s: a word asked twice counts twice
-            rows, weights = self._weighted(term)
+        for word in words:  # as bm25s: a word asked twice counts twice
+            if len(word.forms) == 1:
+                rows, weights = self._weighted(word.forms[0])
+                scores[rows] += np.float32(word.weights[0]) * weights if word.weights[0] != 1.0 else weights
+                continue
+            rows, weights = self._translated(word)
             scores[rows] += weights
         return scores
+
+    def _translated(self, word: QueryWord) -> tuple[np.ndarray, np.ndarray]:
+        """The live rows holding any of ``word``'s forms, and its BM25 score in each."""
+        if self._norm is None:
+            average = self._length[self._alive].sum() / self.size if self.size else 1.0
+            self._norm = self.K1 * ((1 - self.B) + self.B * self._length / average)
+        postings = [(self._postings(form), weight) for form, weight in zip(word.forms, word.weights, strict=True)]
+        rows = self._rows_holding(word.forms)
+        if not len(rows):
+            return rows, np.zeros(0, dtype=np.float32)
+        best = np.zeros(len(rows), dtype=np.float64)
+        for (form_rows, counts), weight in postings:
+            if len(form_rows):
+                at = np.searchsorted(rows, form_rows)
+                tf = counts / (self._norm[form_rows] + counts)
+                best[at] = np.maximum(best[at], weight * tf)
+        return rows, (self.idf("", len(rows)) * best).astype(np.float32)
 
     def _weighted(self, term: str) -> tuple[np.ndarray, np.ndarray]:
         """The live rows holding ``term`` and its BM25 score in each (float32, as bm25s stores them).
@@ -209,32 +259,68 @@ class KeywordIndex:
             weights[term] = weighted
         return weighted
 
-    def coverage(self, query_terms: Sequence[str], indexes: Sequence[int]) -> list[float]:
-        """For each row of ``indexes``: the IDF-weighted share of the query's distinct words it contains."""
-        terms = set(query_terms)
-        postings = {term: self._postings(term)[0] for term in terms}
-        idf = {term: self.idf(term, len(rows)) for term, rows in postings.items()}
-        total = sum(idf[t] for t in terms)
+    def coverage(self, query_terms: Sequence[str] | Sequence[QueryWord], indexes: Sequence[int]) -> list[float]:
+        """For each row of ``indexes``: the IDF-weighted share of the query's distinct words it
+        contains (a word with translations: any of its forms, with the IDF of the rows holding any)."""
+        words = {w.forms: w for w in _words(query_terms)}.values()
+        postings = {w.forms: self._rows_holding(w.forms) for w in words}
+        idf = {forms: self.idf("", len(rows)) for forms, rows in postings.items()}
+        total = sum(idf.values())
         if not total:
             return [0.0] * len(indexes)
         wanted = np.asarray(indexes, dtype=np.int64)
         present = {}
-        for term, rows in postings.items():
+        for forms, rows in postings.items():
             at = np.searchsorted(rows, wanted)
-            present[term] = (at < len(rows)) & (rows[np.minimum(at, len(rows) - 1)] == wanted) if len(rows) else np.zeros(len(wanted), dtype=bool)
-        return [sum(idf[t] for t in terms if present[t][k]) / total for k in range(len(wanted))]
+            present[forms] = (at < len(rows)) & (rows[np.minimum(at, len(rows) - 1)] == wanted) if len(rows) else np.zeros(len(wanted), dtype=bool)
+        return [sum(idf[f] for f in postings if present[f][k]) / total for k in range(len(wanted))]
 
-    def search(self, query_terms: Sequence[str], limit: int) -> list[KeywordHit]:
+    def absent_share(self, query_terms: Sequence[str] | Sequence[QueryWord]) -> float:
+        """The IDF-weighted share of the query's distinct words that no row holds in any form:
+        what a question about something the knowledge base never mentions has much of."""
+        words = {w.forms: w for w in _words(query_terms)}.values()
+        frequencies = [len(self._rows_holding(w.forms)) for w in words]
+        idf = [self.idf("", df) for df in frequencies]
+        total = sum(idf)
+        return sum(i for i, df in zip(idf, frequencies, strict=True) if df == 0) / total if total else 0.0
+
+    def _rows_holding(self, forms: tuple[str, ...]) -> np.ndarray:
+        """The live rows holding any of ``forms`` (ascending), kept for the last UNIONS_KEPT words asked."""
+        rows = self._unions.get(forms)
+        if rows is None:
+            rows = _union(self._postings(form)[0] for form in forms)
+            with self._lock:
+                unions = self._unions
+                while len(unions) >= UNIONS_KEPT:
+                    unions.pop(next(iter(unions)))
+                unions[forms] = rows
+        return rows
+
+    def knows(self, term: str) -> bool:
+        """Whether any row was ever indexed with ``term``."""
+        return term in self._vocabulary
+
+    def search(self, query_terms: Sequence[str] | Sequence[QueryWord], limit: int) -> list[KeywordHit]:
         """The rows BM25 ranks highest for the query (only those sharing a word with it)."""
-        if not self.size or not query_terms:
+        words = _words(query_terms)
+        if not self.size or not words:
             return []
-        scores = self.scores(query_terms)
+        scores = self.word_scores(words)
         count = min(limit, int(np.count_nonzero(scores)))
         if count == 0:
             return []
         best = np.argpartition(-scores, count - 1)[:count]
         best = best[np.argsort(-scores[best])]
-        return [KeywordHit(int(i), score) for i, score in zip(best, self.coverage(query_terms, best))]
+        return [KeywordHit(int(i), score) for i, score in zip(best, self.coverage(words, best))]
+
+
+def _words(query: Sequence[str] | Sequence[QueryWord]) -> list[QueryWord]:
+    return [w if isinstance(w, QueryWord) else QueryWord.plain(w) for w in query]
+
+
+def _union(postings: Iterable[np.ndarray]) -> np.ndarray:
+    rows = list(postings)
+    return rows[0] if len(rows) == 1 else np.unique(np.concatenate(rows)) if rows else np.zeros(0, dtype=np.int32)
 
 
 def mostly_chinese(tokens: Sequence[str]) -> bool:

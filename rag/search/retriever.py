@@ -7,9 +7,13 @@ rag.search.collection_cache). A question is compared with every chunk vector (on
 product, with the model the collection was embedded with); candidates come from the best of
 those and from BM25. Each candidate gets
     score = vector_weight * cosine similarity + (1 - vector_weight) * keyword score
-(see rag.search.keyword for the keyword score), both on a 0-1 scale, so one threshold
-(``rag.min_score``) can say "nothing relevant": passages below it are dropped, and none left
-means "I don't know". The passages are the best of the rest. For a multilingual embedder the
+(see rag.search.keyword for the keyword score), both on a 0-1 scale. The keyword side reads
+the question's words with their translations into the other language (rag.translate_query,
+rag.search.expansion), so a Chinese question matches an English page word by word and the
+other way round. The relevance decision (rag.search.relevance: a rule on the cosine, the
+keyword score, the languages and the question's words the collection lacks, rag.relevance;
+or the single bar rag.min_score on the hybrid score) drops passages, and none left means
+"I don't know". The passages are the best of the rest by hybrid score. For a multilingual embedder the
 cosine is taken with each language's mean vector mostly removed (rag.search.language_means):
 such a model rates any two texts of one language as closer than a question and its answer in
 the other, which would draw an English question to English chunks over the Chinese page that
@@ -29,9 +33,12 @@ import numpy as np
 from config.errors import TeambotError
 from config.settings import RagSettings
 from rag.ingest.embedder import embed_model_id, setting_for
+from rag.search.bilingual import dictionary
 from rag.search.collection_cache import CollectionCache
-from rag.search.keyword import mostly_chinese, tokenize
+from rag.search.expansion import expand, other_language_text
+from rag.search.keyword import QueryWord, mostly_chinese, plain_words, tokenize
 from rag.search.query_encoder import load_query_encoder
+from rag.search.relevance import RelevanceRule, features
 from rag.search.sentence_vectors import SentenceVectors
 from rag.store.chroma import ChromaStore
 from rag.store.manifest import Manifest
@@ -59,6 +66,7 @@ class Passage:
     vector_score: float
     keyword_score: float
     chunk_id: str
+    features: dict[str, float] = field(default_factory=dict, compare=False)  # what the relevance decision read (rag.search.relevance)
 
     def to_json(self) -> dict[str, object]:
         """What `--json` outputs and the console show of a passage."""
@@ -78,7 +86,8 @@ class _Candidate:
     chunk_id: str
     vector_score: float
     keyword_score: float
-    score: float  # relevance: against the bar, and the order of the relevant ones
+    score: float  # the hybrid score: the order of the relevant ones
+    features: dict[str, float]
 
 
 class Retriever:
@@ -96,15 +105,18 @@ class Retriever:
         """Loads the embedder, the tokenizer and the collections' caches now, not at the first question."""
         self._embed("warm up")
         tokenize("warm up")
+        if self._settings.translate_query or self._settings.translated_vector:
+            dictionary().glossed_by("warm")
         for collection in collections:
             if self._manifest.generation(collection):
                 self._cache(collection)
 
     def search(self, query: str, collections: Sequence[str], top_k: int | None = None, min_score: float | None = None) -> Retrieval:
-        """The passages relevant to ``query``, best first; empty when nothing passes the relevance
-        bar (``min_score``, default rag.min_score)."""
+        """The passages relevant to ``query``, best first; empty when none passes the relevance
+        decision (rag.relevance, or the single bar rag.min_score; ``min_score`` given: that bar,
+        0 for every candidate)."""
         top_k = top_k or self._settings.top_k
-        bar = self._settings.bar if min_score is None else min_score
+        rule = self.rule if min_score is None else RelevanceRule.bar(min_score, self._settings.weight)
         limit = max(top_k * CANDIDATES_PER_RESULT, CANDIDATES_MIN)
         searchable = [c for c in collections if self._manifest.generation(c)]
         if not searchable:
@@ -115,27 +127,49 @@ class Retriever:
         timings: dict[str, float] = {}
         started = time.perf_counter()
         caches = {collection: self._cache(collection) for collection in searchable}
-        # Each collection is searched with its own model's vector (during a re-embedding, the old one).
-        query_vectors = {model: np.asarray(self._embed(query, model), dtype=np.float32) for model in {c.model for c in caches.values()}}
-        timings["embed"] = _ms_since(started)
-
         query_terms = tokenize(query)
         query_chinese = mostly_chinese(query_terms)
+        # Each collection is searched with its own model's vector (during a re-embedding, the old one).
+        query_vectors = {model: np.asarray(self._embed(query, model), dtype=np.float32) for model in {c.model for c in caches.values()}}
+        translated = {}
+        if self._settings.translated_vector:
+            for collection, cache in caches.items():
+                text = other_language_text(query_terms, dictionary(), cache.keyword.knows)
+                if text and text != " ".join(query_terms):
+                    translated[collection] = np.asarray(self._embed(text, cache.model), dtype=np.float32)
+        timings["embed"] = _ms_since(started)
+
         candidates: list[_Candidate] = []
         vector_ms = keyword_ms = 0.0
         for collection, cache in caches.items():
             query_vector = query_vectors[cache.model]
             mark = time.perf_counter()
             similarity = cache.similarity(query_vector, query_chinese)
+            if collection in translated:  # the question in the other language's words, for the chunks in that language
+                other = cache.chinese != query_chinese
+                similarity = np.where(other, np.maximum(similarity, cache.similarity(translated[collection], not query_chinese)), similarity)
             vector_ms += _ms_since(mark)
             mark = time.perf_counter()
-            candidates.extend(self._fuse(collection, cache, similarity, query_terms, limit))
+            words = self._query_words(query_terms, cache)
+            candidates.extend(self._fuse(collection, cache, similarity, words, query_chinese, limit))
             keyword_ms += _ms_since(mark)
 
-        relevant = sorted((c for c in candidates if c.score >= bar), key=lambda c: -c.score)[:top_k]
+        relevant = sorted((c for c in candidates if rule.passes(c.features)), key=lambda c: -c.score)[:top_k]
         passages = self._passages(relevant)
         timings.update(vector=round(vector_ms, 2), keyword=round(keyword_ms, 2), total=_ms_since(started))
         return Retrieval(passages, timings)
+
+    @property
+    def rule(self) -> RelevanceRule:
+        """The relevance decision the settings ask for: rag.relevance, or the single bar rag.min_score."""
+        rag = self._settings
+        return RelevanceRule.from_setting(rag.relevance) if rag.relevance else RelevanceRule.bar(rag.bar, rag.weight)
+
+    def _query_words(self, query_terms: list[str], cache: CollectionCache) -> list[QueryWord]:
+        """The question's words for the keyword search: with their translations (rag.translate_query)."""
+        if not self._settings.translate_query:
+            return plain_words(query_terms)
+        return expand(query_terms, dictionary(), cache.keyword.knows)
 
     def _embed(self, text: str, model_id: str | None = None) -> list[float]:
         """The question's vector (the last few are kept: the evidence asks again for the one just searched)."""
@@ -174,7 +208,7 @@ class Retriever:
         return self.sentences.centred([text[:SIMILARITY_TEXT_CHARS] for text in texts])
 
     def _fuse(
-        self, collection: str, cache: CollectionCache, similarity: np.ndarray, query_terms: list[str], limit: int
+        self, collection: str, cache: CollectionCache, similarity: np.ndarray, query_terms: list[QueryWord], query_chinese: bool, limit: int
     ) -> list[_Candidate]:
         keyword_hits = {hit.index: hit.score for hit in cache.keyword.search(query_terms, limit)}
         count = min(limit, cache.live)
@@ -182,6 +216,7 @@ class Retriever:
         if count:
             values = np.where(cache.alive, similarity, -np.inf) if cache.live < cache.rows else similarity  # removed rows are no candidates
             indexes.update(int(i) for i in np.argpartition(-values, count - 1)[:count])
+        absent = cache.keyword.absent_share(query_terms)
         others = [index for index in indexes if index not in keyword_hits]
         keyword_hits.update(zip(others, cache.keyword.coverage(query_terms, others)))
         w = self._settings.weight
@@ -190,7 +225,8 @@ class Retriever:
             vec = max(float(similarity[index]), 0.0)
             kw = keyword_hits[index]
             score = w * vec + (1 - w) * kw
-            candidates.append(_Candidate(collection, cache.ids[index], vec, kw, score))
+            found = features(vec, kw, bool(cache.chinese[index]) != query_chinese, query_chinese, absent)
+            candidates.append(_Candidate(collection, cache.ids[index], vec, kw, score, found))
         return candidates
 
     def _passages(self, chosen: list[_Candidate]) -> list[Passage]:
@@ -217,6 +253,7 @@ class Retriever:
                     vector_score=round(c.vector_score, 4),
                     keyword_score=round(c.keyword_score, 4),
                     chunk_id=c.chunk_id,
+                    features={k: round(v, 4) for k, v in c.features.items()},
                 )
             )
         return passages
