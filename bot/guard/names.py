@@ -36,6 +36,7 @@ MIN_PREFIX = 4  # a name this long may start a longer identifier of the passage 
 _LATIN = re.compile(r"^[A-Za-z]+$")
 _HAN = re.compile(r"[\u3400-\u4dbf\u4e00-\u9fff]")
 _WORD = re.compile(r"^[\w.+#-]+$")
+_ORDINAL = re.compile(r"^\d{1,2}(?:st|nd|rd|th)$", re.IGNORECASE)  # "the 15th": a day, which the numbers check reads
 
 
 def check(answer: Answer) -> list[Problem]:
@@ -53,7 +54,7 @@ def check(answer: Answer) -> list[Problem]:
 
 def _names(text: str) -> list[str]:
     found = [m.group(0).strip("`.,:;") for m in _LATIN_NAME.finditer(text)]
-    found = [n for n in found if len(n) > 1 and n not in NOT_NAMES and n not in VOCABULARY]
+    found = [n for n in found if len(n) > 1 and n not in NOT_NAMES and n not in VOCABULARY and not _ORDINAL.match(n)]
     if _HAN.search(text):  # Chinese place names (北京, 杭州) as jieba tags them and CC-CEDICT knows them
         words = dictionary()
         found += [w for w, tag in _posseg().lcut(text) if tag == "ns" and len(w) > 1 and words.is_name(w)]
