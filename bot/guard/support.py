@@ -20,7 +20,9 @@ import re
 import numpy as np
 
 from bot.guard.answer import Answer, Claim, Problem
-from bot.guard.reading import PassageReading, covered
+from bot.guard.names import names_in as _names
+from bot.guard.reading import PassageReading, Said, clauses, covered, key, negated, words
+from rag.search.keyword import _normalise
 from bot.prompt import language_of
 
 SUPPORT_MIN = 0.7  # share of a sentence's words found in one window: supported by words alone
@@ -29,8 +31,11 @@ MEANING_WORDS = 0.4  # share of its words that must be there for meaning to deci
 MEANING_MIN = 0.75  # cosine similarity (language means taken out) of the sentence to the window's sentences
 MIN_WORDS = 3  # shorter sentences are not judged on their own
 SOMETHING_WORDS = 1  # an answer needs a sentence with a word of its own (or a number or a name): "The secondary." has one, "No, no." none
+ANCHORED_MIN = 1 / 3  # across languages, the share of words a window holding every number and name of the sentence must hold
 WINDOWS_BY_MEANING = 3  # the windows holding most of a sentence's words, compared by meaning
 _ANNOUNCES = (":", "：")
+_HAN = re.compile(r"[\u3400-\u4dbf\u4e00-\u9fff]")
+_SIMPLE_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9]*$")
 _NAMED = re.compile(r"[A-Z0-9]{2,}|[A-Z][a-z]+[A-Z]|`|--[a-z]")  # "SEV1.", "PagerDuty.", "`--tp 2`": short, but something  # a sentence that announces a list or a command is judged with what follows it
 
 
@@ -43,16 +48,43 @@ def check(answer: Answer) -> list[Problem]:
         said = claim.words
         if claim.said.endswith(_ANNOUNCES) and k + 1 < len(answer.claims):
             said = said + answer.claims[k + 1].words  # "Three strategies:" says what the list after it says
-        ranked = sorted(((covered(said, found), p, j) for p, j, found in windows), key=lambda x: -x[0])
+        ranked = sorted(((covered(said, found), p, j, found) for p, j, found in windows), key=lambda x: -x[0])
         language = language_of(claim.said)
-        if any(share >= (SUPPORT_MIN if p.language == language else SUPPORT_MIN_ACROSS) for share, p, _ in ranked):
+        if any(share >= (SUPPORT_MIN if p.language == language else SUPPORT_MIN_ACROSS) for share, p, _, _ in ranked):
             continue
-        if ranked and answer.meaning is not None and _close(answer, claim, [(p, k) for share, p, k in ranked[:WINDOWS_BY_MEANING] if share >= MEANING_WORDS]):
+        if any(p.language != language and _anchored(claim, said, p, j, found) for share, p, j, found in ranked):
+            continue
+        if ranked and answer.meaning is not None and _close(answer, claim, [(p, k) for share, p, k, _ in ranked[:WINDOWS_BY_MEANING] if share >= MEANING_WORDS]):
             continue
         problems.append(Problem("support", "is not in the cited passages", claim.text, claim.index))
     if not answer.refusal and not any(len(c.words) >= SOMETHING_WORDS or c.quantities or _NAMED.search(c.said) for c in answer.claims):
         problems.append(Problem("support", "it says nothing the passages could support (only “yes”, “no” or a few words)"))
     return problems
+
+
+def _anchored(claim: Claim, said: list[str], passage: PassageReading, k: int, found: Said) -> bool:
+    """Across languages: the window holds every word the sentence writes as both languages write
+    it (its amounts with a unit and, in a Chinese sentence, its Latin words: SEV1, main, CI, incident
+    commander; in an English one, its names), at least ANCHORED_MIN of all its words, and each
+    anchor in a clause negated as the sentence's clause holding it is."""
+    chinese = language_of(claim.said) == "zh"
+    anchors = [key(q) for q in claim.quantities if q.unit]  # a bare count ("first", "two") is no anchor: a list's "1." has it
+    if chinese:
+        anchors += [w for w in said if not _HAN.search(w) and not w[:1].isdigit()]
+    else:
+        anchors += [_normalise(n.lower()) for n in _names(claim.said) if _SIMPLE_NAME.match(n)]
+    # one Chinese character is a word of many senses: its glosses match too much to count here ("内", "发")
+    held = [w for w in said if found.has(w) and not (len(w) == 1 and _HAN.match(w))]
+    if not anchors or not all(found.has(a) for a in anchors) or len(held) < ANCHORED_MIN * len(said):
+        return False
+    # A clause of the sentence holding an anchor says it as the window's clause holding it does: both negated or neither
+    # ("5 分钟内不用确认" is not "Acknowledge a page within 5 minutes").
+    window = [c for j in (k, k + 1) if j < len(passage.sentences) for c in passage.sentences[j].clauses]
+    for clause in clauses(claim.said):
+        held = set(words(clause)) & set(anchors)
+        if held and not any(c.negated == negated(clause) for c in window if any(c.said.has(a) for a in held)):
+            return False
+    return True
 
 
 def _close(answer: Answer, claim: Claim, windows: list[tuple[PassageReading, int]]) -> bool:
