@@ -10,7 +10,13 @@ from tests.test_grounding import passage
 
 SEVERITY = [passage("- **SEV1**: customers cannot use the product. Start an incident channel, name an incident commander and post status updates every 30 minutes.\n"
                     "- **SEV2**: a major feature is degraded for many customers. Post updates every hour.", "On-call guide", "oncall-guide.md")]  # fmt: skip
-TRAIN = [passage("Releases leave every Tuesday at 14:00. Whatever is merged to main and green in CI by Tuesday noon goes out with that train.", "Release process", "release-process.rst")]
+TRAIN = [
+    passage(
+        "Releases leave every Tuesday at 14:00. Whatever is merged to main and green in CI by Tuesday noon goes out with that train.",
+        "Release process",
+        "release-process.rst",
+    )
+]
 PAYOUT = [passage("审核通过的报销款在每月 15 日和 30 日随工资统一发放。", "差旅与报销政策", "expense-policy-zh.md")]
 
 
@@ -33,15 +39,21 @@ def test_the_same_chinese_answer_with_a_wrong_number_name_or_negation_is_still_r
     assert "numbers" in problems("每 45 分钟发一次状态更新 [1]。", question, SEVERITY)
     assert "names" in problems("SEV3 还要建一个事故频道，并指定一名 incident commander [1]。", question, SEVERITY)
     assert "bindings" in problems("SEV2 还要建一个事故频道，并指定一名 incident commander [1]。", question, SEVERITY)
-    assert "support" in problems("SEV1 不用建事故频道，也不用指定 incident commander [1]。", question, SEVERITY)  # the passage's clause is not negated
-    assert "support" in problems("每 30 分钟要给所有客户打电话并写一份赔偿报告 [1]。", question, SEVERITY)  # a third of its words is not there
+    assert "support" in problems(
+        "SEV1 不用建事故频道，也不用指定 incident commander [1]。", question, SEVERITY
+    )  # the passage's clause is not negated
+    assert "support" in problems(
+        "每 30 分钟要给所有客户打电话并写一份赔偿报告 [1]。", question, SEVERITY
+    )  # a third of its words is not there
 
 
 def test_a_weekday_is_a_day_not_every_week_and_a_number() -> None:
     [tuesday] = quantities("每周二")
     assert tuesday.same(quantities("every Tuesday")[0]) and tuesday.same(quantities("星期二")[0])
     assert not tuesday.same(quantities("Wednesday")[0])
-    assert [q.unit for q in quantities("一周一次")] == ["minutes"] and [q.unit for q in quantities("每周一次")] == ["minutes"]  # once a week
+    assert [q.unit for q in quantities("一周一次")] == ["minutes"] and [q.unit for q in quantities("每周一次")] == [
+        "minutes"
+    ]  # once a week
     question = "每周几点发布？"
     assert problems("每周二下午两点。周二中午之前合入 main 并且 CI 通过的代码会随这一班发布 [1]。", question, TRAIN) == {}
     assert "numbers" in problems("每周三下午两点发布 [1]。", question, TRAIN)
@@ -53,7 +65,11 @@ def test_a_period_after_a_number_ends_the_clause_a_value_is_bound_in() -> None:
 
 
 def test_a_day_of_the_month_is_read_after_every_month_and_an_ordinal_is_no_name() -> None:
-    assert [(q.value, q.unit) for q in quantities("每月 15 日和 30 日")] == [(1.0, "months"), (15.0, "day_of_month"), (30.0, "day_of_month")]
+    assert [(q.value, q.unit) for q in quantities("每月 15 日和 30 日")] == [
+        (1.0, "months"),
+        (15.0, "day_of_month"),
+        (30.0, "day_of_month"),
+    ]
     question = "When are expense claims paid out?"
     assert problems("On the 15th and the 30th of each month, paid out together with your salary [1].", question, PAYOUT) == {}
     assert "numbers" in problems("On the 10th and the 30th of each month, paid out together with your salary [1].", question, PAYOUT)

@@ -45,7 +45,9 @@ def check(answer: Answer) -> list[Problem]:
     for claim in answer.claims:
         if not claim.said:
             continue
-        missing = [name for name in names_in(claim.said) if name.casefold() not in asked and not any(_found(name, p) for p in answer.sources)]
+        missing = [
+            name for name in names_in(claim.said) if name.casefold() not in asked and not any(_found(name, p) for p in answer.sources)
+        ]
         if missing:
             shown = ", ".join(dict.fromkeys(missing))
             problems.append(Problem("names", f"the name(s) {shown} are not in the cited passages", claim.text, claim.index))

@@ -43,7 +43,7 @@ ZH_UNITS = {
 }  # fmt: skip
 MONTHS = {m: k for k, m in enumerate("january february march april may june july august september october november december".split(), start=1)}
 MONTHS.update({m[:3]: k for m, k in list(MONTHS.items())})
-WEEKDAYS = {d: k for k, d in enumerate("monday tuesday wednesday thursday friday saturday sunday".split(), start=1)}
+WEEKDAYS = {d: k for k, d in enumerate(("monday", "tuesday", "wednesday", "thursday", "friday", "saturday", "sunday"), start=1)}
 ZH_WEEKDAYS = {"一": 1, "二": 2, "三": 3, "四": 4, "五": 5, "六": 6, "日": 7, "天": 7}
 
 _CN_NUM = "[零〇一二两三四五六七八九十百千万]+"

@@ -59,7 +59,8 @@ def check(answer: Answer) -> list[Problem]:
             continue
         if any(p.language != language and _anchored(claim, said, p, j, found) for share, p, j, found in ranked):
             continue
-        if ranked and answer.meaning is not None and _close(answer, claim, [(p, k) for share, p, k, _ in ranked[:WINDOWS_BY_MEANING] if share >= MEANING_WORDS]):
+        closest = [(p, j) for share, p, j, _ in ranked[:WINDOWS_BY_MEANING] if share >= MEANING_WORDS]
+        if answer.meaning is not None and _close(answer, claim, closest):
             continue
         problems.append(Problem("support", "is not in the cited passages", claim.text, claim.index))
     if not answer.refusal and not any(len(c.words) >= SOMETHING_WORDS or c.quantities or _NAMED.search(c.said) for c in answer.claims):
