@@ -369,7 +369,10 @@ def test_eval_of_whole_answers_with_the_shipped_model_meets_the_ci_floors(indexe
 # Issue 24's translated question words brought 12 more answers to the guard (cross-lingual questions retrieval used
 # to refuse): correct answers shown rose from 73 to 80 of 101, but the guard replaces 6 correct cross-lingual answers
 # by quotes, so their share among the answers the guard judged fell from 0.97 to 0.92 (zh 0.87, across languages 0.74).
-MODEL_ANSWER_FLOORS = {"--min-correct-shown": "0.90", "--min-blatant-blocked": "0.95", "--min-binding-blocked": "0.65", "--min-refusals-kept": "1.0"}
+# The guard's cross-language rule (a window holding the sentence's amounts and Latin words), weekdays as quantities and
+# clauses cut after a number brought it to 82/87 = 0.94 (en 0.96, zh 0.90, across languages 0.83; 82 of all 101), and
+# binding blocked from 22/32 to 23/32 (docs/benchmarks.md, "Why the guard rejected correct answers").
+MODEL_ANSWER_FLOORS = {"--min-correct-shown": "0.92", "--min-blatant-blocked": "0.97", "--min-binding-blocked": "0.70", "--min-refusals-kept": "1.0"}
 
 
 def test_eval_model_answers_on_the_sample_set_meets_the_ci_floors(indexed_settings: Settings) -> None:
@@ -379,9 +382,9 @@ def test_eval_model_answers_on_the_sample_set_meets_the_ci_floors(indexed_settin
     assert result.returncode == 0, f"{report['missed_floors']}\n{result.stderr[-2000:]}"
     rows = report["model_answers"]["rows"]
     for language in ("lang en", "lang zh"):
-        assert rows[language]["correct"]["share_reached"] >= 0.84, (language, rows[language]["correct"])
-    assert rows["answers across languages"]["correct"]["share_reached"] >= 0.7
-    assert report["model_answers"]["summary"]["correct"]["share"] >= 0.77  # of all 101 correct answers, shown as written (0.72 before issue 24)
+        assert rows[language]["correct"]["share_reached"] >= 0.88, (language, rows[language]["correct"])
+    assert rows["answers across languages"]["correct"]["share_reached"] >= 0.8
+    assert report["model_answers"]["summary"]["correct"]["share"] >= 0.79  # of all 101 correct answers, shown as written (0.72 before issue 24)
 
 ACK = "How quickly do I have to acknowledge a page?"
 SMALL_SET = {

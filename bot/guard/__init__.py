@@ -7,7 +7,8 @@ it finds, each with the span it failed on and why, in the words the user-facing 
 - citations: it cites a passage, and only passages that exist (a refusal may cite none);
 - language: it is written in the question's language;
 - support: every sentence is said by a window of a cited passage, in its words, in the other
-  language's (CC-CEDICT), or by meaning (the embedder, each language's mean taken out);
+  language's (CC-CEDICT), or by meaning (the embedder, each language's mean taken out); across
+  languages also by a window holding every word both languages write alike (amounts, SEV1, names);
 - numbers: every number is in the cited passages as the same quantity (600 yuan = 600 元);
 - names: every name is there, or its translation (Shanghai = 上海);
 - bindings: every number stands in the passage clause of the words it is bound to in the

@@ -36,24 +36,28 @@ MIN_PREFIX = 4  # a name this long may start a longer identifier of the passage 
 _LATIN = re.compile(r"^[A-Za-z]+$")
 _HAN = re.compile(r"[\u3400-\u4dbf\u4e00-\u9fff]")
 _WORD = re.compile(r"^[\w.+#-]+$")
+_ORDINAL = re.compile(r"^\d{1,2}(?:st|nd|rd|th)$", re.IGNORECASE)  # "the 15th": a day, which the numbers check reads
 
 
 def check(answer: Answer) -> list[Problem]:
-    asked = {n.casefold() for n in _names(answer.question)}  # a name the question gives is the user's, not the model's
+    asked = {n.casefold() for n in names_in(answer.question)}  # a name the question gives is the user's, not the model's
     problems = []
     for claim in answer.claims:
         if not claim.said:
             continue
-        missing = [name for name in _names(claim.said) if name.casefold() not in asked and not any(_found(name, p) for p in answer.sources)]
+        missing = [
+            name for name in names_in(claim.said) if name.casefold() not in asked and not any(_found(name, p) for p in answer.sources)
+        ]
         if missing:
             shown = ", ".join(dict.fromkeys(missing))
             problems.append(Problem("names", f"the name(s) {shown} are not in the cited passages", claim.text, claim.index))
     return problems
 
 
-def _names(text: str) -> list[str]:
+def names_in(text: str) -> list[str]:
+    """The names of ``text`` (see the module's doc)."""
     found = [m.group(0).strip("`.,:;") for m in _LATIN_NAME.finditer(text)]
-    found = [n for n in found if len(n) > 1 and n not in NOT_NAMES and n not in VOCABULARY]
+    found = [n for n in found if len(n) > 1 and n not in NOT_NAMES and n not in VOCABULARY and not _ORDINAL.match(n)]
     if _HAN.search(text):  # Chinese place names (北京, 杭州) as jieba tags them and CC-CEDICT knows them
         words = dictionary()
         found += [w for w, tag in _posseg().lcut(text) if tag == "ns" and len(w) > 1 and words.is_name(w)]

@@ -3,7 +3,8 @@ match "10:00", "seven calendar days" match "7 天" and "one week" match "7 days"
 
 A quantity is a value with a unit: a duration (kept in minutes, so that units convert), working
 days, months, years, money in yuan, a percentage, a clock time (hours after midnight), a date
-(month * 100 + day), a day of the month, or nothing (a bare count). Digits that belong to a
+(month * 100 + day), a day of the month, a day of the week (Monday 1 to Sunday 7: "every
+Tuesday" is "每周二", not "every week" and a 2), or nothing (a bare count). Digits that belong to a
 name (SEV1, int8, llama2-7b, v0.6.0, A100-80G) are no quantities: the names check reads them.
 """
 
@@ -42,6 +43,8 @@ ZH_UNITS = {
 }  # fmt: skip
 MONTHS = {m: k for k, m in enumerate("january february march april may june july august september october november december".split(), start=1)}
 MONTHS.update({m[:3]: k for m, k in list(MONTHS.items())})
+WEEKDAYS = {d: k for k, d in enumerate(("monday", "tuesday", "wednesday", "thursday", "friday", "saturday", "sunday"), start=1)}
+ZH_WEEKDAYS = {"一": 1, "二": 2, "三": 3, "四": 4, "五": 5, "六": 6, "日": 7, "天": 7}
 
 _CN_NUM = "[零〇一二两三四五六七八九十百千万]+"
 _DIGITS = r"\d+(?:,\d{3})*(?:\.\d+)?"
@@ -58,11 +61,14 @@ _PATTERNS: list[tuple[str, re.Pattern[str]]] = [
     ("clock_zh", re.compile(rf"(上午|早上|早晨|中午|下午|晚上)?\s*(\d{{1,2}}|{_CN_NUM})\s*[点點时時](?:\s*(半|(\d{{1,2}}|{_CN_NUM})\s*分?))?")),
     ("clock", re.compile(rf"{_ALONE_BEFORE}(\d{{1,2}}):(\d{{2}})(?![0-9:])")),
     ("noon", re.compile(r"\b(?:noon|midday|midnight)\b|中午(?!\s*(?:\d|[零〇一二两三四五六七八九十]+)\s*[点點])|午夜", re.IGNORECASE)),
+    # 周二 is Tuesday, but 一周一次 is "once a week" and 每周一次 "once every week"
+    ("weekday_zh", re.compile(r"(?<![一二两三四五六七八九十0-9])(?:每个?)?(?:周|星期|礼拜)([一二三四五六日天])(?![个次周])")),
+    ("weekday_en", re.compile(r"\b(monday|tuesday|wednesday|thursday|friday|saturday|sunday)s?\b", re.IGNORECASE)),
     ("every", re.compile(r"\b(?:every|each|per)\s+(minute|hour|day|week|month|year)\b|\b(hourly|daily|weekly|monthly|yearly)\b|(每(?:个)?(?:小时|天|日|周|星期|月|年))", re.IGNORECASE)),
     ("date_en", re.compile(rf"\b({_MONTH})\.?\s+(\d{{1,2}})(?:st|nd|rd|th)?\b|\b(\d{{1,2}})(?:st|nd|rd|th)?\s+(?:of\s+)?({_MONTH})\b", re.IGNORECASE)),
     ("date_zh", re.compile(rf"(\d{{1,2}}|{_CN_NUM})\s*月\s*(\d{{1,2}}|{_CN_NUM})\s*[日号]")),
     ("money_prefix", re.compile(rf"(?:RMB|CNY|¥|￥)\s*({_DIGITS})", re.IGNORECASE)),
-    ("day_of_month", re.compile(rf"(?:每月|每个月)?\s*(\d{{1,2}}|{_CN_NUM})\s*[日号](?!本|常|期|志|语|文)|{_ALONE_BEFORE}(\d{{1,2}})(?:st|nd|rd|th)\b", re.IGNORECASE)),
+    ("day_of_month", re.compile(rf"(\d{{1,2}}|{_CN_NUM})\s*[日号](?!本|常|期|志|语|文)|{_ALONE_BEFORE}(\d{{1,2}})(?:st|nd|rd|th)\b", re.IGNORECASE)),
     ("unit_zh", re.compile(rf"(第)?\s*({_DIGITS}|{_CN_NUM})\s*(?:个\s*)?({_ZH_UNIT})")),
     ("unit_en", re.compile(rf"{_ALONE_BEFORE}({_DIGITS}|\b(?:{_EN_NUM}))(?:\s+|-)(?:(?:calendar|working|business|full|whole)\s+)?({_EN_UNIT})\b", re.IGNORECASE)),
     ("percent", re.compile(rf"{_ALONE_BEFORE}({_DIGITS})\s*%")),
@@ -77,7 +83,7 @@ _PRONOUN_ONE = re.compile(r"\b(?:the|this|that|any|each|every|no|which|a|another
 @dataclass(frozen=True)
 class Quantity:
     value: float
-    unit: str  # minutes, workdays, months, years, yuan, percent, times, clock, date, day_of_month, or "" (a bare number)
+    unit: str  # minutes, workdays, months, years, yuan, percent, times, clock, date, day_of_month, weekday, or "" (a bare number)
     text: str  # as written
     start: int = 0
     end: int = 0
@@ -142,6 +148,10 @@ def _read(kind: str, m: re.Match[str]) -> tuple[float, str] | None:
         return (month * 100 + day, "date") if month and day and month <= 12 else None
     if kind == "noon":
         return (0.0 if m.group(0).lower() in ("midnight", "午夜") else 12.0), "clock"
+    if kind == "weekday_zh":
+        return float(ZH_WEEKDAYS[m.group(1)]), "weekday"
+    if kind == "weekday_en":
+        return float(WEEKDAYS[m.group(1).lower()]), "weekday"
     if kind == "every":
         word = (m.group(1) or m.group(2) or m.group(3)).lower()
         per = {"hourly": "hour", "daily": "day", "weekly": "week", "monthly": "month", "yearly": "year"}.get(word, word)

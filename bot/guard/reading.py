@@ -11,7 +11,9 @@ answer word in a Chinese passage when it is one of the passage words' glosses.
 
 A clause is what a number is bound to: a sentence cut at commas, semicolons and colons (and
 their Chinese forms), so "Acknowledge a page within 5 minutes" and "If the primary does not
-acknowledge a page within 15 minutes" are two clauses with different numbers.
+acknowledge a page within 15 minutes" are two clauses with different numbers, and so are the two
+sentences of "Releases leave at 14:00. Whatever is merged by noon goes out" (a period after a
+number ends a sentence when a capitalised word follows).
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ _WORDLIKE = re.compile(r"[0-9A-Za-z\u00c0-\u024f\u3400-\u4dbf\u4e00-\u9fff]")
 _HAN = re.compile(r"[\u3400-\u4dbf\u4e00-\u9fff]")
 _ABBREVIATIONS = re.compile(r"\b(?:e\.g|i\.e|etc|vs|cf)\.?(?=\W|$)", re.IGNORECASE)
 _LETTER = re.compile(r"^[a-z]$")  # a letter alone (a variable, an option's letter) says nothing
-_CLAUSE_END = re.compile(r"(?<=[，；：])\s*|(?<=[,;:])\s+|\s+(?=(?:but|however|unless|although|even if|except)\b)|(?<=[。！？!?])\s*|(?<=[^0-9]\.)\s+")
+_CLAUSE_END = re.compile(r"(?<=[，；：])\s*|(?<=[,;:])\s+|\s+(?=(?:but|however|unless|although|even if|except)\b)|(?<=[。！？!?])\s*|(?<=[^0-9]\.)\s+|(?<=[0-9]\.)\s+(?=[A-Z][a-z])")
 _NEGATION = re.compile(
     r"\b(?:not|no|never|neither|nor|cannot|can't|don't|doesn't|didn't|isn't|aren't|won't|without|none|nothing)\b|n't\b|不|没|无|未|非|别|勿",
     re.IGNORECASE,
