@@ -132,8 +132,9 @@ class InferenceSettings(_Section):
     hang_timeout_s: float = Field(30.0, ge=1, le=3600)
     """Seconds the LLM server may give no sign of life (no response, no streamed token) while
     requests wait before it counts as hung: /healthz answers 503, and a llama.cpp or lmdeploy server
-    teambot started is restarted. A server that is generating is busy, not hung. Raise it for a
-    large model on a CPU, where reading one long prompt can take longer."""
+    teambot started is restarted. A server that is generating is busy, not hung, and so is one teambot
+    started whose processes use CPU (reading a long prompt). Raise it for an external server on a CPU,
+    where reading one long prompt can take longer."""
     max_retries: int = Field(3, ge=0, le=10)
     temperature: float = Field(0.2, ge=0.0, le=2.0)
     max_tokens: int = Field(512, ge=16, le=32768)

@@ -11,6 +11,11 @@ of anything while that generation streams. The server is
 - ``hung``: requests in flight and no sign of life for ``inference.hang_timeout_s`` (a deadlocked
   or SIGSTOPped process: alive, listening, answering nothing).
 
+For a server teambot started, its supervisor adds one more sign of life (``computing()``): its
+process uses CPU. A long prompt on a CPU sends nothing until the first token (a 1,000-token
+prompt takes about 20 s for internlm2_5-1_8b-chat on 2 cores, longer than that on one), and must
+not be taken for a hang; a deadlocked or stopped process uses none.
+
 Whether the process lives is the supervisor's to say; this only watches the traffic.
 """
 
@@ -54,6 +59,11 @@ class LLMActivity:
             log.warning("the LLM server made progress again after %.0f s without any", now - self._since)
             self._hang_reported = False
         self._since = now
+
+    def computing(self) -> None:
+        """The server's process is working (its CPU time grows) while requests wait: reading a long prompt."""
+        if self.in_flight:
+            self.progressed()
 
     def restarted(self) -> None:
         """The server was started again: the requests still in flight wait on a new process."""

@@ -114,6 +114,13 @@ class ServerProcess:
     def pid(self) -> int | None:
         return self._process.pid if self._process else None
 
+    def cpu_seconds(self) -> float | None:
+        """CPU time used so far by the process and the rest of its process group (lmdeploy's engine
+        workers), from /proc; None where that cannot be read (not running, not Linux)."""
+        if not self.running or self.pid is None:
+            return None
+        return group_cpu_seconds(self.pid)
+
     @property
     def running(self) -> bool:
         """Whether the process was started and has not ended (asking reaps it once it has)."""
@@ -285,3 +292,25 @@ async def wait_until_ready(
                 progress(f"still waiting for {what} ({now - started:.0f} s)")
                 last_report = now
             await asyncio.sleep(READY_POLL_INTERVAL_S)
+
+
+_CLOCK_TICKS = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+
+
+def group_cpu_seconds(pgid: int) -> float | None:
+    """User + system CPU seconds of every process in process group ``pgid`` (its leader's pid)."""
+    proc = Path("/proc")
+    if not proc.is_dir():
+        return None
+    ticks = 0
+    for entry in proc.iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue  # ended meanwhile, or not ours to read
+        fields = stat[stat.rindex(")") + 2 :].split()  # after "pid (comm) ": state ppid pgrp ... utime(12) stime(13)
+        if int(fields[2]) == pgid:
+            ticks += int(fields[11]) + int(fields[12])
+    return ticks / _CLOCK_TICKS

@@ -6,8 +6,8 @@ process group (lmdeploy's engine workers hold the GPU memory), and starts it aga
 port, after ``inference.restart_backoff_s``, doubled after each failed restart in a row. Meanwhile
 the chat client says "the language model is restarting" instead of asking, and /healthz
 reports it. A server that lives but makes no progress while requests wait (``LLMActivity``
-says hung: no response or token for ``inference.hang_timeout_s``) is stopped and restarted the
-same way. After ``inference.max_restarts`` failed restarts in a row it gives up: ``wait()``
+says hung: no response or token for ``inference.hang_timeout_s``, and its process group used no
+CPU meanwhile) is stopped and restarted the same way. After ``inference.max_restarts`` failed restarts in a row it gives up: ``wait()``
 raises LLMGaveUp and `teambot serve` exits non-zero, for its supervisor (systemd, Docker) to
 start all of it again.
 """
@@ -29,6 +29,9 @@ from inference.process import Progress, ServerProcess
 log = logging.getLogger(__name__)
 
 WATCH_INTERVAL_S = 0.5  # how often the process is checked (and, once ended, reaped)
+# CPU seconds per watch interval above which the server counts as computing (a sign of life): a tenth
+# of a core. A deadlocked or SIGSTOPped server uses none; llama.cpp reading a prompt uses its threads.
+COMPUTING_CPU_S = 0.1 * WATCH_INTERVAL_S
 MAX_BACKOFF_S = 60.0
 # A restarted server that dies sooner than this counts as a failed restart: a server that starts
 # and crashes at its first request must not be restarted forever.
@@ -105,8 +108,12 @@ class ServerSupervisor:
         up_since, restarted = time.monotonic(), False
         while True:
             hung = False
+            cpu = await asyncio.to_thread(self._server.process.cpu_seconds)  # reads /proc: off the event loop
             while self._server.process.running and not (hung := self.activity.report_hang()):
                 await asyncio.sleep(WATCH_INTERVAL_S)
+                used, cpu = cpu, await asyncio.to_thread(self._server.process.cpu_seconds)
+                if cpu is not None and used is not None and cpu - used >= COMPUTING_CPU_S:
+                    self.activity.computing()
             self.state = "restarting"
             lived = time.monotonic() - up_since
             if hung:

@@ -107,17 +107,18 @@ class SleeperServer:
 
     description = "sleeper"
 
-    def __init__(self, log_dir: Path, failing_starts: int = 0) -> None:
+    def __init__(self, log_dir: Path, failing_starts: int = 0, work: str = "import time; time.sleep(600)") -> None:
         self.process = ServerProcess("sleeper", log_dir / "sleeper.log")
         self.failing_starts = failing_starts
         self.starts = 0
+        self.work = work  # the process's code: sleeping by default
 
     async def start(self, progress: Any = None) -> Endpoint:
         self.starts += 1
         if self.starts > 1 and self.failing_starts:
             self.failing_starts -= 1
             raise TeambotError("the sleeper cannot start")
-        self.process.start([sys.executable, "-c", "import time; time.sleep(600)"], shown="sleeper")
+        self.process.start([sys.executable, "-c", self.work], shown="sleeper")
         return Endpoint("http://127.0.0.1:9/v1")
 
     async def stop(self) -> None:
@@ -166,6 +167,30 @@ async def test_a_restart_that_dies_soon_counts_as_failed_and_one_that_lasts_does
         with pytest.raises(LLMGaveUp, match="1 restarts in a row failed"):
             await asyncio.wait_for(supervisor.wait(), 60)
         assert server.starts == 3
+    finally:
+        await supervisor.stop()
+        await server.stop()
+
+
+@pytest.mark.parametrize("computing", [False, True])
+async def test_a_server_that_computes_without_answering_is_busy_one_that_uses_no_cpu_is_hung(tmp_path: Path, computing: bool) -> None:
+    # llama.cpp reading a long prompt on a CPU sends nothing until its first token: that is not a hang.
+    # Its threads (here a child of the server, as lmdeploy's engine workers are) use CPU; a hung server uses none.
+    work = "import subprocess, sys, time; subprocess.Popen([sys.executable, '-c', 'while True: pass']); time.sleep(600)"
+    server = SleeperServer(tmp_path, work=work if computing else "import time; time.sleep(600)")
+    await server.start()
+    supervisor = ServerSupervisor(server, InferenceSettings(hang_timeout_s=2, restart_backoff_s=0.05))
+    supervisor.start()
+    try:
+        with supervisor.activity.track():  # a request waits, and nothing comes back
+            if computing:
+                waited = time.monotonic()
+                while time.monotonic() - waited < 4 * 2:  # four hang timeouts without a sign of life on the wire
+                    assert supervisor.activity.state() == "busy" and server.starts == 1, supervisor.activity.hang_detail()
+                    await asyncio.sleep(0.2)
+            else:
+                await async_wait_for(lambda: server.starts == 2, "the hung sleeper to be restarted", timeout=60)
+                assert supervisor.last_exit.startswith("made no progress for")
     finally:
         await supervisor.stop()
         await server.stop()
