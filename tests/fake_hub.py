@@ -16,6 +16,7 @@ import hashlib
 import json
 import sys
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -34,6 +35,26 @@ class _Server(ThreadingHTTPServer):
             super().handle_error(request, client_address)  # type: ignore[arg-type]
 
 
+def _serve(answer: Callable[[BaseHTTPRequestHandler, bool], None]) -> _Server:
+    """A local HTTP server in a thread that answers HEAD and GET with ``answer(handler, body)``."""
+
+    class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+        def do_HEAD(self) -> None:
+            answer(self, False)
+
+        def do_GET(self) -> None:
+            answer(self, True)
+
+    server = _Server(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server
+
+
 @dataclass
 class FakeHub:
     repos: dict[str, dict[str, bytes]]  # repository ID -> file path -> content
@@ -50,25 +71,9 @@ class FakeHub:
 
     def __post_init__(self) -> None:
         self._lock = threading.Lock()
-        hub = self
-
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def log_message(self, *args: object) -> None:
-                pass
-
-            def do_HEAD(self) -> None:
-                hub._answer(self, body=False)
-
-            def do_GET(self) -> None:
-                hub._answer(self, body=True)
-
-        self._server = _Server(("127.0.0.1", 0), Handler)
+        self._server = _serve(self._answer)
         self.url = f"http://127.0.0.1:{self._server.server_address[1]}"
         self.cdn_url = f"http://localhost:{self._server.server_address[1]}"  # another host name, as the hub's CDN is
-        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
-        self._thread.start()
 
     def close(self) -> None:
         self._server.shutdown()
@@ -230,23 +235,8 @@ class FakeModelScope:
     requests: list[tuple[str, str]] = field(default_factory=list)  # method, path with query
 
     def __post_init__(self) -> None:
-        store = self
-
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def log_message(self, *args: object) -> None:
-                pass
-
-            def do_HEAD(self) -> None:
-                store._answer(self, body=False)
-
-            def do_GET(self) -> None:
-                store._answer(self, body=True)
-
-        self._server = _Server(("127.0.0.1", 0), Handler)
+        self._server = _serve(self._answer)
         self.url = f"http://127.0.0.1:{self._server.server_address[1]}"
-        threading.Thread(target=self._server.serve_forever, daemon=True).start()
 
     def close(self) -> None:
         self._server.shutdown()
