@@ -108,10 +108,13 @@ class ServerSupervisor:
         up_since, restarted = time.monotonic(), False
         while True:
             hung = False
-            cpu = await asyncio.to_thread(self._server.process.cpu_seconds)  # reads /proc: off the event loop
+            cpu: float | None = None  # the server's CPU seconds at the last look, while requests wait
             while self._server.process.running and not (hung := self.activity.report_hang()):
                 await asyncio.sleep(WATCH_INTERVAL_S)
-                used, cpu = cpu, await asyncio.to_thread(self._server.process.cpu_seconds)
+                if not self.activity.in_flight:
+                    cpu = None  # an idle server is not watched for CPU: /proc is read only while requests wait
+                    continue
+                used, cpu = cpu, await asyncio.to_thread(self._server.process.cpu_seconds)  # reads /proc: off the event loop
                 if cpu is not None and used is not None and cpu - used >= COMPUTING_CPU_S:
                     self.activity.computing()
             self.state = "restarting"
