@@ -5,7 +5,9 @@ the events it yields into the front end's view: the evidence (each source's best
 soon as retrieval is done, text deltas as the model writes, then one ``AnswerDone`` with the
 answer to show, its numbered sources and which mode produced it. ``bot.answer_mode`` decides
 what reaches the user: in "auto" an answer the guard rejects is replaced by one quoted from
-the evidence. A bounded number of questions are answered at once; each has a deadline; a
+the evidence. Passages below the relevance decision (rag.model_floor) are the model's to judge:
+no quotes are previewed, and an answer from them that the guard rejects (or none) means
+"I don't know", not quotes. A bounded number of questions are answered at once; each has a deadline; a
 consumer that stops listening (or is cancelled) frees its slot at once.
 """
 
@@ -47,6 +49,7 @@ class AnswerDelta:
 
 
 AnswerMode = Literal["generative", "extractive", "not-found"]
+NOTHING_PASSED = "no passage passed the relevance decision (rag.relevance or rag.min_score)"
 SOURCES_HEADING = "Sources"
 SEARCHED_HEADING = "Searched (they do not answer this)"
 
@@ -166,12 +169,20 @@ class AnswerEngine:
                 text = not_found_answer(question)
                 timings["first_token"] = timings["total"] = elapsed_ms()
                 yield AnswerDelta(text)
-                yield AnswerDone(text, [], [], found=False, timings_ms=timings, mode="not-found", reason="no passage passed the relevance decision (rag.relevance or rag.min_score)")
+                yield AnswerDone(text, [], [], found=False, timings_ms=timings, mode="not-found", reason=NOTHING_PASSED)
                 return
-            yield AnswerEvidence(passages, evidence)
+            # Passages below the relevance decision (rag.model_floor) are the model's to judge:
+            # their quotes are not shown as if they answered, and without the model's accepted
+            # answer the bot does not know.
+            judged = grounding.retrieval.below_decision
+            if not judged:
+                yield AnswerEvidence(passages, evidence)
             timings["evidence"] = elapsed_ms()
 
             mode = self._settings.answer_mode
+            if judged and mode == "extractive":
+                yield self._not_known(question, timings, elapsed_ms(), f"{NOTHING_PASSED}, and bot.answer_mode = extractive asks no model to judge the passages below it")
+                return
             if mode == "extractive":
                 text = extractive_answer(question, evidence, passages)
                 timings["first_token"] = timings["total"] = elapsed_ms()
@@ -211,6 +222,10 @@ class AnswerEngine:
                 await stream.aclose()
             generated = "".join(parts)
             timings.setdefault("first_token", elapsed_ms())
+            if failure and judged:
+                log.warning("a model answer failed on passages below the relevance decision: %s", failure)
+                yield self._not_known(question, timings, elapsed_ms(), f"{NOTHING_PASSED}, and {failure}", replaced=bool(parts), generated=generated)
+                return
             if failure:
                 log.warning("a model answer was replaced by quotes: %s", failure)
                 text = extractive_answer(question, evidence, passages)
@@ -232,6 +247,10 @@ class AnswerEngine:
                     replaced=shown != generated, generated=generated, refusal=verdict.refusal,
                 )  # fmt: skip
                 return
+            if judged:
+                reason = f"{NOTHING_PASSED}, and the grounding guard rejected the model's answer from the passages below it: {verdict.reason}"
+                yield self._not_known(question, timings, timings["total"], reason, guard=verdict, replaced=True, generated=generated)
+                return
             text = extractive_answer(question, evidence, passages)
             reason = f"the model's answer was replaced: {verdict.reason}"
             yield AnswerDone(
@@ -248,6 +267,13 @@ class AnswerEngine:
             question, grounding.retrieval.passages, self._retriever.similarity,
             previous=last.question if last else "", already_said=last.answer if last else "",
         )  # fmt: skip
+
+    @staticmethod
+    def _not_known(question: str, timings: dict[str, float], now_ms: float, reason: str, **done: object) -> AnswerDone:
+        """"I don't know" after the model had its chance on passages below the relevance decision."""
+        timings.setdefault("first_token", now_ms)
+        timings["total"] = now_ms
+        return AnswerDone(not_found_answer(question), [], [], False, timings, mode="not-found", reason=reason, **done)  # type: ignore[arg-type]
 
     def _too_slow(self, patience: bool) -> str:
         if patience:

@@ -199,6 +199,13 @@ class RagSettings(_Section):
     bias + sum(weight * feature) >= 0, features vector, keyword, cross, chinese, cross_vector,
     cross_keyword, absent (rag.search.relevance says what each is), e.g. {bias = -0.3, vector = 0.7,
     keyword = 0.3}. `teambot eval --calibrate` fits one on your questions and prints it."""
+    model_floor: float | None = Field(None, ge=0.0, le=1.0)
+    """Let a capable model judge relevance: when no passage passes the relevance decision but
+    the best one's hybrid score is at least this, the best rag.top_k passages still go to the
+    model, which is asked to say it doesn't know when they do not answer. If it cannot answer from them (the grounding
+    guard rejects its answer, or it fails), the bot says it doesn't know instead of quoting
+    them. Empty: off, the right choice for the shipped CPU model, which answers from anything it
+    is shown. 0.2 with internlm2_5-1_8b-chat or a larger model (docs/benchmarks.md, issue 24)."""
     translate_query: bool = True
     """Keyword search with the question's words translated into the other language too
     (Chinese <-> English through CC-CEDICT, rag.search.expansion)."""
@@ -275,6 +282,11 @@ class RagSettings(_Section):
             )
         if self.vector_weight is None:
             self.vector_weight = 0.7 if e5 else 0.5
+        if self.model_floor is not None and not self.relevance and self.model_floor >= self.bar:
+            raise ValueError(
+                f"rag.model_floor ({self.model_floor:g}) is not below the relevance bar rag.min_score ({self.bar:g}): "
+                "the model would judge nothing retrieval did not pass already; set it lower (e.g. 0.2) or leave it empty"
+            )
         return self
 
     @property

@@ -13,7 +13,9 @@ rag.search.expansion), so a Chinese question matches an English page word by wor
 other way round. The relevance decision (rag.search.relevance: a rule on the cosine, the
 keyword score, the languages and the question's words the collection lacks, rag.relevance;
 or the single bar rag.min_score on the hybrid score) drops passages, and none left means
-"I don't know". The passages are the best of the rest by hybrid score. For a multilingual embedder the
+"I don't know" (with rag.model_floor, a capable model judges instead: when the best
+candidate's hybrid score reaches the floor, the best ones are returned marked ``below_decision``). The passages are the best of
+the rest by hybrid score. For a multilingual embedder the
 cosine is taken with each language's mean vector mostly removed (rag.search.language_means):
 such a model rates any two texts of one language as closer than a question and its answer in
 the other, which would draw an English question to English chunks over the Chinese page that
@@ -78,6 +80,7 @@ class Passage:
 class Retrieval:
     passages: list[Passage]
     timings_ms: dict[str, float] = field(default_factory=dict)
+    below_decision: bool = False  # no passage passed the relevance decision: these are above rag.model_floor, for the model to judge
 
 
 @dataclass
@@ -114,7 +117,9 @@ class Retriever:
     def search(self, query: str, collections: Sequence[str], top_k: int | None = None, min_score: float | None = None) -> Retrieval:
         """The passages relevant to ``query``, best first; empty when none passes the relevance
         decision (rag.relevance, or the single bar rag.min_score; ``min_score`` given: that bar,
-        0 for every candidate)."""
+        0 for every candidate). With rag.model_floor (and no ``min_score``), when none passes but
+        the best candidate's hybrid score reaches the floor, the best ``top_k`` candidates,
+        marked ``below_decision`` for the model to judge."""
         top_k = top_k or self._settings.top_k
         rule = self.rule if min_score is None else RelevanceRule.bar(min_score, self._settings.weight)
         limit = max(top_k * CANDIDATES_PER_RESULT, CANDIDATES_MIN)
@@ -155,9 +160,14 @@ class Retriever:
             keyword_ms += _ms_since(mark)
 
         relevant = sorted((c for c in candidates if rule.passes(c.features)), key=lambda c: -c.score)[:top_k]
+        floor = self._settings.model_floor
+        below = not relevant and floor is not None and min_score is None
+        if below:  # rag.model_floor: when the best candidate reaches it, the model judges the best top_k
+            best = sorted(candidates, key=lambda c: -c.score)[:top_k]
+            relevant = best if best and best[0].score >= floor else []
         passages = self._passages(relevant)
         timings.update(vector=round(vector_ms, 2), keyword=round(keyword_ms, 2), total=_ms_since(started))
-        return Retrieval(passages, timings)
+        return Retrieval(passages, timings, below_decision=below and bool(passages))
 
     @property
     def rule(self) -> RelevanceRule:
