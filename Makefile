@@ -51,13 +51,15 @@ $(VENV)/.installed-dev: $(VENV)/.installed
 index: install
 	$(BIN)/teambot index
 
-# MODEL: a model short name (`teambot models list`) to pull once and serve instead of the shipped SmolLM2.
+# MODEL: a model short name (`teambot models list`) to pull once and serve instead of the shipped SmolLM2;
+# a model that can answer also judges the passages below the relevance bar (rag.model_floor).
 MODEL ?=
+MODEL_FLOOR ?= 0.2
 
 run: index
 ifneq ($(MODEL),)
 	$(BIN)/teambot models pull $(MODEL)
-	TEAMBOT_INFERENCE__MODEL_PATH=$(MODEL) $(BIN)/teambot serve
+	TEAMBOT_INFERENCE__MODEL_PATH=$(MODEL) TEAMBOT_RAG__MODEL_FLOOR=$(MODEL_FLOOR) $(BIN)/teambot serve
 else
 	$(BIN)/teambot serve
 endif

@@ -189,6 +189,10 @@ class RagSettings(_Section):
     chunk_size: int = Field(200, ge=32, le=8192)
     chunk_overlap: int = Field(30, ge=0)
     top_k: int = Field(4, ge=1, le=50)
+    passages_per_file: int = Field(1, ge=0, le=50)
+    """At most this many of the top_k passages come from one file (0: no limit), so that several
+    chunks of one long page do not crowd out the page that answers: lmdeploy docs' hit@4 0.85 ->
+    0.88 with 1 (docs/benchmarks.md, issue 24)."""
     min_score: float | None = Field(None, ge=0.0, le=1.0)
     """A single relevance bar: passages whose hybrid score is below it are not relevant; none
     left means "I don't know". Set it or rag.relevance, not both. Empty (and rag.relevance

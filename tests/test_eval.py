@@ -423,6 +423,8 @@ def test_eval_model_answers_replays_written_answers_through_the_answer_flow(inde
     assert summary["cited_missing"] == 1 and summary["not_asked"] == 1
     assert (summary["blatant"]["ok"], summary["blatant"]["of"]) == (2, 2) and (summary["binding"]["ok"], summary["binding"]["of"]) == (1, 1)
     assert (summary["refusal"]["ok_reached"], summary["refusal"]["reached"], summary["refusal"]["ok"]) == (1, 1, 2)
+    # the questions as their right answers left them: both to refuse were refused (one by the model), none of the others
+    assert summary["right_answers_refusal"] == {"precision": 1.0, "recall": 1.0, "f1": 1.0}
     answers = {(a["id"], a["text"][:12]): a for a in report["model_answers"]["answers"]}
     binding = answers[("ack", "You have 15 ")]
     assert binding["outcome"] == "replaced" and any("puts 15 minutes where the cited passage has 5 minutes" in p for p in binding["problems"])
@@ -433,7 +435,7 @@ def test_eval_model_answers_replays_written_answers_through_the_answer_flow(inde
     assert "answers across languages" in report["model_answers"]["rows"] and "lang en" in report["model_answers"]["rows"]
 
     text = run(["eval", str(questions), "--model-answers", "--min-correct-shown", "1", "--min-blatant-blocked", "1"], teambot_env(indexed_settings))
-    assert text.returncode == 0 and "correct shown" in text.stdout and "binding blocked" in text.stdout
+    assert text.returncode == 0 and "correct shown" in text.stdout and "binding blocked" in text.stdout and "refusal F1" in text.stdout
     without = tmp_path / "none.yaml"
     without.write_text(yaml.safe_dump({"items": [{"question": "a?", "refuse": True}]}), encoding="utf-8")
     nothing = run(["eval", str(without), "--model-answers"], teambot_env(indexed_settings))

@@ -133,3 +133,19 @@ def test_the_relevance_rule_of_the_settings_decides(indexed_settings: Settings) 
     with knowledge_runtime(with_values(indexed_settings, strict)) as runtime:
         assert runtime.retriever.search(question, ["default"]).passages == []
         assert runtime.retriever.search("How quickly do I have to acknowledge a page?", ["default"]).passages
+
+
+def test_one_passage_a_file_lets_other_pages_in(indexed_settings: Settings) -> None:
+    """rag.passages_per_file: the best chunk of each file first, so one long page does not fill the top k."""
+    question = "Who gets paged if the primary on-call does not acknowledge a page?"  # several on-call chunks pass the bar
+    with knowledge_runtime(with_values(indexed_settings, {"rag.passages_per_file": "0", "rag.min_score": "0.05"})) as runtime:
+        unlimited = runtime.retriever.search(question, ["default"]).passages
+    with knowledge_runtime(with_values(indexed_settings, {"rag.passages_per_file": "1", "rag.min_score": "0.05"})) as runtime:
+        one_each = runtime.retriever.search(question, ["default"]).passages
+    assert [p.path for p in unlimited].count("oncall-guide.md") >= 2
+    assert len(one_each) == len(unlimited) == 4 and len({p.path for p in one_each}) == 4
+    assert one_each[0] == unlimited[0]  # the best chunk stays first
+    assert [p.score for p in one_each] == sorted((p.score for p in one_each), reverse=True)
+    with knowledge_runtime(with_values(indexed_settings, {"rag.passages_per_file": "2", "rag.min_score": "0.05"})) as runtime:
+        two_each = runtime.retriever.search(question, ["default"]).passages
+    assert max([p.path for p in two_each].count(path) for path in {p.path for p in two_each}) == 2

@@ -18,7 +18,7 @@ from bot.answering import AnswerFlow
 from bot.evaluation.questions import EvalItem, ModelAnswer
 from bot.evaluation.replay import FILE_CITATION, ReplayModel
 from bot.evaluation.runner import answer_result
-from bot.evaluation.scoring import ItemResult, groups, percentile
+from bot.evaluation.scoring import ItemResult, Refusals, groups, percentile, refusals
 from bot.prompt import language_of
 
 LABELS = ("correct", "refusal", "blatant", "binding")
@@ -114,6 +114,7 @@ class Count:
 @dataclass(frozen=True)
 class ReplaySummary:
     counts: dict[str, Count]  # per label
+    right_refusals: Refusals  # each question answered by its right written answers: refused exactly the ones to refuse?
     not_asked: int  # answers the model never gave: nothing passed the relevance bar
     cited_missing: int  # correct answers citing a file retrieval did not bring
     guard_ms_p50: float | None
@@ -122,6 +123,7 @@ class ReplaySummary:
     def to_json(self) -> dict[str, Any]:
         return {
             **{label: count.to_json() for label, count in self.counts.items()},
+            "right_answers_refusal": {"precision": self.right_refusals.precision, "recall": self.right_refusals.recall, "f1": self.right_refusals.f1},
             "not_asked": self.not_asked, "cited_missing": self.cited_missing,
             "guard_ms": {"p50": self.guard_ms_p50, "p90": self.guard_ms_p90},
         }  # fmt: skip
@@ -134,8 +136,10 @@ def summarize_replays(results: Sequence[ReplayResult]) -> ReplaySummary:
         reached = [r for r in part if r.reached]
         counts[label] = Count(sum(r.ok for r in part), len(part), sum(r.ok for r in reached), len(reached), sum(r.outcome == "trimmed" for r in reached))
     guard = [r.asked.timings_ms["guard"] for r in results if "guard" in r.asked.timings_ms]
+    right = [r.asked for r in results if r.label in ("correct", "refusal") and not r.asked.error]
     return ReplaySummary(
         counts=counts,
+        right_refusals=refusals(right),
         not_asked=sum(not r.model_asked for r in results),
         cited_missing=sum(r.cited_missing for r in results if r.label == "correct"),
         guard_ms_p50=percentile(guard, 50),
@@ -207,12 +211,13 @@ def replay_lines(report: ReplayReport) -> list[str]:
         "written model answers: for each kind, as wanted among those the guard judged (the model was asked and every file a",
         "correct answer cites was retrieved), then among all (retrieval's refusals and misses included); +n✂: shown without",
         "a sentence or two the guard left out (not counted as shown for a correct answer, nor as blocked for a wrong one)",
-        f"{'':26} " + " ".join(f"{heads[label]:>24}" for label in heads) + f" {'not asked':>10} {'guard ms p50/p90':>17}",
+        "refusal F1: of the questions as their right answers (correct ones, honest refusals) were shown: refused exactly those to refuse?",
+        f"{'':26} " + " ".join(f"{heads[label]:>24}" for label in heads) + f" {'not asked':>10} {'guard ms p50/p90':>17} {'refusal F1':>10}",
     ]
     for name, s in report.rows().items():
         cells = [_cell(s.counts[label]) for label in heads]
         guard = f"{_num(s.guard_ms_p50)} / {_num(s.guard_ms_p90)}"
-        lines.append(f"{name[:26]:<26} " + " ".join(f"{c:>24}" for c in cells) + f" {s.not_asked:>10} {guard:>17}")
+        lines.append(f"{name[:26]:<26} " + " ".join(f"{c:>24}" for c in cells) + f" {s.not_asked:>10} {guard:>17} {_num(s.right_refusals.f1, 2):>10}")
     wrong = [r for r in report.results if not r.ok and r.reached]
     if wrong:
         lines += ["", "written answers the guard judged wrongly:"]

@@ -159,11 +159,12 @@ class Retriever:
             candidates.extend(self._fuse(collection, cache, similarity, words, query_chinese, limit))
             keyword_ms += _ms_since(mark)
 
-        relevant = sorted((c for c in candidates if rule.passes(c.features)), key=lambda c: -c.score)[:top_k]
+        per_file = self._settings.passages_per_file
+        relevant = _best(sorted((c for c in candidates if rule.passes(c.features)), key=lambda c: -c.score), top_k, per_file)
         floor = self._settings.model_floor
         below = not relevant and floor is not None and min_score is None
         if below:  # rag.model_floor: when the best candidate reaches it, the model judges the best top_k
-            best = sorted(candidates, key=lambda c: -c.score)[:top_k]
+            best = _best(sorted(candidates, key=lambda c: -c.score), top_k, per_file)
             relevant = best if best and best[0].score >= floor else []
         passages = self._passages(relevant)
         timings.update(vector=round(vector_ms, 2), keyword=round(keyword_ms, 2), total=_ms_since(started))
@@ -288,6 +289,22 @@ class Retriever:
                 cache = updated
             self._caches[collection] = cache
             return cache
+
+
+def _best(ranked: list[_Candidate], top_k: int, per_file: int) -> list[_Candidate]:
+    """The first ``top_k`` of ``ranked``, at most ``per_file`` from one file (0: no limit)."""
+    if not per_file:
+        return ranked[:top_k]
+    taken: dict[tuple[str, str], int] = {}
+    chosen = []
+    for c in ranked:
+        file = (c.collection, c.chunk_id.rpartition(":")[0])  # a chunk's id is "<document id>:<position>"
+        if taken.get(file, 0) < per_file:
+            taken[file] = taken.get(file, 0) + 1
+            chosen.append(c)
+            if len(chosen) == top_k:
+                break
+    return chosen
 
 
 def _ms_since(start: float) -> float:
