@@ -189,6 +189,16 @@ class RagSettings(_Section):
     chunk_size: int = Field(200, ge=32, le=8192)
     chunk_overlap: int = Field(30, ge=0)
     top_k: int = Field(4, ge=1, le=50)
+    neighbours: int = Field(0, ge=0, le=10)
+    """Each passage shown to the model is its retrieved chunk widened with this many chunks on
+    each side from the same file and section (overlap taken out; touching passages of one file
+    merged); 0: the chunk alone. Which chunks are retrieved does not change, only the text
+    shown (rag.search.neighbours)."""
+    context_tokens: int = Field(1600, ge=0, le=100_000)
+    """The most tokens (counted as rag.chunk_size is) all passages may hold together once
+    widened by rag.neighbours: neighbours are added to the best passages first while they fit;
+    the retrieved chunks are always shown. Keep the prompt within inference.context_size
+    (1600 of multilingual-e5-small's tokens are about 1500-2000 of SmolLM2's)."""
     min_score: float | None = Field(None, ge=0.0, le=1.0)
     """A single relevance bar: passages whose hybrid score is below it are not relevant; none
     left means "I don't know". Set it or rag.relevance, not both. Empty (and rag.relevance
