@@ -10,7 +10,7 @@ import pytest
 from bot.runtime import Runtime, knowledge_runtime
 from config.settings import Settings, with_values
 from rag.ingest.embedder import token_counter
-from rag.search.neighbours import joined, widened
+from rag.search.neighbours import joined, overlap, widened
 from rag.store.chroma import ChromaStore, StoredChunk
 from tests.conftest import make_settings
 
@@ -18,7 +18,7 @@ ANIMALS = ["walrus", "heron", "otter", "badger", "falcon", "lynx", "marten", "os
 # One section of numbered sentences, each unique, long enough for several 40-token chunks; then another section.
 GUIDE = (
     "# Code words\n\n## The list\n\n"
-    + " ".join(f"Rule {n}: the code word for locker {n} is {animal}." for n, animal in enumerate(ANIMALS, start=1))
+    + " ".join(f"Locker {n} is {animal}." for n, animal in enumerate(ANIMALS, start=1))
     + "\n\n## Elsewhere\n\nThe canteen opens at noon and serves soup on Fridays only.\n"
 )
 
@@ -29,12 +29,12 @@ def _flat(text: str) -> str:
 
 @pytest.fixture(scope="module")
 def small_chunks(tmp_path_factory: pytest.TempPathFactory) -> Settings:
-    """GUIDE indexed in 40-token chunks with a 10-token overlap."""
+    """GUIDE indexed in 40-token chunks with a 15-token overlap: consecutive chunks share a sentence."""
     base = tmp_path_factory.mktemp("neighbours")
     knowledge = base / "knowledge"
     knowledge.mkdir()
     (knowledge / "lockers.md").write_text(GUIDE, encoding="utf-8")
-    settings = make_settings(base / "data", knowledge, rag={"chunk_size": 40, "chunk_overlap": 10, "top_k": 1})
+    settings = make_settings(base / "data", knowledge, rag={"chunk_size": 40, "chunk_overlap": 15, "top_k": 1})
     with knowledge_runtime(settings) as runtime:
         report = runtime.indexer.run()
     assert report.added == 1 and report.chunks >= 6, report
@@ -51,7 +51,7 @@ def _chunks(store: ChromaStore) -> list[StoredChunk]:
     """The stored chunks of lockers.md in the list section, in order."""
     chunks = sorted(store.get("default"), key=lambda c: c.metadata["position"])
     listed = [c for c in chunks if c.metadata["heading"] == "The list"]
-    assert len(listed) >= 5, [c.text for c in chunks]
+    assert len(listed) >= 5 and all(overlap(a.text, b.text) for a, b in zip(listed, listed[1:])), [c.text for c in chunks]
     return listed
 
 
@@ -69,12 +69,12 @@ def test_a_chunk_is_shown_with_its_neighbours_in_order_without_the_overlap(small
         listed = _chunks(runtime.store)
         middle = listed[_middle(listed)]
         animal = next(a for a in ANIMALS if f" is {a}." in middle.text and all(f" is {a}." not in c.text for c in listed if c is not middle))
-        passage = runtime.retriever.search(f"Which locker has the code word {animal}?", ["default"], min_score=0).passages[0]
+        passage = runtime.retriever.search(f"Which locker is {animal}?", ["default"], min_score=0).passages[0]
     before, after = listed[_middle(listed) - 1], listed[_middle(listed) + 1]
     assert passage.chunk_id == middle.id  # ranking stays on the chunk
     assert passage.text.startswith(before.text) and passage.text.endswith(after.text)
     assert _flat(passage.text) in _flat(GUIDE)  # a contiguous stretch of the document: in order, nothing repeated
-    sentences = [f"Rule {n}:" for n in range(1, len(ANIMALS) + 1) if f"Rule {n}:" in passage.text]
+    sentences = [f"Locker {n} " for n in range(1, len(ANIMALS) + 1) if f"Locker {n} " in passage.text]
     assert all(passage.text.count(s) == 1 for s in sentences) and len(sentences) > len([s for s in sentences if s in middle.text])
 
 
@@ -132,7 +132,7 @@ def test_a_chunk_stored_without_its_position_is_shown_as_it_is(runtime: Runtime,
 
 
 def test_neighbours_0_gives_the_chunks_as_stored(small_chunks: Settings, tmp_path: Path) -> None:
-    question = "What is the code word for locker 5?"
+    question = "Which locker is the falcon?"
     with knowledge_runtime(with_values(small_chunks, {"rag.top_k": "4"})) as runtime:
         plain = runtime.retriever.search(question, ["default"], min_score=0).passages
         stored = {c.id: c.text for c in runtime.store.get("default")}
