@@ -120,7 +120,7 @@ def test_the_budget_widens_the_best_passage_first_and_holds(runtime: Runtime, sm
     assert [s.text for s in tight] == [best.text, second.text]
 
 
-def test_a_chunk_stored_without_its_position_is_shown_as_it_is(runtime: Runtime, small_chunks: Settings) -> None:
+def test_a_chunk_stored_without_its_position_is_shown_as_it_is(runtime: Runtime, small_chunks: Settings, caplog: pytest.LogCaptureFixture) -> None:
     """An index written before chunks carried their position: its neighbours are in the store, but it is not widened."""
     listed = _chunks(runtime.store)
     m = _middle(listed)
@@ -129,6 +129,7 @@ def test_a_chunk_stored_without_its_position_is_shown_as_it_is(runtime: Runtime,
     shown = widened([("default", old), ("default", listed[0])], runtime.store, 1, 10_000, _count(small_chunks))
     assert shown[0].text == old.text and shown[0].chunk_ids == (old.id,)
     assert shown[1].chunk_ids == (listed[0].id, listed[1].id)  # a chunk with its position still is
+    assert "collection default holds chunks indexed without their position" in caplog.text and "--rebuild" in caplog.text
 
 
 def test_neighbours_0_gives_the_chunks_as_stored(small_chunks: Settings, tmp_path: Path) -> None:

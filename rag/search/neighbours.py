@@ -20,11 +20,14 @@ written before they were) is shown as it is.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from rag.ingest.indexer import chunk_id_for
 from rag.store.chroma import ChromaStore, StoredChunk
+
+log = logging.getLogger(__name__)
 
 MIN_OVERLAP_CHARS = 4  # a shorter match of one chunk's end and the next one's start may be chance: kept twice
 JOINT = "\n"  # between consecutive chunks that do not overlap (the chunker dropped the whitespace there)
@@ -40,6 +43,7 @@ class Shown:
 
 
 _Key = tuple[str, str, int]  # collection, document, position
+_reported: set[str] = set()  # collections already reported to hold chunks without their position
 
 
 def widened(
@@ -50,6 +54,12 @@ def widened(
     if each_side <= 0:
         return [Shown(k, chunk.text, (chunk.id,)) for k, (_, chunk) in enumerate(hits)]
     places = {k: _place(collection, chunk) for k, (collection, chunk) in enumerate(hits)}
+    for k, place in places.items():
+        collection = hits[k][0]
+        if place is None and collection not in _reported:
+            _reported.add(collection)
+            log.warning("collection %s holds chunks indexed without their position: they are shown without their neighbours "
+                        "(rag.neighbours); `teambot index --collection %s --rebuild` indexes them with it", collection, collection)
     chunks: dict[_Key, StoredChunk] = {key: hits[k][1] for k, key in places.items() if key is not None}
     chunks.update(_neighbours(store, [key for key in places.values() if key is not None], each_side, chunks.keys()))
 
