@@ -194,11 +194,13 @@ class RagSettings(_Section):
     each side from the same file and section (overlap taken out; touching passages of one file
     merged); 0: the chunk alone. Which chunks are retrieved does not change, only the text
     shown (rag.search.neighbours)."""
-    context_tokens: int = Field(1600, ge=0, le=100_000)
+    context_tokens: int = Field(1200, ge=0, le=100_000)
     """The most tokens (counted as rag.chunk_size is) all passages may hold together once
     widened by rag.neighbours: neighbours are added to the best passages first while they fit;
-    the retrieved chunks are always shown. Keep the prompt within inference.context_size
-    (1600 of multilingual-e5-small's tokens are about 1500-2000 of SmolLM2's)."""
+    the retrieved chunks are always shown whole. It keeps the prompt within
+    inference.context_size less inference.max_tokens: SmolLM2 reads English in about as many
+    tokens as multilingual-e5-small, Chinese prose in up to 2.6 times as many (1200 -> about
+    3,100 of its 3,584)."""
     min_score: float | None = Field(None, ge=0.0, le=1.0)
     """A single relevance bar: passages whose hybrid score is below it are not relevant; none
     left means "I don't know". Set it or rag.relevance, not both. Empty (and rag.relevance
