@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from itertools import pairwise
 from pathlib import Path
 
 import pytest
@@ -51,7 +52,7 @@ def _chunks(store: ChromaStore) -> list[StoredChunk]:
     """The stored chunks of lockers.md in the list section, in order."""
     chunks = sorted(store.get("default"), key=lambda c: c.metadata["position"])
     listed = [c for c in chunks if c.metadata["heading"] == "The list"]
-    assert len(listed) >= 5 and all(overlap(a.text, b.text) for a, b in zip(listed, listed[1:])), [c.text for c in chunks]
+    assert len(listed) >= 5 and all(overlap(a.text, b.text) for a, b in pairwise(listed)), [c.text for c in chunks]
     return listed
 
 
@@ -68,7 +69,9 @@ def test_a_chunk_is_shown_with_its_neighbours_in_order_without_the_overlap(small
     with knowledge_runtime(settings) as runtime:
         listed = _chunks(runtime.store)
         middle = listed[_middle(listed)]
-        animal = next(a for a in ANIMALS if f" is {a}." in middle.text and all(f" is {a}." not in c.text for c in listed if c is not middle))
+        animal = next(
+            a for a in ANIMALS if f" is {a}." in middle.text and all(f" is {a}." not in c.text for c in listed if c is not middle)
+        )
         passage = runtime.retriever.search(f"Which locker is {animal}?", ["default"], min_score=0).passages[0]
     before, after = listed[_middle(listed) - 1], listed[_middle(listed) + 1]
     assert passage.chunk_id == middle.id  # ranking stays on the chunk
@@ -120,7 +123,9 @@ def test_the_budget_widens_the_best_passage_first_and_holds(runtime: Runtime, sm
     assert [s.text for s in tight] == [best.text, second.text]
 
 
-def test_a_chunk_stored_without_its_position_is_shown_as_it_is(runtime: Runtime, small_chunks: Settings, caplog: pytest.LogCaptureFixture) -> None:
+def test_a_chunk_stored_without_its_position_is_shown_as_it_is(
+    runtime: Runtime, small_chunks: Settings, caplog: pytest.LogCaptureFixture
+) -> None:
     """An index written before chunks carried their position: its neighbours are in the store, but it is not widened."""
     listed = _chunks(runtime.store)
     m = _middle(listed)
@@ -141,6 +146,8 @@ def test_neighbours_0_gives_the_chunks_as_stored(small_chunks: Settings, tmp_pat
         wide = runtime.retriever.search(question, ["default"], min_score=0).passages
     assert len(plain) == 4 and [p.text for p in plain] == [stored[p.chunk_id] for p in plain]
     order = [p.chunk_id for p in plain]
-    assert [p.chunk_id for p in wide] == [i for i in order if i in {p.chunk_id for p in wide}]  # the same chunks, best first (touching ones merged)
+    assert [p.chunk_id for p in wide] == [
+        i for i in order if i in {p.chunk_id for p in wide}
+    ]  # the same chunks, best first (touching ones merged)
     assert all(any(_flat(p.text) in _flat(w.text) for w in wide) for p in plain)
     assert sum(len(p.text) for p in wide) > sum(len(p.text) for p in plain)

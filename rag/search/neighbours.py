@@ -23,6 +23,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from itertools import pairwise
 
 from rag.ingest.indexer import chunk_id_for
 from rag.store.chroma import ChromaStore, StoredChunk
@@ -58,8 +59,12 @@ def widened(
         collection = hits[k][0]
         if place is None and collection not in _reported:
             _reported.add(collection)
-            log.warning("collection %s holds chunks indexed without their position: they are shown without their neighbours "
-                        "(rag.neighbours); `teambot index --collection %s --rebuild` indexes them with it", collection, collection)
+            log.warning(
+                "collection %s holds chunks indexed without their position: they are shown without their neighbours "
+                "(rag.neighbours); `teambot index --collection %s --rebuild` indexes them with it",
+                collection,
+                collection,
+            )
     chunks: dict[_Key, StoredChunk] = {key: hits[k][1] for k, key in places.items() if key is not None}
     chunks.update(_neighbours(store, [key for key in places.values() if key is not None], each_side, chunks.keys()))
 
@@ -113,7 +118,7 @@ def widened(
 def joined(texts: Sequence[str]) -> str:
     """Consecutive chunks' texts as one, the overlap of each with the one before it taken out."""
     out = texts[0] if texts else ""
-    for previous, text in zip(texts, texts[1:], strict=False):
+    for previous, text in pairwise(texts):
         shared = overlap(previous, text)
         out += text[shared:] if shared else JOINT + text
     return out

@@ -238,7 +238,8 @@ class Retriever:
         for c in chosen:
             wanted.setdefault(c.collection, []).append(c.chunk_id)
         fetched = {(name, chunk.id): chunk for name, ids in wanted.items() for chunk in self._store.get(name, ids)}
-        found = [(c, fetched[(c.collection, c.chunk_id)]) for c in chosen if (c.collection, c.chunk_id) in fetched]  # else deleted by an index run since the cache was built
+        # a chunk not fetched was deleted by an index run since the cache was built
+        found = [(c, fetched[(c.collection, c.chunk_id)]) for c in chosen if (c.collection, c.chunk_id) in fetched]
         rag = self._settings
         shown = widened([(c.collection, chunk) for c, chunk in found], self._store, rag.neighbours, rag.context_tokens, self._tokens)
         passages = []
