@@ -10,7 +10,9 @@ https://github.com/InternLM/lmdeploy (its docs/en and docs/zh_cn are read at the
 question set names, with `git archive`) or a folder that already holds en/ and zh_cn/. Only
 .md and .rst files are indexed, into one collection.
 
-Results: bench/results/eval-<set>[-<label>].json (every question included).
+Results: bench/results/eval-<set>[-<label>].json (every question included). With
+--model-answers also the size of the prompts the model was sent, in characters and in the
+shipped model's tokens (SmolLM2's vocabulary; its context is inference.context_size = 4096).
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ from pathlib import Path
 
 import yaml
 
-from bench.common import bench_settings, save
+from bench.common import bench_settings, percentile, save
 from bot.evaluation.commands import evaluate, evaluate_model_answers
 from bot.evaluation.model_answers import replayed_items
 from bot.evaluation.questions import load_question_set
@@ -66,6 +68,19 @@ def _copy_docs(source: Path, target: Path) -> None:
             destination = target / path.relative_to(source)
             destination.parent.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(path, destination)
+
+
+def prompt_tokens(prompts: list[str]) -> dict[str, float]:
+    """p50 / p90 / max of the prompts' lengths in the shipped model's tokens (its vocabulary alone is loaded)."""
+    import llama_cpp
+
+    from inference.llamacpp import shipped_model_path
+
+    if not prompts:
+        return {}
+    vocabulary = llama_cpp.Llama(str(shipped_model_path()), vocab_only=True, verbose=False)
+    counts = [float(len(vocabulary.tokenize(text.encode(), add_bos=False, special=False))) for text in prompts]
+    return {"p50": percentile(counts, 50), "p90": percentile(counts, 90), "max": max(counts), "n": len(counts)}
 
 
 def nested(values: list[str]) -> dict:
@@ -121,6 +136,9 @@ def main() -> None:
     print(render(report))
     name = f"eval-{args.set}" + (f"-{args.label}" if args.label else "")
     data = report.to_json()
+    if report.replays is not None:
+        data["prompt_tokens"] = prompt_tokens([r.prompt for r in report.replays.results if r.prompt])
+        print(f"prompt tokens (SmolLM2's vocabulary): {data['prompt_tokens']}", file=sys.stderr)
     data["corpus"] = {"files": indexed.added, "chunks": indexed.chunks, "failed": len(indexed.failed)}
     data["settings"] = {"set_value": args.set_value, "min_score": settings.rag.bar, "vector_weight": settings.rag.weight, "top_k": settings.rag.top_k,
                         "embed_model": settings.rag.embed_model or "all-MiniLM-L6-v2 (shipped)", "kv_cache_type": settings.inference.kv_cache_type}

@@ -189,10 +189,25 @@ class RagSettings(_Section):
     chunk_size: int = Field(200, ge=32, le=8192)
     chunk_overlap: int = Field(30, ge=0)
     top_k: int = Field(4, ge=1, le=50)
-    passages_per_file: int = Field(1, ge=0, le=50)
+    passages_per_file: int = Field(0, ge=0, le=50)
     """At most this many of the top_k passages come from one file (0: no limit), so that several
-    chunks of one long page do not crowd out the page that answers: lmdeploy docs' hit@4 0.85 ->
-    0.88 with 1 (docs/benchmarks.md, issue 24)."""
+    chunks of one long page do not crowd out another page. Off: with 1, lmdeploy docs' hit@4
+    rose 0.85 -> 0.88 but correct answers shown fell 77 -> 64 of 205, the second chunk of the
+    right page being where the answer was (docs/benchmarks.md, issue 24)."""
+    neighbours: int = Field(0, ge=0, le=10)
+    """Each passage shown to the model is its retrieved chunk widened with this many chunks on
+    each side from the same file and section (overlap taken out; touching passages of one file
+    merged); 0: the chunk alone. Which chunks are retrieved does not change, only the text
+    shown (rag.search.neighbours). Off: on lmdeploy's docs 1 showed 7 more correct answers of
+    87 but let 4 more wrong bindings of 31 through (the guard finds their value in the wider
+    text); on the sample set it changed nothing (docs/benchmarks.md)."""
+    context_tokens: int = Field(1200, ge=0, le=100_000)
+    """The most tokens (counted as rag.chunk_size is) all passages may hold together once
+    widened by rag.neighbours: neighbours are added to the best passages first while they fit;
+    the retrieved chunks are always shown whole. It keeps the prompt within
+    inference.context_size less inference.max_tokens: SmolLM2 reads English in about as many
+    tokens as multilingual-e5-small, Chinese prose in up to 2.6 times as many (1200 -> about
+    3,100 of its 3,584)."""
     min_score: float | None = Field(None, ge=0.0, le=1.0)
     """A single relevance bar: passages whose hybrid score is below it are not relevant; none
     left means "I don't know". Set it or rag.relevance, not both. Empty (and rag.relevance

@@ -432,6 +432,8 @@ def test_eval_model_answers_replays_written_answers_through_the_answer_flow(inde
     assert shown["outcome"] == "shown" and shown["shown_text"].endswith("[1].") and "[oncall-guide.md]" not in shown["shown_text"]
     assert answers[("hotel-shanghai", "Up to 600 yu")]["crosses_languages"]
     assert answers[("stipend", "The document")]["outcome"] == "refused" and answers[("weather", "I don't know")]["model_asked"] is False
+    assert shown["prompt_chars"] > len(shown["shown_text"]) and answers[("weather", "I don't know")]["prompt_chars"] is None  # what the model was sent
+    assert 0 < summary["prompt_chars"]["p50"] <= summary["prompt_chars"]["p90"]
     assert "answers across languages" in report["model_answers"]["rows"] and "lang en" in report["model_answers"]["rows"]
 
     text = run(["eval", str(questions), "--model-answers", "--min-correct-shown", "1", "--min-blatant-blocked", "1"], teambot_env(indexed_settings))

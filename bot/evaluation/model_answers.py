@@ -34,6 +34,7 @@ class ReplayResult:
     asked: ItemResult
     cited_missing: bool = False  # it cites a file retrieval did not bring (the replay gave a number out of range)
     crosses: bool = False  # a cited passage is in another language than the question
+    prompt: str = field(default="", repr=False)  # the messages the model was sent, as one text ("" when it was not asked)
 
     @property
     def label(self) -> str:
@@ -86,6 +87,7 @@ class ReplayResult:
             "cited_missing": self.cited_missing, "crosses_languages": self.crosses, "shown_text": self.asked.answer,
             "mode": self.asked.mode, "guard_ok": self.asked.guard_ok, "problems": self.asked.problems,
             "error": self.asked.error, "guard_ms": self.asked.timings_ms.get("guard"),
+            "prompt_chars": len(self.prompt) if self.prompt else None,
         }  # fmt: skip
 
 
@@ -119,6 +121,8 @@ class ReplaySummary:
     cited_missing: int  # correct answers citing a file retrieval did not bring
     guard_ms_p50: float | None
     guard_ms_p90: float | None
+    prompt_chars_p50: float | None = None  # of the messages the model was sent
+    prompt_chars_p90: float | None = None
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -126,6 +130,7 @@ class ReplaySummary:
             "right_answers_refusal": {"precision": self.right_refusals.precision, "recall": self.right_refusals.recall, "f1": self.right_refusals.f1},
             "not_asked": self.not_asked, "cited_missing": self.cited_missing,
             "guard_ms": {"p50": self.guard_ms_p50, "p90": self.guard_ms_p90},
+            "prompt_chars": {"p50": self.prompt_chars_p50, "p90": self.prompt_chars_p90},
         }  # fmt: skip
 
 
@@ -137,6 +142,7 @@ def summarize_replays(results: Sequence[ReplayResult]) -> ReplaySummary:
         counts[label] = Count(sum(r.ok for r in part), len(part), sum(r.ok for r in reached), len(reached), sum(r.outcome == "trimmed" for r in reached))
     guard = [r.asked.timings_ms["guard"] for r in results if "guard" in r.asked.timings_ms]
     right = [r.asked for r in results if r.label in ("correct", "refusal") and not r.asked.error]
+    prompts = [float(len(r.prompt)) for r in results if r.prompt]
     return ReplaySummary(
         counts=counts,
         right_refusals=refusals(right),
@@ -144,6 +150,8 @@ def summarize_replays(results: Sequence[ReplayResult]) -> ReplaySummary:
         cited_missing=sum(r.cited_missing for r in results if r.label == "correct"),
         guard_ms_p50=percentile(guard, 50),
         guard_ms_p90=percentile(guard, 90),
+        prompt_chars_p50=percentile(prompts, 50),
+        prompt_chars_p90=percentile(prompts, 90),
     )
 
 
@@ -190,18 +198,20 @@ async def run_replays(
     for item in items:
         for answer in item.model_answers:
             replay.answer(item.question, answer.text)
+            replay.prompts.pop(item.question.strip(), None)
             asked = await answer_result(flow, item)
-            report.results.append(_judged(item, answer, asked))
+            report.results.append(_judged(item, answer, asked, replay.prompts.get(item.question.strip(), "")))
         if progress:
             progress(item)
     return report
 
 
-def _judged(item: EvalItem, answer: ModelAnswer, asked: ItemResult) -> ReplayResult:
+def _judged(item: EvalItem, answer: ModelAnswer, asked: ItemResult, prompt: str = "") -> ReplayResult:
     shown = {path: text for path, text in zip(asked.paths, asked.texts, strict=True)}  # the passages' files, and a text of each
     cited = set(FILE_CITATION.findall(answer.text))
     crosses = any(language_of(shown[path]) != item.language for path in cited & shown.keys())
-    return ReplayResult(item, answer, asked, cited_missing=bool(cited - shown.keys()), crosses=crosses or (not cited & shown.keys() and item.kind == "cross-lingual"))
+    crosses = crosses or (not cited & shown.keys() and item.kind == "cross-lingual")
+    return ReplayResult(item, answer, asked, cited_missing=bool(cited - shown.keys()), crosses=crosses, prompt=prompt)
 
 
 def replay_lines(report: ReplayReport) -> list[str]:
@@ -212,12 +222,17 @@ def replay_lines(report: ReplayReport) -> list[str]:
         "correct answer cites was retrieved), then among all (retrieval's refusals and misses included); +n✂: shown without",
         "a sentence or two the guard left out (not counted as shown for a correct answer, nor as blocked for a wrong one)",
         "refusal F1: of the questions as their right answers (correct ones, honest refusals) were shown: refused exactly those to refuse?",
-        f"{'':26} " + " ".join(f"{heads[label]:>24}" for label in heads) + f" {'not asked':>10} {'guard ms p50/p90':>17} {'refusal F1':>10}",
+        f"{'':26} " + " ".join(f"{heads[label]:>24}" for label in heads)
+        + f" {'not asked':>10} {'guard ms p50/p90':>17} {'refusal F1':>10} {'prompt chars p50/p90':>21}",
     ]
     for name, s in report.rows().items():
         cells = [_cell(s.counts[label]) for label in heads]
         guard = f"{_num(s.guard_ms_p50)} / {_num(s.guard_ms_p90)}"
-        lines.append(f"{name[:26]:<26} " + " ".join(f"{c:>24}" for c in cells) + f" {s.not_asked:>10} {guard:>17} {_num(s.right_refusals.f1, 2):>10}")
+        prompt = f"{_num(s.prompt_chars_p50)} / {_num(s.prompt_chars_p90)}"
+        lines.append(
+            f"{name[:26]:<26} " + " ".join(f"{c:>24}" for c in cells)
+            + f" {s.not_asked:>10} {guard:>17} {_num(s.right_refusals.f1, 2):>10} {prompt:>21}"
+        )  # fmt: skip
     wrong = [r for r in report.results if not r.ok and r.reached]
     if wrong:
         lines += ["", "written answers the guard judged wrongly:"]

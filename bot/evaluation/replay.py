@@ -36,6 +36,7 @@ class ReplayModel:
         self._thread: threading.Thread | None = None
         self.port = 0
         self.requests = 0
+        self.prompts: dict[str, str] = {}  # question -> the messages of the last request for it, as one text (their sizes are measured)
 
     @property
     def base_url(self) -> str:
@@ -75,6 +76,8 @@ class ReplayModel:
         if text is None:
             return JSONResponse({"error": {"message": "the replay model has no answer written for this question"}}, status_code=400)
         prompt = "\n".join(m["content"] for m in messages if m.get("role") == "system")
+        with self._lock:
+            self.prompts[question] = "\n".join(str(m.get("content", "")) for m in messages)
         return StreamingResponse(_events(numbered(text, prompt)), media_type="text/event-stream")
 
 

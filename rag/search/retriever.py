@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -34,11 +34,12 @@ import numpy as np
 
 from config.errors import TeambotError
 from config.settings import RagSettings
-from rag.ingest.embedder import embed_model_id, setting_for
+from rag.ingest.embedder import embed_model_id, setting_for, token_counter
 from rag.search.bilingual import dictionary
 from rag.search.collection_cache import CollectionCache
 from rag.search.expansion import expand, other_language_text
 from rag.search.keyword import QueryWord, mostly_chinese, plain_words, tokenize
+from rag.search.neighbours import widened
 from rag.search.query_encoder import load_query_encoder
 from rag.search.relevance import RelevanceRule, features
 from rag.search.sentence_vectors import SentenceVectors
@@ -103,6 +104,7 @@ class Retriever:
         self._cache_lock = threading.Lock()
         self._recent: dict[tuple[str, str], list[float]] = {}
         self._sentences: SentenceVectors | None = None
+        self._count_tokens: Callable[[str], int] | None = None
 
     def warm_up(self, collections: Sequence[str]) -> None:
         """Loads the embedder, the tokenizer and the collections' caches now, not at the first question."""
@@ -241,16 +243,19 @@ class Retriever:
         return candidates
 
     def _passages(self, chosen: list[_Candidate]) -> list[Passage]:
-        """The chosen candidates as passages, their text fetched from the store."""
+        """The chosen candidates as passages, their text fetched from the store and widened with
+        their neighbouring chunks (rag.neighbours, rag.search.neighbours)."""
         wanted: dict[str, list[str]] = {}
         for c in chosen:
             wanted.setdefault(c.collection, []).append(c.chunk_id)
         fetched = {(name, chunk.id): chunk for name, ids in wanted.items() for chunk in self._store.get(name, ids)}
+        # a chunk not fetched was deleted by an index run since the cache was built
+        found = [(c, fetched[(c.collection, c.chunk_id)]) for c in chosen if (c.collection, c.chunk_id) in fetched]
+        rag = self._settings
+        shown = widened([(c.collection, chunk) for c, chunk in found], self._store, rag.neighbours, rag.context_tokens, self._tokens)
         passages = []
-        for c in chosen:
-            chunk = fetched.get((c.collection, c.chunk_id))
-            if chunk is None:
-                continue  # deleted by an index run since the cache was built
+        for part in shown:
+            c, chunk = found[part.hit]
             meta = chunk.metadata
             passages.append(
                 Passage(
@@ -259,7 +264,7 @@ class Retriever:
                     title=str(meta.get("title", "")),
                     heading=str(meta.get("heading", "")),
                     page=str(meta.get("page", "")),
-                    text=chunk.text,
+                    text=part.text,
                     score=round(c.score, 4),
                     vector_score=round(c.vector_score, 4),
                     keyword_score=round(c.keyword_score, 4),
@@ -268,6 +273,12 @@ class Retriever:
                 )
             )
         return passages
+
+    def _tokens(self, text: str) -> int:
+        """The text's length in rag.embed_model's tokens (what rag.chunk_size and rag.context_tokens count)."""
+        if self._count_tokens is None:
+            self._count_tokens = token_counter(self._settings.embed_model)
+        return self._count_tokens(text)
 
     def cached(self, collection: str) -> CollectionCache | None:
         """The collection's cache as the last search left it (None before the first)."""
