@@ -198,9 +198,9 @@ class RagSettings(_Section):
     """Each passage shown to the model is its retrieved chunk widened with this many chunks on
     each side from the same file and section (overlap taken out; touching passages of one file
     merged); 0: the chunk alone. Which chunks are retrieved does not change, only the text
-    shown (rag.search.neighbours). Off: on lmdeploy's docs 1 showed 7 more correct answers of
-    87 but let 4 more wrong bindings of 31 through (the guard finds their value in the wider
-    text); on the sample set it changed nothing (docs/benchmarks.md)."""
+    shown (rag.search.neighbours). Off: on lmdeploy's docs 1 showed 16 more of 205 correct
+    written answers (77 -> 93) but let 5 more of 42 wrong bindings through (13 -> 18: the guard
+    finds their value in the wider text); on the sample set it changed nothing (docs/benchmarks.md)."""
     context_tokens: int = Field(1200, ge=0, le=100_000)
     """The most tokens (counted as rag.chunk_size is) all passages may hold together once
     widened by rag.neighbours: neighbours are added to the best passages first while they fit;

@@ -385,6 +385,24 @@ def test_eval_model_answers_on_the_sample_set_meets_the_ci_floors(indexed_settin
         assert rows[language]["correct"]["share_reached"] >= 0.88, (language, rows[language]["correct"])
     assert rows["answers across languages"]["correct"]["share_reached"] >= 0.8
     assert report["model_answers"]["summary"]["correct"]["share"] >= 0.79  # of all 101 correct answers, shown as written (0.72 before issue 24)
+    # the questions as their right answers left them (retrieval's refusals and the model's): en 0.81, zh 0.92 measured
+    assert rows["lang en"]["right_answers_refusal"]["f1"] >= 0.8 and rows["lang zh"]["right_answers_refusal"]["f1"] >= 0.9
+
+
+def test_with_a_capable_model_judging_more_right_answers_reach_the_user(indexed_settings: Settings) -> None:
+    """rag.model_floor = 0.2 (issue 24): the sample set's questions in other words that the bar refused reach the
+    model; its written answers measured (docs/benchmarks.md): correct shown 82 -> 88 of 101, paraphrases 11 -> 15 of
+    21, refusal F1 of the right answers en 0.81 -> 0.89, zh 0.92 -> 0.97; every blatant answer still blocked and
+    every honest refusal kept."""
+    env = teambot_env(indexed_settings, TEAMBOT_RAG__MODEL_FLOOR="0.2")
+    floors = ["--min-correct-shown", "0.92", "--min-blatant-blocked", "1.0", "--min-refusals-kept", "1.0"]
+    result = run(["eval", str(KNOWLEDGE_SET), "--model-answers", "--json", *floors], env, timeout=900)
+    report = json.loads(result.stdout)
+    assert result.returncode == 0, f"{report['missed_floors']}\n{result.stderr[-2000:]}"
+    summary, rows = report["model_answers"]["summary"], report["model_answers"]["rows"]
+    assert summary["correct"]["ok"] >= 87 and rows["paraphrase"]["correct"]["ok"] >= 15, (summary["correct"], rows["paraphrase"]["correct"])
+    assert summary["blatant"]["ok"] == summary["blatant"]["of"] and summary["refusal"]["ok"] == summary["refusal"]["of"]
+    assert rows["lang en"]["right_answers_refusal"]["f1"] >= 0.85 and rows["lang zh"]["right_answers_refusal"]["f1"] >= 0.95
 
 ACK = "How quickly do I have to acknowledge a page?"
 SMALL_SET = {
