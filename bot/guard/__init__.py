@@ -12,7 +12,11 @@ it finds, each with the span it failed on and why, in the words the user-facing 
 - numbers: every number is in the cited passages as the same quantity (600 yuan = 600 元);
 - names: every name is there, or its translation (Shanghai = 上海);
 - bindings: every number stands in the passage clause of the words it is bound to in the
-  sentence (not the escalation time given as the acknowledgement time).
+  sentence (not the escalation time given as the acknowledgement time);
+- tables: a number taken from a markdown table stands in the row the sentence names (its model,
+  its "batch 1"), not in another row;
+- assignments: a setting written ``name=value`` (or ``--name value``) is set to that value in the
+  passages, not named there with the value given to something else.
 
 A refusal ("the documents don't say ...") needs no support of its own and is kept as a refusal;
 whatever else it says is checked like any sentence.
@@ -27,13 +31,13 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from bot.guard import bindings, citations, language, names, numbers, support
+from bot.guard import assignments, bindings, citations, language, names, numbers, support, tables
 from bot.guard.answer import Answer, Meaning, Problem, read_answer, without
 from bot.guard.refusal import says_it_does_not_know
 from bot.prompt import cited_numbers, language_of
 from rag.search.retriever import Passage
 
-CHECKS = (citations, language, support, numbers, names, bindings)
+CHECKS = (citations, language, support, numbers, names, bindings, tables, assignments)
 LEFT_OUT = "(Left out: {n} sentence(s) the sources do not support.)"
 LEFT_OUT_ZH = "（已略去 {n} 句来源中没有依据的内容。）"
 
