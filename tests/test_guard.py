@@ -112,6 +112,73 @@ def test_a_number_put_to_the_wrong_thing_in_chinese_is_caught() -> None:
     assert not verdict("Other cities are capped at 600 yuan a night [1].", "What is the hotel limit in other cities?", ZH).ok  # across languages too
 
 
+# --- table rows and assignments --------------------------------------------------------------
+
+BENCHMARK = """Request throughput of the server on one GPU.
+
+| model     | batch | tp | RPS    |
+| --------- | ----- | -- | ------ |
+| qwen-7b   | 256   | 1  | 14.556 |
+| qwen-14b  | 128   | 1  | 7.950  |
+
+Decoding speed of qwen-7b with one request.
+
+| batch | prompt_tokens | output_tokens | throughput(out tok/s) |
+| ----- | ------------- | ------------- | --------------------- |
+| 1     | 1             | 128           | 100.02                |
+| 1     | 128           | 128           | 102.21                |
+"""
+TABLES = [passage(BENCHMARK, "Server benchmark", "benchmark.md")]
+LONG_CONTEXT = """To serve long inputs, widen the context and scale the rotary embedding:
+
+```python
+config = EngineConfig(
+    rope_scaling_factor=2.5,
+    session_len=160000,
+    cache_max_entry_count=0.7)
+```
+
+Or on the command line: `serve model --rope-scaling-factor 2.5 --session-len 160000`."""
+SETTINGS = [passage(LONG_CONTEXT, "Long context", "long-context.md")]
+
+
+def test_a_table_number_stands_in_the_row_the_sentence_names() -> None:
+    question = "What is the RPS of qwen-7b?"
+    assert verdict("The RPS of qwen-7b is 14.556 [1].", question, TABLES).ok
+    wrong = verdict("The RPS of qwen-7b is 7.950 [1].", question, TABLES)
+    assert not wrong.ok and any(p.check == "bindings" and "7.950" in p.why and "qwen-7b" in p.why for p in wrong.failures)
+
+
+def test_a_table_row_is_found_by_the_numbers_the_question_puts_beside_its_columns() -> None:
+    question = "With batch 1, 1 prompt token and 128 output tokens, how many tokens a second does qwen-7b decode?"
+    assert not any(p.check == "bindings" for p in verdict("About 100.02 tokens a second [1].", question, TABLES).failures)
+    wrong = verdict("About 102.21 tokens a second [1].", question, TABLES)
+    assert not wrong.ok and any(p.check == "bindings" and "102.21" in p.why for p in wrong.failures)
+
+
+def test_a_table_number_the_sentence_anchors_to_no_row_is_not_judged() -> None:
+    assert not any(p.check == "bindings" for p in verdict("The highest RPS is 14.556 [1].", "What is the highest RPS?", TABLES).failures)
+
+
+@pytest.mark.parametrize(
+    "written",
+    ["`rope_scaling_factor=2.5`", "`rope_scaling_factor = 2.5`", "`rope_scaling_factor='2.5'`", "`--rope-scaling-factor 2.5`", "`--rope_scaling_factor=2.50`"],
+)
+def test_an_assignment_as_the_passage_writes_it_is_accepted(written: str) -> None:
+    assert verdict(f"Set {written} and a session length of 160000 [1].", "How do I serve long inputs?", SETTINGS).ok
+
+
+@pytest.mark.parametrize("written", ["`rope_scaling_factor=0.7`", "`--rope-scaling-factor 0.7`", "`rope_scaling_factor = \"0.7\"`"])
+def test_an_assignment_of_the_value_the_passage_gives_another_setting_is_a_wrong_binding(written: str) -> None:
+    wrong = verdict(f"Set {written} and a session length of 160000 [1].", "How do I serve long inputs?", SETTINGS)
+    assert not wrong.ok and any(p.check == "bindings" and "rope_scaling_factor" in p.why and "2.5" in p.why for p in wrong.failures)
+
+
+def test_an_assignment_the_question_gives_is_the_users_own() -> None:
+    answer = verdict("Set `session_len=200000` [1].", "Can I serve inputs of 200000 tokens?", SETTINGS)
+    assert not any(p.check == "bindings" for p in answer.failures)
+
+
 # --- refusals --------------------------------------------------------------------------------
 
 
