@@ -19,8 +19,9 @@ import re
 from functools import lru_cache
 
 from bot.guard.answer import Answer, Problem
+from rag.search.keyword import STOPWORDS
 
-_VALUE = r"""("[^"\n]*"|'[^'\n]*'|[^\s,;)\]}`'"，；）]+)"""
+_VALUE = r"""("[^"\n]*"|'[^'\n]*'|[A-Za-z0-9_.:/+@~${}\-]*[A-Za-z0-9_/+@~}\-])"""  # quoted, or a plain ASCII token (no end stop)
 _ASSIGNED = re.compile(rf"(?<![\w.\-])([A-Za-z_][A-Za-z0-9_]*(?:[.\-][A-Za-z0-9_]+)*)\s*=(?!=)\s*{_VALUE}")
 _OPTION = re.compile(rf"(?<![\w\-])--([A-Za-z][A-Za-z0-9_\-]*)(?:=|\s+)(?!-)({_VALUE[1:-1]})")
 
@@ -39,6 +40,8 @@ def check(answer: Answer) -> list[Problem]:
             if name not in held:
                 continue  # a setting the passages do not set: the names and numbers checks judge it
             for value in values:
+                if "/" in value:
+                    continue  # a path or a model id: the user's to choose (the names check reads a model's name)
                 if value in held[name] or value in question or _said_beside(answer, name, value):
                     continue
                 shown = " or ".join(sorted(held[name])[:3])
@@ -79,6 +82,8 @@ def _name(text: str) -> str:
 
 def _plain(value: str) -> str:
     value = value.strip().strip("\"'").casefold()
+    if value in STOPWORDS:
+        return ""  # "pass it to --adapters as name=path": prose, no value
     try:
         return f"{float(value):g}"
     except ValueError:
