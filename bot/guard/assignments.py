@@ -45,7 +45,9 @@ def check(answer: Answer) -> list[Problem]:
                 if value in held[name] or value in question or _said_beside(answer, name, value):
                     continue
                 shown = " or ".join(sorted(held[name])[:3])
-                problems.append(Problem("bindings", f"sets {name} to {value} where the cited passage sets it to {shown}", claim.text, claim.index))
+                problems.append(
+                    Problem("bindings", f"sets {name} to {value} where the cited passage sets it to {shown}", claim.text, claim.index)
+                )
     return problems
 
 

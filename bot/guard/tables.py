@@ -66,7 +66,14 @@ def check(answer: Answer) -> list[Problem]:
                 continue  # not from a table (the numbers check says whether it is there at all)
             wrong = _wrong_row(quantity, claim.said, answer.question, holding)
             if wrong:
-                problems.append(Problem("bindings", f"puts {quantity.text} where the cited table's row “{wrong}” has another number", claim.text, claim.index))
+                problems.append(
+                    Problem(
+                        "bindings",
+                        f"puts {quantity.text} where the cited table's row “{wrong}” has another number",
+                        claim.text,
+                        claim.index,
+                    )
+                )
     return problems
 
 
@@ -99,7 +106,7 @@ def _anchors(text: str, table: Table) -> list[_Anchor]:
             continue  # in every row: it tells no row apart
         if re.search(rf"(?<![\w.\-]){re.escape(cell)}(?![\w\-])", folded):
             out.append(_Anchor(cell=cell))
-    headers = [set(_stem(w) for w in _HEADER_WORD.findall(h.casefold())) for h in table.header]
+    headers = [{_stem(w) for w in _HEADER_WORD.findall(h.casefold())} for h in table.header]
     for q in quantities(text):
         if q.unit:
             continue
