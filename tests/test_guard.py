@@ -162,13 +162,19 @@ def test_a_table_number_the_sentence_anchors_to_no_row_is_not_judged() -> None:
 
 @pytest.mark.parametrize(
     "written",
-    ["`rope_scaling_factor=2.5`", "`rope_scaling_factor = 2.5`", "`rope_scaling_factor='2.5'`", "`--rope-scaling-factor 2.5`", "`--rope_scaling_factor=2.50`"],
+    [
+        "`rope_scaling_factor=2.5`",
+        "`rope_scaling_factor = 2.5`",
+        "`rope_scaling_factor='2.5'`",
+        "`--rope-scaling-factor 2.5`",
+        "`--rope_scaling_factor=2.50`",
+    ],
 )
 def test_an_assignment_as_the_passage_writes_it_is_accepted(written: str) -> None:
     assert verdict(f"Set {written} and a session length of 160000 [1].", "How do I serve long inputs?", SETTINGS).ok
 
 
-@pytest.mark.parametrize("written", ["`rope_scaling_factor=0.7`", "`--rope-scaling-factor 0.7`", "`rope_scaling_factor = \"0.7\"`"])
+@pytest.mark.parametrize("written", ["`rope_scaling_factor=0.7`", "`--rope-scaling-factor 0.7`", '`rope_scaling_factor = "0.7"`'])
 def test_an_assignment_of_the_value_the_passage_gives_another_setting_is_a_wrong_binding(written: str) -> None:
     wrong = verdict(f"Set {written} and a session length of 160000 [1].", "How do I serve long inputs?", SETTINGS)
     assert not wrong.ok and any(p.check == "bindings" and "rope_scaling_factor" in p.why and "2.5" in p.why for p in wrong.failures)
