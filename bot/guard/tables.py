@@ -59,7 +59,7 @@ def check(answer: Answer) -> list[Problem]:
     problems = []
     for claim in answer.claims:
         for quantity in claim.quantities:
-            if quantity.unit or any(_holds_number(prose, quantity.amount) for _, prose in read):
+            if quantity.unit or any(quantity.amount in prose for _, prose in read):
                 continue  # an amount with a unit, or a number the passages also write outside their tables
             holding = [t for tables, _ in read for t in tables if any(_value(c) == quantity.amount for r in t.rows for c in r)]
             if not holding:
@@ -161,9 +161,6 @@ def _tables(text: str) -> tuple[Table, ...]:
 
 
 @lru_cache(maxsize=4096)
-def _outside_tables(text: str) -> str:
-    return "\n".join(line for line in text.splitlines() if not _ROW.match(line))
-
-
-def _holds_number(text: str, amount: float) -> bool:
-    return any(q.amount == amount for q in quantities(text))
+def _outside_tables(text: str) -> frozenset[float]:
+    """The numbers the text writes outside its tables."""
+    return frozenset(q.amount for q in quantities("\n".join(line for line in text.splitlines() if not _ROW.match(line))))
