@@ -139,7 +139,7 @@ def test_a_chunk_stored_without_its_position_is_shown_as_it_is(
 
 def test_neighbours_0_gives_the_chunks_as_stored(small_chunks: Settings, tmp_path: Path) -> None:
     question = "Which locker is the falcon?"
-    with knowledge_runtime(with_values(small_chunks, {"rag.top_k": "4"})) as runtime:
+    with knowledge_runtime(with_values(small_chunks, {"rag.top_k": "4", "rag.neighbours": "0"})) as runtime:
         plain = runtime.retriever.search(question, ["default"], min_score=0).passages
         stored = {c.id: c.text for c in runtime.store.get("default")}
     with knowledge_runtime(with_values(small_chunks, {"rag.top_k": "4", "rag.neighbours": "1"})) as runtime:
