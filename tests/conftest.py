@@ -6,15 +6,16 @@ import os
 import shutil
 import socket
 from collections.abc import AsyncIterator, Iterator
-from contextlib import asynccontextmanager
+from contextlib import ExitStack, asynccontextmanager
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from bot.runtime import open_runtime
+from bot.core import AnswerEngine
+from bot.runtime import knowledge_runtime, open_runtime
 from bot.service import Service
-from config.settings import SECRET_ENV, Settings, load_settings
+from config.settings import SECRET_ENV, BotSettings, Settings, load_settings, with_values
 from inference.client import ChatClient, Endpoint
 from inference.llamacpp import LlamaCppServer
 from tests.fake_llm import FakeLLM
@@ -151,3 +152,25 @@ def state_url(postgres_server: str) -> str:
     from tests.postgres import create_database
 
     return create_database(postgres_server)
+
+
+@pytest.fixture
+async def make_engine(indexed_settings: Settings) -> AsyncIterator[Any]:
+    """AnswerEngines over the indexed sample knowledge base: ``make(endpoint, values, **bot)``, with
+    settings ``values`` as a --set-value gives them ({"rag.model_floor": "0.2"}) and BotSettings ``bot``."""
+    clients = []
+    with ExitStack() as runtimes:
+
+        def make(endpoint: Endpoint, values: dict[str, str] | None = None, **bot: Any) -> AnswerEngine:
+            runtime = runtimes.enter_context(knowledge_runtime(with_values(indexed_settings, values or {})))
+            client = client_for(endpoint, max_retries=0)
+            clients.append(client)
+            return AnswerEngine(runtime.retriever, client, BotSettings(**bot))
+
+        yield make
+        for client in clients:
+            await client.aclose()
+
+
+def fake_endpoint(fake: FakeLLM) -> Endpoint:
+    return Endpoint(base_url=fake.base_url, model="fake-model")

@@ -4,40 +4,17 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import AsyncIterator
 from contextlib import aclosing
-from typing import Any
 
 import pytest
 
 from bot.core import AnswerDelta, AnswerDone, AnswerEngine, AnswerEvidence, AnswerTimeout
 from bot.prompt import NOT_FOUND_ANSWER, NOT_FOUND_ANSWER_ZH, Turn
-from bot.runtime import knowledge_runtime
-from config.settings import BotSettings, Settings
 from inference.client import Endpoint, LLMUnavailable
-from tests.conftest import client_for, closed_port
+from tests.conftest import closed_port, fake_endpoint
 from tests.fake_llm import FakeLLM, Reply
 
 ON_CALL_QUESTION = "Who gets paged if the primary on-call does not acknowledge a page?"
-
-
-@pytest.fixture
-async def make_engine(indexed_settings: Settings) -> AsyncIterator[Any]:
-    clients = []
-    with knowledge_runtime(indexed_settings) as runtime:
-
-        def make(endpoint: Endpoint, **bot: Any) -> AnswerEngine:
-            client = client_for(endpoint, max_retries=0)
-            clients.append(client)
-            return AnswerEngine(runtime.retriever, client, BotSettings(**bot))
-
-        yield make
-        for client in clients:
-            await client.aclose()
-
-
-def fake_endpoint(fake: FakeLLM) -> Endpoint:
-    return Endpoint(base_url=fake.base_url, model="fake-model")
 
 
 async def collect(engine: AnswerEngine, question: str, history: list[Turn] | None = None) -> tuple[list[str], AnswerDone]:
