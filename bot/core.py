@@ -23,6 +23,7 @@ from bot.conversation import follow_up_query, is_follow_up
 from bot.evidence import Evidence, extractive_answer, pick_evidence
 from bot.guard import Verdict, check_answer
 from bot.prompt import Turn, build_messages, cited_numbers, not_found_answer
+from bot.rewrite import rewrite_question
 from config.errors import TeambotError
 from config.settings import DEFAULT_COLLECTION, BotSettings
 from inference.client import ChatClient
@@ -108,12 +109,19 @@ class Grounding:
     query: str  # what was searched: the question, or the question before it and the question
 
 
-def ground(retriever: Retriever, question: str, history: Sequence[Turn], collections: Sequence[str]) -> Grounding:
-    """The passages a question is answered from, and whether the conversation counts. Blocking."""
+def search_text(question: str, history: Sequence[Turn]) -> tuple[str, list[Turn]]:
+    """What a question is searched with, and the earlier turns that count: only for a follow-up,
+    which is searched with the question before it."""
     if is_follow_up(question, history):
-        query = follow_up_query(question, history)
-        return Grounding(retriever.search(query, collections), list(history), query)
-    return Grounding(retriever.search(question, collections), [], question)
+        return follow_up_query(question, history), list(history)
+    return question, []
+
+
+def ground(retriever: Retriever, question: str, history: Sequence[Turn], collections: Sequence[str], rewrites: Sequence[str] = ()) -> Grounding:
+    """The passages a question is answered from, and whether the conversation counts; with
+    ``rewrites``, the model's search queries for it (bot.rewrite) searched too. Blocking."""
+    query, used = search_text(question, history)
+    return Grounding(retriever.search(query, collections, rewrites=rewrites), used, query)
 
 
 class AnswerEngine:
@@ -158,7 +166,11 @@ class AnswerEngine:
             timings = {"queued": elapsed_ms()}
             try:
                 async with asyncio.timeout_at(deadline):
-                    grounding = await asyncio.to_thread(ground, self._retriever, question, history, collections)
+                    rewrites: list[str] = []
+                    if self._settings.rewrite_question:
+                        rewrites = await rewrite_question(self._llm, search_text(question, history)[0], self._settings.rewrite_timeout_s)
+                        timings["rewrite"] = elapsed_ms()
+                    grounding = await asyncio.to_thread(ground, self._retriever, question, history, collections, rewrites)
                     timings["retrieve"] = elapsed_ms()
                     passages = grounding.retrieval.passages
                     evidence = await asyncio.to_thread(self._evidence, question, grounding) if passages else []

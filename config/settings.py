@@ -342,6 +342,15 @@ class BotSettings(_Section):
     """auto: the model's answer when the grounding guard accepts it, else an answer quoted from the
     passages; generative: always the model's answer (with the guard's verdict); extractive: quotes
     only, the model is never asked."""
+    rewrite_question: bool = False
+    """Before searching, ask the model for the question as one English and one Chinese search
+    query (the usual terms for what it describes in other words), and search with the question
+    and both (bot.rewrite). Off: it costs a model call before the search, and the shipped CPU
+    model writes poor queries. For internlm2_5-1_8b-chat or a larger model (docs/benchmarks.md,
+    issue 24)."""
+    rewrite_timeout_s: float = Field(10.0, gt=0, le=600)
+    """How long the model may take to write the search queries; past it (or when it fails) the
+    question is searched alone."""
 
 
 class _PlatformSettings(_Section):

@@ -109,7 +109,7 @@ def evaluate(
         if retrieval_only:
             with knowledge_runtime(settings) as runtime:
                 runtime.retriever.warm_up([])
-                report = EvalReport(question_set.name, "retrieval only", run_retrieval(runtime.retriever, items, bar.step), k, question_set.skipped)
+                report = EvalReport(question_set.name, "retrieval only", run_retrieval(runtime.retriever, items, bar.step, settings.bot.rewrite_question), k, question_set.skipped)
                 if calibrate:
                     report.calibration = fits(search_all(runtime.retriever, items, bar.step), runtime.retriever.rule, settings.rag.weight, k)
         else:

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from bot.answering import AnswerFlow
+from bot.core import search_text
 from bot.evaluation.questions import EvalItem, ModelAnswer
 from bot.evaluation.replay import FILE_CITATION, ReplayModel
 from bot.evaluation.runner import answer_result
@@ -196,6 +197,8 @@ async def run_replays(
     """Every written answer of ``items`` asked through ``flow``, whose LLM is ``replay``; one at a time."""
     report = ReplayReport()
     for item in items:
+        if item.model_rewrite:
+            replay.rewrite(search_text(item.question, item.history)[0], item.model_rewrite)
         for answer in item.model_answers:
             replay.answer(item.question, answer.text)
             replay.prompts.pop(item.question.strip(), None)

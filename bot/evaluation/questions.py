@@ -17,6 +17,9 @@ MAX_SET_MB. An item:
   ``{text, correct: true|false, wrong: blatant|binding, notes}``; sources are cited by file
   name (``[oncall-guide.md]``). ``correct: true`` on a ``refuse: true`` item is an honest
   refusal. `teambot eval --model-answers` replays them through the answer flow (bot.evaluation.replay).
+- ``model_rewrite``: the model's reply to bot.rewrite's request for search queries (``en: ...``
+  and ``zh: ...`` lines), as a capable model would write it; with bot.rewrite_question on,
+  `--model-answers` replays it and `--retrieval-only` searches with it
 - ``collection``, ``notes`` (free text, ignored)
 
 An item with nothing to check (no sources, no facts, not a refusal, e.g. exported feedback an
@@ -35,7 +38,7 @@ from bot.prompt import Turn, language_of
 from config.errors import TeambotError
 from config.settings import DEFAULT_COLLECTION, check_collection_name
 
-ITEM_KEYS = {"id", "kind", "question", "expect_sources", "expect_facts", "facts", "refuse", "history", "collection", "notes", "model_answers"}
+ITEM_KEYS = {"id", "kind", "question", "expect_sources", "expect_facts", "facts", "refuse", "history", "collection", "notes", "model_answers", "model_rewrite"}
 ANSWER_KEYS = {"text", "correct", "wrong", "notes"}
 WrongKind = Literal["blatant", "binding"]
 WRONG_KINDS: tuple[WrongKind, ...] = ("blatant", "binding")
@@ -81,6 +84,7 @@ class EvalItem:
     history: tuple[Turn, ...] = ()
     collection: str = DEFAULT_COLLECTION
     model_answers: tuple[ModelAnswer, ...] = ()
+    model_rewrite: str = ""  # the model's written reply to the request for search queries (bot.rewrite)
 
     @property
     def language(self) -> str:
@@ -219,7 +223,16 @@ def _item(path: Path, k: int, raw: Any, default_collection: str) -> EvalItem:
         history=_history(where, raw.get("history")),
         collection=collection,
         model_answers=_model_answers(where, raw.get("model_answers")),
+        model_rewrite=_model_rewrite(where, raw.get("model_rewrite")),
     )
+
+
+def _model_rewrite(where: str, value: Any) -> str:
+    if value is None:
+        return ""
+    if not isinstance(value, str) or not value.strip():
+        raise QuestionSetError(f"{where}: model_rewrite must be a text", "model_rewrite: \"en: ...\\nzh: ...\" (the model's two search queries)")
+    return value.strip()
 
 
 def _strings(where: str, raw: dict[str, Any], key: str) -> tuple[str, ...]:

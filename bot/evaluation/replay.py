@@ -1,6 +1,7 @@
 """A replay model: an OpenAI-compatible chat server on 127.0.0.1 that answers each question
 with a text written for it in advance (a question set's ``model_answers``), streamed in small
-pieces the way a model streams tokens.
+pieces the way a model streams tokens; asked for search queries (bot.rewrite), it answers with
+the item's written ``model_rewrite``.
 
 teambot talks to it as to any external server (``inference.backend = "external"``), so the
 written answers go through the real answer flow: the real client, prompt, guard and fallback.
@@ -19,6 +20,8 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
+from bot.rewrite import REWRITE_INSTRUCTIONS
+
 MODEL = "replay"
 FILE_CITATION = re.compile(r"\[([^\[\]\s]+\.[A-Za-z0-9]{1,5})\]")  # [oncall-guide.md], [en/llm/api_server.md]
 _PASSAGE_HEADER = re.compile(r"^\[(\d{1,3})\] (.*)$", re.MULTILINE)
@@ -31,6 +34,7 @@ class ReplayModel:
 
     def __init__(self) -> None:
         self._answers: dict[str, str] = {}
+        self._rewrites: dict[str, str] = {}  # the text to search -> the written search queries
         self._lock = threading.Lock()
         self._server: Any = None
         self._thread: threading.Thread | None = None
@@ -46,6 +50,11 @@ class ReplayModel:
         """The next request whose question is ``question`` gets ``text``."""
         with self._lock:
             self._answers[question.strip()] = text
+
+    def rewrite(self, query: str, text: str) -> None:
+        """A request for the search queries of ``query`` (bot.rewrite) gets ``text``."""
+        with self._lock:
+            self._rewrites[query.strip()] = text
 
     def __enter__(self) -> ReplayModel:
         from starlette.applications import Starlette
@@ -70,12 +79,16 @@ class ReplayModel:
         body = await request.json()
         messages = body.get("messages") or []
         question = next((m["content"] for m in reversed(messages) if m.get("role") == "user"), "").strip()
+        prompt = "\n".join(m["content"] for m in messages if m.get("role") == "system")
+        rewriting = prompt == REWRITE_INSTRUCTIONS
         with self._lock:
             self.requests += 1
-            text = self._answers.get(question)
+            text = (self._rewrites if rewriting else self._answers).get(question)
         if text is None:
-            return JSONResponse({"error": {"message": "the replay model has no answer written for this question"}}, status_code=400)
-        prompt = "\n".join(m["content"] for m in messages if m.get("role") == "system")
+            what = "search queries" if rewriting else "an answer"
+            return JSONResponse({"error": {"message": f"the replay model has no {what} written for this question"}}, status_code=400)
+        if rewriting:
+            return StreamingResponse(_events(text), media_type="text/event-stream")
         with self._lock:
             self.prompts[question] = "\n".join(str(m.get("content", "")) for m in messages)
         return StreamingResponse(_events(numbered(text, prompt)), media_type="text/event-stream")

@@ -7,9 +7,10 @@ import time
 from collections.abc import Callable, Sequence
 
 from bot.answering import AnswerFlow, AnswerRequest
-from bot.core import AnswerDone, AnswerEvidence, ground
+from bot.core import AnswerDone, AnswerEvidence, ground, search_text
 from bot.evaluation.questions import EvalItem
 from bot.evaluation.scoring import ItemResult, says_it_does_not_know
+from bot.rewrite import search_queries
 from config.errors import TeambotError
 from rag.search.retriever import Retriever
 
@@ -17,16 +18,18 @@ PLATFORM = "eval"
 Progress = Callable[[EvalItem], None]  # told after each question
 
 
-def retrieval_result(retriever: Retriever, item: EvalItem) -> ItemResult:
+def retrieval_result(retriever: Retriever, item: EvalItem, rewrite: bool = False) -> ItemResult:
     """What the bot would answer from: the passages passing the relevance bar, the conversation
-    considered as the core does (bot.core.ground). Blocking."""
+    considered as the core does (bot.core.ground); with ``rewrite`` (bot.rewrite_question), also
+    searched with the item's written model_rewrite, read as the model's reply is. Blocking."""
     result = ItemResult(item)
     started = time.perf_counter()
     try:
-        grounding = ground(retriever, item.question, item.history, [item.collection])
+        rewrites = search_queries(item.model_rewrite, search_text(item.question, item.history)[0]) if rewrite else []
+        grounding = ground(retriever, item.question, item.history, [item.collection], rewrites)
         retrieval = grounding.retrieval
         result.timings_ms["retrieve"] = round((time.perf_counter() - started) * 1000, 1)
-        unfiltered = retriever.search(grounding.query, [item.collection], min_score=0.0)
+        unfiltered = retriever.search(grounding.query, [item.collection], min_score=0.0, rewrites=rewrites)
     except TeambotError as exc:
         result.error = exc.message
         return result
@@ -37,10 +40,10 @@ def retrieval_result(retriever: Retriever, item: EvalItem) -> ItemResult:
     return result
 
 
-def run_retrieval(retriever: Retriever, items: Sequence[EvalItem], progress: Progress | None = None) -> list[ItemResult]:
+def run_retrieval(retriever: Retriever, items: Sequence[EvalItem], progress: Progress | None = None, rewrite: bool = False) -> list[ItemResult]:
     results = []
     for item in items:
-        results.append(retrieval_result(retriever, item))
+        results.append(retrieval_result(retriever, item, rewrite))
         if progress:
             progress(item)
     return results

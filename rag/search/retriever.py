@@ -116,12 +116,16 @@ class Retriever:
             if self._manifest.generation(collection):
                 self._cache(collection)
 
-    def search(self, query: str, collections: Sequence[str], top_k: int | None = None, min_score: float | None = None) -> Retrieval:
+    def search(
+        self, query: str, collections: Sequence[str], top_k: int | None = None, min_score: float | None = None, rewrites: Sequence[str] = ()
+    ) -> Retrieval:
         """The passages relevant to ``query``, best first; empty when none passes the relevance
         decision (rag.relevance, or the single bar rag.min_score; ``min_score`` given: that bar,
         0 for every candidate). With rag.model_floor (and no ``min_score``), when none passes but
         the best candidate's hybrid score reaches the floor, the best ``top_k`` candidates,
-        marked ``below_decision`` for the model to judge."""
+        marked ``below_decision`` for the model to judge. ``rewrites``: the question in other
+        words (a capable model's search queries, bot.rewrite); each chunk is then as relevant
+        as its best reading: relevant when one reading passes, ranked by the best that does."""
         top_k = top_k or self._settings.top_k
         rule = self.rule if min_score is None else RelevanceRule.bar(min_score, self._settings.weight)
         limit = max(top_k * CANDIDATES_PER_RESULT, CANDIDATES_MIN)
@@ -131,9 +135,35 @@ class Retriever:
                 f"nothing is indexed in collection {', '.join(collections)}",
                 f"index documents first: `teambot index [PATH ...] --collection {collections[0] if collections else 'default'}`",
             )
-        timings: dict[str, float] = {}
+        timings = {"embed": 0.0, "vector": 0.0, "keyword": 0.0}
         started = time.perf_counter()
         caches = {collection: self._cache(collection) for collection in searchable}
+        passing: dict[tuple[str, str], _Candidate] = {}  # per chunk: its best reading that passes the decision
+        best: dict[tuple[str, str], _Candidate] = {}  # per chunk: its best reading
+        for text in dict.fromkeys([query, *rewrites]):
+            for c in self._candidates(text, caches, limit, timings):
+                key = (c.collection, c.chunk_id)
+                if rule.passes(c.features) and (key not in passing or c.score > passing[key].score):
+                    passing[key] = c
+                if key not in best or c.score > best[key].score:
+                    best[key] = c
+
+        per_file = self._settings.passages_per_file
+        relevant = _best(sorted(passing.values(), key=lambda c: -c.score), top_k, per_file)
+        floor = self._settings.model_floor
+        below = not relevant and floor is not None and min_score is None
+        if below:  # rag.model_floor: when the best candidate reaches it, the model judges the best top_k
+            ranked = _best(sorted(best.values(), key=lambda c: -c.score), top_k, per_file)
+            relevant = ranked if ranked and ranked[0].score >= floor else []
+        passages = self._passages(relevant)
+        timings = {name: round(ms, 2) for name, ms in timings.items()}
+        timings["total"] = _ms_since(started)
+        return Retrieval(passages, timings, below_decision=below and bool(passages))
+
+    def _candidates(self, query: str, caches: dict[str, CollectionCache], limit: int, timings: dict[str, float]) -> list[_Candidate]:
+        """The candidates for one reading of the question from every collection, each scored and
+        its relevance features found; ``timings`` (embed, vector, keyword ms) are added to."""
+        mark = time.perf_counter()
         query_terms = tokenize(query)
         query_chinese = mostly_chinese(query_terms)
         # Each collection is searched with its own model's vector (during a re-embedding, the old one).
@@ -144,10 +174,9 @@ class Retriever:
                 text = other_language_text(query_terms, dictionary(), cache.keyword.knows)
                 if text and text != " ".join(query_terms):
                     translated[collection] = np.asarray(self._embed(text, cache.model), dtype=np.float32)
-        timings["embed"] = _ms_since(started)
+        timings["embed"] += (time.perf_counter() - mark) * 1000
 
         candidates: list[_Candidate] = []
-        vector_ms = keyword_ms = 0.0
         for collection, cache in caches.items():
             query_vector = query_vectors[cache.model]
             mark = time.perf_counter()
@@ -155,22 +184,12 @@ class Retriever:
             if collection in translated:  # the question in the other language's words, for the chunks in that language
                 other = cache.chinese != query_chinese
                 similarity = np.where(other, np.maximum(similarity, cache.similarity(translated[collection], not query_chinese)), similarity)
-            vector_ms += _ms_since(mark)
+            timings["vector"] += (time.perf_counter() - mark) * 1000
             mark = time.perf_counter()
             words = self._query_words(query_terms, cache)
             candidates.extend(self._fuse(collection, cache, similarity, words, query_chinese, limit))
-            keyword_ms += _ms_since(mark)
-
-        per_file = self._settings.passages_per_file
-        relevant = _best(sorted((c for c in candidates if rule.passes(c.features)), key=lambda c: -c.score), top_k, per_file)
-        floor = self._settings.model_floor
-        below = not relevant and floor is not None and min_score is None
-        if below:  # rag.model_floor: when the best candidate reaches it, the model judges the best top_k
-            best = _best(sorted(candidates, key=lambda c: -c.score), top_k, per_file)
-            relevant = best if best and best[0].score >= floor else []
-        passages = self._passages(relevant)
-        timings.update(vector=round(vector_ms, 2), keyword=round(keyword_ms, 2), total=_ms_since(started))
-        return Retrieval(passages, timings, below_decision=below and bool(passages))
+            timings["keyword"] += (time.perf_counter() - mark) * 1000
+        return candidates
 
     @property
     def rule(self) -> RelevanceRule:

@@ -1,0 +1,79 @@
+"""Asking a capable model to restate a question as search queries (bot.rewrite_question).
+
+A question in other words than the documents ("a small model guesses ahead and the big one
+checks") or in the other language than the page that answers it is found badly by the
+embedder and the keyword search alone. A capable model knows the usual terms and translates
+well: it is asked for the question as one English and one Chinese search query, and retrieval
+reads the question and both queries (rag.search.retriever: a passage is as relevant as its
+best reading). The model only writes queries here; the answer is still written from the
+passages found, and the question itself, not the queries, is what the evidence and the guard
+compare the answer with.
+
+When the model fails, is too slow (bot.rewrite_timeout_s) or writes something unusable, the
+question is searched alone, as without this setting.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+
+from config.errors import TeambotError
+from inference.client import ChatClient, ChatMessage
+
+log = logging.getLogger(__name__)
+
+REWRITE_INSTRUCTIONS = """You turn a team member's question into search queries for the team's documents, which are written in English and in Chinese.
+Reply with exactly two lines and nothing else:
+en: the question as one English search query
+zh: the same query in Chinese
+Keep every name, number, command, option and file name exactly as written. Where the question describes something in everyday words, add the usual technical term for it.
+If the text is a question followed by a follow-up to it, write one query that stands on its own.
+Do not answer the question."""
+
+MAX_QUERIES = 2
+MAX_QUERY_CHARS = 300  # a query longer than this is cut: a model that started answering
+_LINE = re.compile(r"^\s*(?:[-*]\s*)?(en|english|zh|chinese|中文|英文)\s*[:：]\s*(.+?)\s*$", re.IGNORECASE)
+
+
+def rewrite_messages(query: str) -> list[ChatMessage]:
+    """What the model is sent: the instructions, and the text that would be searched."""
+    return [ChatMessage("system", REWRITE_INSTRUCTIONS), ChatMessage("user", query)]
+
+
+def search_queries(reply: str, query: str) -> list[str]:
+    """The queries in the model's ``reply`` (its ``en:`` and ``zh:`` lines), without those that
+    only repeat ``query``; [] when it holds none."""
+    found: list[str] = []
+    for line in reply.splitlines():
+        match = _LINE.match(line)
+        if not match:
+            continue
+        text = match.group(2).strip().strip('"“”')[:MAX_QUERY_CHARS].strip()
+        if text and text.casefold() != query.strip().casefold() and text not in found:
+            found.append(text)
+    return found[:MAX_QUERIES]
+
+
+async def rewrite_question(llm: ChatClient, query: str, timeout_s: float) -> list[str]:
+    """The model's search queries for ``query``; [] when it fails, takes longer than
+    ``timeout_s`` or writes none (then the question is searched alone). Logged, never raised."""
+    parts: list[str] = []
+    stream = llm.stream_chat(rewrite_messages(query))
+    try:
+        async with asyncio.timeout(timeout_s):
+            async for delta in stream:
+                parts.append(delta)
+    except TimeoutError:
+        log.warning("the search queries were not written within bot.rewrite_timeout_s = %g s: the question is searched alone", timeout_s)
+        return []
+    except TeambotError as exc:
+        log.warning("the model could not write search queries (%s): the question is searched alone", exc.message)
+        return []
+    finally:
+        await stream.aclose()
+    queries = search_queries("".join(parts), query)
+    if not queries:
+        log.warning("the model's reply held no en:/zh: search query: the question is searched alone")
+    return queries
