@@ -6,6 +6,7 @@ on the other.
     python -m bench.relevance dump --set knowledge --variant plain:rag.translate_query=false --variant expand
     python -m bench.relevance dump --set lmdeploy-docs --corpus PATH --data-dir /tmp/i24-lmdeploy --variant ...
     python -m bench.relevance report --variant expand [--rule bar:0.27]   # fits on each set, reports on the other
+    python -m bench.relevance dump --set knowledge --variant rewrite:bot.rewrite_question=true   # the written search queries too
 
 A variant is NAME[:key=value,key=value]. --data-dir keeps the index between runs (an index run
 of an unchanged corpus reads nothing again). Results: bench/results/relevance-<set>-<variant>.json
@@ -51,7 +52,7 @@ def dump(args: argparse.Namespace) -> None:
                 print(f"{name}: index run {indexed.added} added, {indexed.chunks} chunks, {time.perf_counter() - started:.0f} s", file=sys.stderr)
                 runtime.retriever.warm_up([])
                 started = time.perf_counter()
-                searched = search_all(runtime.retriever, question_set.items)
+                searched = search_all(runtime.retriever, question_set.items, rewrite=settings.bot.rewrite_question)  # written model_rewrite
                 seconds = time.perf_counter() - started
             data = {"set": args.set, "variant": variant, "search_s": round(seconds, 1), "questions": [s.to_json() for s in searched]}
             path = save(f"relevance-{args.set}-{name}", data)

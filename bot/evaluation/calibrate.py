@@ -24,9 +24,10 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from bot.core import ground
+from bot.core import search_text
 from bot.evaluation.questions import EvalItem
 from bot.evaluation.scoring import Refusals, same_path
+from bot.rewrite import search_queries
 from rag.search.relevance import FEATURES, RelevanceRule
 from rag.search.retriever import Retriever
 
@@ -83,11 +84,16 @@ class Fit:
         return {"scope": self.scope, "questions": self.questions, "before": side(self.before), "after": side(self.after), "single_bar": side(self.bar)}
 
 
-def search_all(retriever: Retriever, items: Sequence[EvalItem], progress: Callable[[EvalItem], None] | None = None) -> list[Searched]:
+def search_all(
+    retriever: Retriever, items: Sequence[EvalItem], progress: Callable[[EvalItem], None] | None = None, rewrite: bool = False
+) -> list[Searched]:
+    """Every item's candidates with their features; with ``rewrite`` (bot.rewrite_question), also
+    searched with its written model_rewrite."""
     out = []
     for item in items:
-        query = ground(retriever, item.question, item.history, [item.collection]).query
-        found = retriever.search(query, [item.collection], top_k=5 * TOP_K, min_score=0.0).passages
+        query = search_text(item.question, item.history)[0]
+        rewrites = search_queries(item.model_rewrite, query) if rewrite else []
+        found = retriever.search(query, [item.collection], top_k=5 * TOP_K, min_score=0.0, rewrites=rewrites).passages
         out.append(Searched(item, [Found(p.path, p.score, p.features) for p in found]))
         if progress:
             progress(item)

@@ -111,7 +111,7 @@ def evaluate(
                 runtime.retriever.warm_up([])
                 report = EvalReport(question_set.name, "retrieval only", run_retrieval(runtime.retriever, items, bar.step, settings.bot.rewrite_question), k, question_set.skipped)
                 if calibrate:
-                    report.calibration = fits(search_all(runtime.retriever, items, bar.step), runtime.retriever.rule, settings.rag.weight, k)
+                    report.calibration = fits(search_all(runtime.retriever, items, bar.step, settings.bot.rewrite_question), runtime.retriever.rule, settings.rag.weight, k)
         else:
 
             async def answers() -> EvalReport:
@@ -120,7 +120,7 @@ def evaluate(
                     results = await run_answers(runtime.require_flow(), items, bar.step)
                     report = EvalReport(question_set.name, f"answers by {runtime.server.description}", results, k, question_set.skipped)
                     if calibrate:
-                        report.calibration = fits(await asyncio.to_thread(search_all, runtime.retriever, items, bar.step), runtime.retriever.rule, settings.rag.weight, k)
+                        report.calibration = fits(await asyncio.to_thread(search_all, runtime.retriever, items, bar.step, settings.bot.rewrite_question), runtime.retriever.rule, settings.rag.weight, k)
                 return report
 
             report = asyncio.run(answers())

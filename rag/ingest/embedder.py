@@ -156,6 +156,11 @@ class E5Embedder:
         with self._lock:
             return np.asarray(self._model.query(text), dtype=np.float32).tolist()
 
+    def queries(self, texts: Sequence[str]) -> np.ndarray:
+        """Several questions' vectors in one call (the same vectors as one at a time)."""
+        with self._lock:
+            return np.asarray(self._model.query(list(texts)), dtype=np.float32).reshape(len(texts), -1)
+
     def count_tokens(self, text: str) -> int:
         with self._lock:
             return int(self._model.token_count(text))

@@ -37,6 +37,9 @@ class QueryEncoder(Protocol):
     def many(self, texts: Sequence[str]) -> np.ndarray:
         """Several short texts' vectors at once (rows), e.g. a passage's sentences."""
 
+    def queries(self, texts: Sequence[str]) -> np.ndarray:
+        """Several questions' vectors at once (rows): a question and its rewrites."""
+
 
 class TorchQueryEncoder:
     """The sentence-transformers model itself: the fallback where no ONNX copy can be used."""
@@ -49,6 +52,9 @@ class TorchQueryEncoder:
 
     def many(self, texts: Sequence[str]) -> np.ndarray:
         return np.asarray(self.embedder.get_text_embedding_batch(list(texts)), dtype=np.float32).reshape(len(texts), -1)
+
+    def queries(self, texts: Sequence[str]) -> np.ndarray:
+        return np.asarray([self.embedder.get_query_embedding(text) for text in texts], dtype=np.float32).reshape(len(texts), -1)
 
 
 PROBES = ("Who gets paged when the primary on-call does not answer?", "出差住宿每晚可以报销多少钱？", "wifi")
@@ -120,6 +126,9 @@ class OnnxQueryEncoder:
 
     def __call__(self, text: str) -> list[float]:
         return self.many([text])[0].tolist()
+
+    def queries(self, texts: Sequence[str]) -> np.ndarray:
+        return self.many(texts)
 
     def many(self, texts: Sequence[str]) -> np.ndarray:
         with self._tokenizer_lock:

@@ -102,7 +102,7 @@ class Retriever:
         self._models_dir = models_dir
         self._caches: dict[str, CollectionCache] = {}
         self._cache_lock = threading.Lock()
-        self._recent: dict[tuple[str, str], list[float]] = {}
+        self._recent: dict[tuple[str, str], np.ndarray] = {}
         self._sentences: SentenceVectors | None = None
         self._count_tokens: Callable[[str], int] | None = None
 
@@ -140,8 +140,13 @@ class Retriever:
         caches = {collection: self._cache(collection) for collection in searchable}
         passing: dict[tuple[str, str], _Candidate] = {}  # per chunk: its best reading that passes the decision
         best: dict[tuple[str, str], _Candidate] = {}  # per chunk: its best reading
-        for text in dict.fromkeys([query, *rewrites]):
-            for c in self._candidates(text, caches, limit, timings):
+        readings = list(dict.fromkeys([query, *rewrites]))
+        mark = time.perf_counter()
+        # Each collection is searched with its own model's vectors (during a re-embedding, the old one's).
+        vectors = {model: self._embed_all(readings, model) for model in {c.model for c in caches.values()}}
+        timings["embed"] += (time.perf_counter() - mark) * 1000
+        for k, text in enumerate(readings):
+            for c in self._candidates(text, {model: rows[k] for model, rows in vectors.items()}, caches, limit, timings):
                 key = (c.collection, c.chunk_id)
                 if rule.passes(c.features) and (key not in passing or c.score > passing[key].score):
                     passing[key] = c
@@ -160,14 +165,15 @@ class Retriever:
         timings["total"] = _ms_since(started)
         return Retrieval(passages, timings, below_decision=below and bool(passages))
 
-    def _candidates(self, query: str, caches: dict[str, CollectionCache], limit: int, timings: dict[str, float]) -> list[_Candidate]:
-        """The candidates for one reading of the question from every collection, each scored and
-        its relevance features found; ``timings`` (embed, vector, keyword ms) are added to."""
+    def _candidates(
+        self, query: str, query_vectors: dict[str, np.ndarray], caches: dict[str, CollectionCache], limit: int, timings: dict[str, float]
+    ) -> list[_Candidate]:
+        """The candidates for one reading of the question (``query_vectors``: its vector by each
+        collection's model) from every collection, each scored and its relevance features found;
+        ``timings`` (embed, vector, keyword ms) are added to."""
         mark = time.perf_counter()
         query_terms = tokenize(query)
         query_chinese = mostly_chinese(query_terms)
-        # Each collection is searched with its own model's vector (during a re-embedding, the old one).
-        query_vectors = {model: np.asarray(self._embed(query, model), dtype=np.float32) for model in {c.model for c in caches.values()}}
         translated = {}
         if self._settings.translated_vector:
             for collection, cache in caches.items():
@@ -205,18 +211,23 @@ class Retriever:
 
     def _embed(self, text: str, model_id: str | None = None) -> list[float]:
         """The question's vector (the last few are kept: the evidence asks again for the one just searched)."""
+        return self._embed_all([text], model_id)[0].tolist()
+
+    def _embed_all(self, texts: Sequence[str], model_id: str | None = None) -> np.ndarray:
+        """The questions' vectors (rows), those not kept from before encoded in one call."""
         rag = self._settings
         setting = rag.embed_model if model_id is None else setting_for(model_id)
-        key = (setting, text)
         with self._cache_lock:
-            if key in self._recent:
-                return self._recent[key]
-        vector = load_query_encoder(setting, rag.embed_batch_size, self._models_dir)(text)
-        with self._cache_lock:
-            self._recent[key] = vector
-            while len(self._recent) > RECENT_QUESTIONS:
-                self._recent.pop(next(iter(self._recent)))
-        return vector
+            known = {text: self._recent[(setting, text)] for text in texts if (setting, text) in self._recent}
+        missing = [text for text in texts if text not in known]
+        if missing:
+            encoded = load_query_encoder(setting, rag.embed_batch_size, self._models_dir).queries(missing)
+            with self._cache_lock:
+                for text, row in zip(missing, encoded, strict=True):
+                    known[text] = self._recent[(setting, text)] = np.asarray(row, dtype=np.float32)
+                while len(self._recent) > RECENT_QUESTIONS:
+                    self._recent.pop(next(iter(self._recent)))
+        return np.stack([known[text] for text in texts])
 
     def similarity(self, query: str, texts: Sequence[str]) -> list[float]:
         """Cosine similarity of ``query`` to each of ``texts`` (short ones: sentences, cut at
