@@ -52,14 +52,16 @@ index: install
 	$(BIN)/teambot index
 
 # MODEL: a model short name (`teambot models list`) to pull once and serve instead of the shipped SmolLM2;
-# a model that can answer also judges the passages below the relevance bar (rag.model_floor).
+# a model that can answer also restates each question as search queries (bot.rewrite_question) and
+# judges the passages below the relevance bar (rag.model_floor).
 MODEL ?=
 MODEL_FLOOR ?= 0.2
+REWRITE ?= true
 
 run: index
 ifneq ($(MODEL),)
 	$(BIN)/teambot models pull $(MODEL)
-	TEAMBOT_INFERENCE__MODEL_PATH=$(MODEL) TEAMBOT_RAG__MODEL_FLOOR=$(MODEL_FLOOR) $(BIN)/teambot serve
+	TEAMBOT_INFERENCE__MODEL_PATH=$(MODEL) TEAMBOT_RAG__MODEL_FLOOR=$(MODEL_FLOOR) TEAMBOT_BOT__REWRITE_QUESTION=$(REWRITE) $(BIN)/teambot serve
 else
 	$(BIN)/teambot serve
 endif
