@@ -404,6 +404,22 @@ def test_with_a_capable_model_judging_more_right_answers_reach_the_user(indexed_
     assert summary["blatant"]["ok"] == summary["blatant"]["of"] and summary["refusal"]["ok"] == summary["refusal"]["of"]
     assert rows["lang en"]["right_answers_refusal"]["f1"] >= 0.85 and rows["lang zh"]["right_answers_refusal"]["f1"] >= 0.95
 
+
+def test_with_a_capable_model_writing_the_search_queries_more_right_answers_reach_the_user(indexed_settings: Settings) -> None:
+    """bot.rewrite_question (issue 24): the sample set's written search queries (model_rewrite) replayed with its
+    written answers, measured (docs/benchmarks.md): correct shown 82 -> 93 of 101, paraphrases 11 -> 18 of 21,
+    hit@4 of what the model was shown 0.87 -> 0.99, refusal F1 of the right answers en 0.81 -> 1.00, zh 0.92 -> 1.00;
+    every blatant answer still blocked and every honest refusal kept."""
+    env = teambot_env(indexed_settings, TEAMBOT_BOT__REWRITE_QUESTION="true")
+    floors = ["--min-correct-shown", "0.92", "--min-blatant-blocked", "1.0", "--min-refusals-kept", "1.0", "--min-hit-at-k", "0.97"]
+    result = run(["eval", str(KNOWLEDGE_SET), "--model-answers", "--json", *floors], env, timeout=900)
+    report = json.loads(result.stdout)
+    assert result.returncode == 0, f"{report['missed_floors']}\n{result.stderr[-2000:]}"
+    summary, rows = report["model_answers"]["summary"], report["model_answers"]["rows"]
+    assert summary["correct"]["ok"] >= 92 and rows["paraphrase"]["correct"]["ok"] >= 17, (summary["correct"], rows["paraphrase"]["correct"])
+    assert summary["blatant"]["ok"] == summary["blatant"]["of"] and summary["refusal"]["ok"] == summary["refusal"]["of"]
+    assert rows["lang en"]["right_answers_refusal"]["f1"] >= 0.95 and rows["lang zh"]["right_answers_refusal"]["f1"] >= 0.95
+
 ACK = "How quickly do I have to acknowledge a page?"
 SMALL_SET = {
     "name": "written",
