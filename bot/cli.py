@@ -29,7 +29,7 @@ from bot.status import render_status
 from bot.terminal import TerminalView, chat, stdin_is_terminal, terminal_request
 from config.errors import ConfigError, TeambotError
 from config.settings import DEFAULT_COLLECTION, Settings, load_settings
-from inference.llamacpp import LlamaCppServer
+from inference.llamacpp import SHIPPED_MODEL_REWRITE_NOTICE, LlamaCppServer
 from inference.supervisor import ServerSupervisor
 from rag.ingest.indexer import IndexReport
 from rag.operations.desk import IndexStatus
@@ -188,8 +188,10 @@ def serve(ctx: typer.Context, collection: CollectionOption = [DEFAULT_COLLECTION
             try:
                 err.print(f"teambot is up: {runtime.server.description}, OpenAI-compatible API at {runtime.endpoint.base_url}")
                 if isinstance(runtime.server, LlamaCppServer) and runtime.server.model_notice:
-                    log.warning("%s", runtime.server.model_notice)
-                    err.print(f"[yellow]{escape(runtime.server.model_notice)}[/yellow]")
+                    notices = [runtime.server.model_notice, *([SHIPPED_MODEL_REWRITE_NOTICE] if settings.bot.rewrite_question else [])]
+                    for notice in notices:
+                        log.warning("%s", notice)
+                        err.print(f"[yellow]{escape(notice)}[/yellow]")
                 if service.http is not None:
                     err.print(f"HTTP server at {service.http.url}: /healthz, /metrics" + (", Slack events at /slack/events" if service.slack else ""))
                     if service.console_off:

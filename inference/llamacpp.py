@@ -31,6 +31,11 @@ SHIPPED_MODEL_NOTICE = (
     "(`teambot models pull internlm2_5-1_8b-chat-q4_k_m`, then inference.model_path = \"internlm2_5-1_8b-chat-q4_k_m\"; "
     "or `make run MODEL=internlm2_5-1_8b-chat-q4_k_m`), or another GGUF (`teambot models list`, `teambot quantize --format gguf`)."
 )
+# Said with it when bot.rewrite_question is on: SmolLM2 answers the request for search queries instead of writing them.
+SHIPPED_MODEL_REWRITE_NOTICE = (
+    "bot.rewrite_question is on, but SmolLM2-135M writes no usable search queries (an en:/zh: line in 3 of 135 replies, "
+    "docs/benchmarks.md): every question waits for its reply and is then searched alone. Turn it off, or serve a model that can answer."
+)
 # ggml_type ids of the KV cache element types (ggml.h: GGML_TYPE_F16 = 1, Q4_0 = 2, Q8_0 = 8).
 KV_CACHE_GGML_TYPE = {"f16": 1, "q4_0": 2, "q8_0": 8}
 

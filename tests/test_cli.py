@@ -127,13 +127,15 @@ def test_chat_keeps_the_conversation_and_shows_sources(indexed_settings: Setting
 
 def test_serve_runs_until_sigterm_and_stops_its_llm_server(indexed_settings: Settings) -> None:
     process = subprocess.Popen(
-        [TEAMBOT, "serve"], env=teambot_env(indexed_settings), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
-    )
+        [TEAMBOT, "serve"], env=teambot_env(indexed_settings, TEAMBOT_BOT__REWRITE_QUESTION="true"), stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
     try:
         banner = _read_until(process, "waiting for SIGTERM", timeout_s=180)
         assert "No chat platform is configured" in banner and "SLACK_BOT_TOKEN" in banner
         said = " ".join(banner.split())  # as the terminal wraps it
         assert said.count("SmolLM2-135M, is too small for grounded answers") == 1, banner  # once, at start
+        assert said.count("bot.rewrite_question is on, but SmolLM2-135M writes no usable search queries") == 1, banner
         assert "teambot models pull internlm2_5-1_8b-chat-q4_k_m" in said and "inference.model_path" in said
         assert "too small for grounded answers" in (indexed_settings.logs_dir / "teambot.log").read_text()
         url = re.search(r"API at (http://127\.0\.0\.1:(\d+)/v1)", banner)
