@@ -62,6 +62,17 @@ def lmdeploy_corpus(source: Path, commit: str, folders: dict[str, str], target: 
     return target
 
 
+def set_corpus(set_name: str, corpus: Path | None, work: Path) -> Path:
+    """The folder a shipped set's questions are asked of: the sample knowledge base, or lmdeploy's
+    docs read from ``corpus`` into ``work``/corpus (exits with what to give when it is missing)."""
+    if set_name == "knowledge":
+        return REPO / "examples" / "knowledge"
+    if corpus is None:
+        sys.exit(f"--set {set_name} needs --corpus (a clone of https://github.com/InternLM/lmdeploy)")
+    source = yaml.safe_load(SETS[set_name].read_text(encoding="utf-8"))["corpus"]
+    return lmdeploy_corpus(corpus, source["commit"], source["folders"], work / "corpus")
+
+
 def _copy_docs(source: Path, target: Path) -> None:
     for path in source.rglob("*"):
         if path.is_file() and path.suffix.lower() in CORPUS_SUFFIXES:
@@ -114,13 +125,7 @@ def main() -> None:
     question_set = load_question_set(SETS[args.set])
     with tempfile.TemporaryDirectory(prefix="teambot-eval-") as tmp:
         work = args.data_dir or Path(tmp)
-        if args.set == "knowledge":
-            knowledge = REPO / "examples" / "knowledge"
-        else:
-            if args.corpus is None:
-                sys.exit("--set lmdeploy-docs needs --corpus (a clone of https://github.com/InternLM/lmdeploy)")
-            corpus = yaml.safe_load(SETS[args.set].read_text(encoding="utf-8"))["corpus"]
-            knowledge = lmdeploy_corpus(args.corpus, corpus["commit"], corpus["folders"], work / "corpus")
+        knowledge = set_corpus(args.set, args.corpus, work)
         settings = bench_settings(work, knowledge, **nested(args.set_value))
         started = time.perf_counter()
         with knowledge_runtime(settings) as runtime:

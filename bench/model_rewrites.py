@@ -20,10 +20,8 @@ import tempfile
 import time
 from pathlib import Path
 
-import yaml
-
 from bench.common import bench_settings, save
-from bench.eval import REPO, SETS, lmdeploy_corpus, nested
+from bench.eval import SETS, nested, set_corpus
 from bot.core import search_text
 from bot.evaluation.questions import EvalItem, load_question_set
 from bot.evaluation.report import EvalReport, render
@@ -68,13 +66,7 @@ def main() -> None:
     name = f"{args.set}" + (f"-{args.label}" if args.label else "")
     with tempfile.TemporaryDirectory(prefix="teambot-rewrites-") as tmp:
         work = args.data_dir or Path(tmp)
-        if args.set == "knowledge":
-            knowledge = REPO / "examples" / "knowledge"
-        else:
-            if args.corpus is None:
-                sys.exit("--set lmdeploy-docs needs --corpus (a clone of https://github.com/InternLM/lmdeploy)")
-            corpus = yaml.safe_load(SETS[args.set].read_text(encoding="utf-8"))["corpus"]
-            knowledge = lmdeploy_corpus(args.corpus, corpus["commit"], corpus["folders"], work / "corpus")
+        knowledge = set_corpus(args.set, args.corpus, work)
         settings = bench_settings(work, knowledge, **nested(["bot.rewrite_question=true", *args.set_value]))
         with knowledge_runtime(settings) as runtime:
             runtime.indexer.run()

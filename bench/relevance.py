@@ -22,10 +22,8 @@ import tempfile
 import time
 from pathlib import Path
 
-import yaml
-
 from bench.common import RESULTS, bench_settings, save
-from bench.eval import REPO, SETS, lmdeploy_corpus, nested
+from bench.eval import SETS, nested, set_corpus
 from bot.evaluation.calibrate import Found, RuleScore, Searched, fit_bar, fit_rule, score_rule, search_all
 from bot.evaluation.questions import load_question_set
 from bot.runtime import knowledge_runtime
@@ -38,11 +36,7 @@ def dump(args: argparse.Namespace) -> None:
     question_set = load_question_set(SETS[args.set])
     with tempfile.TemporaryDirectory(prefix="teambot-relevance-") as tmp:
         work = Path(args.data_dir) if args.data_dir else Path(tmp)
-        if args.set == "knowledge":
-            knowledge = REPO / "examples" / "knowledge"
-        else:
-            corpus = yaml.safe_load(SETS[args.set].read_text(encoding="utf-8"))["corpus"]
-            knowledge = lmdeploy_corpus(args.corpus, corpus["commit"], corpus["folders"], work / "corpus")
+        knowledge = set_corpus(args.set, args.corpus, work)
         for variant in args.variant:
             name, _, values = variant.partition(":")
             settings = bench_settings(work, knowledge, **nested([v for v in values.split(",") if v]))
