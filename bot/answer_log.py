@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 import time
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
@@ -52,6 +52,10 @@ CREATE TABLE IF NOT EXISTS votes (
 ALTER TABLE answers ADD COLUMN mode TEXT NOT NULL DEFAULT '';
 ALTER TABLE answers ADD COLUMN reason TEXT NOT NULL DEFAULT '';
 """,
+    """
+-- the model's search queries the question was searched with beside itself (bot.rewrite_question); JSON: ["...", "..."]
+ALTER TABLE answers ADD COLUMN searched TEXT NOT NULL DEFAULT '[]';
+""",
 ]
 
 
@@ -73,6 +77,7 @@ class LoggedAnswer:
     created_at: float
     mode: str = ""  # what produced the answer: generative, extractive, not-found
     reason: str = ""  # why that answer (the guard's verdict, the model failing or too slow)
+    searched: list[str] = field(default_factory=list)  # the model's search queries beside the question (bot.rewrite_question)
     up: int = 0
     down: int = 0
 
@@ -102,11 +107,11 @@ class AnswerLog(Stored):
         sources = [{"n": n, "path": p.path, "title": p.title, "score": p.score} for n, p in enumerate(done.sources, start=1)]
         with self._write() as db:
             db.execute(
-                """INSERT INTO answers (id, platform, channel, thread, "user", question, answer, sources, found, created_at, mode, reason)
-                   VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)""",
+                """INSERT INTO answers (id, platform, channel, thread, "user", question, answer, sources, found, created_at, mode, reason, searched)
+                   VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)""",
                 (
                     answer_id, platform, channel, thread, user, question, done.answer, json.dumps(sources, ensure_ascii=False),
-                    int(done.found), time.time(), done.mode, done.reason,
+                    int(done.found), time.time(), done.mode, done.reason, json.dumps(done.searched, ensure_ascii=False),
                 ),
             )  # fmt: skip
         self.prune()  # the retention holds however long teambot runs; a range scan of the time index, usually empty
@@ -136,4 +141,7 @@ class AnswerLog(Stored):
                GROUP BY a.id {f"HAVING {DOWN} > 0" if voted_down else ""} ORDER BY a.created_at DESC LIMIT ?""",
             (limit,),
         )
-        return [LoggedAnswer(**{**dict(row), "sources": json.loads(row["sources"]), "found": bool(row["found"])}) for row in rows]
+        return [
+            LoggedAnswer(**{**dict(row), "sources": json.loads(row["sources"]), "found": bool(row["found"]), "searched": json.loads(row["searched"])})
+            for row in rows
+        ]

@@ -69,6 +69,7 @@ class AnswerDone:
     replaced: bool = False  # the model's streamed text was rejected and replaced by this answer
     generated: str = ""  # what the model wrote ("" when it was not asked); the answer itself unless replaced
     refusal: bool = False  # the model's answer, shown, says the documents do not answer the question
+    searched: list[str] = field(default_factory=list)  # the model's search queries, searched beside the question (bot.rewrite_question)
 
     def quote(self, n: int) -> str:
         """The evidence quote of source ``n`` ("" if none, and for a refusal: those passages do not answer)."""
@@ -93,6 +94,7 @@ class AnswerDone:
             "replaced": self.replaced,
             "generated": self.generated,
             "refusal": self.refusal,
+            "searched": self.searched,
             "timings_ms": self.timings_ms,
         }
 
@@ -181,7 +183,7 @@ class AnswerEngine:
                 text = not_found_answer(question)
                 timings["first_token"] = timings["total"] = elapsed_ms()
                 yield AnswerDelta(text)
-                yield AnswerDone(text, [], [], found=False, timings_ms=timings, mode="not-found", reason=NOTHING_PASSED)
+                yield AnswerDone(text, [], [], found=False, timings_ms=timings, mode="not-found", reason=NOTHING_PASSED, searched=rewrites)
                 return
             # Passages below the relevance decision (rag.model_floor) are the model's to judge:
             # their quotes are not shown as if they answered, and without the model's accepted
@@ -193,14 +195,16 @@ class AnswerEngine:
 
             mode = self._settings.answer_mode
             if judged and mode == "extractive":
-                yield self._not_known(question, timings, elapsed_ms(), f"{NOTHING_PASSED}, and bot.answer_mode = extractive asks no model to judge the passages below it")
+                reason = f"{NOTHING_PASSED}, and bot.answer_mode = extractive asks no model to judge the passages below it"
+                yield self._not_known(question, timings, elapsed_ms(), reason, searched=rewrites)
                 return
             if mode == "extractive":
                 text = extractive_answer(question, evidence, passages)
                 timings["first_token"] = timings["total"] = elapsed_ms()
                 yield AnswerDone(
-                    text, passages, cited_numbers(text, len(passages)), True, timings, evidence, "extractive", "bot.answer_mode = extractive"
-                )
+                    text, passages, cited_numbers(text, len(passages)), True, timings, evidence, "extractive", "bot.answer_mode = extractive",
+                    searched=rewrites,
+                )  # fmt: skip
                 return
 
             # In auto, the evidence is already on screen: a model that fails or takes longer than
@@ -236,7 +240,9 @@ class AnswerEngine:
             timings.setdefault("first_token", elapsed_ms())
             if failure and judged:
                 log.warning("a model answer failed on passages below the relevance decision: %s", failure)
-                yield self._not_known(question, timings, elapsed_ms(), f"{NOTHING_PASSED}, and {failure}", replaced=bool(parts), generated=generated)
+                yield self._not_known(
+                    question, timings, elapsed_ms(), f"{NOTHING_PASSED}, and {failure}", replaced=bool(parts), generated=generated, searched=rewrites
+                )
                 return
             if failure:
                 log.warning("a model answer was replaced by quotes: %s", failure)
@@ -244,7 +250,7 @@ class AnswerEngine:
                 timings["total"] = elapsed_ms()
                 yield AnswerDone(
                     text, passages, cited_numbers(text, len(passages)), True, timings, evidence, "extractive",
-                    f"the model's answer was replaced: {failure}", replaced=bool(parts), generated=generated,
+                    f"the model's answer was replaced: {failure}", replaced=bool(parts), generated=generated, searched=rewrites,
                 )  # fmt: skip
                 return
             checked = loop.time()
@@ -256,18 +262,19 @@ class AnswerEngine:
                 reason = f"the grounding guard {'accepted' if verdict.ok else 'rejected'} it: {verdict.reason}"
                 yield AnswerDone(
                     shown, passages, cited_numbers(shown, len(passages)), True, timings, evidence, "generative", reason, verdict,
-                    replaced=shown != generated, generated=generated, refusal=verdict.refusal,
+                    replaced=shown != generated, generated=generated, refusal=verdict.refusal, searched=rewrites,
                 )  # fmt: skip
                 return
             if judged:
                 reason = f"{NOTHING_PASSED}, and the grounding guard rejected the model's answer from the passages below it: {verdict.reason}"
-                yield self._not_known(question, timings, timings["total"], reason, guard=verdict, replaced=True, generated=generated)
+                yield self._not_known(question, timings, timings["total"], reason, guard=verdict, replaced=True, generated=generated, searched=rewrites)
                 return
             text = extractive_answer(question, evidence, passages)
             reason = f"the model's answer was replaced: {verdict.reason}"
             yield AnswerDone(
-                text, passages, cited_numbers(text, len(passages)), True, timings, evidence, "extractive", reason, verdict, replaced=True, generated=generated
-            )
+                text, passages, cited_numbers(text, len(passages)), True, timings, evidence, "extractive", reason, verdict, replaced=True, generated=generated,
+                searched=rewrites,
+            )  # fmt: skip
         finally:
             self._busy -= 1
             self._slots.release()

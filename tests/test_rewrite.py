@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from bot.answer_log import AnswerLog
 from bot.core import AnswerDone, AnswerEngine, AnswerEvidence
 from bot.evaluation.questions import QuestionSetError, load_question_set
 from bot.prompt import NOT_FOUND_ANSWER
@@ -50,7 +51,7 @@ def test_the_queries_are_the_replys_en_and_zh_lines() -> None:
     assert len(search_queries("en: " + "word " * 200, "q")[0]) <= 300
 
 
-async def test_a_paraphrase_the_bar_refuses_is_found_through_the_models_queries(make_engine, fake_llm: FakeLLM) -> None:  # type: ignore[no-untyped-def]
+async def test_a_paraphrase_the_bar_refuses_is_found_through_the_models_queries(make_engine, fake_llm: FakeLLM, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     # alone, the question is refused without the model being asked
     _, alone = await answer(make_engine(fake_endpoint(fake_llm)), UNANSWERED_PAGE)
     assert not alone.found and fake_llm.requests == []
@@ -64,6 +65,16 @@ async def test_a_paraphrase_the_bar_refuses_is_found_through_the_models_queries(
     assert done.found and done.mode == "generative" and done.answer == "".join(FAITHFUL)
     assert done.sources[0].path == "oncall-guide.md" and "rewrite" in done.timings_ms
     assert any(isinstance(event, AnswerEvidence) for event in events)  # it passed the relevance decision: quotes are previewed
+    # what was searched is kept with the answer: in its JSON and in the answer log admins read
+    queries = search_queries(QUERIES, UNANSWERED_PAGE)
+    assert done.searched == queries and done.to_json()["searched"] == queries
+    log = AnswerLog(tmp_path / "answers.sqlite")
+    try:
+        log.record("slack", "C1", "", "U1", UNANSWERED_PAGE, done)
+        log.record("slack", "C1", "", "U1", UNANSWERED_PAGE, alone)
+        assert [a.searched for a in log.recent(2)] == [[], queries]
+    finally:
+        log.close()
 
 
 async def test_a_model_that_fails_or_writes_no_queries_leaves_the_question_searched_alone(make_engine, fake_llm: FakeLLM) -> None:  # type: ignore[no-untyped-def]
@@ -72,7 +83,7 @@ async def test_a_model_that_fails_or_writes_no_queries_leaves_the_question_searc
     _, failed = await answer(engine, ACK)
     _, chatty = await answer(engine, ACK)
     for done in (failed, chatty):
-        assert done.found and done.answer == "".join(ACK_ANSWER) and done.sources[0].path == "oncall-guide.md"
+        assert done.found and done.answer == "".join(ACK_ANSWER) and done.sources[0].path == "oncall-guide.md" and done.searched == []
     assert len(fake_llm.requests) == 4 and engine.busy == 0
 
     fake_llm.script.extend([Reply(status=500), Reply(tokens=["Anything."])])
