@@ -179,7 +179,7 @@ class Retriever:
             for collection, cache in caches.items():
                 text = other_language_text(query_terms, dictionary(), cache.keyword.knows)
                 if text and text != " ".join(query_terms):
-                    translated[collection] = np.asarray(self._embed(text, cache.model), dtype=np.float32)
+                    translated[collection] = self._embed(text, cache.model)
         timings["embed"] += (time.perf_counter() - mark) * 1000
 
         candidates: list[_Candidate] = []
@@ -209,9 +209,9 @@ class Retriever:
             return plain_words(query_terms)
         return expand(query_terms, dictionary(), cache.keyword.knows)
 
-    def _embed(self, text: str, model_id: str | None = None) -> list[float]:
+    def _embed(self, text: str, model_id: str | None = None) -> np.ndarray:
         """The question's vector (the last few are kept: the evidence asks again for the one just searched)."""
-        return self._embed_all([text], model_id)[0].tolist()
+        return self._embed_all([text], model_id)[0]
 
     def _embed_all(self, texts: Sequence[str], model_id: str | None = None) -> np.ndarray:
         """The questions' vectors (rows), those not kept from before encoded in one call."""
@@ -235,7 +235,7 @@ class Retriever:
         if not texts:
             return []
         vectors = self.sentences.rows([text[:SIMILARITY_TEXT_CHARS] for text in texts])
-        return (vectors @ np.asarray(self._embed(query), dtype=np.float32)).tolist()
+        return (vectors @ self._embed(query)).tolist()
 
     @property
     def sentences(self) -> SentenceVectors:
