@@ -62,6 +62,13 @@ def lmdeploy_corpus(source: Path, commit: str, folders: dict[str, str], target: 
     return target
 
 
+def add_set_arguments(parser: argparse.ArgumentParser) -> None:
+    """--set, --corpus and --data-dir: which shipped set, where lmdeploy's docs are, where the index stays."""
+    parser.add_argument("--set", choices=sorted(SETS), default="knowledge")
+    parser.add_argument("--corpus", type=Path, help="lmdeploy-docs: a clone of InternLM/lmdeploy, or a folder with en/ and zh_cn/")
+    parser.add_argument("--data-dir", type=Path, help="keep the corpus and the index here, to be reused by the next run (default: a fresh one)")
+
+
 def set_corpus(set_name: str, corpus: Path | None, work: Path) -> Path:
     """The folder a shipped set's questions are asked of: the sample knowledge base, or lmdeploy's
     docs read from ``corpus`` into ``work``/corpus (exits with what to give when it is missing)."""
@@ -110,8 +117,7 @@ def nested(values: list[str]) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--set", choices=sorted(SETS), default="knowledge")
-    parser.add_argument("--corpus", type=Path, help="lmdeploy-docs: a clone of InternLM/lmdeploy, or a folder with en/ and zh_cn/")
+    add_set_arguments(parser)
     parser.add_argument("--retrieval-only", action="store_true")
     parser.add_argument("--calibrate", action="store_true")
     parser.add_argument("--variants", action="store_true", help="answer with each KV cache precision too")
@@ -119,7 +125,6 @@ def main() -> None:
     parser.add_argument("--label", default="", help="a name for this run's result file")
     parser.add_argument("--set-value", action="append", default=[], help="a setting for this run, e.g. rag.min_score=0.45")
     parser.add_argument("--limit", type=int)
-    parser.add_argument("--data-dir", type=Path, help="keep the corpus and the index here, to be reused by the next run (default: a fresh one)")
     args = parser.parse_args()
 
     question_set = load_question_set(SETS[args.set])

@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 
 from bench.common import bench_settings, save
-from bench.eval import SETS, nested, set_corpus
+from bench.eval import SETS, add_set_arguments, nested, set_corpus
 from bot.core import search_text
 from bot.evaluation.questions import EvalItem, load_question_set
 from bot.evaluation.report import EvalReport, render
@@ -53,12 +53,10 @@ async def model_replies(settings: Settings, items: list[EvalItem]) -> tuple[dict
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--set", choices=sorted(SETS), default="knowledge")
-    parser.add_argument("--corpus", type=Path, help="lmdeploy-docs: a clone of InternLM/lmdeploy, or a folder with en/ and zh_cn/")
+    add_set_arguments(parser)
     parser.add_argument("--label", default="", help="a name for this run's result files")
     parser.add_argument("--set-value", action="append", default=[], help="a setting for this run, e.g. inference.base_url=...")
     parser.add_argument("--limit", type=int)
-    parser.add_argument("--data-dir", type=Path, help="keep the corpus and the index here between runs")
     args = parser.parse_args()
 
     question_set = load_question_set(SETS[args.set])

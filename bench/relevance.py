@@ -23,7 +23,7 @@ import time
 from pathlib import Path
 
 from bench.common import RESULTS, bench_settings, save
-from bench.eval import SETS, nested, set_corpus
+from bench.eval import SETS, add_set_arguments, nested, set_corpus
 from bot.evaluation.calibrate import Found, RuleScore, Searched, fit_bar, fit_rule, score_rule, search_all
 from bot.evaluation.questions import load_question_set
 from bot.runtime import knowledge_runtime
@@ -35,7 +35,7 @@ SET_NAMES = ("knowledge", "lmdeploy-docs")
 def dump(args: argparse.Namespace) -> None:
     question_set = load_question_set(SETS[args.set])
     with tempfile.TemporaryDirectory(prefix="teambot-relevance-") as tmp:
-        work = Path(args.data_dir) if args.data_dir else Path(tmp)
+        work = args.data_dir or Path(tmp)
         knowledge = set_corpus(args.set, args.corpus, work)
         for variant in args.variant:
             name, _, values = variant.partition(":")
@@ -127,9 +127,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     commands = parser.add_subparsers(dest="command", required=True)
     d = commands.add_parser("dump")
-    d.add_argument("--set", choices=sorted(SETS), default="knowledge")
-    d.add_argument("--corpus", type=Path)
-    d.add_argument("--data-dir", help="keep the index here between runs")
+    add_set_arguments(d)
     d.add_argument("--variant", action="append", required=True)
     r = commands.add_parser("report")
     r.add_argument("--variant", required=True)
