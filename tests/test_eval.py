@@ -375,11 +375,16 @@ def test_eval_of_whole_answers_with_the_shipped_model_meets_the_ci_floors(indexe
 MODEL_ANSWER_FLOORS = {"--min-correct-shown": "0.92", "--min-blatant-blocked": "0.97", "--min-binding-blocked": "0.70", "--min-refusals-kept": "1.0"}
 
 
-def test_eval_model_answers_on_the_sample_set_meets_the_ci_floors(indexed_settings: Settings) -> None:
-    floors = [arg for pair in MODEL_ANSWER_FLOORS.items() for arg in pair]
-    result = run(["eval", str(KNOWLEDGE_SET), "--model-answers", "--json", *floors], teambot_env(indexed_settings), timeout=900)
+def replayed_sample_set(env: dict[str, str], floors: list[str]) -> dict:  # type: ignore[type-arg]
+    """`teambot eval --model-answers --json` on the sample set with ``floors``: its report, every floor met."""
+    result = run(["eval", str(KNOWLEDGE_SET), "--model-answers", "--json", *floors], env, timeout=900)
     report = json.loads(result.stdout)
     assert result.returncode == 0, f"{report['missed_floors']}\n{result.stderr[-2000:]}"
+    return report
+
+
+def test_eval_model_answers_on_the_sample_set_meets_the_ci_floors(indexed_settings: Settings) -> None:
+    report = replayed_sample_set(teambot_env(indexed_settings), [arg for pair in MODEL_ANSWER_FLOORS.items() for arg in pair])
     rows = report["model_answers"]["rows"]
     for language in ("lang en", "lang zh"):
         assert rows[language]["correct"]["share_reached"] >= 0.88, (language, rows[language]["correct"])
@@ -394,11 +399,8 @@ def test_with_a_capable_model_judging_more_right_answers_reach_the_user(indexed_
     model; its written answers measured (docs/benchmarks.md): correct shown 82 -> 88 of 101, paraphrases 11 -> 15 of
     21, refusal F1 of the right answers en 0.81 -> 0.89, zh 0.92 -> 0.97; every blatant answer still blocked and
     every honest refusal kept."""
-    env = teambot_env(indexed_settings, TEAMBOT_RAG__MODEL_FLOOR="0.2")
     floors = ["--min-correct-shown", "0.92", "--min-blatant-blocked", "1.0", "--min-refusals-kept", "1.0"]
-    result = run(["eval", str(KNOWLEDGE_SET), "--model-answers", "--json", *floors], env, timeout=900)
-    report = json.loads(result.stdout)
-    assert result.returncode == 0, f"{report['missed_floors']}\n{result.stderr[-2000:]}"
+    report = replayed_sample_set(teambot_env(indexed_settings, TEAMBOT_RAG__MODEL_FLOOR="0.2"), floors)
     summary, rows = report["model_answers"]["summary"], report["model_answers"]["rows"]
     assert summary["correct"]["ok"] >= 87 and rows["paraphrase"]["correct"]["ok"] >= 15, (summary["correct"], rows["paraphrase"]["correct"])
     assert summary["blatant"]["ok"] == summary["blatant"]["of"] and summary["refusal"]["ok"] == summary["refusal"]["of"]
@@ -410,11 +412,8 @@ def test_with_a_capable_model_writing_the_search_queries_more_right_answers_reac
     written answers, measured (docs/benchmarks.md): correct shown 82 -> 93 of 101, paraphrases 11 -> 18 of 21,
     hit@4 of what the model was shown 0.87 -> 0.99, refusal F1 of the right answers en 0.81 -> 1.00, zh 0.92 -> 1.00;
     every blatant answer still blocked and every honest refusal kept."""
-    env = teambot_env(indexed_settings, TEAMBOT_BOT__REWRITE_QUESTION="true")
     floors = ["--min-correct-shown", "0.92", "--min-blatant-blocked", "1.0", "--min-refusals-kept", "1.0", "--min-hit-at-k", "0.97"]
-    result = run(["eval", str(KNOWLEDGE_SET), "--model-answers", "--json", *floors], env, timeout=900)
-    report = json.loads(result.stdout)
-    assert result.returncode == 0, f"{report['missed_floors']}\n{result.stderr[-2000:]}"
+    report = replayed_sample_set(teambot_env(indexed_settings, TEAMBOT_BOT__REWRITE_QUESTION="true"), floors)
     summary, rows = report["model_answers"]["summary"], report["model_answers"]["rows"]
     assert summary["correct"]["ok"] >= 92 and rows["paraphrase"]["correct"]["ok"] >= 17, (summary["correct"], rows["paraphrase"]["correct"])
     assert summary["blatant"]["ok"] == summary["blatant"]["of"] and summary["refusal"]["ok"] == summary["refusal"]["of"]
