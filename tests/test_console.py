@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import shutil
 import threading
 import time
 from collections.abc import AsyncIterator
@@ -22,20 +21,13 @@ from bot.service import Service
 from config.errors import ConfigError
 from config.settings import Settings
 from inference.client import Endpoint
-from tests.conftest import make_settings
+from tests.conftest import indexed_copy, make_settings
 from tests.fake_llm import FakeLLM, Reply
 from tests.proc import async_wait_for
 from tests.raw_http import MiB, post_lazily
 
 ADMIN_TOKEN = "console-test-token-1f8e2"
 ON_CALL_QUESTION = "Who gets paged if the primary on-call does not acknowledge a page?"
-
-
-def indexed_copy(indexed: Settings, tmp_path: Path) -> tuple[Path, Path]:
-    """A private data dir of the indexed samples (the knowledge folder is shared: read only)."""
-    data = Path(shutil.copytree(indexed.data_dir, tmp_path / "data"))
-    (data / "answers.sqlite").unlink(missing_ok=True)
-    return data, indexed.rag.knowledge_dir
 
 
 def console_settings(data: Path, knowledge: Path, llm_url: str, **extra: Any) -> Settings:

@@ -17,7 +17,7 @@ from config.errors import ConfigError
 from config.settings import Settings
 from rag.operations.lease import IndexLease
 from rag.operations.shared_uploads import SharedUploads
-from tests.conftest import EXAMPLES, indexed_copy, make_settings
+from tests.conftest import EXAMPLES, make_settings
 from tests.test_cli import run, teambot_env
 from tests.test_indexer import assert_consistent
 
@@ -25,8 +25,8 @@ SESSION_KEY = session_key(b"migration-test-admin-token")
 DONE = AnswerDone("In the basement [1].", [], [1], True)
 
 
-def test_a_data_dir_moves_into_postgresql_and_is_served_from_there(indexed_settings: Settings, state_url: str, tmp_path: Path) -> None:
-    data, knowledge = indexed_copy(indexed_settings, tmp_path)
+def test_a_data_dir_moves_into_postgresql_and_is_served_from_there(settings: Settings, state_url: str, tmp_path: Path) -> None:
+    data, knowledge = settings.data_dir, settings.rag.knowledge_dir  # its own copy of the samples: files are added to it below
     (tmp_path / "environ.txt").write_text("SLACK_BOT_TOKEN=xoxb-not-for-the-database\n")
     (knowledge / "environ.txt").symlink_to(tmp_path / "environ.txt")  # never copied into the shared state
     (knowledge / "team").mkdir()
