@@ -9,6 +9,7 @@ best reading). The model only writes queries here; the answer is still written f
 passages found, and the question itself, not the queries, is what the evidence and the guard
 compare the answer with.
 
+Reading stops at the end of the ``zh:`` line (a model that goes on to answer is not waited for).
 When the model fails, is too slow (bot.rewrite_timeout_s) or writes something unusable, the
 question is searched alone, as without this setting.
 """
@@ -35,6 +36,7 @@ Do not answer the question."""
 MAX_QUERIES = 2
 MAX_QUERY_CHARS = 300  # a query longer than this is cut: a model that started answering
 _LINE = re.compile(r"^\s*(?:[-*]\s*)?(en|english|zh|chinese|中文|英文)\s*[:：]\s*(.+?)\s*$", re.IGNORECASE)
+_LANGUAGE = {"en": "en", "english": "en", "英文": "en", "zh": "zh", "chinese": "zh", "中文": "zh"}
 
 
 def rewrite_messages(query: str) -> list[ChatMessage]:
@@ -56,24 +58,44 @@ def search_queries(reply: str, query: str) -> list[str]:
     return found[:MAX_QUERIES]
 
 
+def _written(reply: str) -> str:
+    """The lines of ``reply`` the model has finished (up to its last line break)."""
+    return reply[: reply.rfind("\n") + 1]
+
+
+def _both_lines(reply: str) -> bool:
+    """Whether ``reply`` holds a finished ``en:`` line and a finished ``zh:`` line: all that is read."""
+    labels = {_LANGUAGE[m.group(1).casefold()] for m in map(_LINE.match, _written(reply).splitlines()) if m}
+    return labels >= {"en", "zh"}
+
+
 async def rewrite_question(llm: ChatClient, query: str, timeout_s: float) -> list[str]:
-    """The model's search queries for ``query``; [] when it fails, takes longer than
-    ``timeout_s`` or writes none (then the question is searched alone). Logged, never raised."""
-    parts: list[str] = []
+    """The model's search queries for ``query``; [] when it fails, or writes none within
+    ``timeout_s`` (then the question is searched alone). Logged, never raised.
+
+    Reading stops once a finished ``en:`` and ``zh:`` line are in: what a model writes after
+    them is not waited for. At the timeout, the lines it finished are used."""
+    reply = ""
     stream = llm.stream_chat(rewrite_messages(query))
     try:
         async with asyncio.timeout(timeout_s):
             async for delta in stream:
-                parts.append(delta)
+                reply += delta
+                if "\n" in delta and _both_lines(reply):
+                    break
     except TimeoutError:
-        log.warning("the search queries were not written within bot.rewrite_timeout_s = %g s: the question is searched alone", timeout_s)
-        return []
+        queries = search_queries(_written(reply), query)
+        log.warning(
+            "the search queries were not finished within bot.rewrite_timeout_s = %g s: the question is searched %s",
+            timeout_s, f"with the {len(queries)} finished" if queries else "alone",
+        )  # fmt: skip
+        return queries
     except TeambotError as exc:
         log.warning("the model could not write search queries (%s): the question is searched alone", exc.message)
         return []
     finally:
         await stream.aclose()
-    queries = search_queries("".join(parts), query)
+    queries = search_queries(reply, query)
     if not queries:
         log.warning("the model's reply held no en:/zh: search query: the question is searched alone")
     return queries

@@ -95,7 +95,23 @@ async def test_a_model_slower_than_rewrite_timeout_s_is_not_waited_for(make_engi
     fake_llm.script.extend([Reply(tokens=["en: pager"], never_finish=True), Reply(tokens=ACK_ANSWER)])
     engine = make_engine(fake_endpoint(fake_llm), rewrite_question=True, rewrite_timeout_s=0.5)
     _, done = await answer(engine, ACK)
-    assert done.found and done.answer == "".join(ACK_ANSWER) and len(fake_llm.requests) == 2
+    assert done.found and done.answer == "".join(ACK_ANSWER) and len(fake_llm.requests) == 2 and done.searched == []
+
+    # a line it finished before the timeout is used; the one it was still writing is not
+    fake_llm.script.extend([Reply(tokens=["en: pager acknowledgement deadline\nzh: 寻呼"], never_finish=True), Reply(tokens=ACK_ANSWER)])
+    _, done = await answer(engine, ACK)
+    assert done.found and done.searched == ["pager acknowledgement deadline"]
+
+
+async def test_reading_stops_at_the_end_of_the_zh_line(make_engine, fake_llm: FakeLLM) -> None:  # type: ignore[no-untyped-def]
+    # The model writes both lines, then keeps the stream open (as one that goes on to answer): the
+    # search does not wait for it. Were the stream read to its end, the 10-minute timeout would
+    # pass and the question would be searched alone.
+    fake_llm.script.extend([Reply(tokens=[QUERIES + "\nThe answer is"], never_finish=True), Reply(tokens=FAITHFUL)])
+    engine = make_engine(fake_endpoint(fake_llm), rewrite_question=True, rewrite_timeout_s=600)
+    _, done = await answer(engine, UNANSWERED_PAGE)
+    assert done.searched == QUERIES.replace("en: ", "").replace("zh: ", "").split("\n")
+    assert done.found and done.answer == "".join(FAITHFUL) and len(fake_llm.requests) == 2
 
 
 SET = {
