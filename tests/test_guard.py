@@ -286,3 +286,17 @@ def test_a_name_with_a_number_put_in_anothers_place_is_caught() -> None:
     assert not verdict("During a SEV1 you post a status update every hour [1].", "How often during a SEV1?", severity).ok
     memory = [passage("FP32 recurrent state is more precise, but uses twice the memory of FP16 or BF16.", "TurboMind config", "turbomind.md")]
     assert verdict("An FP32 recurrent state takes twice the memory of FP16 [1].", "What does FP32 cost?", memory).ok  # a comparison, not a swap
+
+
+def test_a_name_is_found_where_chinese_text_touches_it() -> None:
+    """Chinese is written without spaces: an option or setting glued to it is still the name."""
+    limits = [passage("## Atlas 300I Duo上的限制\n\n1. 只支持dtype=float16。\n2. 只支持图模式，请不要加上--eager-mode。", "华为昇腾", "ascend.md")]
+    question = "Are there any limits on the Atlas 300I Duo?"
+    assert verdict("It only supports dtype=float16 and graph mode, so do not add --eager-mode [1].", question, limits).ok
+    assert not verdict("It only supports dtype=float16, so add --enforce-eager [1].", question, limits).ok  # a name it does not hold
+    assert not verdict("It only supports dtype=bfloat16 [1].", question, limits).ok  # nor one it holds only inside another
+
+
+def test_kv_is_vocabulary_as_gpu_is() -> None:
+    sleep = [passage("Before updating the weights, offload the weights and the kv cache with /sleep, then /wakeup.", "Update weights", "update.md")]
+    assert verdict("Offload the weights and the KV cache with /sleep [1].", "How do I free the GPU memory?", sleep).ok

@@ -30,7 +30,7 @@ NOT_NAMES = frozenset({"I", "RMB", "CNY", "OK", "AM", "PM", "A.M", "P.M", "True"
 # this team's things (IT, SEV, AWQ are names: a wrong one is a wrong answer).
 VOCABULARY = frozenset(
     """API APIs CLI CPU CPUs GPU GPUs JSON YAML TOML CSV HTTP HTTPS URL URLs REST POST GET PUT DELETE PATCH OOM SSH SQL
-    UI OS RAM VRAM SDK TCP UDP DNS IP ID IDs PID ENV UTF""".split()
+    UI OS RAM VRAM SDK TCP UDP DNS IP ID IDs PID ENV UTF KV LLM LLMs""".split()
 )
 MIN_PREFIX = 4  # a name this long may start a longer identifier of the passage ("PyTorch" in "PytorchEngineConfig")
 _LATIN = re.compile(r"^[A-Za-z]+$")
@@ -75,11 +75,12 @@ def _posseg():  # type: ignore[no-untyped-def]
 def _found(name: str, passage: PassageReading) -> bool:
     if " " in name or not _WORD.match(name):  # code, a path, an address: as written, spaces aside
         return _same_identifier(flat(name)) in _same_identifier(passage.flat)
-    after = "" if len(name) >= MIN_PREFIX else r"(?![\w])"
+    # a name's bounds are Latin letters, digits and "_-": Chinese text may touch it (加上--eager-mode。)
+    after = "" if len(name) >= MIN_PREFIX else r"(?![A-Za-z0-9_])"
     if name.isupper():  # an acronym is not the word it spells: "IT" is not "it"
-        if re.search(rf"(?<![\w-]){re.escape(_same_identifier(name))}{after}", _same_identifier(passage.cased)):
+        if re.search(rf"(?<![A-Za-z0-9_-]){re.escape(_same_identifier(name))}{after}", _same_identifier(passage.cased)):
             return True
-    elif re.search(rf"(?<![\w-]){re.escape(_same_identifier(name.casefold()))}{after}", _same_identifier(passage.plain)):
+    elif re.search(rf"(?<![A-Za-z0-9_-]){re.escape(_same_identifier(name.casefold()))}{after}", _same_identifier(passage.plain)):
         return True
     entry = dictionary().entry(name)
     if entry is not None and entry.proper:  # a Chinese name: its English name in an English passage
