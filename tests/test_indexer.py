@@ -228,6 +228,51 @@ def test_a_single_file_path_leaves_the_rest_alone(runtime: Runtime, knowledge: P
     assert missing.failed == [{"path": str(knowledge / "nope.md"), "error": "no such file or folder"}]
 
 
+def test_a_moved_or_copied_knowledge_folder_holds_the_same_documents(tmp_path: Path, knowledge: Path) -> None:
+    """rag.knowledge_dir pointed at the folder's new place (a moved volume, a data dir copied with
+    its documents): nothing is embedded again, and nothing is indexed twice."""
+    with knowledge_runtime(make_settings(tmp_path / "data", knowledge)) as runtime:
+        chunks = runtime.indexer.run().total_chunks
+    copied = Path(shutil.copytree(knowledge, tmp_path / "copied"))  # the old folder stays
+    moved = Path(shutil.move(knowledge, tmp_path / "moved"))  # the old folder is gone
+    for folder in (copied, moved):
+        with knowledge_runtime(make_settings(tmp_path / "data", folder)) as runtime:
+            report = runtime.indexer.run()
+            assert (report.added, report.updated, report.deleted, report.unchanged, report.chunks) == (0, 0, 0, SAMPLE_FILES, 0)
+            assert runtime.store.count("default") == report.total_chunks == chunks
+            assert_consistent(runtime)
+            found = [(p.path, p.text) for p in runtime.retriever.search("Who approves my expense claim first?", ["default"]).passages]
+            assert found and len(found) == len(set(found))  # no passage comes back twice
+
+
+def test_another_knowledge_folder_replaces_the_documents_of_the_old_one(tmp_path: Path, knowledge: Path) -> None:
+    """The old folder's documents are gone from the new one: deleting all of them is refused as an
+    unmounted share would be, until allowed; then only the new folder's documents answer."""
+    with knowledge_runtime(make_settings(tmp_path / "data", knowledge)) as runtime:
+        runtime.indexer.run()
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "bikes.md").write_text("# Bicycles\n\nBicycles are stored in the basement bicycle room.\n")
+    with knowledge_runtime(make_settings(tmp_path / "data", other)) as runtime:
+        with pytest.raises(TeambotError, match=f"would delete {SAMPLE_FILES} of its {SAMPLE_FILES} documents because their files are gone from {other}"):
+            runtime.indexer.run()
+        assert len(runtime.manifest.files("default")) == SAMPLE_FILES  # nothing lost
+        report = runtime.indexer.run(allow_mass_delete=True)
+        assert (report.added, report.deleted) == (1, SAMPLE_FILES)
+        assert [r.path for r in runtime.manifest.files("default").values()] == ["bikes.md"]
+        assert_consistent(runtime)
+
+
+def test_an_index_written_before_is_taken_over_without_embedding_again(runtime: Runtime, knowledge: Path) -> None:
+    """Manifests written before named a collection's own folder by its absolute path."""
+    chunks = runtime.indexer.run().total_chunks
+    runtime.manifest.rename_root("default", "collection:default", str(knowledge.resolve()))  # as an earlier version wrote it
+    report = runtime.indexer.run()
+    assert (report.added, report.deleted, report.unchanged, report.chunks) == (0, 0, SAMPLE_FILES, 0)
+    assert {r.root for r in runtime.manifest.files("default").values()} == {"collection:default"}
+    assert runtime.store.count("default") == chunks
+
+
 def test_rebuild_and_embedding_model_change(runtime: Runtime, settings: Settings) -> None:
     first = runtime.indexer.run()
     rebuilt = runtime.indexer.run(rebuild=True)

@@ -104,9 +104,10 @@ def doc_id_for(collection: str, root: str, relpath: str) -> str:
 
 
 def root_of(settings: Settings, collection: str, folder: Path) -> str:
-    """How the manifest names a scanned folder: its absolute path; with shared state (state_url),
-    a collection's own folder by the collection's name, since each replica keeps its copy elsewhere."""
-    if settings.state_url and folder == settings.collection_dir(collection).resolve():
+    """How the manifest names a scanned folder: a collection's own folder by the collection's name,
+    wherever it is (a moved rag.knowledge_dir, a data dir copied with its documents, each replica's
+    copy with shared state: the same files, not new ones); any other folder by its absolute path."""
+    if folder == settings.collection_dir(collection).resolve():
         return COLLECTION_ROOT + collection
     return str(folder)
 
@@ -281,6 +282,8 @@ class Indexer:
                 report.failed.append({"path": str(given), "error": "no such file or folder"})
                 continue
             root = self.root_of(collection, target.root)
+            if root != str(target.root):  # rows written before the collection's folder was named by the collection
+                self._manifest.rename_root(collection, str(target.root), root)
             known = self._manifest.files(collection, root)
             by_path = {r.path: r for r in known.values()}  # a row keeps its doc_id (e.g. one migrated to shared state)
             seen: set[str] = set()
@@ -298,7 +301,7 @@ class Indexer:
                 gone[root] = [doc_id for doc_id in known if doc_id not in seen]
         deleted = [doc_id for doc_ids in gone.values() for doc_id in doc_ids]
         if deleted and not allow_mass_delete:
-            self._check_mass_delete(collection, len(deleted), [root for root, doc_ids in gone.items() if doc_ids])
+            self._check_mass_delete(collection, len(deleted), [str(self.folder_of(root)) for root, doc_ids in gone.items() if doc_ids])
         if deleted:
             self._store.delete_documents(collection, deleted)
             self._manifest.remove(collection, deleted)

@@ -139,6 +139,11 @@ class Manifest(Stored):
                     changed.setdefault(r.collection, []).append(r.doc_id)
             self._bump(db, changed)
 
+    def rename_root(self, collection: str, old: str, new: str) -> None:
+        """The rows of a scanned folder named ``old`` renamed ``new`` (their documents and chunks unchanged)."""
+        with self._write() as db:
+            db.execute("UPDATE files SET root = ? WHERE collection = ? AND root = ?", (new, collection, old))
+
     def remove(self, collection: str, doc_ids: Iterable[str]) -> None:
         with self._write() as db:
             doc_ids = list(doc_ids)
