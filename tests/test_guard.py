@@ -300,3 +300,31 @@ def test_a_name_is_found_where_chinese_text_touches_it() -> None:
 def test_kv_is_vocabulary_as_gpu_is() -> None:
     sleep = [passage("Before updating the weights, offload the weights and the kv cache with /sleep, then /wakeup.", "Update weights", "update.md")]
     assert verdict("Offload the weights and the KV cache with /sleep [1].", "How do I free the GPU memory?", sleep).ok
+
+
+REWARD = """Score a conversation with a reward model offline:
+
+```python
+engine_config = PytorchEngineConfig(tp=tp)
+with pipeline(model_path, backend_config=engine_config) as pipe:
+    score = pipe.get_reward_score(input_ids)
+```"""
+AWQ = "Run `lmdeploy lite auto_awq $HF_MODEL --w-bits 4 --work-dir $WORK_DIR`. The quantized weights are saved in $WORK_DIR."
+
+
+def test_a_setting_may_be_written_with_the_value_its_passage_gives_a_variable() -> None:
+    reward = [passage(REWARD, "Reward models", "reward_models.md")]
+    question = "How do I score conversations offline?"
+    inlined = "Use get_reward_score [1]:\n\n```python\nwith pipeline(model_path, backend_config={}(tp=tp)) as pipe:\n    score = pipe.get_reward_score(input_ids)\n```"
+    assert verdict(inlined.format("PytorchEngineConfig"), question, reward).ok
+    assert verdict(inlined.format("engine_config"), question, reward).ok
+    wrong = verdict(inlined.format("TurbomindEngineConfig"), question, reward)
+    assert not wrong.ok and any("sets backend_config to turbomindengineconfig" in p for p in wrong.problems)
+
+
+def test_an_option_alone_in_its_code_span_is_given_no_value() -> None:
+    awq = [passage(AWQ, "AWQ", "w4a16.md")]
+    question = "Where do the quantized weights go?"
+    assert verdict("The quantized weights are saved in the `--work-dir` directory [1].", question, awq).ok
+    wrong = verdict("Quantize with `--w-bits 8`; the weights are saved in the `--work-dir` directory [1].", question, awq)
+    assert not wrong.ok and [p.why for p in wrong.failures if p.check == "bindings"] == ["sets w_bits to 8 where the cited passage sets it to 4"]

@@ -4,8 +4,11 @@ to that value in its cited passages, not merely named there with the value somew
 "设置 `rope_scaling_factor=0.7`" has the name and the number of its passage, but the passage's
 example sets ``rope_scaling_factor=2.5`` and its 0.7 is ``cache_max_entry_count=0.7``: a wrong
 binding. Assignments are read as ``name=value`` and ``name = value`` (in code or an argument
-list), ``--name value`` and ``--name=value`` (a command line); names match with ``-`` and ``_``
-alike, values with their quotes taken off (and as numbers: 2.5 is 2.50).
+list), ``--name value`` and ``--name=value`` (a command line; an option alone in its code span,
+"the `--work-dir` directory", has no value); names match with ``-`` and ``_`` alike, values with
+their quotes taken off (and as numbers: 2.5 is 2.50). A passage's value that is itself a name
+it assigns (``backend_config=engine_config`` after ``engine_config = PytorchEngineConfig(tp=tp)``)
+stands for that value too: an answer may write it either way.
 
 Only a setting the passages assign is judged; it is wrongly bound when every assignment of it
 there has another value, unless a passage sentence names it beside the value without giving the
@@ -24,6 +27,7 @@ from rag.search.keyword import STOPWORDS
 _VALUE = r"""("[^"\n]*"|'[^'\n]*'|[A-Za-z0-9_.:/+@~${}\-]*[A-Za-z0-9_/+@~}\-])"""  # quoted, or a plain ASCII token (no end stop)
 _ASSIGNED = re.compile(rf"(?<![\w.\-])([A-Za-z_][A-Za-z0-9_]*(?:[.\-][A-Za-z0-9_]+)*)\s*=(?!=)\s*{_VALUE}")
 _OPTION = re.compile(rf"(?<![\w\-])--([A-Za-z][A-Za-z0-9_\-]*)(?:=|\s+)(?!-)({_VALUE[1:-1]})")
+_OPTION_ALONE = re.compile(r"`--([A-Za-z][\w-]*)`\s+([A-Za-z]+)")  # "saved in the `--work-dir` directory": the word after it is prose
 
 
 def check(answer: Answer) -> list[Problem]:
@@ -33,7 +37,10 @@ def check(answer: Answer) -> list[Problem]:
             held.setdefault(name, set()).update(values)
     if not held:
         return []
+    for values in held.values():  # backend_config=engine_config, engine_config = PytorchEngineConfig(tp=tp): either may be written
+        values.update(v for alias in list(values) for v in held.get(_name(alias), ()))
     question = {_plain(v) for v in re.findall(r"[\w.\-]+", answer.question)}
+    prose = {(_name(m.group(1)), _plain(m.group(2))) for m in _OPTION_ALONE.finditer(answer.text)}
     problems = []
     for claim in answer.claims:
         for name, values in _assignments(claim.text).items():
@@ -42,7 +49,7 @@ def check(answer: Answer) -> list[Problem]:
             for value in values:
                 if "/" in value:
                     continue  # a path or a model id: the user's to choose (the names check reads a model's name)
-                if value in held[name] or value in question or _said_beside(answer, name, value):
+                if value in held[name] or value in question or (name, value) in prose or _said_beside(answer, name, value):
                     continue
                 shown = " or ".join(sorted(held[name])[:3])
                 problems.append(
