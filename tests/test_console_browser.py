@@ -14,6 +14,8 @@ from pathlib import Path
 import pytest
 from playwright.async_api import Browser, Page, async_playwright, expect
 
+from bot.answer_log import AnswerLog
+from bot.core import AnswerDone
 from config.settings import Settings
 from inference.client import Endpoint
 from tests.conftest import make_settings
@@ -79,6 +81,11 @@ async def sign_in(page: Page, url: str, token: str) -> None:
 async def test_sign_in_upload_index_ask_and_a_wrong_token(browser: Browser, console_url: str, tmp_path: Path) -> None:
     page = await browser.new_page()
     page.set_default_timeout(TIMEOUT_MS)
+    log = AnswerLog(AnswerLog.database(None, tmp_path / "data"))  # an answer given in Slack, with the model's search queries
+    done = AnswerDone("In the basement bike room [1].", [], [1], True, mode="generative", reason="the grounding guard accepted it: every sentence, "
+                      "number and name is in the cited passages", searched=["bike storage location", "自行车存放位置"])  # fmt: skip
+    slack_answer = log.record("slack", "C1", "1.0", "U1", "Where do bikes go?", done)
+    log.close()
 
     await sign_in(page, console_url, "not-the-token")
     await expect(page.locator("#login-error")).to_contain_text("wrong admin token")
@@ -87,6 +94,10 @@ async def test_sign_in_upload_index_ask_and_a_wrong_token(browser: Browser, cons
     await sign_in(page, console_url, ADMIN_TOKEN)
     await expect(page.locator("#console-view")).to_be_visible()
     await expect(page.locator("#documents tr[data-path='oncall-guide.md']")).to_be_visible()
+    recent = page.locator(f"#recent tr[data-id='{slack_answer}']")  # how it was made and what was searched, for an admin reading a 👎
+    await expect(recent).to_contain_text("Where do bikes go?searched: bike storage location · 自行车存放位置")
+    await expect(recent.locator("td.how")).to_have_text("generative")
+    await expect(recent.locator("td.how")).to_have_attribute("title", re.compile("the grounding guard accepted it"))
 
     doc = tmp_path / "bike-storage.md"
     doc.write_text("# Bike storage\n\nBicycles go in the basement bike room, behind the blue door. The door code is 4711.\n")
