@@ -140,7 +140,10 @@ class Manifest(Stored):
             self._bump(db, changed)
 
     def rename_root(self, collection: str, old: str, new: str) -> None:
-        """The rows of a scanned folder named ``old`` renamed ``new`` (their documents and chunks unchanged)."""
+        """The rows of a scanned folder named ``old`` renamed ``new`` (their documents and chunks unchanged).
+        Called at every index run: a read when there is nothing to rename, a write only when there is."""
+        if not self._read("SELECT 1 FROM files WHERE collection = ? AND root = ? LIMIT 1", (collection, old)):
+            return
         with self._write() as db:
             db.execute("UPDATE files SET root = ? WHERE collection = ? AND root = ?", (new, collection, old))
 
