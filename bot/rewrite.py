@@ -35,8 +35,8 @@ Do not answer the question."""
 
 MAX_QUERIES = 2
 MAX_QUERY_CHARS = 300  # a query longer than this is cut: a model that started answering
-_LINE = re.compile(r"^\s*(?:[-*]\s*)?(en|english|zh|chinese|中文|英文)\s*[:：]\s*(.+?)\s*$", re.IGNORECASE)
-_LANGUAGE = {"en": "en", "english": "en", "英文": "en", "zh": "zh", "chinese": "zh", "中文": "zh"}
+_LANGUAGE = {"en": "en", "english": "en", "英文": "en", "zh": "zh", "chinese": "zh", "中文": "zh"}  # a line's label -> its language
+_LINE = re.compile(rf"^\s*(?:[-*]\s*)?({'|'.join(_LANGUAGE)})\s*[:：]\s*(.+?)\s*$", re.IGNORECASE)
 
 
 def rewrite_messages(query: str) -> list[ChatMessage]:
